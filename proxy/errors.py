@@ -1,0 +1,100 @@
+"""The one exception tree of idgate; each class carries the HTTP status it maps to.
+
+    IdgateError                      500  internal
+    ├── ConfigError                  (startup only: a list of file:line problems, never an HTTP answer)
+    ├── BadRequest                   400  bad_request       malformed request, path trick, bad token format
+    │   ├── RequestTooLarge          413  too_large         body over the route limit
+    │   └── HeadersTooLarge          431  headers_too_large
+    ├── AuthenticationError          401  unauthenticated   no / invalid / expired token
+    ├── AccessDenied                 403  forbidden         policy says no (or no rule matched)
+    ├── NotFound                     404  not_found         no route for host/path
+    ├── DependencyError              503  unavailable       issuer keys, audit sink, STS unavailable
+    └── UpstreamError                502  bad_gateway       upstream refused / reset / protocol error
+        └── UpstreamTimeout          504  gateway_timeout
+
+Third-party exceptions are translated to these in the module that calls the library.  Messages are
+safe to show to the client: they never contain a token, a claim value or an internal address.
+`reason` is a short machine code recorded in the audit log and in `idgate check` output.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class IdgateError(Exception):
+    status: int = 500
+    code: str = "internal"
+
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.reason = reason or self.code
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigProblem:
+    """One problem in a config or policy file, located for a human."""
+
+    file: str
+    line: int | None  # 1-based; None when the problem is about the file as a whole
+    message: str
+    rule_id: str | None = None
+
+    def __str__(self) -> str:
+        where = self.file if self.line is None else f"{self.file}:{self.line}"
+        rule = f" [rule {self.rule_id}]" if self.rule_id else ""
+        return f"{where}:{rule} {self.message}"
+
+
+class ConfigError(IdgateError):
+    code = "config_error"
+
+    def __init__(self, problems: list[ConfigProblem]) -> None:
+        self.problems = tuple(problems)
+        super().__init__("\n".join(str(p) for p in self.problems) or "invalid configuration")
+
+
+class BadRequest(IdgateError):
+    status = 400
+    code = "bad_request"
+
+
+class RequestTooLarge(BadRequest):
+    status = 413
+    code = "too_large"
+
+
+class HeadersTooLarge(BadRequest):
+    status = 431
+    code = "headers_too_large"
+
+
+class AuthenticationError(IdgateError):
+    status = 401
+    code = "unauthenticated"
+
+
+class AccessDenied(IdgateError):
+    status = 403
+    code = "forbidden"
+
+
+class NotFound(IdgateError):
+    status = 404
+    code = "not_found"
+
+
+class DependencyError(IdgateError):
+    status = 503
+    code = "unavailable"
+
+
+class UpstreamError(IdgateError):
+    status = 502
+    code = "bad_gateway"
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    code = "gateway_timeout"

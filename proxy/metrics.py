@@ -1,0 +1,40 @@
+"""Prometheus collectors for one idgate process, on their own registry so tests and several
+apps in one process never collide.  A leaf module: it imports nothing from idgate."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "idgate_requests_total", "Requests answered, by surface, decision and HTTP status.",
+            ["surface", "decision", "status"], registry=r)
+        self.decision_seconds = Histogram(
+            "idgate_decision_seconds", "Time to authenticate, authorize and durably audit a request.",
+            ["surface"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.token_cache = Counter(
+            "idgate_token_cache_total", "Verified-token cache lookups.", ["result"], registry=r)
+        self.jwks_fetches = Counter(
+            "idgate_jwks_fetches_total", "JWKS / discovery fetches by issuer and result.",
+            ["issuer", "result"], registry=r)
+        self.jwks_keys = Gauge(
+            "idgate_jwks_keys", "Signing keys currently held per issuer.", ["issuer"], registry=r)
+        self.audit_append_seconds = Histogram(
+            "idgate_audit_append_seconds", "Time from audit append to durable (fsynced) record.",
+            buckets=_LATENCY_BUCKETS, registry=r)
+        self.audit_failures = Counter(
+            "idgate_audit_failures_total", "Audit records that could not be made durable.", registry=r)
+        self.audit_batch_records = Histogram(
+            "idgate_audit_batch_records", "Records made durable per fsync (group commit).",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=r)
+        self.upstream_seconds = Histogram(
+            "idgate_upstream_seconds", "Time to the upstream's response head, by route.",
+            ["route"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.policy_reloads = Counter(
+            "idgate_policy_reloads_total", "Policy reload attempts by result.", ["result"], registry=r)

@@ -1,0 +1,72 @@
+"""Frozen data shared by every layer: who is asking (Identity), what they ask (AccessRequest),
+and what idgate answered (Decision).  No I/O, no third-party imports."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from types import MappingProxyType
+from typing import Any
+
+EMPTY_CLAIMS: Mapping[str, Any] = MappingProxyType({})
+
+
+class Surface(str, Enum):
+    """The edge adapter a request came through; recorded in every audit record."""
+
+    PROXY = "proxy"
+    FORWARD_AUTH = "forward_auth"
+    EXT_AUTHZ_HTTP = "ext_authz_http"
+    EXT_AUTHZ_GRPC = "ext_authz_grpc"
+    CREDENTIALS = "credentials"
+    DYNAMODB = "dynamodb"
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """A verified token's subject.  `claims` is read-only and used for policy templates only."""
+
+    issuer: str
+    subject: str
+    audience: tuple[str, ...]
+    client_id: str | None
+    groups: tuple[str, ...]
+    expires_at: float
+    claims: Mapping[str, Any] = EMPTY_CLAIMS
+
+    def audit_view(self) -> dict[str, Any]:
+        """What the audit log may hold about an identity: never the raw claims."""
+        return {"iss": self.issuer, "sub": self.subject, "client_id": self.client_id, "groups": list(self.groups)}
+
+
+@dataclass(frozen=True, slots=True)
+class AccessRequest:
+    """The neutral request every surface builds before policy runs.
+
+    `path` is already normalized (see proxy.paths); `host` is lower-case without port; `route` is the
+    configured route name the edge matched, when the surface has routes.
+    """
+
+    surface: Surface
+    request_id: str
+    method: str
+    host: str
+    path: str
+    client_addr: str
+    query: str = ""
+    route: str | None = None
+
+    def audit_target(self) -> dict[str, Any]:
+        return {"method": self.method, "host": self.host, "path": self.path}
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What the policy engine decided, as data.  `rule_id` is None when nothing matched (default deny)."""
+
+    allowed: bool
+    rule_id: str | None
+    reasons: tuple[str, ...]
+    identity: Identity | None = None
+    extras: Mapping[str, Any] = field(default_factory=lambda: EMPTY_CLAIMS)

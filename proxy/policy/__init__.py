@@ -1,0 +1,1 @@
+"""Policy files: rule model, loader, compiled index.  Pure: no network, no aiohttp, no boto3."""
