@@ -33,7 +33,7 @@ class Identity:
     client_id: str | None
     groups: tuple[str, ...]
     expires_at: float
-    claims: Mapping[str, Any] = EMPTY_CLAIMS
+    claims: Mapping[str, Any] = field(default_factory=lambda: EMPTY_CLAIMS)
 
     def audit_view(self) -> dict[str, Any]:
         """What the audit log may hold about an identity: never the raw claims."""
