@@ -30,6 +30,9 @@ class IdgateError(Exception):
         super().__init__(message)
         self.message = message
         self.reason = reason or self.code
+        # Set by the pipeline once the denial is on the audit log, so the error middleware does not
+        # record the same denial twice.
+        self.audited = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,80 @@
+"""X-Idgate-Assertion: short-lived ES256 JWTs that tell an upstream who idgate authenticated
+(DESIGN §6), and the JWKS that lets the upstream verify them."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jwt
+from cachetools import LRUCache
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from proxy.errors import ConfigError, ConfigProblem
+from proxy.model import Identity
+
+ASSERTION_ISSUER = "idgate"
+
+
+def _b64url_uint(value: int, length: int) -> str:
+    return base64.urlsafe_b64encode(value.to_bytes(length, "big")).rstrip(b"=").decode()
+
+
+def load_signing_key(key_file: Path | None) -> ec.EllipticCurvePrivateKey:
+    """The configured P-256 key, or a fresh one (valid for this process only) when none is configured."""
+    if key_file is None:
+        return ec.generate_private_key(ec.SECP256R1())
+    try:
+        key = serialization.load_pem_private_key(key_file.read_bytes(), password=None)
+    except (OSError, ValueError, TypeError) as exc:
+        raise ConfigError([ConfigProblem(str(key_file), None, f"cannot load assertion key: {exc.__class__.__name__}")]) from exc
+    if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, ec.SECP256R1):
+        raise ConfigError([ConfigProblem(str(key_file), None, "assertion key must be an EC P-256 private key (PEM)")])
+    return key
+
+
+class AssertionSigner:
+    """Signs assertions and caches each one for half its lifetime: signing costs ~100 µs,
+    a cache hit costs a dict lookup, and an upstream never sees an assertion near its expiry."""
+
+    def __init__(self, key: ec.EllipticCurvePrivateKey, ttl: float, *, clock: Callable[[], float] = time.time) -> None:
+        self._key = key
+        self._ttl = ttl
+        self._clock = clock
+        numbers = key.public_key().public_numbers()
+        self._public_jwk = {"kty": "EC", "crv": "P-256", "x": _b64url_uint(numbers.x, 32), "y": _b64url_uint(numbers.y, 32)}
+        # RFC 7638 thumbprint: a kid that changes exactly when the key does.
+        canonical = json.dumps(self._public_jwk, sort_keys=True, separators=(",", ":")).encode()
+        self.kid = base64.urlsafe_b64encode(hashlib.sha256(canonical).digest()).rstrip(b"=").decode()
+        self._cache: LRUCache[tuple[str, str, str, tuple[str, ...]], tuple[str, float]] = LRUCache(maxsize=10000)
+
+    def jwks(self) -> dict[str, Any]:
+        return {"keys": [{**self._public_jwk, "kid": self.kid, "use": "sig", "alg": "ES256"}]}
+
+    def sign(self, identity: Identity, audience: str) -> str:
+        now = self._clock()
+        cache_key = (identity.issuer, identity.subject, audience, identity.groups)
+        cached = self._cache.get(cache_key)
+        if cached is not None and cached[1] - now > self._ttl / 2:
+            return cached[0]
+        expires = min(now + self._ttl, identity.expires_at)
+        claims = {
+            "iss": ASSERTION_ISSUER,
+            "aud": audience,
+            "sub": identity.subject,
+            "idp": identity.issuer,
+            "groups": list(identity.groups),
+            "iat": int(now),
+            "exp": int(expires),
+        }
+        if identity.client_id:
+            claims["client_id"] = identity.client_id
+        token = jwt.encode(claims, self._key, algorithm="ES256", headers={"kid": self.kid, "typ": "idgate-assertion+jwt"})
+        self._cache[cache_key] = (token, expires)
+        return token

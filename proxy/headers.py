@@ -1,0 +1,113 @@
+"""Header hygiene shared by the HTTP surfaces (DESIGN §6): which headers a client may not send,
+which never cross a proxy hop, and the request id.  Pure: works on (name, value) pairs."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import uuid
+from collections.abc import Iterable, Sequence
+
+HOP_BY_HOP = frozenset({
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
+    "te", "trailer", "transfer-encoding", "upgrade",
+})
+
+# Headers an upstream may trust as identity: only idgate sets them.
+_IDENTITY_EXACT = frozenset({
+    "x-forwarded-user", "x-forwarded-email", "x-forwarded-groups", "x-forwarded-preferred-username",
+    "x-remote-user", "remote-user",
+})
+_IDENTITY_PREFIXES = ("x-idgate-", "x-auth-request-")
+
+# Client-address and original-request claims: believed only from configured trusted proxies.
+_FORWARDING_EXACT = frozenset({"forwarded", "x-real-ip"})
+_FORWARDING_PREFIXES = ("x-forwarded-", "x-original-")
+
+# Frameworks that honour these would run a different method than the one idgate authorized.
+METHOD_OVERRIDE_HEADERS = frozenset({"x-http-method-override", "x-http-method", "x-method-override"})
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{8,128}")
+
+
+def normalized_name(name: str) -> str:
+    """Lower-case, `_` treated as `-`: some servers (and CGI) map both to the same variable."""
+    return name.lower().replace("_", "-")
+
+
+def is_identity_header(norm: str) -> bool:
+    return norm in _IDENTITY_EXACT or norm.startswith(_IDENTITY_PREFIXES)
+
+
+def is_forwarding_header(norm: str) -> bool:
+    return norm in _FORWARDING_EXACT or norm.startswith(_FORWARDING_PREFIXES)
+
+
+def connection_listed(headers: Iterable[tuple[str, str]]) -> frozenset[str]:
+    """Header names listed in any `Connection` header: hop-by-hop by declaration (RFC 9110 §7.6.1)."""
+    listed: set[str] = set()
+    for name, value in headers:
+        if name.lower() == "connection":
+            listed.update(normalized_name(token.strip()) for token in value.split(",") if token.strip())
+    return frozenset(listed)
+
+
+def clean_request_headers(
+    headers: Sequence[tuple[str, str]], *, trusted_peer: bool, keep_authorization: bool
+) -> list[tuple[str, str]]:
+    """Headers safe to pass upstream: no hop-by-hop, no client-supplied identity, no forwarding claims
+    from an untrusted peer, no Host (set by the caller) and no credential unless the route keeps it."""
+    listed = connection_listed(headers)
+    kept = []
+    for name, value in headers:
+        norm = normalized_name(name)
+        if norm in HOP_BY_HOP or norm in listed or is_identity_header(norm) or norm == "host":
+            continue
+        if not trusted_peer and is_forwarding_header(norm):
+            continue
+        if norm == "authorization" and not keep_authorization:
+            continue
+        if norm == "expect":  # aiohttp already answered 100-continue to the client
+            continue
+        kept.append((name, value))
+    return kept
+
+
+def clean_response_headers(headers: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    listed = connection_listed(headers)
+    return [(n, v) for n, v in headers if normalized_name(n) not in HOP_BY_HOP and normalized_name(n) not in listed]
+
+
+def request_id(supplied: str | None) -> str:
+    """Keep a well-formed caller id (so traces join up); otherwise mint one."""
+    if supplied is not None and _REQUEST_ID.fullmatch(supplied):
+        return supplied
+    return uuid.uuid4().hex
+
+
+class TrustedProxies:
+    def __init__(self, cidrs: Iterable[str]) -> None:
+        self._networks = tuple(ipaddress.ip_network(c, strict=False) for c in cidrs)
+
+    def __contains__(self, addr: str | None) -> bool:
+        if not addr or not self._networks:
+            return False
+        try:
+            ip = ipaddress.ip_address(addr)
+        except ValueError:
+            return False
+        return any(ip in net for net in self._networks)
+
+
+def groups_header(groups: Sequence[str], limit: int = 4096) -> str:
+    """Comma-joined groups, cut at a whole group so a huge group list cannot blow an upstream's header limit."""
+    out: list[str] = []
+    size = 0
+    for group in groups:
+        if "," in group or any(ord(c) < 0x20 or ord(c) > 0x7E for c in group):
+            continue  # not representable in a comma list without ambiguity
+        size += len(group) + 1
+        if size > limit:
+            break
+        out.append(group)
+    return ",".join(out)

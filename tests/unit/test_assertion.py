@@ -1,0 +1,60 @@
+import jwt
+import pytest
+
+from proxy.assertion import AssertionSigner, load_signing_key
+from proxy.errors import ConfigError
+from tests.factories import make_identity
+
+
+class Clock:
+    def __init__(self, now):
+        self.now = now
+
+    def __call__(self):
+        return self.now
+
+
+def verify(signer, token, audience):
+    key = jwt.PyJWK(signer.jwks()["keys"][0]).key
+    return jwt.decode(token, key, algorithms=["ES256"], audience=audience, issuer="idgate")
+
+
+def test_assertion_verifies_with_the_published_jwks():
+    signer = AssertionSigner(load_signing_key(None), ttl=60)
+    identity = make_identity(groups=("data-eng",), client_id="cli")
+    claims = verify(signer, signer.sign(identity, "orders"), "orders")
+    assert claims["sub"] == "svc-etl-7" and claims["groups"] == ["data-eng"] and claims["idp"] == identity.issuer
+    assert claims["exp"] - claims["iat"] <= 60
+
+
+def test_assertion_audience_is_the_route():
+    signer = AssertionSigner(load_signing_key(None), ttl=60)
+    with pytest.raises(jwt.InvalidAudienceError):
+        verify(signer, signer.sign(make_identity(), "orders"), "billing")
+
+
+def test_cached_assertion_reused_only_in_first_half_of_life():
+    import time
+    clock = Clock(time.time())
+    signer = AssertionSigner(load_signing_key(None), ttl=60, clock=clock)
+    identity = make_identity(expires_in=3600)
+    first = signer.sign(identity, "orders")
+    clock.now += 20
+    assert signer.sign(identity, "orders") == first
+    clock.now += 15
+    assert signer.sign(identity, "orders") != first
+
+
+def test_assertion_never_outlives_the_callers_token():
+    signer = AssertionSigner(load_signing_key(None), ttl=600)
+    identity = make_identity(expires_in=30)
+    claims = verify(signer, signer.sign(identity, "orders"), "orders")
+    assert claims["exp"] <= int(identity.expires_at)
+
+
+def test_bad_key_file_is_a_config_error(tmp_path):
+    path = tmp_path / "key.pem"
+    path.write_text("not a key")
+    with pytest.raises(ConfigError) as err:
+        load_signing_key(path)
+    assert str(path) in str(err.value)

@@ -1,0 +1,65 @@
+from proxy.headers import (
+    TrustedProxies, clean_request_headers, clean_response_headers, groups_header, request_id,
+)
+
+
+def names(headers):
+    return [n for n, _ in headers]
+
+
+def test_identity_headers_are_stripped_in_every_spelling():
+    incoming = [
+        ("X-Idgate-Subject", "admin"), ("x-idgate-groups", "root"), ("X_Idgate_Subject", "admin"),
+        ("X-IDGATE-ASSERTION", "forged"), ("X-Forwarded-User", "admin"), ("X_Forwarded_Email", "a@b"),
+        ("X-Auth-Request-User", "admin"), ("Accept", "*/*"),
+    ]
+    assert names(clean_request_headers(incoming, trusted_peer=True, keep_authorization=False)) == ["Accept"]
+
+
+def test_headers_named_in_connection_are_dropped():
+    incoming = [("Connection", "keep-alive, X-Custom, X_Other"), ("X-Custom", "1"), ("X-Other", "2"), ("X-Kept", "3")]
+    assert names(clean_request_headers(incoming, trusted_peer=False, keep_authorization=False)) == ["X-Kept"]
+
+
+def test_hop_by_hop_and_host_are_dropped():
+    incoming = [("Host", "a"), ("Keep-Alive", "5"), ("TE", "trailers"), ("Transfer-Encoding", "chunked"),
+                ("Upgrade", "h2c"), ("Proxy-Authorization", "x"), ("Content-Type", "text/plain")]
+    assert names(clean_request_headers(incoming, trusted_peer=False, keep_authorization=False)) == ["Content-Type"]
+
+
+def test_forwarding_headers_only_from_trusted_peers():
+    incoming = [("X-Forwarded-For", "10.0.0.1"), ("Forwarded", "for=1.2.3.4"), ("X-Real-IP", "1.2.3.4"),
+                ("X-Original-URI", "/admin"), ("Accept", "*/*")]
+    assert names(clean_request_headers(incoming, trusted_peer=False, keep_authorization=False)) == ["Accept"]
+    assert len(clean_request_headers(incoming, trusted_peer=True, keep_authorization=False)) == 5
+
+
+def test_authorization_is_forwarded_only_when_the_route_keeps_it():
+    incoming = [("Authorization", "Bearer t")]
+    assert clean_request_headers(incoming, trusted_peer=False, keep_authorization=False) == []
+    assert clean_request_headers(incoming, trusted_peer=False, keep_authorization=True) == incoming
+
+
+def test_response_hop_by_hop_removed():
+    assert names(clean_response_headers([("Connection", "close, X-A"), ("X-A", "1"), ("Content-Length", "3")])) == ["Content-Length"]
+
+
+def test_request_id_kept_when_well_formed_and_replaced_otherwise():
+    assert request_id("abcdefgh-1234") == "abcdefgh-1234"
+    for bad in (None, "", "short", "x" * 129, "a b c d e f g h", "abc\r\nX-Evil: 1"):
+        minted = request_id(bad)
+        assert minted != bad and len(minted) == 32
+
+
+def test_trusted_proxies():
+    trusted = TrustedProxies(["127.0.0.1/32", "10.0.0.0/8"])
+    assert "127.0.0.1" in trusted and "10.2.3.4" in trusted
+    assert "127.0.0.2" not in trusted and "not-an-ip" not in trusted and None not in trusted
+    assert "127.0.0.1" not in TrustedProxies([])
+
+
+def test_groups_header_is_bounded_and_unambiguous():
+    assert groups_header(["a", "b,c", "d\n", "e"]) == "a,e"
+    many = [f"group-{i:04d}" for i in range(1000)]
+    value = groups_header(many, limit=100)
+    assert len(value) <= 100 and value.split(",") == many[: len(value.split(","))]
