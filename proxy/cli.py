@@ -1,0 +1,199 @@
+"""The `idgate` command: serve, check-config, check, audit verify, token (dev), demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+from urllib.parse import urlsplit
+
+from proxy import logs
+from proxy.config import Config, load_config
+from proxy.errors import ConfigError, IdgateError
+from proxy.model import Identity
+
+log = logging.getLogger("idgate")
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _config_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", "-c", type=Path, default=Path("idgate.yaml"), help="path to idgate.yaml")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="idgate", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the proxy")
+    _config_arg(serve)
+    serve.add_argument("--log-level", default="info")
+    check_config = sub.add_parser("check-config", help="validate idgate.yaml and the policy files")
+    _config_arg(check_config)
+    check = sub.add_parser("check", help="explain the decision for one request, without a server")
+    _config_arg(check)
+    check.add_argument("--token-claims", required=True, help="JSON claims of the (already verified) token")
+    check.add_argument("--method", default="GET")
+    check.add_argument("--url", required=True, help="e.g. http://orders.internal/v1/orders/7")
+    audit = sub.add_parser("audit", help="audit log tools")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True)
+    verify = audit_sub.add_parser("verify", help="check the hash chain across rotated files")
+    verify.add_argument("files", nargs="+", type=Path)
+    token = sub.add_parser("token", help="(dev) mint an access token from a local EC key")
+    token.add_argument("--key", type=Path, required=True, help="PEM EC P-256 private key")
+    token.add_argument("--issuer", required=True)
+    token.add_argument("--audience", required=True)
+    token.add_argument("--subject", required=True)
+    token.add_argument("--groups", default="", help="comma-separated")
+    token.add_argument("--lifetime", type=int, default=900)
+    demo = sub.add_parser("demo", help="run a loopback demo: dev issuer, echo upstream and idgate")
+    demo.add_argument("--workdir", type=Path, default=Path(".demo"))
+    demo.add_argument("--policies", type=Path, default=Path("policies"))
+    return parser
+
+
+def _report_config_error(err: ConfigError) -> int:
+    print(f"idgate: configuration invalid ({len(err.problems)} problem(s)):", file=sys.stderr)
+    for problem in err.problems:
+        print(f"  {problem}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from proxy.policy_store import compile_directory
+
+    config = load_config(args.config)
+    policy = compile_directory(config.policies_dir)
+    print(f"{args.config}: ok ({len(config.issuers)} issuer(s), {len(config.routes)} route(s), "
+          f"{len(policy.rules)} rule(s) from {config.policies_dir})")
+    return EXIT_OK
+
+
+def identity_from_claims(config: Config, claims: dict[str, Any]) -> Identity:
+    issuer = next((i for i in config.issuers if i.issuer == claims.get("iss")), None)
+    groups_claim = issuer.groups_claim if issuer else "groups"
+    groups = claims.get(groups_claim, [])
+    audience = claims.get("aud", [])
+    return Identity(
+        issuer=str(claims.get("iss", "")), subject=str(claims.get("sub", "")),
+        audience=tuple(audience) if isinstance(audience, list) else (str(audience),),
+        client_id=claims.get("azp") or claims.get("client_id"),
+        groups=tuple(g for g in groups if isinstance(g, str)) if isinstance(groups, list) else (),
+        expires_at=float(claims.get("exp", time.time() + 300)), claims=MappingProxyType(dict(claims)),
+    )
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from proxy.paths import normalize_path, split_target
+    from proxy.policy_store import compile_directory
+
+    config = load_config(args.config)
+    policy = compile_directory(config.policies_dir)
+    try:
+        claims = json.loads(args.token_claims)
+    except json.JSONDecodeError as exc:
+        print(f"idgate: --token-claims is not JSON: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if not isinstance(claims, dict):
+        print("idgate: --token-claims must be a JSON object", file=sys.stderr)
+        return EXIT_USAGE
+    url = urlsplit(args.url)
+    target = url.path or "/"
+    if url.query:
+        target += "?" + url.query
+    identity = identity_from_claims(config, claims)
+    try:
+        raw_path, _ = split_target(target)
+        path = normalize_path(raw_path)
+    except IdgateError as err:
+        print(json.dumps({"decision": "deny", "rule": None, "reasons": [err.reason], "message": err.message}, indent=2))
+        return EXIT_FAILED
+    decision = policy.decide_http(identity, args.method.upper(), (url.hostname or "").lower(), path)
+    print(json.dumps({
+        "decision": "allow" if decision.allowed else "deny",
+        "rule": decision.rule_id,
+        "reasons": list(decision.reasons),
+        "request": {"method": args.method.upper(), "host": url.hostname, "path": path},
+        "identity": identity.audit_view(),
+    }, indent=2))
+    return EXIT_OK if decision.allowed else EXIT_FAILED
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    from proxy.audit import segment_files, verify_files
+
+    files: list[Path] = []
+    for given in args.files:
+        files.extend(segment_files(given) if len(args.files) == 1 else [given])
+    report = verify_files(files)
+    for problem in report.problems:
+        print(problem, file=sys.stderr)
+    status = "ok" if report.ok else "FAILED"
+    print(f"audit verify: {status}: {report.records} record(s) in {report.files} file(s)")
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from proxy.assertion import load_signing_key
+    from proxy.dev.issuer import DemoIdentity, DevIssuer
+
+    groups = tuple(g for g in args.groups.split(",") if g)
+    issuer = DevIssuer(args.issuer, args.audience, key=load_signing_key(args.key))
+    print(issuer.mint(DemoIdentity(args.subject, groups), lifetime=args.lifetime))
+    return EXIT_OK
+
+
+async def _serve(config: Config) -> None:
+    from proxy.runtime import running_services
+    from proxy.server import Listeners
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    async with running_services(config) as services:
+        loop.add_signal_handler(signal.SIGHUP, services.policy.reload)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        listeners = Listeners(services)
+        await listeners.start()
+        log.info("idgate serving", extra={"listen": f"{config.listen.host}:{listeners.main_port}",
+                                          "admin": f"{config.admin.host}:{listeners.admin_port}"})
+        await stop.wait()
+        log.info("idgate stopping")
+        await listeners.stop()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    logs.configure(args.log_level)
+    config = load_config(args.config)
+    asyncio.run(_serve(config))
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from proxy.dev.demo import run_demo
+
+    logs.configure("warning")
+    asyncio.run(run_demo(args.workdir, args.policies))
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    commands = {
+        "serve": cmd_serve, "check-config": cmd_check_config, "check": cmd_check,
+        "audit": cmd_audit_verify, "token": cmd_token, "demo": cmd_demo,
+    }
+    try:
+        return commands[args.command](args)
+    except ConfigError as err:
+        return _report_config_error(err)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""WebSocket relay for the reverse proxy: authorized once at the upgrade, then frames pass both
+ways until either side closes."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import aiohttp
+from aiohttp import WSMsgType, web
+from yarl import URL
+
+from proxy.config import RouteConfig
+from proxy.edges._http import RESPONSE_STARTED
+from proxy.errors import UpstreamError
+from proxy.model import AccessRequest, Decision
+from proxy.runtime import Services
+
+_MAX_MESSAGE = 4 * 1024 * 1024
+
+
+async def _pump(source: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
+                sink: web.WebSocketResponse | aiohttp.ClientWebSocketResponse) -> int:
+    moved = 0
+    async for message in source:
+        if message.type == WSMsgType.TEXT:
+            moved += len(message.data)
+            await sink.send_str(message.data)
+        elif message.type == WSMsgType.BINARY:
+            moved += len(message.data)
+            await sink.send_bytes(message.data)
+        else:  # CLOSE / ERROR: stop relaying; the other direction is closed by the caller
+            break
+    return moved
+
+
+async def relay(request: web.Request, services: Services, access: AccessRequest, decision: Decision, url: URL,
+                headers: list[tuple[str, str]], route: RouteConfig) -> web.WebSocketResponse:
+    started = time.perf_counter()
+    offered = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()]
+    # The client's handshake headers belong to the client↔idgate hop; aiohttp makes fresh ones.
+    upstream_headers = [(n, v) for n, v in headers if not n.lower().startswith("sec-websocket-")]
+    try:
+        upstream = await services.upstream.ws_connect(
+            url, headers=upstream_headers, protocols=offered, max_msg_size=_MAX_MESSAGE,
+            timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=route.connect_timeout),
+        )
+    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        services.pipeline.record_outcome(access, decision, status=502, bytes_in=0, bytes_out=0,
+                                         duration=time.perf_counter() - started, error="upstream_failed")
+        raise UpstreamError("the upstream refused the WebSocket upgrade", reason="upstream_failed") from exc
+    client = web.WebSocketResponse(protocols=(upstream.protocol,) if upstream.protocol else (), max_msg_size=_MAX_MESSAGE)
+    request[RESPONSE_STARTED] = True
+    await client.prepare(request)
+    inbound = asyncio.create_task(_pump(client, upstream))
+    outbound = asyncio.create_task(_pump(upstream, client))
+    try:
+        await asyncio.wait({inbound, outbound}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        await upstream.close()
+        await client.close()
+        await asyncio.gather(inbound, outbound, return_exceptions=True)
+        services.pipeline.record_outcome(
+            access, decision, status=101,
+            bytes_in=inbound.result() if inbound.done() and not inbound.exception() else 0,
+            bytes_out=outbound.result() if outbound.done() and not outbound.exception() else 0,
+            duration=time.perf_counter() - started,
+        )
+    return client

@@ -1,0 +1,43 @@
+"""Admin surface on its own listener: liveness, readiness, Prometheus metrics and the JWKS that
+verifies X-Idgate-Assertion."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from proxy.runtime import SERVICES
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Ready only with a loaded policy, keys for every issuer and a writable audit log."""
+    services = request.app[SERVICES]
+    checks = {
+        "policy": services.policy.current is not None,
+        "issuers": services.verifier.ready(),
+        "audit": services.audit.healthy,
+    }
+    body = {"ready": all(checks.values()), "checks": checks, "issuers": services.verifier.status()}
+    if services.policy.last_error:
+        body["policy_reload_error"] = services.policy.last_error
+    return web.json_response(body, status=200 if body["ready"] else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    payload = generate_latest(request.app[SERVICES].metrics.registry)
+    return web.Response(body=payload, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def jwks(request: web.Request) -> web.Response:
+    return web.json_response(request.app[SERVICES].signer.jwks(), headers={"Cache-Control": "max-age=300"})
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/.well-known/jwks.json", jwks)

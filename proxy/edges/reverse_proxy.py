@@ -1,0 +1,147 @@
+"""Reverse-proxy surface: authorize the normalized request, then stream it to the matched upstream
+and stream the answer back, with bounded memory and without leaking upstream internals."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import aiohttp
+from aiohttp import web
+from yarl import URL
+
+from proxy.config import RouteConfig
+from proxy.edges._websocket import relay
+from proxy.edges._http import REQUEST_ID, RESPONSE_STARTED, SURFACE, client_addr, identity_headers, request_host
+from proxy.errors import BadRequest, RequestTooLarge, UpstreamError, UpstreamTimeout
+from proxy.headers import METHOD_OVERRIDE_HEADERS, clean_request_headers, clean_response_headers, normalized_name
+from proxy.model import AccessRequest, Decision, Surface
+from proxy.oidc import bearer_token
+from proxy.paths import normalize_path, split_target
+from proxy.routes import RouteTable
+from proxy.runtime import SERVICES, Services
+
+CHUNK = 64 * 1024
+ROUTES: web.AppKey[RouteTable] = web.AppKey("idgate_routes", RouteTable)
+
+
+class _BodyCounter:
+    """Streams the client body upstream, counting bytes and stopping at the route's limit."""
+
+    def __init__(self, content: aiohttp.StreamReader, limit: int) -> None:
+        self._content = content
+        self._limit = limit
+        self.count = 0
+        self.exceeded = False
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        async for chunk in self._content.iter_chunked(CHUNK):
+            self.count += len(chunk)
+            if self.count > self._limit:
+                self.exceeded = True
+                raise RequestTooLarge("request body exceeds the route limit", reason="body_too_large")
+            yield chunk
+
+
+def _reject_method_override(request: web.Request) -> None:
+    for name in request.headers:
+        if normalized_name(name) in METHOD_OVERRIDE_HEADERS:
+            raise BadRequest("method override headers are not accepted", reason="method_override")
+
+
+def _check_declared_length(request: web.Request, route: RouteConfig) -> None:
+    if request.content_length is not None and request.content_length > route.max_body_bytes:
+        raise RequestTooLarge("request body exceeds the route limit", reason="body_too_large")
+
+
+def _is_websocket(request: web.Request) -> bool:
+    return request.headers.get("Upgrade", "").lower() == "websocket"
+
+
+def _upstream_headers(services: Services, request: web.Request, route: RouteConfig, access: AccessRequest,
+                      decision: Decision) -> list[tuple[str, str]]:
+    peer = access.client_addr
+    trusted = peer in services.trusted
+    headers = clean_request_headers(list(request.headers.items()), trusted_peer=trusted, keep_authorization=route.forward_token)
+    forwarded_for = request.headers.get("X-Forwarded-For") if trusted else None
+    headers += [
+        ("Host", request.headers["Host"]),
+        ("X-Forwarded-For", f"{forwarded_for}, {peer}" if forwarded_for else peer),
+        ("X-Forwarded-Proto", request.scheme),
+        ("X-Forwarded-Host", access.host),
+        ("X-Request-Id", access.request_id),
+    ]
+    headers += identity_headers(services, decision, route.name)
+    return headers
+
+
+async def handle(request: web.Request) -> web.StreamResponse:
+    request[SURFACE] = Surface.PROXY
+    services = request.app[SERVICES]
+    raw_path, query = split_target(request.raw_path)
+    path = normalize_path(raw_path)
+    host = request_host(request)
+    route = request.app[ROUTES].match(host, path)
+    _reject_method_override(request)
+    _check_declared_length(request, route)
+    websocket = _is_websocket(request)
+    if websocket and not route.websocket:
+        raise BadRequest("this route does not accept WebSocket upgrades", reason="websocket_not_allowed")
+    access = AccessRequest(
+        surface=Surface.PROXY, request_id=request[REQUEST_ID], method=request.method, host=host, path=path,
+        client_addr=client_addr(request), query=query, route=route.name,
+    )
+    decision = await services.pipeline.authorize(access, bearer_token(request.headers.get("Authorization")))
+    url = URL(route.upstream.rstrip("/") + path + (f"?{query}" if query else ""), encoded=True)
+    headers = _upstream_headers(services, request, route, access, decision)
+    if websocket:
+        return await relay(request, services, access, decision, url, headers, route)
+    return await _forward(request, services, access, decision, route, url, headers)
+
+
+async def _forward(request: web.Request, services: Services, access: AccessRequest, decision: Decision,
+                   route: RouteConfig, url: URL, headers: list[tuple[str, str]]) -> web.StreamResponse:
+    started = time.perf_counter()
+    body = _BodyCounter(request.content, route.max_body_bytes)
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=route.connect_timeout, sock_read=route.read_timeout)
+    status, bytes_out, error = 502, 0, None
+    try:
+        async with services.upstream.request(
+            request.method, url, headers=headers, data=body.chunks() if request.body_exists else None,
+            allow_redirects=False, timeout=timeout,
+        ) as upstream:
+            services.metrics.upstream_seconds.labels(route.name).observe(time.perf_counter() - started)
+            response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+            for name, value in clean_response_headers(list(upstream.headers.items())):
+                response.headers.add(name, value)
+            response.headers["X-Request-Id"] = access.request_id
+            status = upstream.status
+            request[RESPONSE_STARTED] = True
+            await response.prepare(request)
+            async for chunk in upstream.content.iter_chunked(CHUNK):
+                bytes_out += len(chunk)
+                await response.write(chunk)
+            await response.write_eof()
+            return response
+    except RequestTooLarge:
+        error = "body_too_large"
+        raise
+    except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
+        error = "upstream_timeout"
+        raise UpstreamTimeout("the upstream did not answer in time", reason="upstream_timeout") from exc
+    except aiohttp.ClientError as exc:
+        if body.exceeded:
+            error = "body_too_large"
+            raise RequestTooLarge("request body exceeds the route limit", reason="body_too_large") from exc
+        error = "upstream_failed"
+        raise UpstreamError("the upstream could not be reached", reason="upstream_failed") from exc
+    finally:
+        services.pipeline.record_outcome(
+            access, decision, status=status if error is None else _error_status(error), bytes_in=body.count,
+            bytes_out=bytes_out, duration=time.perf_counter() - started, error=error,
+        )
+
+
+def _error_status(error: str) -> int:
+    return {"body_too_large": 413, "upstream_timeout": 504}.get(error, 502)

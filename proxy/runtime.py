@@ -1,0 +1,89 @@
+"""The services one idgate process runs (token verifier, policy store, audit log, assertion signer,
+upstream connection pool, pipeline), started and stopped together.  Edges reach them via SERVICES."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import aiohttp
+from aiohttp import web
+
+from proxy.assertion import AssertionSigner, load_signing_key
+from proxy.audit import AuditLog
+from proxy.config import Config
+from proxy.headers import TrustedProxies
+from proxy.metrics import Metrics
+from proxy.oidc import TokenVerifier
+from proxy.pipeline import Pipeline
+from proxy.policy_store import PolicyStore
+
+log = logging.getLogger("idgate")
+
+POLICY_POLL_SECONDS = 2.0
+
+
+@dataclass(slots=True)
+class Services:
+    config: Config
+    metrics: Metrics
+    verifier: TokenVerifier
+    policy: PolicyStore
+    audit: AuditLog
+    signer: AssertionSigner
+    pipeline: Pipeline
+    upstream: aiohttp.ClientSession
+    trusted: TrustedProxies
+    background: list[asyncio.Task[None]] = field(default_factory=list)
+
+
+SERVICES: web.AppKey[Services] = web.AppKey("idgate_services", Services)
+
+
+def _upstream_session(config: Config) -> aiohttp.ClientSession:
+    # Pooled keep-alive connections; bodies pass through byte for byte (no decompression, no
+    # default headers the client did not send).
+    connector = aiohttp.TCPConnector(limit=1000, limit_per_host=0, keepalive_timeout=30, enable_cleanup_closed=True)
+    return aiohttp.ClientSession(
+        connector=connector,
+        auto_decompress=False,
+        skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
+        timeout=aiohttp.ClientTimeout(total=None),
+        trust_env=False,
+    )
+
+
+@asynccontextmanager
+async def running_services(config: Config, *, metrics: Metrics | None = None) -> AsyncIterator[Services]:
+    metrics = metrics or Metrics()
+    policy = PolicyStore(config.policies_dir, metrics)
+    signer = AssertionSigner(load_signing_key(config.assertion.key_file), config.assertion.ttl)
+    if config.assertion.key_file is None:
+        log.warning("no assertion.key_file configured: X-Idgate-Assertion keys are per process (pid %d)", os.getpid())
+    oidc_session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10), trust_env=False)
+    upstream = _upstream_session(config)
+    verifier = TokenVerifier(config.issuers, oidc_session, metrics, cache_size=config.token_cache_size)
+    audit = AuditLog(config.audit, metrics)
+    background: list[asyncio.Task[None]] = []
+    try:
+        await audit.open()
+        await verifier.start()
+        services = Services(
+            config=config, metrics=metrics, verifier=verifier, policy=policy, audit=audit, signer=signer,
+            pipeline=Pipeline(verifier, policy, audit, metrics), upstream=upstream,
+            trusted=TrustedProxies(config.trusted_proxies), background=background,
+        )
+        background.append(asyncio.create_task(policy.watch(POLICY_POLL_SECONDS), name="policy-watch"))
+        yield services
+    finally:
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
+        await verifier.close()
+        await audit.close()
+        await oidc_session.close()
+        await upstream.close()

@@ -1,0 +1,145 @@
+"""Builds the aiohttp applications (main listener: forward-auth + reverse proxy; admin listener)
+and the one middleware that turns idgate errors into responses, audits and counts them."""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from proxy.config import Config, LimitsConfig
+from proxy.edges import admin, forward_auth, reverse_proxy
+from proxy.edges._http import REQUEST_ID, RESPONSE_STARTED, SURFACE, rejected_target
+from proxy.errors import DependencyError, HeadersTooLarge, IdgateError
+from proxy.headers import request_id
+from proxy.model import Surface
+from proxy.routes import RouteTable
+from proxy.runtime import SERVICES, Services
+
+log = logging.getLogger("idgate.server")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# aiohttp's own parser limits sit above idgate's, so an oversized head normally reaches the
+# middleware and gets an audited 431; only grossly oversized heads are cut off by the parser.
+_PARSER_HEADROOM = 2
+
+
+def error_response(err: IdgateError, rid: str) -> web.Response:
+    headers = {"X-Request-Id": rid, "Cache-Control": "no-store"}
+    if err.status == 401:
+        error = "invalid_request" if err.reason == "missing_token" else "invalid_token"
+        headers["WWW-Authenticate"] = f'Bearer realm="idgate", error="{error}"'
+    return web.json_response({"code": err.code, "message": err.message, "request_id": rid},
+                             status=err.status, headers=headers)
+
+
+def _check_head_limits(request: web.Request, limits: LimitsConfig) -> None:
+    if len(request.raw_headers) > limits.max_headers:
+        raise HeadersTooLarge("too many request headers", reason="too_many_headers")
+    for name, value in request.raw_headers:
+        if len(name) + len(value) > limits.max_header_bytes:
+            raise HeadersTooLarge("a request header is too large", reason="header_too_large")
+
+
+def guard_middleware(services: Services) -> Any:
+    limits = services.config.limits
+
+    @web.middleware
+    async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+        rid = request_id(request.headers.get("X-Request-Id"))
+        request[REQUEST_ID] = rid
+        request[SURFACE] = Surface.PROXY
+        try:
+            _check_head_limits(request, limits)
+            response = await handler(request)
+        except IdgateError as err:
+            if request.get(RESPONSE_STARTED):
+                raise  # the head is on the wire: aiohttp drops the connection so a partial body is visible
+            if not err.audited:
+                try:
+                    await services.pipeline.record_rejection(rejected_target(request), err)
+                except DependencyError as audit_err:
+                    err = audit_err  # fail closed: no audit, no answer but 503
+            response = error_response(err, rid)
+        services.metrics.requests.labels(
+            request[SURFACE].value, "allow" if response.status < 400 else "deny", str(response.status)).inc()
+        if not response.prepared:
+            response.headers["X-Request-Id"] = rid
+        return response
+
+    return guard
+
+
+def build_main_app(services: Services) -> web.Application:
+    app = web.Application(middlewares=[guard_middleware(services)], client_max_size=1024)
+    app[SERVICES] = services
+    app[reverse_proxy.ROUTES] = RouteTable(services.config.routes)
+    if services.config.forward_auth.enabled:
+        app.router.add_route("*", services.config.forward_auth.path, forward_auth.handle)
+    app.router.add_route("*", "/{tail:.*}", reverse_proxy.handle)
+    return app
+
+
+def build_admin_app(services: Services) -> web.Application:
+    app = web.Application()
+    app[SERVICES] = services
+    admin.add_routes(app)
+    return app
+
+
+def runner_args(limits: LimitsConfig) -> dict[str, Any]:
+    """aiohttp server arguments.  aiohttp has no separate header-read timeout: its idle timer also
+    closes a connection whose request head has not completed, so it bounds slow-header clients."""
+    return {
+        "max_line_size": limits.max_line_bytes,
+        "max_field_size": limits.max_header_bytes * _PARSER_HEADROOM,
+        "max_headers": limits.max_headers * _PARSER_HEADROOM,
+        "keepalive_timeout": min(limits.header_timeout, limits.keepalive_timeout),
+        "access_log": None,
+    }
+
+
+def tls_context(config: Config) -> ssl.SSLContext | None:
+    tls = config.listen.tls
+    if tls is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(tls.cert_file, tls.key_file)
+    return context
+
+
+class Listeners:
+    """Both listeners of one process, started and stopped together; ports are known after start."""
+
+    def __init__(self, services: Services) -> None:
+        self._services = services
+        self._main = web.AppRunner(build_main_app(services), **runner_args(services.config.limits))
+        self._admin = web.AppRunner(build_admin_app(services), access_log=None)
+        self.main_port = 0
+        self.admin_port = 0
+
+    async def start(self, *, reuse_port: bool = False) -> None:
+        config = self._services.config
+        await self._main.setup()
+        await self._admin.setup()
+        main = web.TCPSite(self._main, config.listen.host, config.listen.port,
+                           ssl_context=tls_context(config), reuse_port=reuse_port or None, backlog=1024)
+        admin_site = web.TCPSite(self._admin, config.admin.host, config.admin.port, reuse_port=reuse_port or None)
+        await main.start()
+        await admin_site.start()
+        self.main_port = _bound_port(self._main)
+        self.admin_port = _bound_port(self._admin)
+
+    async def stop(self) -> None:
+        await self._main.cleanup()
+        await self._admin.cleanup()
+
+
+def _bound_port(runner: web.AppRunner) -> int:
+    address = runner.addresses[0]
+    return int(address[1])

@@ -1,0 +1,28 @@
+"""Admin listener: health, readiness, metrics, assertion JWKS."""
+
+from __future__ import annotations
+
+
+async def test_health_ready_and_metrics(stack):
+    async with stack.http.get(stack.idgate.admin_url + "/healthz") as response:
+        assert response.status == 200
+    async with stack.http.get(stack.idgate.admin_url + "/readyz") as response:
+        body = await response.json()
+        assert response.status == 200 and body["checks"] == {"policy": True, "issuers": True, "audit": True}
+    token = stack.etl_token()
+    await stack.get("/v1/orders/7", token=token)
+    await stack.get("/v1/orders/7", token=token)  # same token: served from the verified-token cache
+    await stack.get("/v1/orders/7", token=stack.web_token())
+    async with stack.http.get(stack.idgate.admin_url + "/metrics") as response:
+        text = await response.text()
+    assert 'idgate_requests_total{decision="allow",status="200",surface="proxy"} 2.0' in text
+    assert 'idgate_requests_total{decision="deny",status="403",surface="proxy"} 1.0' in text
+    assert 'idgate_token_cache_total{result="hit"} 1.0' in text
+    assert "idgate_audit_append_seconds_count" in text
+    assert "idgate_upstream_seconds_count" in text
+
+
+async def test_admin_is_not_on_the_main_listener(stack):
+    response = await stack.get("/metrics", token=stack.etl_token())
+    assert response.status in (403, 404)
+    assert "idgate_requests_total" not in await response.text()
