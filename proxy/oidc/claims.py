@@ -1,0 +1,113 @@
+"""Checks of a signature-verified token's header and claims that idgate does itself, because PyJWT
+is lax about them (types of exp/nbf/iat, typ, max age); the result is the caller's Identity."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any
+
+from proxy.config import IssuerConfig
+from proxy.errors import AuthenticationError
+from proxy.model import Identity
+
+MAX_GROUPS = 256
+
+
+def identity_from_claims(header: Mapping[str, Any], claims: dict[str, Any], issuer: IssuerConfig,
+                         now: float) -> Identity:
+    """The Identity of a token whose signature already verified; AuthenticationError otherwise."""
+    _check_type(header, issuer)
+    leeway = issuer.leeway
+    exp = _time_claim(claims, "exp")
+    if exp is None:
+        raise AuthenticationError("token has no expiry", reason="missing_claim")
+    if now >= exp + leeway:
+        raise AuthenticationError("token has expired", reason="token_expired")
+    nbf = _time_claim(claims, "nbf")
+    if nbf is not None and now + leeway < nbf:
+        raise AuthenticationError("token is not valid yet", reason="token_not_yet_valid")
+    iat = _time_claim(claims, "iat")
+    if iat is not None and now + leeway < iat:
+        raise AuthenticationError("token is issued in the future", reason="issued_in_future")
+    if issuer.max_age is not None:
+        if iat is None:
+            raise AuthenticationError("token has no issue time", reason="missing_claim")
+        if now - leeway > iat + issuer.max_age:
+            raise AuthenticationError("token is older than the accepted maximum age", reason="token_too_old")
+    audience = _audience(claims, issuer)
+    subject = claims.get("sub")
+    if subject is None:
+        raise AuthenticationError("token has no subject", reason="missing_claim")
+    if not isinstance(subject, str) or not subject:
+        raise AuthenticationError("token subject is not a non-empty string", reason="invalid_claim")
+    client_id = _client_id(claims, issuer)
+    return Identity(
+        issuer=issuer.issuer,
+        subject=subject,
+        audience=audience,
+        client_id=client_id,
+        groups=_groups(claims.get(issuer.groups_claim)),
+        expires_at=float(exp),
+        claims=MappingProxyType(claims),
+    )
+
+
+def _normalize_typ(typ: str) -> str:
+    # RFC 9068 §4: "at+jwt" and "application/at+jwt" are the same media type, compared case-insensitively.
+    typ = typ.lower()
+    return typ.removeprefix("application/")
+
+
+def _check_type(header: Mapping[str, Any], issuer: IssuerConfig) -> None:
+    if issuer.require_typ is None:
+        return
+    typ = header.get("typ")
+    if not isinstance(typ, str) or _normalize_typ(typ) != _normalize_typ(issuer.require_typ):
+        raise AuthenticationError("token is not of the required type", reason="wrong_token_type")
+
+
+def _time_claim(claims: Mapping[str, Any], name: str) -> int | float | None:
+    if name not in claims:
+        return None
+    value = claims[name]
+    # bool is an int subclass and a numeric string is what PyJWT would quietly accept: neither is a time.
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise AuthenticationError(f"token {name} claim is not a number", reason="invalid_claim")
+    return value
+
+
+def _audience(claims: Mapping[str, Any], issuer: IssuerConfig) -> tuple[str, ...]:
+    aud = claims.get("aud")
+    if aud is None:
+        raise AuthenticationError("token has no audience", reason="missing_claim")
+    audience = (aud,) if isinstance(aud, str) else aud
+    if not isinstance(audience, list | tuple) or not audience or not all(isinstance(a, str) for a in audience):
+        raise AuthenticationError("token audience is not a string or a list of strings", reason="invalid_claim")
+    if not any(a in issuer.audiences for a in audience):
+        raise AuthenticationError("token audience is not accepted", reason="bad_audience")
+    return tuple(audience)
+
+
+def _client_id(claims: Mapping[str, Any], issuer: IssuerConfig) -> str | None:
+    azp, client_id = claims.get("azp"), claims.get("client_id")
+    for value in (azp, client_id):
+        if value is not None and not isinstance(value, str):
+            raise AuthenticationError("token client id is not a string", reason="invalid_claim")
+    if azp is not None and client_id is not None and azp != client_id:
+        raise AuthenticationError("token azp and client_id disagree", reason="invalid_claim")
+    chosen = azp if azp is not None else client_id
+    if issuer.allowed_client_ids and chosen not in issuer.allowed_client_ids:
+        raise AuthenticationError("token client is not allowed", reason="bad_client")
+    return chosen
+
+
+def _groups(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return (value,)
+    if not isinstance(value, list) or not all(isinstance(g, str) for g in value):
+        return ()
+    if len(value) > MAX_GROUPS:
+        # Truncating could drop the very group a deny rule names: refuse instead.
+        raise AuthenticationError("token carries too many groups", reason="too_many_groups")
+    return tuple(value)

@@ -1,0 +1,205 @@
+"""One issuer's signing keys: discovery, JWKS fetch (aiohttp, bounded), background refresh with
+jitter, rate-limited refetch on an unknown kid, and last-good keys kept up to `max_stale`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+import yarl
+
+from proxy.config import IssuerConfig
+from proxy.metrics import Metrics
+from proxy.oidc.keys import JwksError, KeySet, parse_jwks
+
+log = logging.getLogger(__name__)
+
+MAX_DOCUMENT_BYTES = 512 * 1024       # discovery and JWKS documents are a few KiB
+FETCH_TIMEOUT = aiohttp.ClientTimeout(total=10.0, connect=5.0)
+RETRY_MIN = 1.0                       # first retry after a failed fetch; doubles up to refresh_interval
+
+
+class FetchError(Exception):
+    """A discovery or JWKS fetch failed; the message is safe for /readyz and logs."""
+
+
+class IssuerKeys:
+    """Holds the current KeySet of one issuer and keeps it fresh."""
+
+    def __init__(self, config: IssuerConfig, session: aiohttp.ClientSession, metrics: Metrics,
+                 clock: Callable[[], float], on_keys_removed: Callable[[], None]) -> None:
+        self.config = config
+        self._session = session
+        self._clock = clock
+        self._on_keys_removed = on_keys_removed
+        self._fetch_ok = metrics.jwks_fetches.labels(config.issuer, "ok")
+        self._fetch_error = metrics.jwks_fetches.labels(config.issuer, "error")
+        self._key_gauge = metrics.jwks_keys.labels(config.issuer)
+        self._keys: KeySet | None = None
+        self._jwks_uri: str | None = config.jwks_uri
+        self._last_success: float | None = None
+        self._last_error: str | None = None
+        self._failures = 0
+        self._last_unknown_kid_fetch: float | None = None
+        self._inflight: asyncio.Task[None] | None = None
+
+    # -- readiness ------------------------------------------------------------------------------
+
+    def usable_keys(self) -> KeySet | None:
+        """The keys, unless there are none or they are older than max_stale."""
+        if self._keys is None or self._last_success is None:
+            return None
+        if self._clock() - self._last_success > self.config.max_stale:
+            return None
+        return self._keys
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "ready": self.usable_keys() is not None,
+            "keys": len(self._keys) if self._keys is not None else 0,
+            "last_success": self._last_success,
+            "last_error": self._last_error,
+        }
+
+    # -- fetching -------------------------------------------------------------------------------
+
+    async def refresh(self) -> None:
+        """Fetch the keys now; concurrent callers share one fetch.  Never raises a fetch failure."""
+        if self._inflight is None:
+            self._inflight = asyncio.create_task(self._refresh_once())
+            self._inflight.add_done_callback(self._clear_inflight)
+        # Shielded: a caller's cancellation (client went away) must not cancel the shared fetch.
+        await asyncio.shield(self._inflight)
+
+    async def refresh_on_demand(self) -> None:
+        """A request needs keys we do not hold (unknown kid, none yet): refetch, but at most once per
+        unknown_kid_min_interval so that forged kids can never make us fetch per request."""
+        if self._inflight is not None:
+            await asyncio.shield(self._inflight)
+            return
+        now = self._clock()
+        last = self._last_unknown_kid_fetch
+        if last is not None and now - last < self.config.unknown_kid_min_interval:
+            return
+        self._last_unknown_kid_fetch = now
+        await self.refresh()
+
+    async def run_refresh_loop(self) -> None:
+        """Refresh every refresh_interval (jittered), sooner while the issuer keeps failing."""
+        while True:
+            await asyncio.sleep(self._next_delay())
+            await self.refresh()
+
+    def _next_delay(self) -> float:
+        interval = self.config.refresh_interval
+        if self._failures:
+            interval = min(interval, RETRY_MIN * 2 ** min(self._failures - 1, 16))
+        # Jitter keeps many replicas (and many issuers) from fetching in lock-step.
+        return interval * random.uniform(0.8, 1.0)
+
+    def _clear_inflight(self, _task: asyncio.Task[None]) -> None:
+        self._inflight = None
+
+    def cancel_inflight(self) -> None:
+        if self._inflight is not None:
+            self._inflight.cancel()
+
+    async def _refresh_once(self) -> None:
+        try:
+            keys = await self._fetch_keys()
+        except FetchError as exc:
+            self._record_failure(str(exc))
+            log.warning("jwks fetch failed for issuer %s: %s", self.config.issuer, exc)
+            return
+        except Exception:
+            # A bug here must not kill the refresh loop or reach a request as a foreign exception.
+            self._record_failure("unexpected error")
+            log.exception("jwks fetch failed for issuer %s", self.config.issuer)
+            return
+        removed = self._keys is not None and not self._keys.kids <= keys.kids
+        self._keys = keys
+        self._last_success = self._clock()
+        self._last_error = None
+        self._failures = 0
+        self._fetch_ok.inc()
+        self._key_gauge.set(len(keys))
+        if removed:
+            self._on_keys_removed()
+
+    def _record_failure(self, message: str) -> None:
+        self._failures += 1
+        self._last_error = message
+        self._fetch_error.inc()
+
+    async def _fetch_keys(self) -> KeySet:
+        if self.config.jwks_file is not None:
+            document = await asyncio.to_thread(_read_json_file, str(self.config.jwks_file))
+        else:
+            if self._jwks_uri is None:
+                self._jwks_uri = await self._discover_jwks_uri()
+            try:
+                document = await self._get_json(self._jwks_uri)
+            except FetchError:
+                if self.config.jwks_uri is None:
+                    self._jwks_uri = None  # rediscover next time: the issuer may have moved its JWKS
+                raise
+        try:
+            return parse_jwks(document, self.config.algorithms)
+        except JwksError as exc:
+            raise FetchError(str(exc)) from exc
+
+    async def _discover_jwks_uri(self) -> str:
+        document = await self._get_json(self.config.issuer.rstrip("/") + "/.well-known/openid-configuration")
+        if not isinstance(document, dict) or document.get("issuer") != self.config.issuer:
+            # OIDC Discovery §4.3: a document for another issuer must not supply our keys.
+            raise FetchError("discovery document names another issuer")
+        jwks_uri = document.get("jwks_uri")
+        if not isinstance(jwks_uri, str) or yarl.URL(jwks_uri).scheme not in ("https", "http"):
+            raise FetchError("discovery document has no usable jwks_uri")
+        return jwks_uri
+
+    async def _get_json(self, url: str) -> Any:
+        try:
+            async with self._session.get(url, timeout=FETCH_TIMEOUT, allow_redirects=False,
+                                         headers={"Accept": "application/json"}) as response:
+                if response.status != 200:
+                    raise FetchError(f"HTTP {response.status} from {_where(url)}")
+                if (response.content_length or 0) > MAX_DOCUMENT_BYTES:
+                    raise FetchError(f"document from {_where(url)} is too large")
+                body = bytearray()
+                async for chunk in response.content.iter_chunked(64 * 1024):
+                    body += chunk
+                    if len(body) > MAX_DOCUMENT_BYTES:
+                        raise FetchError(f"document from {_where(url)} is too large")
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+            raise FetchError(f"{type(exc).__name__} fetching {_where(url)}") from exc
+        try:
+            return json.loads(bytes(body))
+        except ValueError as exc:
+            raise FetchError(f"document from {_where(url)} is not JSON") from exc
+
+
+def _read_json_file(path: str) -> Any:
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_DOCUMENT_BYTES + 1)
+    except OSError as exc:
+        raise FetchError(f"cannot read JWKS file: {exc.strerror}") from exc
+    if len(raw) > MAX_DOCUMENT_BYTES:
+        raise FetchError("JWKS file is too large")
+    try:
+        return json.loads(raw)
+    except ValueError as exc:
+        raise FetchError("JWKS file is not JSON") from exc
+
+
+def _where(url: str) -> str:
+    # Scheme, host and path only: a query string could carry something that should not reach logs.
+    parsed = yarl.URL(url)
+    return str(parsed.with_query(None).with_fragment(None).with_user(None).with_password(None))
+
