@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import json
+import secrets
 import time
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from proxy.model import Identity
 
@@ -32,3 +42,119 @@ def make_identity(
         expires_at=time.time() + expires_in,
         claims=MappingProxyType(all_claims),
     )
+
+
+# -- signing keys and tokens -------------------------------------------------------------------------
+
+PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
+
+
+@dataclass(frozen=True, slots=True)
+class SigningKey:
+    """A private key as an issuer holds it, with the kid and alg it signs under."""
+
+    kid: str
+    alg: str
+    private_key: PrivateKey
+
+    def public_jwk(self, **extra: Any) -> dict[str, Any]:
+        jwk: dict[str, Any] = json.loads(jwt.get_algorithm_by_name(self.alg).to_jwk(self.private_key.public_key()))
+        jwk.update(kid=self.kid, alg=self.alg, use="sig")
+        jwk.update(extra)
+        return {k: v for k, v in jwk.items() if v is not None}
+
+    def public_pem(self) -> bytes:
+        return self.private_key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+_RSA_CACHE: dict[int, rsa.RSAPrivateKey] = {}
+
+
+def make_rsa_key(kid: str = "rsa-1", alg: str = "RS256", *, bits: int = 2048, fresh: bool = False) -> SigningKey:
+    """An RSA signing key.  Key generation is slow, so one key per size is shared unless `fresh`."""
+    if fresh or bits not in _RSA_CACHE:
+        key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
+        if fresh:
+            return SigningKey(kid, alg, key)
+        _RSA_CACHE[bits] = key
+    return SigningKey(kid, alg, _RSA_CACHE[bits])
+
+
+def make_ec_key(kid: str = "ec-1") -> SigningKey:
+    return SigningKey(kid, "ES256", ec.generate_private_key(ec.SECP256R1()))
+
+
+def jwks_for(*keys: SigningKey) -> dict[str, Any]:
+    """The public JWKS document an issuer holding these keys would serve."""
+    return {"keys": [k.public_jwk() for k in keys]}
+
+
+def access_claims(
+    *,
+    issuer: str = DEFAULT_ISSUER,
+    subject: str = "svc-etl-7",
+    audience: str | list[str] = "orders-api",
+    expires_in: float = 300.0,
+    now: float | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """The claims of a valid access token; pass a claim as None to leave it out."""
+    now = time.time() if now is None else now
+    claims: dict[str, Any] = {
+        "iss": issuer, "sub": subject, "aud": audience, "client_id": subject,
+        "iat": int(now), "exp": int(now + expires_in), "jti": secrets.token_hex(8),
+    }
+    claims.update(extra)
+    return {k: v for k, v in claims.items() if v is not None}
+
+
+def sign_token(
+    claims: dict[str, Any],
+    key: SigningKey,
+    *,
+    alg: str | None = None,
+    typ: str | None = "at+jwt",
+    kid: str | None = "",
+    headers: dict[str, Any] | None = None,
+) -> str:
+    """A token signed by `key`.  `typ=None` leaves typ out (ID-token shaped); `kid=None` leaves the kid
+    out, the default "" uses the key's own kid."""
+    header: dict[str, Any] = {"typ": typ}  # None makes PyJWT drop typ instead of adding "JWT"
+    if kid is not None:
+        header["kid"] = key.kid if kid == "" else kid
+    header.update(headers or {})
+    return jwt.encode(claims, key.private_key, algorithm=alg or key.alg, headers=header)
+
+
+def b64url(data: bytes | dict[str, Any] | list[Any] | str) -> str:
+    """Unpadded base64url of raw bytes, or of the JSON of an object, as a JWS part."""
+    if isinstance(data, str):
+        data = data.encode()
+    elif not isinstance(data, bytes):
+        data = json.dumps(data, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def forge_token(header: Any, payload: Any, signature: bytes = b"") -> str:
+    """A compact JWS assembled by hand, for tokens no honest library would produce."""
+    return f"{b64url(header)}.{b64url(payload)}.{b64url(signature)}"
+
+
+def hmac_token(header: dict[str, Any], payload: dict[str, Any], secret: bytes) -> str:
+    """An HS256 token keyed by `secret` (the algorithm-confusion attack uses the issuer's public PEM)."""
+    signing_input = f"{b64url(header)}.{b64url(payload)}".encode()
+    return f"{signing_input.decode()}.{b64url(hmac.new(secret, signing_input, hashlib.sha256).digest())}"
+
+
+class FakeClock:
+    """An injectable clock (seconds since the epoch) that only moves when told to."""
+
+    def __init__(self, now: float | None = None) -> None:
+        self.now = time.time() if now is None else now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds

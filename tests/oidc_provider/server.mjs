@@ -1,8 +1,8 @@
 // A real OpenID Provider (panva oidc-provider 9.x) for idgate's integration tests.
 //
-// Usage: node server.mjs [--port N]        (N = 0 lets the kernel pick a free loopback port)
+// Usage: node server.mjs [--port N] [--config FILE]   (N = 0, the default, lets the kernel pick a
+//        free loopback port; FILE defaults to clients.json beside this script)
 // Env:   IDGATE_OP_CONTROL_TOKEN  required secret for the /__test/* control endpoints
-//        IDGATE_OP_CONFIG         optional JSON: {"clients": [...], "resources": {...}, "users": {...}}
 //
 // Serves on 127.0.0.1 only, prints "READY <port>" once listening.  The listener is created first so
 // the issuer URL carries the real port; the Provider behind it can then be replaced in-process (key
@@ -15,33 +15,27 @@
 
 import * as crypto from 'node:crypto';
 import * as http from 'node:http';
+import { readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 
 import Provider, { errors } from 'oidc-provider';
 
-const DEFAULT_CONFIG = {
-  clients: [
-    { client_id: 'svc-etl-7', client_secret: 'svc-etl-7-secret', groups: ['data-eng', 'etl'] },
-    { client_id: 'svc-report', client_secret: 'svc-report-secret', groups: 'reporting' },
-    // ID tokens come from a CIBA (poll mode) client: a real OIDC flow with no browser involved.
-    { client_id: 'web-portal', client_secret: 'web-portal-secret', ciba: true },
-  ],
-  // resource indicator -> the access token's signing alg and the scopes it knows
-  resources: {
-    'https://orders.internal': { alg: 'RS256', scope: 'orders:read orders:write' },
-    'https://billing.internal': { alg: 'RS256', scope: 'billing:read' },
-    'https://es.internal': { alg: 'ES256', scope: 'es:read' },
+const { values: args } = parseArgs({
+  options: {
+    port: { type: 'string', default: '0' },
+    config: { type: 'string', default: fileURLToPath(new URL('./clients.json', import.meta.url)) },
   },
-  users: { 'alice': { groups: ['data-eng'] } },
-};
-
-const { values: args } = parseArgs({ options: { port: { type: 'string', default: '0' } } });
+});
 const controlToken = process.env.IDGATE_OP_CONTROL_TOKEN;
 if (!controlToken) {
   console.error('IDGATE_OP_CONTROL_TOKEN is required');
   process.exit(2);
 }
-const config = process.env.IDGATE_OP_CONFIG ? JSON.parse(process.env.IDGATE_OP_CONFIG) : DEFAULT_CONFIG;
+// clients: client_credentials clients (groups -> the access token's groups claim) and CIBA clients
+// (ciba: true), which yield real ID tokens with no browser; resources: resource indicator -> the
+// signing alg and scopes of its JWT access tokens; users: accounts a CIBA login_hint may name.
+const config = JSON.parse(readFileSync(args.config, 'utf8'));
 
 function newSigningKeys() {
   const rsa = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey.export({ format: 'jwk' });

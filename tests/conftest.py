@@ -1,0 +1,21 @@
+"""Fixtures shared by every test directory.  Keep each fixture small and say which real component
+it starts; directory-specific fixtures belong in that directory's conftest.py."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.oidc_op import OidcProvider
+
+
+@pytest.fixture(scope="session")
+def oidc_provider() -> Iterator[OidcProvider]:
+    """The real node OpenID Provider (tests/oidc_provider), one process for the whole session.
+
+    Tests that flip its outage switch must switch it back (try/finally); rotated keys stay, which
+    other tests tolerate because a verifier refetches on an unknown kid.
+    """
+    with OidcProvider() as provider:
+        yield provider

@@ -1,0 +1,177 @@
+"""Starts and drives the real OpenID Provider of tests/oidc_provider (node, oidc-provider 9.x): free
+loopback port, polled readiness, tokens over HTTP, key rotation and JWKS outage switches."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+OP_DIR = Path(__file__).resolve().parent / "oidc_provider"
+DEFAULT_CONFIG = OP_DIR / "clients.json"
+HTTP_TIMEOUT = 10.0
+# Loopback only: never route the tests' requests through a proxy named in the environment.
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+class OidcProviderError(RuntimeError):
+    """The provider could not be started or refused a request; the message carries its log tail."""
+
+
+class OidcProvider:
+    """One node OpenID Provider process.  Use as a context manager, or call start() and stop()."""
+
+    def __init__(self, *, config: Path = DEFAULT_CONFIG, startup_timeout: float = 30.0) -> None:
+        self._config_path = config
+        self.config: dict[str, Any] = json.loads(config.read_text())
+        self._startup_timeout = startup_timeout
+        self._control_token = secrets.token_urlsafe(24)
+        self._process: subprocess.Popen[bytes] | None = None
+        self._log = tempfile.NamedTemporaryFile(prefix="oidc-op-", suffix=".log", delete=False)
+        self.port = 0
+
+    @property
+    def issuer(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> OidcProvider:
+        self.start()
+        return self
+
+    def __exit__(self, *_exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        self.stop()
+
+    # -- process ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        node = shutil.which("node")
+        if node is None:
+            raise OidcProviderError("node is not installed; the OIDC integration tests need node >= 20.12")
+        if not (OP_DIR / "node_modules" / "oidc-provider").is_dir():
+            raise OidcProviderError(
+                f"{OP_DIR}/node_modules is missing: run `make test` (it runs `npm ci` there) first")
+        env = {**os.environ, "IDGATE_OP_CONTROL_TOKEN": self._control_token}
+        # Port 0: the OP binds first and reports the port it got, so no other process can take it
+        # between our choosing and its binding.
+        self._process = subprocess.Popen(
+            [node, "server.mjs", "--port", "0", "--config", str(self._config_path)],
+            cwd=OP_DIR, env=env, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT)
+        try:
+            self.port = self._wait_for_ready_line()
+            self._wait_for_discovery()
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
+        self._log.close()
+        Path(self._log.name).unlink(missing_ok=True)
+
+    def _deadline_passed(self, deadline: float, what: str) -> None:
+        assert self._process is not None
+        if self._process.poll() is not None:
+            raise OidcProviderError(f"OpenID Provider exited with {self._process.returncode}:\n{self.log_tail()}")
+        if time.monotonic() > deadline:
+            raise OidcProviderError(f"OpenID Provider not {what} in {self._startup_timeout}s:\n{self.log_tail()}")
+
+    def _wait_for_ready_line(self) -> int:
+        deadline = time.monotonic() + self._startup_timeout
+        while True:
+            for line in Path(self._log.name).read_text(errors="replace").splitlines():
+                if line.startswith("READY "):
+                    return int(line.split()[1])
+            self._deadline_passed(deadline, "listening")
+            time.sleep(0.02)  # polling the log for the readiness line, bounded by the deadline
+
+    def _wait_for_discovery(self) -> None:
+        deadline = time.monotonic() + self._startup_timeout
+        while True:
+            try:
+                if self._request("GET", "/.well-known/openid-configuration")["issuer"] == self.issuer:
+                    return
+            except (OSError, OidcProviderError):
+                pass
+            self._deadline_passed(deadline, "serving discovery")
+            time.sleep(0.02)
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(Path(self._log.name).read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    # -- tokens -------------------------------------------------------------------------------
+
+    def secret_of(self, client_id: str) -> str:
+        for client in self.config["clients"]:
+            if client["client_id"] == client_id:
+                return str(client["client_secret"])
+        raise KeyError(client_id)
+
+    def token(self, client_id: str, resource: str, scope: str | None = None) -> str:
+        """A JWT access token for `resource` via client_credentials."""
+        form = {"grant_type": "client_credentials", "resource": resource}
+        if scope is not None:
+            form["scope"] = scope
+        return str(self._client_post(client_id, "/token", form)["access_token"])
+
+    def id_token(self, client_id: str = "web-portal", login_hint: str = "alice") -> str:
+        """A real ID token (no typ header) via CIBA in poll mode; the OP approves at once."""
+        started = self._client_post(client_id, "/backchannel", {"scope": "openid", "login_hint": login_hint})
+        tokens = self._client_post(client_id, "/token", {
+            "grant_type": "urn:openid:params:grant-type:ciba", "auth_req_id": started["auth_req_id"]})
+        return str(tokens["id_token"])
+
+    # -- test controls ------------------------------------------------------------------------
+
+    def rotate_keys(self) -> list[str]:
+        """Add a new RSA and EC signing key (listed first, signing from now on); returns all kids."""
+        return list(self._control("POST", "/__test/rotate")["kids"])
+
+    def outage(self, on: bool) -> None:
+        """While on, discovery and the JWKS answer 503 (the token endpoint keeps working)."""
+        self._control("POST", "/__test/outage", {"on": on})
+
+    def kids(self) -> list[str]:
+        return list(self._control("GET", "/__test/state")["kids"])
+
+    # -- http ---------------------------------------------------------------------------------
+
+    def _client_post(self, client_id: str, path: str, form: dict[str, str]) -> dict[str, Any]:
+        basic = base64.b64encode(f"{client_id}:{self.secret_of(client_id)}".encode()).decode()
+        return self._request("POST", path, urllib.parse.urlencode(form).encode(), {
+            "Authorization": f"Basic {basic}", "Content-Type": "application/x-www-form-urlencoded"})
+
+    def _control(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        data = None if body is None else json.dumps(body).encode()
+        return self._request(method, path, data, {
+            "X-Test-Control": self._control_token, "Content-Type": "application/json"})
+
+    def _request(self, method: str, path: str, data: bytes | None = None,
+                 headers: dict[str, str] | None = None) -> dict[str, Any]:
+        request = urllib.request.Request(self.issuer + path, data=data, method=method, headers=headers or {})
+        try:
+            with _OPENER.open(request, timeout=HTTP_TIMEOUT) as response:
+                result: dict[str, Any] = json.loads(response.read())
+                return result
+        except urllib.error.HTTPError as exc:
+            raise OidcProviderError(f"{method} {path}: HTTP {exc.code} {exc.read()[:500]!r}") from exc
