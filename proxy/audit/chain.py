@@ -1,0 +1,213 @@
+"""The audit record format and its hash chain: sealing a record into one line, checking a line,
+and verifying a sequence of segment files.  Pure functions; the only I/O is reading files to verify.
+
+Format (one line per record, `\\n`-terminated, pure ASCII):
+
+    C    = json.dumps(record_without_hash, sort_keys=True, separators=(",", ":"),
+                      ensure_ascii=True, allow_nan=False)
+    hash = hex(sha256(prev + C))          prev and C as ASCII bytes; prev is the 64-hex `prev` field
+    line = C without its final "}" + ',"hash":"' + hash + '"}' + "\\n"
+
+`record_without_hash` holds the caller's fields plus v (1), seq (1 for the very first record, then
++1 per record, continuing across rotated files), ts (UTC, "2026-11-22T23:59:59.123456Z") and prev
+(the previous record's `hash`, or 64 zeros before the first record).  Because the hash member is
+always the last 76 bytes before the newline, a third party can verify without re-serializing:
+take the line, cut `,"hash":"<64 hex>"}`, append "}", and hash `prev` + those bytes.
+
+The chain detects an edited, deleted, inserted or reordered record and a missing segment.  It is
+unkeyed, so someone who can rewrite the whole tail can recompute it, and dropping the newest
+records leaves no trace in the files themselves: anchor the latest `hash` elsewhere for that.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+VERSION = 1
+GENESIS = "0" * 64
+RESERVED = frozenset({"v", "seq", "ts", "prev", "hash"})
+
+_HASH_SUFFIX = re.compile(rb',"hash":"([0-9a-f]{64})"\}\Z')
+_HEX64 = re.compile(r"[0-9a-f]{64}\Z")
+_SCAN_BLOCK = 1 << 16
+
+
+@dataclass(frozen=True, slots=True)
+class ChainState:
+    """Where the chain stands: the last record written (seq 0 and GENESIS before the first)."""
+
+    seq: int = 0
+    prev: str = GENESIS
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyReport:
+    ok: bool
+    records: int
+    files: int
+    problems: tuple[str, ...]
+
+
+def canonical(record: dict[str, Any]) -> bytes:
+    """The bytes a record's hash covers (see the module docstring)."""
+    return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
+                      allow_nan=False).encode("ascii")
+
+
+def format_ts(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def seal(fields: dict[str, Any], state: ChainState, epoch: float) -> tuple[bytes, ChainState]:
+    """One record as its line, and the chain state after it.  Raises TypeError/ValueError when the
+    fields are not JSON-serializable; the caller's state is then untouched."""
+    body = {**fields, "v": VERSION, "seq": state.seq + 1, "ts": format_ts(epoch), "prev": state.prev}
+    c = canonical(body)
+    digest = hashlib.sha256(state.prev.encode("ascii") + c).hexdigest()
+    line = b"%s,\"hash\":\"%s\"}\n" % (c[:-1], digest.encode("ascii"))
+    return line, ChainState(state.seq + 1, digest)
+
+
+class LineError(ValueError):
+    """A line that is not a well-formed record; the message says what is wrong."""
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        # Two parsers could disagree on which value counts: a forged line could show one and hash another.
+        raise LineError("duplicate key in JSON object")
+    return obj
+
+
+def _refuse_constant(name: str) -> Any:
+    raise LineError(f"non-JSON number {name}")
+
+
+def parse_line(line: bytes) -> tuple[dict[str, Any], bool]:
+    """Parse one line (without its newline) into a record and whether its own hash is right.
+    Raises LineError when it is not a well-formed record at all."""
+    try:
+        record = json.loads(line, object_pairs_hook=_no_duplicate_keys, parse_constant=_refuse_constant)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise LineError(f"bad JSON ({exc})") from exc
+    if not isinstance(record, dict):
+        raise LineError("not a JSON object")
+    if record.get("v") != VERSION:
+        raise LineError(f"unsupported record version {record.get('v')!r}")
+    seq, prev, digest = record.get("seq"), record.get("prev"), record.get("hash")
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1:
+        raise LineError("missing or invalid seq")
+    if not isinstance(prev, str) or not _HEX64.match(prev):
+        raise LineError("missing or invalid prev")
+    match = _HASH_SUFFIX.search(line)
+    if not isinstance(digest, str) or match is None or match.group(1).decode("ascii") != digest:
+        raise LineError('the line does not end with the "hash" member')
+    covered = line[: match.start()] + b"}"
+    intact = hashlib.sha256(prev.encode("ascii") + covered).hexdigest() == digest
+    return record, intact
+
+
+def verify_files(paths: Sequence[Path]) -> VerifyReport:
+    """Check the chain across segment files given oldest first (as `segment_files` lists them)."""
+    problems: list[str] = []
+    if not paths:
+        return VerifyReport(False, 0, 0, ("no audit files to verify",))
+    expected = ChainState()
+    records = 0
+    previous_file: Path | None = None
+    for path in paths:
+        first_in_file = True
+        try:
+            lines = list(_read_lines(path))
+        except OSError as exc:
+            problems.append(f"{path}: cannot read ({exc.strerror or exc})")
+            continue
+        for number, line, terminated in lines:
+            where = f"{path}:{number}"
+            if not terminated:
+                problems.append(f"{where}: unterminated last line (file truncated mid-record)")
+            try:
+                record, intact = parse_line(line)
+            except LineError as exc:
+                problems.append(f"{where}: {exc}")
+                continue
+            records += 1
+            if not intact:
+                problems.append(f"{where}: hash mismatch: record seq {record['seq']} was edited")
+            problems.extend(_link_problems(where, record, expected, first_in_file, previous_file))
+            expected = ChainState(record["seq"], record["hash"])
+            first_in_file = False
+        previous_file = path
+    return VerifyReport(not problems, records, len(paths), tuple(problems))
+
+
+def _link_problems(where: str, record: dict[str, Any], expected: ChainState,
+                   first_in_file: bool, previous_file: Path | None) -> Iterable[str]:
+    seq, prev = record["seq"], record["prev"]
+    if seq == expected.seq + 1 and prev == expected.prev:
+        return
+    if expected.seq == 0:
+        yield (f"{where}: the chain does not start here (seq {seq}, prev not the genesis): "
+               "earlier records or segments are missing")
+        return
+    if first_in_file and previous_file is not None:
+        yield (f"{where}: does not follow the last record of {previous_file} (seq {expected.seq}): "
+               "a segment is missing, truncated or out of order")
+    if seq > expected.seq + 1:
+        yield f"{where}: seq gap: expected {expected.seq + 1}, found {seq} (records deleted)"
+    elif seq <= expected.seq:
+        yield f"{where}: seq goes backwards: expected {expected.seq + 1}, found {seq} (records reordered or duplicated)"
+    if prev != expected.prev:
+        yield (f"{where}: prev does not match the hash of the record before it "
+               "(a record was deleted, inserted or reordered)")
+
+
+def _read_lines(path: Path) -> Iterable[tuple[int, bytes, bool]]:
+    """(1-based line number, line without newline, whether it ended with a newline).  Splits on
+    b"\\n" only, never on other Unicode line breaks."""
+    with path.open("rb") as f:
+        for number, raw in enumerate(f, start=1):
+            if raw.endswith(b"\n"):
+                yield number, raw[:-1], True
+            else:
+                yield number, raw, False
+
+
+def last_record(path: Path) -> tuple[ChainState | None, int]:
+    """The newest intact record in a file, scanning backwards block by block, and the length of
+    the file's terminated part (bytes after the last newline are a torn write).  None when no line
+    in the file is an intact record."""
+    with path.open("rb") as f:
+        pos = f.seek(0, 2)
+        carry = b""          # start of a line whose beginning lies in an earlier block
+        terminated: int | None = None
+        while pos > 0:
+            start = max(0, pos - _SCAN_BLOCK)
+            f.seek(start)
+            data = f.read(pos - start) + carry
+            pos = start
+            if terminated is None:
+                cut = data.rfind(b"\n")
+                if cut < 0:
+                    carry = data
+                    continue
+                terminated = start + cut + 1
+                data = data[:cut]
+            parts = data.split(b"\n")
+            carry = parts[0] if start > 0 else b""
+            for line in reversed(parts[1:] if start > 0 else parts):
+                try:
+                    record, intact = parse_line(line)
+                except LineError:
+                    continue
+                if intact:
+                    return ChainState(record["seq"], record["hash"]), terminated
+        return None, terminated or 0

@@ -1,0 +1,220 @@
+"""AuditLog: hash-chained records made durable by group commit before `append` returns; a caller's
+cancellation never stops or tears a write, and a record that cannot be made durable fails closed.
+
+One writer task takes everything queued (up to _MAX_BATCH), seals it into the chain in order,
+and hands one write + one fsync to a dedicated thread; records that arrive meanwhile form the next
+batch.  When the previous batch showed concurrent appenders, the writer also waits for companions
+until the oldest queued record is `group_commit_max_delay` old (PostgreSQL's commit_delay idea:
+waiting only pays when others are committing too, so a lone appender never waits).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from proxy.audit.chain import RESERVED, ChainState, seal
+from proxy.audit.sink import SegmentSink
+from proxy.config import AuditConfig
+from proxy.errors import DependencyError
+from proxy.metrics import Metrics
+
+_log = logging.getLogger(__name__)
+
+_MAX_BATCH = 1024
+_MAX_PENDING = 10_000
+_UNAVAILABLE = "audit_unavailable"
+
+
+@dataclass(slots=True)
+class _Pending:
+    fields: dict[str, Any]
+    enqueued: float                            # loop time, for the append latency metric
+    future: asyncio.Future[None] | None        # None for append_nowait
+
+
+class AuditLog:
+    """Callers must never put tokens, secrets or raw claims in a record, and must not mutate a
+    record's nested values after handing it over."""
+
+    def __init__(self, config: AuditConfig, metrics: Metrics, *, clock: Callable[[], float] = time.time,
+                 write: Callable[[int, bytes], int] = os.write, fsync: Callable[[int], None] = os.fsync,
+                 max_pending: int = _MAX_PENDING) -> None:
+        self._max_delay = config.group_commit_max_delay
+        self._metrics = metrics
+        self._clock = clock
+        self._max_pending = max_pending
+        self._sink = SegmentSink(config.path, rotate_bytes=config.rotate_bytes, fsync_enabled=config.fsync,
+                                 write=write, fsync=fsync, clock=clock)
+        self._pending: deque[_Pending] = deque()
+        self._wakeup = asyncio.Event()
+        self._state = ChainState()
+        self._writer: asyncio.Task[None] | None = None
+        # Its own thread, so audit fsyncs never queue behind STS calls in the default executor.
+        self._executor: ThreadPoolExecutor | None = None
+        self._closing = False
+        self._healthy = False
+        self._last_batch = 1
+
+    @property
+    def healthy(self) -> bool:
+        """False before open, after close, and after a failed write until a later write succeeds."""
+        return self._healthy
+
+    async def open(self) -> None:
+        if self._writer is not None:
+            raise RuntimeError("the audit log is already open")
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="idgate-audit")
+        try:
+            self._state = await asyncio.get_running_loop().run_in_executor(executor, self._sink.open)
+        except OSError as exc:
+            executor.shutdown(wait=False)
+            _log.error("audit log cannot be opened: %s", exc)
+            raise DependencyError(f"the audit log cannot be opened: {exc}", reason=_UNAVAILABLE) from exc
+        self._executor = executor
+        self._closing = False
+        self._healthy = True
+        self._writer = asyncio.create_task(self._run(), name="idgate-audit-writer")
+
+    async def close(self) -> None:
+        """Write everything already queued, then stop the writer and close the file."""
+        if self._writer is None or self._executor is None:
+            return
+        self._closing = True
+        self._wakeup.set()
+        await asyncio.shield(self._writer)
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._sink.close)
+        self._executor.shutdown(wait=False)
+        self._writer = self._executor = None
+        self._healthy = False
+
+    async def append(self, record: dict[str, Any]) -> None:
+        """Return once the record is written and fsynced; DependencyError when it cannot be."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._enqueue(record, future)
+        try:
+            # The shield keeps a cancelled caller from cancelling the future: the record is
+            # already in the queue and will be written in its place in the chain regardless.
+            await asyncio.shield(future)
+        except asyncio.CancelledError:
+            future.add_done_callback(_retrieve)
+            raise
+
+    def append_nowait(self, record: dict[str, Any]) -> None:
+        """Queue a record (an outcome) without waiting; failures are counted and logged."""
+        try:
+            self._enqueue(record, None)
+        except DependencyError as err:
+            _log.error("audit record (event %s) dropped: %s", record.get("event"), err.message)
+
+    def _enqueue(self, record: dict[str, Any], future: asyncio.Future[None] | None) -> None:
+        reserved = RESERVED.intersection(record)
+        if reserved:
+            raise ValueError(f"audit record fields {sorted(reserved)} are set by the audit log")
+        if "event" not in record:
+            raise ValueError("an audit record needs an event")
+        if self._writer is None or self._closing or self._writer.done():
+            problem = "the audit log is not open"
+        elif len(self._pending) >= self._max_pending:
+            problem = "the audit log is overloaded"
+        else:
+            self._pending.append(_Pending(dict(record), asyncio.get_running_loop().time(), future))
+            if len(self._pending) == 1 or len(self._pending) >= _MAX_BATCH:
+                self._wakeup.set()
+            return
+        self._metrics.audit_failures.inc()
+        raise DependencyError(problem, reason=_UNAVAILABLE)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            while not self._pending:
+                if self._closing:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            await self._gather_companions(loop)
+            batch = [self._pending.popleft() for _ in range(min(len(self._pending), _MAX_BATCH))]
+            try:
+                await self._commit(batch, loop)
+            except Exception:
+                # The writer must outlive a bug: if it died, every later append would wait forever.
+                _log.exception("audit writer failed on a batch of %d record(s)", len(batch))
+                self._healthy = False
+                self._fail(batch)
+
+    async def _gather_companions(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._max_delay <= 0 or self._last_batch < 2:
+            return
+        deadline = self._pending[0].enqueued + self._max_delay
+        while len(self._pending) < _MAX_BATCH and not self._closing:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            self._wakeup.clear()
+            try:
+                async with asyncio.timeout(remaining):
+                    await self._wakeup.wait()
+            except TimeoutError:
+                return
+
+    async def _commit(self, batch: list[_Pending], loop: asyncio.AbstractEventLoop) -> None:
+        lines: list[bytes] = []
+        sealed: list[_Pending] = []
+        state = self._state
+        now = self._clock()
+        for item in batch:
+            try:
+                line, next_state = seal(item.fields, state, now)
+            except (TypeError, ValueError) as exc:
+                # A bad record fails alone and takes no seq, so the chain has no gap.
+                self._metrics.audit_failures.inc()
+                _log.error("audit record (event %s) is not serializable: %s", item.fields.get("event"), exc)
+                if item.future is not None and not item.future.done():
+                    item.future.set_exception(exc)
+                continue
+            lines.append(line)
+            sealed.append(item)
+            state = next_state
+        if not sealed:
+            return
+        try:
+            await loop.run_in_executor(self._executor, self._sink.write_batch, b"".join(lines))
+        except OSError as exc:
+            _log.error("audit batch of %d record(s) not written: %s", len(sealed), exc)
+            self._healthy = False
+            self._fail(sealed)
+            return
+        self._state = state
+        self._healthy = True
+        self._last_batch = len(sealed)
+        self._metrics.audit_batch_records.observe(len(sealed))
+        durable = loop.time()
+        for item in sealed:
+            self._metrics.audit_append_seconds.observe(durable - item.enqueued)
+            if item.future is not None and not item.future.done():
+                item.future.set_result(None)
+        if self._sink.needs_rotation():
+            try:
+                await loop.run_in_executor(self._executor, self._sink.rotate, state.seq)
+            except OSError as exc:
+                _log.warning("audit rotation failed; retrying after the next batch: %s", exc)
+
+    def _fail(self, items: list[_Pending]) -> None:
+        self._metrics.audit_failures.inc(len(items))
+        for item in items:
+            if item.future is not None and not item.future.done():
+                item.future.set_exception(DependencyError("the audit log is unavailable", reason=_UNAVAILABLE))
+
+
+def _retrieve(future: asyncio.Future[None]) -> None:
+    """Mark a cancelled caller's outcome as seen; the writer has already logged any failure."""
+    if not future.cancelled():
+        future.exception()
