@@ -110,7 +110,7 @@ def access_claims(
 
 
 def sign_token(
-    claims: dict[str, Any],
+    claims: Any,
     key: SigningKey,
     *,
     alg: str | None = None,
@@ -118,13 +118,15 @@ def sign_token(
     kid: str | None = "",
     headers: dict[str, Any] | None = None,
 ) -> str:
-    """A token signed by `key`.  `typ=None` leaves typ out (ID-token shaped); `kid=None` leaves the kid
-    out, the default "" uses the key's own kid."""
+    """A token signed by `key` over the JSON of `claims`, whatever it holds (PyJWS, so no claim checks:
+    non-string `iss`, `Infinity`, arrays all get signed).  `typ=None` leaves typ out (ID-token shaped);
+    `kid=None` leaves the kid out, the default "" uses the key's own kid."""
     header: dict[str, Any] = {"typ": typ}  # None makes PyJWT drop typ instead of adding "JWT"
     if kid is not None:
         header["kid"] = key.kid if kid == "" else kid
     header.update(headers or {})
-    return jwt.encode(claims, key.private_key, algorithm=alg or key.alg, headers=header)
+    payload = json.dumps(claims, separators=(",", ":")).encode()
+    return jwt.PyJWS().encode(payload, key.private_key, algorithm=alg or key.alg, headers=header)
 
 
 def b64url(data: bytes | dict[str, Any] | list[Any] | str) -> str:

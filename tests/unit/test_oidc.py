@@ -3,6 +3,7 @@ parsing, claim checks, and the verified-token cache (keys from a local JWKS file
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Callable
@@ -426,3 +427,21 @@ async def test_status_reports_keys_and_errors(verifier_factory: Factory, jwks_fi
     await broken.start()
     assert not broken.ready()
     assert broken.status()[DEFAULT_ISSUER]["last_error"] == "cannot read JWKS file: No such file or directory"
+
+
+def fetch_count(metrics: Metrics, result: str = "ok") -> float:
+    value = metrics.registry.get_sample_value(
+        "idgate_jwks_fetches_total", {"issuer": DEFAULT_ISSUER, "result": result})
+    return value or 0.0
+
+
+async def test_concurrent_tokens_with_a_new_kid_share_one_refetch(verifier_factory: Factory, jwks_file: Path) -> None:
+    clock, metrics = FakeClock(), Metrics()
+    verifier = verifier_factory(clock, metrics)
+    await verifier.start()
+    rotated = make_rsa_key("rsa-new", fresh=True)
+    jwks_file.write_text(json.dumps(jwks_for(rotated, RSA, EC)))
+    tokens = [sign_token(access_claims(now=clock.now, jti=str(i)), rotated) for i in range(20)]
+    identities = await asyncio.gather(*(verifier.verify(t) for t in tokens))
+    assert all(i.subject == "svc-etl-7" for i in identities)  # every waiter got the refetched keys
+    assert fetch_count(metrics) == 2
