@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -16,7 +18,7 @@ from urllib.parse import urlsplit
 
 from proxy import logs
 from proxy.config import Config, load_config
-from proxy.errors import ConfigError, IdgateError
+from proxy.errors import ConfigError, ConfigProblem, IdgateError
 from proxy.model import Identity
 
 log = logging.getLogger("idgate")
@@ -34,6 +36,8 @@ def _parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the proxy")
     _config_arg(serve)
     serve.add_argument("--log-level", default="info")
+    serve.add_argument("--workers", type=int, default=1, help="processes sharing the listeners (SO_REUSEPORT)")
+    serve.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
     check_config = sub.add_parser("check-config", help="validate idgate.yaml and the policy files")
     _config_arg(check_config)
     check = sub.add_parser("check", help="explain the decision for one request, without a server")
@@ -149,18 +153,18 @@ def cmd_token(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def _serve(config: Config) -> None:
+async def _serve(config: Config, *, reuse_port: bool = False) -> None:
     from proxy.runtime import running_services
     from proxy.server import Listeners
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     async with running_services(config) as services:
-        loop.add_signal_handler(signal.SIGHUP, services.policy.reload)
+        loop.add_signal_handler(signal.SIGHUP, services.policy.request_reload)
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         listeners = Listeners(services)
-        await listeners.start()
+        await listeners.start(reuse_port=reuse_port)
         log.info("idgate serving", extra={"listen": f"{config.listen.host}:{listeners.main_port}",
                                           "admin": f"{config.admin.host}:{listeners.admin_port}"})
         await stop.wait()
@@ -168,9 +172,42 @@ async def _serve(config: Config) -> None:
         await listeners.stop()
 
 
+def worker_config(config: Config, index: int) -> Config:
+    """Each worker writes its own audit segment: one hash chain per writer, no cross-process locking."""
+    audit_path = config.audit.path.with_name(f"{config.audit.path.stem}.w{index}{config.audit.path.suffix}")
+    return dataclasses.replace(config, audit=dataclasses.replace(config.audit, path=audit_path))
+
+
+def _supervise(args: argparse.Namespace, config: Config) -> int:
+    """Start N worker processes on the same ports and relay SIGHUP/SIGTERM/SIGINT to them."""
+    if config.listen.port == 0 or config.admin.port == 0:
+        raise ConfigError([ConfigProblem(str(args.config), None, "--workers needs fixed listen and admin ports")])
+    base = [sys.executable, "-m", "proxy", "serve", "--config", str(args.config), "--log-level", args.log_level]
+    workers = [subprocess.Popen([*base, "--worker-index", str(i)]) for i in range(args.workers)]
+    stop_requested = False
+
+    def relay(signum: int, _frame: object) -> None:
+        nonlocal stop_requested
+        stop_requested = stop_requested or signum != signal.SIGHUP
+        for worker in workers:
+            worker.send_signal(signum)
+
+    for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, relay)
+    codes = [worker.wait() for worker in workers]
+    # A worker stopped before it had installed its handlers dies by the signal itself: still a clean stop.
+    stopped_by_us = {0, -signal.SIGTERM, -signal.SIGINT} if stop_requested else {0}
+    return EXIT_OK if all(code in stopped_by_us for code in codes) else EXIT_FAILED
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     logs.configure(args.log_level)
     config = load_config(args.config)
+    if args.worker_index is not None:
+        asyncio.run(_serve(worker_config(config, args.worker_index), reuse_port=True))
+        return EXIT_OK
+    if args.workers > 1:
+        return _supervise(args, config)
     asyncio.run(_serve(config))
     return EXIT_OK
 

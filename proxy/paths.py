@@ -8,7 +8,8 @@ Normalization, in order (RFC 3986 §6.2.2 plus idgate's refusals):
   * escapes: malformed ones (`%zz`, a trailing `%`) are refused; escapes of unreserved characters
     (ALPHA DIGIT - . _ ~) are decoded; `%2F` and `%5C` are refused (an upstream would split on them), as are
     encoded NUL and other controls; every other escape is kept with upper-case hex (`%3b` -> `%3B`, a
-    literal, never a path parameter);
+    literal, never a path parameter); an escaped escape (`%25` + two hex digits, also when it only
+    appears after decoding) is refused, because an upstream that decodes twice would see another path;
   * the fully decoded path must be valid UTF-8 (so overlong forms such as `%C0%AF` are refused);
   * `.` and `..` segments are resolved after decoding (so `%2e%2e` and `.%2E` count), a `..` above the
     root is refused, `//` runs are merged, and a trailing slash is kept.
@@ -102,6 +103,9 @@ def _canonical_raw_characters(raw_path: str) -> str:
     return "".join(out)
 
 
+_DOUBLE_ESCAPE = re.compile(r"%25[0-9A-Fa-f]{2}")
+
+
 def _decode_segment(raw_segment: str) -> str:
     """Decode unreserved escapes and upper-case the rest; the decoded segment must be UTF-8."""
     parts = raw_segment.split("%")
@@ -127,6 +131,10 @@ def _decode_segment(raw_segment: str) -> str:
             has_high = has_high or byte >= 0x80
         out.append(part[2:])
     segment = "".join(out)
+    if _DOUBLE_ESCAPE.search(segment):
+        # An escape of an escape (also one that only appears once unreserved escapes are decoded, as in
+        # %25%32%46): an upstream that decodes twice would see a %2F or %2E%2E idgate never authorized.
+        raise BadRequest("double percent-encoding in path", reason="double_encoding")
     if has_high:
         _check_utf8(parts)
     return segment

@@ -167,3 +167,15 @@ def test_malformed_escape_is_refused() -> None:
 def test_trailing_slash_cannot_dodge_a_deny() -> None:
     assert canonical("/admin/") == "/admin/"
     assert decide("/admin/").rule_id == "nobody-touches-admin"
+
+
+@pytest.mark.parametrize("raw", ["/v1/%252e%252e/admin", "/v1/%252F", "/v1/%25%32%65"])
+def test_double_encoding_is_refused(raw):
+    with pytest.raises(BadRequest) as err:
+        normalize_path(raw)
+    assert err.value.reason == "double_encoding"
+
+
+def test_a_literal_percent_sign_stays_allowed():
+    assert normalize_path("/v1/100%25") == "/v1/100%25"
+    assert normalize_path("/v1/%25zz") == "/v1/%25zz"

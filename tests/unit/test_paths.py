@@ -82,7 +82,6 @@ def test_split_target_refuses(target: str, reason: str) -> None:
         ("/a%2ab", "/a%2Ab"),
         ("/%3b", "/%3B"),
         ("/%25", "/%25"),
-        ("/%252e%252e", "/%252e%252e"),
         ("/caf%c3%a9", "/caf%C3%A9"),
         ("/%F0%9F%98%80", "/%F0%9F%98%80"),
         ("/a/%2e/b", "/a/b"),
