@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -64,7 +64,7 @@ async def jwks_server() -> AsyncIterator[JwksServer]:
         await test_server.close()
 
 
-Make = Callable[..., TokenVerifier]
+Make = Callable[..., Awaitable[TokenVerifier]]
 
 
 @pytest.fixture
