@@ -1,13 +1,24 @@
 """idgate.yaml → frozen Config.  Strict: unknown keys and wrong types are errors, every problem is
 reported at once with file and line (ConfigError), and `idgate check-config` runs this same code.
 
-Durations are seconds (int or float); sizes are bytes (int).
+Durations are seconds (int or float); sizes are bytes (int); relative paths are relative to the file.
+The environment may override a secret and an endpoint: IDGATE_ASSERTION_KEY_FILE, IDGATE_AUDIT_PATH.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import ipaddress
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+from urllib.parse import urlsplit
+
+from proxy.errors import ConfigError, ConfigProblem
+from proxy.yamlconf import Decoder, Schema, Spot, read_yaml, readable_file_problem
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,3 +117,238 @@ class Config:
     assertion: AssertionConfig = field(default_factory=AssertionConfig)
     token_cache_size: int = 10000
     dev_mode: bool = False                        # enables `idgate token` and the demo issuer; loopback only
+
+
+# --- loading: strict decode (proxy.yamlconf) → per-object checks → cross checks and environment ---
+
+ALLOWED_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
+                                "ES256", "ES384", "ES512", "EdDSA"})   # never `none`, never HMAC
+MAX_LEEWAY = 300.0                    # a larger clock leeway would quietly disable `exp`
+ENV_ASSERTION_KEY_FILE = "IDGATE_ASSERTION_KEY_FILE"
+ENV_AUDIT_PATH = "IDGATE_AUDIT_PATH"
+
+_ROUTE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
+_HOST_NAME = re.compile(rf"(?=.{{1,253}}\Z){_LABEL}(?:\.{_LABEL})*")
+
+
+def is_host_name(value: str) -> bool:
+    """A lower-case DNS name (underscores tolerated for container names) or an IPv4 literal; no port."""
+    return _HOST_NAME.fullmatch(value) is not None
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _http_url_problem(url: str, *, bare: bool) -> str | None:
+    """Why `url` is not an http(s) URL with a host (and, when `bare`, nothing after host:port)."""
+    try:
+        parts = urlsplit(url)
+        parts.port   # noqa: B018 - raises ValueError for a malformed port
+    except ValueError:
+        return "is not a valid URL"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "must be an http:// or https:// URL with a host"
+    if "@" in parts.netloc:
+        return "must not contain user info"
+    if bare and (parts.path or parts.query or parts.fragment or url.endswith(("?", "#"))):
+        return "must be scheme://host[:port] with no path, query or fragment"
+    return None
+
+
+def _check_host(value: str, spot: Spot) -> None:
+    if not is_host_name(value) and not is_loopback(value):
+        spot.report(f"'{value}' is not a valid host name or IP address (no port)", "host")
+
+
+def _check_port(port: int, spot: Spot) -> None:
+    if not 0 <= port <= 65535:
+        spot.report("must be between 0 and 65535 (0 = pick a free port)", "port")
+
+
+def _check_positive(obj: Any, spot: Spot, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if value is not None and value <= 0:
+            spot.report("must be greater than 0", name)
+
+
+def _check_listener(listener: ListenerConfig, spot: Spot) -> ListenerConfig:
+    _check_host(listener.host, spot)
+    _check_port(listener.port, spot)
+    return listener
+
+
+def _check_admin(admin: AdminConfig, spot: Spot) -> AdminConfig:
+    _check_host(admin.host, spot)
+    _check_port(admin.port, spot)
+    return admin
+
+
+def _check_tls(tls: TlsConfig, spot: Spot) -> TlsConfig:
+    for name in ("cert_file", "key_file"):
+        why = readable_file_problem(getattr(tls, name))
+        if why:
+            spot.report(why, name)
+    return tls
+
+
+def _check_limits(limits: LimitsConfig, spot: Spot) -> LimitsConfig:
+    _check_positive(limits, spot, *(f.name for f in fields(limits)))
+    return limits
+
+
+def _check_issuer(issuer: IssuerConfig, spot: Spot) -> IssuerConfig:
+    why = _http_url_problem(issuer.issuer, bare=False)
+    if why:
+        spot.report(why, "issuer")
+    if not issuer.audiences:
+        spot.report("an issuer must name at least one audience", "audiences")
+    if issuer.jwks_uri is not None and issuer.jwks_file is not None:
+        spot.report("give jwks_uri or jwks_file, not both", "jwks_file")
+    if issuer.jwks_uri is not None and (why := _http_url_problem(issuer.jwks_uri, bare=False)):
+        spot.report(why, "jwks_uri")
+    if issuer.jwks_file is not None and (why := readable_file_problem(issuer.jwks_file)):
+        spot.report(why, "jwks_file")
+    if not issuer.algorithms:
+        spot.report("must list at least one algorithm", "algorithms")
+    for i, alg in enumerate(issuer.algorithms):
+        if alg not in ALLOWED_ALGORITHMS:
+            spot.report(f"algorithm '{alg}' is not allowed; use {', '.join(sorted(ALLOWED_ALGORITHMS))}",
+                        "algorithms", i)
+    if not 0 <= issuer.leeway <= MAX_LEEWAY:
+        spot.report(f"must be between 0 and {MAX_LEEWAY:g} seconds", "leeway")
+    if issuer.max_stale < 0:
+        spot.report("must not be negative", "max_stale")
+    _check_positive(issuer, spot, "max_token_bytes", "max_age", "refresh_interval", "unknown_kid_min_interval")
+    return issuer
+
+
+def _path_prefix_problem(prefix: str) -> str | None:
+    if not prefix.startswith("/"):
+        return "must start with '/'"
+    if "//" in prefix or any(c in prefix for c in "?#%;\\") or any(s in (".", "..") for s in prefix.split("/")):
+        return "must be a normalized path: no '//', '.', '..', '?', '#', '%', ';' or '\\'"
+    return None
+
+
+def _check_route(route: RouteConfig, spot: Spot) -> RouteConfig:
+    if not _ROUTE_NAME.fullmatch(route.name):
+        spot.report("must match [A-Za-z0-9][A-Za-z0-9._-]{0,63}", "name")
+    if why := _http_url_problem(route.upstream, bare=True):
+        spot.report(why, "upstream")
+    hosts = tuple(h.lower() for h in route.hosts)   # host names are case-insensitive: compare lower-case
+    for i, host in enumerate(hosts):
+        if not is_host_name(host):
+            spot.report(f"'{host}' is not a valid host name (no port, no wildcard)", "hosts", i)
+    if why := _path_prefix_problem(route.path_prefix):
+        spot.report(why, "path_prefix")
+    _check_positive(route, spot, "connect_timeout", "read_timeout", "max_body_bytes")
+    return replace(route, hosts=hosts)
+
+
+def _check_forward_auth(forward_auth: ForwardAuthConfig, spot: Spot) -> ForwardAuthConfig:
+    if why := _path_prefix_problem(forward_auth.path):
+        spot.report(why, "path")
+    return forward_auth
+
+
+def _check_audit(audit: AuditConfig, spot: Spot) -> AuditConfig:
+    _check_positive(audit, spot, "rotate_bytes")
+    if not 0 <= audit.group_commit_max_delay <= 1:
+        spot.report("must be between 0 and 1 second", "group_commit_max_delay")
+    return audit
+
+
+def _check_assertion(assertion: AssertionConfig, spot: Spot) -> AssertionConfig:
+    _check_positive(assertion, spot, "ttl")   # key_file is checked after environment overrides
+    return assertion
+
+
+def _check_config(config: Config, spot: Spot) -> Config:
+    for i, cidr in enumerate(config.trusted_proxies):
+        try:
+            ipaddress.ip_network(cidr, strict=True)
+        except ValueError:
+            spot.report(f"'{cidr}' is not an IP address or CIDR network (host bits must be zero)",
+                        "trusted_proxies", i)
+    if not config.issuers:
+        spot.report("at least one issuer is required", "issuers")
+    _report_duplicates([i.issuer for i in config.issuers], spot, "issuers", "issuer", "issuer")
+    _report_duplicates([r.name for r in config.routes], spot, "routes", "name", "route name")
+    listen, admin = config.listen, config.admin
+    if (listen.host, listen.port) == (admin.host, admin.port) and listen.port != 0:
+        spot.child("admin").report("admin must not use the same host and port as listen", "port")
+    if not config.policies_dir.is_dir():
+        spot.report("must be an existing directory", "policies_dir")
+    if config.dev_mode and not (is_loopback(listen.host) and is_loopback(admin.host)):
+        spot.report("only allowed when listen.host and admin.host are loopback addresses",
+                    "dev_mode")
+    _check_positive(config, spot, "token_cache_size")
+    return config
+
+
+def _report_duplicates(values: list[str], spot: Spot, field: str, key: str, what: str) -> None:
+    first: dict[str, int] = {}
+    for i, value in enumerate(values):
+        if value in first:
+            spot.child(field, i).report(f"duplicate {what} '{value}' (first at line "
+                                        f"{spot.child(field, first[value]).line(key)})", key)
+        else:
+            first[value] = i
+
+
+_SCHEMA = Schema(
+    internal=frozenset({(Config, "source")}),
+    validators=MappingProxyType({
+        ListenerConfig: _check_listener, AdminConfig: _check_admin, TlsConfig: _check_tls,
+        LimitsConfig: _check_limits, IssuerConfig: _check_issuer, RouteConfig: _check_route,
+        ForwardAuthConfig: _check_forward_auth, AuditConfig: _check_audit,
+        AssertionConfig: _check_assertion, Config: _check_config,
+    }),
+)
+
+
+def _apply_environment(config: Config, env: Mapping[str, str]) -> Config:
+    """DESIGN §7: the environment may override secrets and endpoints (an empty value counts as unset)."""
+    if key_file := env.get(ENV_ASSERTION_KEY_FILE):
+        config = replace(config, assertion=replace(config.assertion, key_file=Path(key_file)))
+    if audit_path := env.get(ENV_AUDIT_PATH):
+        config = replace(config, audit=replace(config.audit, path=Path(audit_path)))
+    return config
+
+
+def load_config(path: Path, env: Mapping[str, str] | None = None) -> Config:
+    """Read, decode and validate idgate.yaml; raise ConfigError listing every problem with file:line."""
+    env = os.environ if env is None else env
+    node = read_yaml(path)
+    decoder = Decoder(path, _SCHEMA)
+    if node is None:
+        raise ConfigError([ConfigProblem(str(path), None, "file is empty")])
+    config = decoder.decode(node, Config, injected={"source": path})
+    if config is not None:
+        config = _apply_environment(config, env)
+        key_file = config.assertion.key_file
+        if key_file is not None and (why := readable_file_problem(key_file)):
+            if env.get(ENV_ASSERTION_KEY_FILE):
+                decoder.problems.append(ConfigProblem(f"${ENV_ASSERTION_KEY_FILE}", None, f"{key_file}: {why}"))
+            else:
+                decoder.spot(node, Config, "").child("assertion").report(why, "key_file")
+    decoder.raise_if_problems()
+    assert config is not None   # decode returns None only after reporting a problem
+    return config
+
+
+def check_config(path: Path, env: Mapping[str, str] | None = None) -> list[str]:
+    """What `idgate check-config` prints: one line per problem, empty when the file is valid."""
+    try:
+        load_config(path, env)
+    except ConfigError as exc:
+        return [str(p) for p in exc.problems]
+    return []
