@@ -38,7 +38,7 @@ class OidcProvider:
         self._startup_timeout = startup_timeout
         self._control_token = secrets.token_urlsafe(24)
         self._process: subprocess.Popen[bytes] | None = None
-        self._log = tempfile.NamedTemporaryFile(prefix="oidc-op-", suffix=".log", delete=False)
+        self._log_dir: tempfile.TemporaryDirectory[str] | None = None
         self.port = 0
 
     @property
@@ -49,8 +49,14 @@ class OidcProvider:
         self.start()
         return self
 
-    def __exit__(self, *_exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 traceback: TracebackType | None) -> None:
         self.stop()
+
+    @property
+    def _log_path(self) -> Path:
+        assert self._log_dir is not None, "start() first"
+        return Path(self._log_dir.name) / "oidc-provider.log"
 
     # -- process ------------------------------------------------------------------------------
 
@@ -62,11 +68,13 @@ class OidcProvider:
             raise OidcProviderError(
                 f"{OP_DIR}/node_modules is missing: run `make test` (it runs `npm ci` there) first")
         env = {**os.environ, "IDGATE_OP_CONTROL_TOKEN": self._control_token}
+        self._log_dir = tempfile.TemporaryDirectory(prefix="oidc-op-")
         # Port 0: the OP binds first and reports the port it got, so no other process can take it
         # between our choosing and its binding.
-        self._process = subprocess.Popen(
-            [node, "server.mjs", "--port", "0", "--config", str(self._config_path)],
-            cwd=OP_DIR, env=env, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT)
+        with open(self._log_path, "wb") as log:
+            self._process = subprocess.Popen(
+                [node, "server.mjs", "--port", "0", "--config", str(self._config_path)],
+                cwd=OP_DIR, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
         try:
             self.port = self._wait_for_ready_line()
             self._wait_for_discovery()
@@ -83,8 +91,9 @@ class OidcProvider:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(timeout=10)
-        self._log.close()
-        Path(self._log.name).unlink(missing_ok=True)
+        if self._log_dir is not None:
+            self._log_dir.cleanup()
+            self._log_dir = None
 
     def _deadline_passed(self, deadline: float, what: str) -> None:
         assert self._process is not None
@@ -96,7 +105,7 @@ class OidcProvider:
     def _wait_for_ready_line(self) -> int:
         deadline = time.monotonic() + self._startup_timeout
         while True:
-            for line in Path(self._log.name).read_text(errors="replace").splitlines():
+            for line in self._log_path.read_text(errors="replace").splitlines():
                 if line.startswith("READY "):
                     return int(line.split()[1])
             self._deadline_passed(deadline, "listening")
@@ -115,7 +124,7 @@ class OidcProvider:
 
     def log_tail(self, lines: int = 40) -> str:
         try:
-            return "\n".join(Path(self._log.name).read_text(errors="replace").splitlines()[-lines:])
+            return "\n".join(self._log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return "(no log)"
 

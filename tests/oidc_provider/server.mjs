@@ -84,8 +84,8 @@ function buildProvider(issuer) {
     scopes: ['openid', ...new Set(Object.values(config.resources).flatMap((r) => r.scope.split(' ')))],
     claims: { openid: ['sub'], groups: ['groups'] },
     async findAccount(_ctx, sub) {
+      if (!Object.hasOwn(config.users, sub)) return undefined;
       const user = config.users[sub];
-      if (!user) return undefined;
       return { accountId: sub, async claims() { return { sub, groups: user.groups }; } };
     },
     // The access token's groups come from the client's configuration (a service identity).
@@ -103,8 +103,8 @@ function buildProvider(issuer) {
         defaultResource: async () => undefined,
         useGrantedResource: async () => true,
         async getResourceServerInfo(_ctx, resourceIndicator) {
+          if (!Object.hasOwn(config.resources, resourceIndicator)) throw new errors.InvalidTarget();
           const rs = config.resources[resourceIndicator];
-          if (!rs) throw new errors.InvalidTarget();
           return {
             scope: rs.scope,
             audience: resourceIndicator,
