@@ -46,7 +46,7 @@ class IssuerKeys:
         self._last_error: str | None = None
         self._failures = 0
         self._last_unknown_kid_fetch: float | None = None
-        self._inflight: asyncio.Task[None] | None = None
+        self._inflight: asyncio.Task[None] | None = None   # the shared fetch; kept (done) afterwards
 
     # -- readiness ------------------------------------------------------------------------------
 
@@ -70,16 +70,15 @@ class IssuerKeys:
 
     async def refresh(self) -> None:
         """Fetch the keys now; concurrent callers share one fetch.  Never raises a fetch failure."""
-        if self._inflight is None:
+        if self._inflight is None or self._inflight.done():
             self._inflight = asyncio.create_task(self._refresh_once())
-            self._inflight.add_done_callback(self._clear_inflight)
         # Shielded: a caller's cancellation (client went away) must not cancel the shared fetch.
         await asyncio.shield(self._inflight)
 
     async def refresh_on_demand(self) -> None:
         """A request needs keys we do not hold (unknown kid, none yet): refetch, but at most once per
         unknown_kid_min_interval so that forged kids can never make us fetch per request."""
-        if self._inflight is not None:
+        if self._inflight is not None and not self._inflight.done():
             await asyncio.shield(self._inflight)
             return
         now = self._clock()
@@ -101,9 +100,6 @@ class IssuerKeys:
             interval = min(interval, RETRY_MIN * 2 ** min(self._failures - 1, 16))
         # Jitter keeps many replicas (and many issuers) from fetching in lock-step.
         return interval * random.uniform(0.8, 1.0)
-
-    def _clear_inflight(self, _task: asyncio.Task[None]) -> None:
-        self._inflight = None
 
     def cancel_inflight(self) -> None:
         if self._inflight is not None:

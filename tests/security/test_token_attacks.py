@@ -34,6 +34,8 @@ class JwksServer:
 
     jwks: dict[str, Any] = field(default_factory=lambda: jwks_for(RSA, EC))
     discovery_issuer: str | None = None          # None: the server's own URL (an honest issuer)
+    raw_jwks: bytes | None = None                # served instead of `jwks` when set
+    redirect_jwks_to: str | None = None
     fetches: int = 0
     url: str = ""
 
@@ -49,6 +51,10 @@ class JwksServer:
 
     async def _jwks(self, _request: web.Request) -> web.Response:
         self.fetches += 1
+        if self.redirect_jwks_to is not None:
+            raise web.HTTPFound(self.redirect_jwks_to)
+        if self.raw_jwks is not None:
+            return web.Response(body=self.raw_jwks, content_type="application/json")
         return web.json_response(self.jwks)
 
 
@@ -185,6 +191,21 @@ async def test_discovery_document_for_another_issuer(make_verifier: Make, jwks_s
     assert not verifier.ready()
     assert jwks_server.fetches == 0
     assert await refused(verifier, sign_token(claims_for(jwks_server), RSA), DependencyError) == "issuer_unavailable"
+
+
+async def test_oversized_jwks_is_not_read(make_verifier: Make, jwks_server: JwksServer) -> None:
+    honest = json.dumps(jwks_for(RSA)).encode()
+    jwks_server.raw_jwks = honest[:-1] + b', "pad": "' + b"x" * (1024 * 1024) + b'"}'
+    verifier = await make_verifier()
+    assert not verifier.ready()
+    assert "too large" in verifier.status()[jwks_server.url]["last_error"]
+
+
+async def test_jwks_redirect_is_not_followed(make_verifier: Make, jwks_server: JwksServer) -> None:
+    jwks_server.redirect_jwks_to = "http://127.0.0.1:1/jwks"
+    verifier = await make_verifier()
+    assert not verifier.ready()
+    assert "HTTP 302" in verifier.status()[jwks_server.url]["last_error"]
 
 
 # -- time claims ----------------------------------------------------------------------------------
