@@ -2,10 +2,10 @@
 
     IdgateError                      500  internal
     ├── ConfigError                  (startup only: a list of file:line problems, never an HTTP answer)
-    ├── BadRequest                   400  bad_request       malformed request, path trick, bad token format
+    ├── BadRequest                   400  bad_request       malformed request, path trick, malformed Authorization header
     │   ├── RequestTooLarge          413  too_large         body over the route limit
     │   └── HeadersTooLarge          431  headers_too_large
-    ├── AuthenticationError          401  unauthenticated   no / invalid / expired token
+    ├── AuthenticationError          401  unauthenticated   no / malformed / invalid / expired token (RFC 6750 invalid_token)
     ├── AccessDenied                 403  forbidden         policy says no (or no rule matched)
     ├── NotFound                     404  not_found         no route for host/path
     ├── DependencyError              503  unavailable       issuer keys, audit sink, STS unavailable
