@@ -3,9 +3,10 @@ cancellation never stops or tears a write, and a record that cannot be made dura
 
 One writer task takes everything queued (up to _MAX_BATCH), seals it into the chain in order,
 and hands one write + one fsync to a dedicated thread; records that arrive meanwhile form the next
-batch.  When the previous batch showed concurrent appenders, the writer also waits for companions
-until the oldest queued record is `group_commit_max_delay` old (PostgreSQL's commit_delay idea:
-waiting only pays when others are committing too, so a lone appender never waits).
+batch.  That natural batching is the main mechanism.  With `group_commit_max_delay` > 0 the writer
+may also wait for companions until the oldest queued record is that old, but only while waiting
+pays: after a wait that gathered nobody (a lone appender, or closed-loop callers who are all in the
+batch already) it writes straight away for the next 1, 2, 4, ... _MAX_SKIP batches before trying again.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ _log = logging.getLogger(__name__)
 
 _MAX_BATCH = 1024
 _MAX_PENDING = 10_000
+_MAX_SKIP = 1024
 _UNAVAILABLE = "audit_unavailable"
 
 
@@ -54,14 +56,16 @@ class AuditLog:
         self._sink = SegmentSink(config.path, rotate_bytes=config.rotate_bytes, fsync_enabled=config.fsync,
                                  write=write, fsync=fsync, clock=clock)
         self._pending: deque[_Pending] = deque()
-        self._wakeup = asyncio.Event()
+        self._wakeup: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._state = ChainState()
         self._writer: asyncio.Task[None] | None = None
         # Its own thread, so audit fsyncs never queue behind STS calls in the default executor.
         self._executor: ThreadPoolExecutor | None = None
         self._closing = False
         self._healthy = False
-        self._last_batch = 1
+        self._skip_waits = 0          # batches to write without waiting for companions
+        self._skip_next = 1           # how many to skip after the next fruitless wait
 
     @property
     def healthy(self) -> bool:
@@ -71,14 +75,15 @@ class AuditLog:
     async def open(self) -> None:
         if self._writer is not None:
             raise RuntimeError("the audit log is already open")
+        loop = asyncio.get_running_loop()
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="idgate-audit")
         try:
-            self._state = await asyncio.get_running_loop().run_in_executor(executor, self._sink.open)
+            self._state = await loop.run_in_executor(executor, self._sink.open)
         except OSError as exc:
             executor.shutdown(wait=False)
             _log.error("audit log cannot be opened: %s", exc)
             raise DependencyError(f"the audit log cannot be opened: {exc}", reason=_UNAVAILABLE) from exc
-        self._executor = executor
+        self._executor, self._loop, self._wakeup = executor, loop, asyncio.Event()
         self._closing = False
         self._healthy = True
         self._writer = asyncio.create_task(self._run(), name="idgate-audit-writer")
@@ -88,6 +93,7 @@ class AuditLog:
         if self._writer is None or self._executor is None:
             return
         self._closing = True
+        assert self._wakeup is not None
         self._wakeup.set()
         await asyncio.shield(self._writer)
         await asyncio.get_running_loop().run_in_executor(self._executor, self._sink.close)
@@ -120,12 +126,13 @@ class AuditLog:
             raise ValueError(f"audit record fields {sorted(reserved)} are set by the audit log")
         if "event" not in record:
             raise ValueError("an audit record needs an event")
-        if self._writer is None or self._closing or self._writer.done():
+        if self._writer is None or self._loop is None or self._wakeup is None or self._closing \
+                or self._writer.done():
             problem = "the audit log is not open"
         elif len(self._pending) >= self._max_pending:
             problem = "the audit log is overloaded"
         else:
-            self._pending.append(_Pending(dict(record), asyncio.get_running_loop().time(), future))
+            self._pending.append(_Pending(dict(record), self._loop.time(), future))
             if len(self._pending) == 1 or len(self._pending) >= _MAX_BATCH:
                 self._wakeup.set()
             return
@@ -133,14 +140,15 @@ class AuditLog:
         raise DependencyError(problem, reason=_UNAVAILABLE)
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
+        loop, wakeup = asyncio.get_running_loop(), self._wakeup
+        assert wakeup is not None
         while True:
             while not self._pending:
                 if self._closing:
                     return
-                self._wakeup.clear()
-                await self._wakeup.wait()
-            await self._gather_companions(loop)
+                wakeup.clear()
+                await wakeup.wait()
+            await self._gather_companions(loop, wakeup)
             batch = [self._pending.popleft() for _ in range(min(len(self._pending), _MAX_BATCH))]
             try:
                 await self._commit(batch, loop)
@@ -150,20 +158,28 @@ class AuditLog:
                 self._healthy = False
                 self._fail(batch)
 
-    async def _gather_companions(self, loop: asyncio.AbstractEventLoop) -> None:
-        if self._max_delay <= 0 or self._last_batch < 2:
+    async def _gather_companions(self, loop: asyncio.AbstractEventLoop, wakeup: asyncio.Event) -> None:
+        if self._max_delay <= 0:
             return
+        if self._skip_waits:
+            self._skip_waits -= 1
+            return
+        before = len(self._pending)
         deadline = self._pending[0].enqueued + self._max_delay
         while len(self._pending) < _MAX_BATCH and not self._closing:
             remaining = deadline - loop.time()
             if remaining <= 0:
-                return
-            self._wakeup.clear()
+                break
+            wakeup.clear()
             try:
                 async with asyncio.timeout(remaining):
-                    await self._wakeup.wait()
+                    await wakeup.wait()
             except TimeoutError:
-                return
+                break
+        if len(self._pending) > before:
+            self._skip_next = 1
+        else:
+            self._skip_waits, self._skip_next = self._skip_next, min(2 * self._skip_next, _MAX_SKIP)
 
     async def _commit(self, batch: list[_Pending], loop: asyncio.AbstractEventLoop) -> None:
         lines: list[bytes] = []
@@ -173,7 +189,7 @@ class AuditLog:
         for item in batch:
             try:
                 line, next_state = seal(item.fields, state, now)
-            except (TypeError, ValueError) as exc:
+            except (TypeError, ValueError, RecursionError) as exc:
                 # A bad record fails alone and takes no seq, so the chain has no gap.
                 self._metrics.audit_failures.inc()
                 _log.error("audit record (event %s) is not serializable: %s", item.fields.get("event"), exc)
@@ -194,7 +210,6 @@ class AuditLog:
             return
         self._state = state
         self._healthy = True
-        self._last_batch = len(sealed)
         self._metrics.audit_batch_records.observe(len(sealed))
         durable = loop.time()
         for item in sealed:

@@ -92,6 +92,23 @@ async def test_staggered_concurrent_appenders_batch_while_fsync_is_in_flight(tmp
     assert fsync.calls < 500 / 5
 
 
+async def test_a_lone_appender_stops_waiting_for_companions_that_never_come(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    log = make_log(path, Metrics(), delay=0.5)
+    await log.open()
+    clock = time.monotonic
+    started_at = clock()
+    await log.append({"event": "decision", "i": 0})
+    probed = clock() - started_at
+    started_at = clock()
+    await log.append({"event": "decision", "i": 1})
+    skipped = clock() - started_at
+    await log.close()
+    assert probed >= 0.45           # the first batch waited for companions up to the bound
+    assert skipped < 0.25           # nobody came, so the next one is written straight away
+    assert verify_files([path]).ok
+
+
 # --- cancellation ------------------------------------------------------------------------------
 
 class GatedFsync:
