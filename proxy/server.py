@@ -3,6 +3,7 @@ and the one middleware that turns idgate errors into responses, audits and count
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
 from collections.abc import Awaitable, Callable
@@ -45,7 +46,29 @@ def _check_head_limits(request: web.Request, limits: LimitsConfig) -> None:
             raise HeadersTooLarge("a request header is too large", reason="header_too_large")
 
 
-def guard_middleware(services: Services) -> Any:
+class InFlight:
+    """Counts requests inside the handlers, so a caller can wait until every one has finished
+    (and so has queued its outcome record)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def enter(self) -> None:
+        self.count += 1
+        self._idle.clear()
+
+    def leave(self) -> None:
+        self.count -= 1
+        if self.count == 0:
+            self._idle.set()
+
+    async def idle(self) -> None:
+        await self._idle.wait()
+
+
+def guard_middleware(services: Services, in_flight: InFlight) -> Any:
     limits = services.config.limits
 
     @web.middleware
@@ -53,6 +76,7 @@ def guard_middleware(services: Services) -> Any:
         rid = request_id(request.headers.get("X-Request-Id"))
         request[REQUEST_ID] = rid
         request[SURFACE] = Surface.PROXY
+        in_flight.enter()
         try:
             _check_head_limits(request, limits)
             response = await handler(request)
@@ -65,6 +89,8 @@ def guard_middleware(services: Services) -> Any:
                 except DependencyError as audit_err:
                     err = audit_err  # fail closed: no audit, no answer but 503
             response = error_response(err, rid)
+        finally:
+            in_flight.leave()
         services.metrics.requests.labels(
             request[SURFACE].value, "allow" if response.status < 400 else "deny", str(response.status)).inc()
         if not response.prepared:
@@ -74,8 +100,8 @@ def guard_middleware(services: Services) -> Any:
     return guard
 
 
-def build_main_app(services: Services) -> web.Application:
-    app = web.Application(middlewares=[guard_middleware(services)], client_max_size=1024)
+def build_main_app(services: Services, in_flight: InFlight) -> web.Application:
+    app = web.Application(middlewares=[guard_middleware(services, in_flight)], client_max_size=1024)
     app[SERVICES] = services
     app[reverse_proxy.ROUTES] = RouteTable(services.config.routes)
     if services.config.forward_auth.enabled:
@@ -118,7 +144,8 @@ class Listeners:
 
     def __init__(self, services: Services) -> None:
         self._services = services
-        self._main = web.AppRunner(build_main_app(services), **runner_args(services.config.limits))
+        self.in_flight = InFlight()
+        self._main = web.AppRunner(build_main_app(services, self.in_flight), **runner_args(services.config.limits))
         self._admin = web.AppRunner(build_admin_app(services), access_log=None)
         self.main_port = 0
         self.admin_port = 0

@@ -104,9 +104,21 @@ class RecordingUpstream:
 @dataclass
 class RunningIdgate:
     services: Services
-    port: int
-    admin_port: int
+    listeners: Listeners
     config_path: Path
+
+    @property
+    def port(self) -> int:
+        return self.listeners.main_port
+
+    @property
+    def admin_port(self) -> int:
+        return self.listeners.admin_port
+
+    async def settled(self) -> None:
+        """Every request has left its handler and every audit record it queued is on disk."""
+        await self.listeners.in_flight.idle()
+        await self.services.audit.flush()
 
     @property
     def url(self) -> str:
@@ -116,7 +128,8 @@ class RunningIdgate:
     def admin_url(self) -> str:
         return f"http://{HOST}:{self.admin_port}"
 
-    def audit_records(self) -> list[dict[str, Any]]:
+    async def audit_records(self) -> list[dict[str, Any]]:
+        await self.settled()
         path = self.services.config.audit.path
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
@@ -152,7 +165,7 @@ async def running_idgate(config_path: Path) -> AsyncIterator[RunningIdgate]:
         listeners = Listeners(services)
         await listeners.start()
         try:
-            yield RunningIdgate(services, listeners.main_port, listeners.admin_port, config_path)
+            yield RunningIdgate(services, listeners, config_path)
         finally:
             await listeners.stop()
 

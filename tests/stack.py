@@ -49,8 +49,8 @@ class Stack:
             headers["Authorization"] = f"Bearer {token}"
         return await self.http.request(kwargs.pop("method", "GET"), self.idgate.url + path, headers=headers, **kwargs)
 
-    def decisions(self) -> list[dict[str, Any]]:
-        return [r for r in self.idgate.audit_records() if r["event"] == "decision"]
+    async def decisions(self) -> list[dict[str, Any]]:
+        return [r for r in await self.idgate.audit_records() if r["event"] == "decision"]
 
 
 @pytest.fixture

@@ -66,6 +66,9 @@ class AuditLog:
         self._healthy = False
         self._skip_waits = 0          # batches to write without waiting for companions
         self._skip_next = 1           # how many to skip after the next fruitless wait
+        self._enqueued = 0            # records ever queued / settled (written or failed): for flush()
+        self._settled = 0
+        self._progress = asyncio.Event()
 
     @property
     def healthy(self) -> bool:
@@ -120,6 +123,13 @@ class AuditLog:
         except DependencyError as err:
             _log.error("audit record (event %s) dropped: %s", record.get("event"), err.message)
 
+    async def flush(self) -> None:
+        """Wait until every record queued before this call is written or has failed (for shutdown
+        and for tests that read the file after an `append_nowait`)."""
+        target = self._enqueued
+        while self._settled < target:
+            await self._progress.wait()
+
     def _enqueue(self, record: dict[str, Any], future: asyncio.Future[None] | None) -> None:
         reserved = RESERVED.intersection(record)
         if reserved:
@@ -133,6 +143,7 @@ class AuditLog:
             problem = "the audit log is overloaded"
         else:
             self._pending.append(_Pending(dict(record), self._loop.time(), future))
+            self._enqueued += 1
             if len(self._pending) == 1 or len(self._pending) >= _MAX_BATCH:
                 self._wakeup.set()
             return
@@ -157,6 +168,9 @@ class AuditLog:
                 _log.exception("audit writer failed on a batch of %d record(s)", len(batch))
                 self._healthy = False
                 self._fail(batch)
+            self._settled += len(batch)
+            self._progress.set()
+            self._progress = asyncio.Event()
 
     async def _gather_companions(self, loop: asyncio.AbstractEventLoop, wakeup: asyncio.Event) -> None:
         if self._max_delay <= 0:

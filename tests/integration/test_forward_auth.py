@@ -23,7 +23,7 @@ async def test_nginx_style_allow_returns_identity_headers(trusted_stack):
     assert response.status == 200
     assert response.headers["X-Idgate-Subject"] == "svc-etl-7"
     assert response.headers["X-Idgate-Assertion"].count(".") == 2
-    decision = s.decisions()[0]
+    decision = (await s.decisions())[0]
     assert decision["surface"] == "forward_auth" and decision["rule"] == "etl-read-orders"
     assert s.upstream.received == []  # forward auth never proxies
 
@@ -41,7 +41,7 @@ async def test_forward_auth_path_tricks_are_refused(trusted_stack):
     response = await ask(s, {"X-Original-URI": "/v1/orders/../../admin/x", "X-Original-Method": "GET",
                              "X-Forwarded-Host": "orders.internal", "Authorization": f"Bearer {s.etl_token()}"})
     assert response.status == 403
-    assert s.decisions()[0]["rule"] == "nobody-touches-admin"
+    assert (await s.decisions())[0]["rule"] == "nobody-touches-admin"
 
 
 async def test_missing_token_is_401(trusted_stack):
@@ -55,7 +55,7 @@ async def test_untrusted_peer_cannot_ask(stack):
     response = await ask(stack, {"X-Original-URI": "/v1/orders/7", "X-Original-Method": "GET",
                                  "X-Forwarded-Host": "orders.internal", "Authorization": f"Bearer {stack.etl_token()}"})
     assert response.status == 403
-    assert stack.decisions()[0]["reasons"] == ["untrusted_peer"]
+    assert (await stack.decisions())[0]["reasons"] == ["untrusted_peer"]
 
 
 async def test_conflicting_original_headers_are_refused(trusted_stack):

@@ -47,8 +47,8 @@ async def get(idgate: RunningIdgate, token: str) -> tuple[int, dict]:
             return response.status, await response.json(content_type=None)
 
 
-def last_decision(idgate: RunningIdgate) -> dict:
-    return [r for r in idgate.audit_records() if r["event"] == "decision"][-1]
+async def last_decision(idgate: RunningIdgate) -> dict:
+    return [r for r in await idgate.audit_records() if r["event"] == "decision"][-1]
 
 
 async def test_client_credentials_token_from_the_op_is_allowed(op_stack, oidc_provider):
@@ -56,7 +56,7 @@ async def test_client_credentials_token_from_the_op_is_allowed(op_stack, oidc_pr
     status, _ = await get(idgate, oidc_provider.token("svc-etl-7", RESOURCE, "orders:read"))
     assert status == 200
     assert upstream.received[0].header("X-Idgate-Subject") == ["svc-etl-7"]
-    assert last_decision(idgate)["identity"]["groups"] == ["data-eng", "etl"]
+    assert (await last_decision(idgate))["identity"]["groups"] == ["data-eng", "etl"]
 
 
 async def test_token_for_another_resource_is_refused(op_stack, oidc_provider):
@@ -64,7 +64,7 @@ async def test_token_for_another_resource_is_refused(op_stack, oidc_provider):
     status, body = await get(idgate, oidc_provider.token("svc-etl-7", "https://billing.internal", "billing:read"))
     assert status == 401 and body["code"] == "unauthenticated"
     assert upstream.received == []
-    assert last_decision(idgate)["reasons"] == ["bad_audience"]
+    assert (await last_decision(idgate))["reasons"] == ["bad_audience"]
 
 
 async def test_id_token_is_not_an_access_token(op_stack, oidc_provider):
@@ -72,7 +72,7 @@ async def test_id_token_is_not_an_access_token(op_stack, oidc_provider):
     status, _ = await get(idgate, oidc_provider.id_token())
     assert status == 401
     assert upstream.received == []
-    assert last_decision(idgate)["decision"] == "deny"
+    assert (await last_decision(idgate))["decision"] == "deny"
 
 
 async def test_identity_the_policy_does_not_name_is_403(op_stack, oidc_provider):

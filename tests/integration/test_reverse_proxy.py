@@ -25,7 +25,7 @@ async def test_allowed_request_reaches_upstream_with_identity_and_is_audited(sta
         key = jwt.PyJWK((await jwks_response.json())["keys"][0]).key
     claims = jwt.decode(received.header("X-Idgate-Assertion")[0], key, algorithms=["ES256"], audience="orders")
     assert claims["sub"] == "svc-etl-7"
-    records = stack.idgate.audit_records()
+    records = await stack.idgate.audit_records()
     assert [r["event"] for r in records] == ["decision", "outcome"]
     decision = records[0]
     assert decision["decision"] == "allow" and decision["rule"] == "etl-read-orders"
@@ -39,7 +39,7 @@ async def test_identity_without_a_rule_is_denied_before_the_upstream(stack):
     body = await response.json()
     assert body["code"] == "forbidden" and body["request_id"] == response.headers["X-Request-Id"]
     assert stack.upstream.received == []
-    [decision] = stack.decisions()
+    [decision] = (await stack.decisions())
     assert decision["decision"] == "deny" and decision["reasons"] == ["no_matching_rule"]
     assert decision["identity"]["sub"] == "svc-web-1"
 
@@ -49,14 +49,14 @@ async def test_missing_token_is_401_with_challenge(stack):
     assert response.status == 401
     assert response.headers["WWW-Authenticate"].startswith('Bearer realm="idgate"')
     assert stack.upstream.received == []
-    assert stack.decisions()[0]["reasons"] == ["missing_token"]
+    assert (await stack.decisions())[0]["reasons"] == ["missing_token"]
 
 
 async def test_deny_rule_wins_over_allow(stack):
     response = await stack.get("/admin/users", token=stack.etl_token())
     assert response.status == 403
     assert stack.upstream.received == []
-    assert stack.decisions()[0]["rule"] == "nobody-touches-admin"
+    assert (await stack.decisions())[0]["rule"] == "nobody-touches-admin"
 
 
 async def test_upload_and_download_stream_through(stack):
@@ -67,7 +67,7 @@ async def test_upload_and_download_stream_through(stack):
     response = await stack.get("/v1/reports/__big?bytes=5000000", token=stack.etl_token(), host="reports.internal")
     assert response.status == 200
     assert len(await response.read()) == 5_000_000
-    outcome = [r for r in stack.idgate.audit_records() if r["event"] == "outcome"][-1]
+    outcome = [r for r in await stack.idgate.audit_records() if r["event"] == "outcome"][-1]
     assert outcome["bytes_out"] == 5_000_000
 
 
@@ -76,7 +76,7 @@ async def test_body_over_the_route_limit_is_413_before_the_upstream(make_stack):
     response = await stack.get("/v1/orders/7", token=stack.etl_token(), data=b"z" * 2048)
     assert response.status == 413
     assert stack.upstream.received == []
-    assert stack.decisions()[0]["reasons"] == ["body_too_large"]
+    assert (await stack.decisions())[0]["reasons"] == ["body_too_large"]
 
 
 async def test_upstream_down_is_502_without_internals(make_stack):
@@ -88,7 +88,7 @@ async def test_upstream_down_is_502_without_internals(make_stack):
     assert response.status == 502
     text = await response.text()
     assert str(dead_port) not in text and HOST not in text
-    assert [r for r in stack.idgate.audit_records() if r["event"] == "outcome"][-1]["error"] == "upstream_failed"
+    assert [r for r in await stack.idgate.audit_records() if r["event"] == "outcome"][-1]["error"] == "upstream_failed"
 
 
 async def test_slow_upstream_is_504(make_stack):
@@ -98,7 +98,7 @@ async def test_slow_upstream_is_504(make_stack):
     response = await stack.get("/v1/orders/__hang/slow", token=stack.etl_token())
     assert response.status == 504
     assert (await response.json())["code"] == "gateway_timeout"
-    assert [r for r in stack.idgate.audit_records() if r["event"] == "outcome"][-1]["error"] == "upstream_timeout"
+    assert [r for r in await stack.idgate.audit_records() if r["event"] == "outcome"][-1]["error"] == "upstream_timeout"
 
 
 async def test_websocket_upgrade_is_authorized_then_relayed(make_stack):
@@ -119,4 +119,4 @@ async def test_websocket_upgrade_without_token_is_refused(make_stack):
     except aiohttp.WSServerHandshakeError as err:
         assert err.status == 401
     assert stack.upstream.received == []
-    assert stack.decisions()[0]["reasons"] == ["missing_token"]
+    assert (await stack.decisions())[0]["reasons"] == ["missing_token"]

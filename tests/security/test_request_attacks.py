@@ -14,10 +14,10 @@ def raw(stack: Stack, target: str, *, token: str | None = None, extra: str = "",
     return (f"{method} {target} HTTP/1.1\r\nHost: {host}\r\n{auth}{extra}Connection: close\r\n\r\n").encode()
 
 
-def assert_refused_and_audited(stack: Stack, status: int, expected: int, reason: str) -> None:
+async def assert_refused_and_audited(stack: Stack, status: int, expected: int, reason: str) -> None:
     assert status == expected
     assert stack.upstream.received == []
-    decision = stack.decisions()[-1]
+    decision = (await stack.decisions())[-1]
     assert decision["decision"] == "deny" and decision["reasons"] == [reason]
 
 
@@ -50,7 +50,7 @@ async def test_forwarded_headers_from_untrusted_peer_are_ignored(stack):
     assert received.header("X-Forwarded-For") == ["127.0.0.1"]
     assert received.header("X-Forwarded-Host") == ["orders.internal"]
     assert received.header("Forwarded") == [] and received.header("X-Real-IP") == []
-    assert stack.decisions()[0]["client"]["addr"] == "127.0.0.1"
+    assert (await stack.decisions())[0]["client"]["addr"] == "127.0.0.1"
 
 
 @pytest.mark.parametrize("target,status,reason", [
@@ -67,7 +67,7 @@ async def test_forwarded_headers_from_untrusted_peer_are_ignored(stack):
 ])
 async def test_path_tricks_are_normalized_or_refused(stack, target, status, reason):
     response = await raw_http(stack.idgate.port, raw(stack, target, token=stack.etl_token()))
-    assert_refused_and_audited(stack, response.status, status, reason)
+    await assert_refused_and_audited(stack, response.status, status, reason)
 
 
 async def test_query_and_fragment_do_not_take_part_in_path_matching(stack):
@@ -82,24 +82,24 @@ async def test_upstream_receives_exactly_the_authorized_path(stack):
     response = await raw_http(stack.idgate.port, raw(stack, "/v1/orders/./7/../8//%7Eitem", token=stack.etl_token()))
     assert response.status == 200
     assert stack.upstream.received[0].raw_path == "/v1/orders/8/~item"
-    assert stack.decisions()[0]["target"]["path"] == "/v1/orders/8/~item"
+    assert (await stack.decisions())[0]["target"]["path"] == "/v1/orders/8/~item"
 
 
 @pytest.mark.parametrize("header", ["X-HTTP-Method-Override: DELETE", "X-Method-Override: DELETE", "X_HTTP_Method: DELETE"])
 async def test_method_override_headers_are_refused(stack, header):
     response = await raw_http(stack.idgate.port, raw(stack, "/v1/orders/7", token=stack.etl_token(), extra=header + "\r\n"))
-    assert_refused_and_audited(stack, response.status, 400, "method_override")
+    await assert_refused_and_audited(stack, response.status, 400, "method_override")
 
 
 async def test_absolute_form_request_line_is_refused(stack):
     response = await raw_http(stack.idgate.port, raw(stack, "http://reports.internal/v1/reports/x", token=stack.etl_token()))
-    assert_refused_and_audited(stack, response.status, 400, "not_origin_form")
+    await assert_refused_and_audited(stack, response.status, 400, "not_origin_form")
 
 
 async def test_oversized_header_is_431(stack):
     extra = "X-Big: " + "a" * 20000 + "\r\n"
     response = await raw_http(stack.idgate.port, raw(stack, "/v1/orders/7", token=stack.etl_token(), extra=extra))
-    assert_refused_and_audited(stack, response.status, 431, "header_too_large")
+    await assert_refused_and_audited(stack, response.status, 431, "header_too_large")
 
 
 async def test_oversized_body_by_chunks_is_refused(make_stack):

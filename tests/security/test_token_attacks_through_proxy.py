@@ -58,6 +58,6 @@ async def test_bad_token_is_refused_before_the_upstream(jwks_stack, name):
     body = await response.text()
     assert "eyJ" not in body  # the token is never echoed
     assert jwks_stack.upstream.received == []
-    [decision] = jwks_stack.decisions()
+    [decision] = (await jwks_stack.decisions())
     assert decision["decision"] == "deny" and decision["reasons"] == [reason]
     assert "eyJ" not in jwks_stack.idgate.services.config.audit.path.read_text()

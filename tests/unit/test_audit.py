@@ -397,3 +397,19 @@ async def test_a_full_queue_refuses_instead_of_growing(tmp_path: Path) -> None:
     assert [r["i"] for r in records([path])] == [0, 1, 2]
     assert failures(metrics) == 2
     assert verify_files([path]).ok
+
+
+async def test_flush_waits_for_records_queued_without_waiting(tmp_path):
+    from proxy.config import AuditConfig
+    from proxy.metrics import Metrics
+    from proxy.audit import AuditLog
+
+    log = AuditLog(AuditConfig(path=tmp_path / "a.jsonl"), Metrics())
+    await log.open()
+    try:
+        for i in range(50):
+            log.append_nowait({"event": "outcome", "n": i})
+        await log.flush()
+        assert len((tmp_path / "a.jsonl").read_text().splitlines()) == 50
+    finally:
+        await log.close()
