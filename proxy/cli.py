@@ -118,11 +118,18 @@ def cmd_check(args: argparse.Namespace) -> int:
     except IdgateError as err:
         print(json.dumps({"decision": "deny", "rule": None, "reasons": [err.reason], "message": err.message}, indent=2))
         return EXIT_FAILED
-    decision = policy.decide_http(identity, args.method.upper(), (url.hostname or "").lower(), path)
+    explanation = policy.explain_http(identity, args.method.upper(), (url.hostname or "").lower(), path)
+    decision = explanation.decision
+    rule = policy.rule(decision.rule_id) if decision.rule_id else None
     print(json.dumps({
         "decision": "allow" if decision.allowed else "deny",
+        "summary": explanation.summary(),
         "rule": decision.rule_id,
+        "rule_source": f"{rule.file}:{rule.line}" if rule else None,
         "reasons": list(decision.reasons),
+        "matching_deny_rules": list(explanation.deny_rules),
+        "matching_allow_rules": list(explanation.allow_rules),
+        "rules_for_other_identities": list(explanation.other_identities),
         "request": {"method": args.method.upper(), "host": url.hostname, "path": path},
         "identity": identity.audit_view(),
     }, indent=2))

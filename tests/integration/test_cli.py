@@ -63,7 +63,9 @@ def test_check_explains_allow_and_deny(tmp_path):
     allowed = idgate("check", "--config", config, "--token-claims", claims, "--method", "GET",
                      "--url", "http://orders.internal/v1/orders/7")
     assert allowed.returncode == 0
-    assert json.loads(allowed.stdout)["rule"] == "etl-read-orders"
+    explained = json.loads(allowed.stdout)
+    assert explained["rule"] == "etl-read-orders"
+    assert explained["rule_source"] == f"{REPO / 'policies' / 'orders.yaml'}:4"
     denied = idgate("check", "--config", config, "--token-claims", claims, "--method", "GET",
                     "--url", "http://orders.internal/v1/orders/%2e%2e/%2e%2e/admin")
     assert denied.returncode == 1
