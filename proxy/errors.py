@@ -4,6 +4,7 @@
     ├── ConfigError                  (startup only: a list of file:line problems, never an HTTP answer)
     ├── BadRequest                   400  bad_request       malformed request, path trick, malformed Authorization header
     │   ├── RequestTooLarge          413  too_large         body over the route limit
+    │   ├── RequestTimeout           408  request_timeout   client stopped sending its body
     │   └── HeadersTooLarge          431  headers_too_large
     ├── AuthenticationError          401  unauthenticated   no / malformed / invalid / expired token (RFC 6750 invalid_token)
     ├── AccessDenied                 403  forbidden         policy says no (or no rule matched)
@@ -66,6 +67,11 @@ class BadRequest(IdgateError):
 class RequestTooLarge(BadRequest):
     status = 413
     code = "too_large"
+
+
+class RequestTimeout(BadRequest):
+    status = 408
+    code = "request_timeout"
 
 
 class HeadersTooLarge(BadRequest):

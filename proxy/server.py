@@ -95,6 +95,7 @@ def guard_middleware(services: Services, in_flight: InFlight) -> Any:
             request[SURFACE].value, "allow" if response.status < 400 else "deny", str(response.status)).inc()
         if not response.prepared:
             response.headers["X-Request-Id"] = rid
+            response.headers.setdefault("Server", "idgate")  # not aiohttp's version string
         return response
 
     return guard

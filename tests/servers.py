@@ -195,14 +195,22 @@ class RawResponse:
 
 
 async def raw_http(port: int, request: bytes, *, timeout: float = 10.0) -> RawResponse:
-    """Send bytes exactly as given (for clients that misbehave on purpose) and read until close."""
+    """Send bytes exactly as given (for clients that misbehave on purpose); read one response: its
+    head, then Content-Length bytes, or everything until the server closes."""
     reader, writer = await asyncio.open_connection(HOST, port)
     try:
         writer.write(request)
         await writer.drain()
-        data = await asyncio.wait_for(reader.read(), timeout)
+        async with asyncio.timeout(timeout):
+            try:
+                head = await reader.readuntil(b"\r\n\r\n")
+            except asyncio.IncompleteReadError as closed:
+                head = closed.partial
+            text = head.decode("latin-1")
+            length = next((int(line.split(":", 1)[1]) for line in text.split("\r\n")
+                           if line.lower().startswith("content-length:")), None)
+            body = await (reader.readexactly(length) if length is not None else reader.read())
     finally:
         writer.close()
-    head, _, body = data.partition(b"\r\n\r\n")
-    status_line = head.split(b"\r\n", 1)[0].decode("latin-1")
-    return RawResponse(int(status_line.split()[1]) if status_line else 0, head.decode("latin-1"), body)
+    status_line = text.split("\r\n", 1)[0]
+    return RawResponse(int(status_line.split()[1]) if status_line else 0, text, body)

@@ -14,7 +14,7 @@ from yarl import URL
 from proxy.config import RouteConfig
 from proxy.edges._websocket import relay
 from proxy.edges._http import REQUEST_ID, RESPONSE_STARTED, SURFACE, client_addr, identity_headers, request_host
-from proxy.errors import BadRequest, RequestTooLarge, UpstreamError, UpstreamTimeout
+from proxy.errors import BadRequest, IdgateError, RequestTimeout, RequestTooLarge, UpstreamError, UpstreamTimeout
 from proxy.headers import METHOD_OVERRIDE_HEADERS, clean_request_headers, clean_response_headers, normalized_name
 from proxy.model import AccessRequest, Decision, Surface
 from proxy.oidc import bearer_token
@@ -27,20 +27,30 @@ ROUTES: web.AppKey[RouteTable] = web.AppKey("idgate_routes", RouteTable)
 
 
 class _BodyCounter:
-    """Streams the client body upstream, counting bytes and stopping at the route's limit."""
+    """Streams the client body upstream, counting bytes, stopping at the route's limit, and giving
+    up on a client that goes quiet mid-body (it would hold an upstream connection hostage)."""
 
-    def __init__(self, content: aiohttp.StreamReader, limit: int) -> None:
+    def __init__(self, content: aiohttp.StreamReader, limit: int, idle_timeout: float) -> None:
         self._content = content
         self._limit = limit
+        self._idle_timeout = idle_timeout
         self.count = 0
-        self.exceeded = False
+        self.failure: IdgateError | None = None
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        async for chunk in self._content.iter_chunked(CHUNK):
+        while True:
+            try:
+                async with asyncio.timeout(self._idle_timeout):
+                    chunk = await self._content.read(CHUNK)
+            except TimeoutError:
+                self.failure = RequestTimeout("the request body stopped arriving", reason="body_timeout")
+                raise self.failure from None
+            if not chunk:
+                return
             self.count += len(chunk)
             if self.count > self._limit:
-                self.exceeded = True
-                raise RequestTooLarge("request body exceeds the route limit", reason="body_too_large")
+                self.failure = RequestTooLarge("request body exceeds the route limit", reason="body_too_large")
+                raise self.failure
             yield chunk
 
 
@@ -103,9 +113,10 @@ async def handle(request: web.Request) -> web.StreamResponse:
 async def _forward(request: web.Request, services: Services, access: AccessRequest, decision: Decision,
                    route: RouteConfig, url: URL, headers: list[tuple[str, str]]) -> web.StreamResponse:
     started = time.perf_counter()
-    body = _BodyCounter(request.content, route.max_body_bytes)
+    body = _BodyCounter(request.content, route.max_body_bytes, route.read_timeout)
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=route.connect_timeout, sock_read=route.read_timeout)
-    status, bytes_out, error = 502, 0, None
+    status, bytes_out = 502, 0
+    failure: IdgateError | None = None
     try:
         async with services.upstream.request(
             request.method, url, headers=headers, data=body.chunks() if request.body_exists else None,
@@ -124,24 +135,23 @@ async def _forward(request: web.Request, services: Services, access: AccessReque
                 await response.write(chunk)
             await response.write_eof()
             return response
-    except RequestTooLarge:
-        error = "body_too_large"
-        raise
-    except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
-        error = "upstream_timeout"
-        raise UpstreamTimeout("the upstream did not answer in time", reason="upstream_timeout") from exc
-    except aiohttp.ClientError as exc:
-        if body.exceeded:
-            error = "body_too_large"
-            raise RequestTooLarge("request body exceeds the route limit", reason="body_too_large") from exc
-        error = "upstream_failed"
-        raise UpstreamError("the upstream could not be reached", reason="upstream_failed") from exc
+    except (asyncio.TimeoutError, aiohttp.ClientError, IdgateError) as exc:
+        # aiohttp may wrap an exception raised by the body generator: the body's own verdict wins.
+        failure = body.failure or _upstream_failure(exc)
+        if failure is exc:
+            raise
+        raise failure from exc
     finally:
         services.pipeline.record_outcome(
-            access, decision, status=status if error is None else _error_status(error), bytes_in=body.count,
-            bytes_out=bytes_out, duration=time.perf_counter() - started, error=error,
+            access, decision, status=failure.status if failure else status, bytes_in=body.count,
+            bytes_out=bytes_out, duration=time.perf_counter() - started, error=failure.reason if failure else None,
         )
 
 
-def _error_status(error: str) -> int:
-    return {"body_too_large": 413, "upstream_timeout": 504}.get(error, 502)
+def _upstream_failure(exc: BaseException) -> IdgateError:
+    if isinstance(exc, IdgateError):
+        return exc
+    if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
+        return UpstreamTimeout("the upstream did not answer in time", reason="upstream_timeout")
+    return UpstreamError("the upstream could not be reached", reason="upstream_failed")
+

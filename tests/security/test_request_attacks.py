@@ -117,3 +117,12 @@ async def test_duplicate_host_headers_are_refused(stack):
     response = await raw_http(stack.idgate.port, raw(stack, "/v1/orders/7", token=stack.etl_token(), extra="Host: reports.internal\r\n"))
     assert response.status == 400
     assert stack.upstream.received == []
+
+
+async def test_client_that_stops_sending_its_body_is_cut_off(make_stack):
+    stack = await make_stack(orders_route={"read_timeout": 0.3})
+    request = raw(stack, "/v1/orders/7", token=stack.etl_token(), extra="Content-Length: 100\r\n")
+    response = await raw_http(stack.idgate.port, request + b"only ten b")  # 90 bytes never come
+    assert response.status == 408
+    outcome = [r for r in await stack.idgate.audit_records() if r["event"] == "outcome"][-1]
+    assert outcome["error"] == "body_timeout" and outcome["status"] == 408
