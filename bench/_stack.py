@@ -1,0 +1,398 @@
+"""Shared benchmark plumbing: start servers as separate processes on free loopback ports, poll them
+ready, write an idgate config with a generated 100-rule policy, run wrk and parse what it prints."""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+HOST = "127.0.0.1"
+BENCH = Path(__file__).resolve().parent
+RESULTS = BENCH / "results"
+SERVERS = BENCH / "_servers.py"
+AUDIENCE = "bench-api"
+BENCH_SUBJECT = "svc-etl-7"          # a DevIssuer demo identity: groups [data-eng], tenant acme
+PROXY_HOST = "orders.internal"
+STREAM_HOST = "stream.internal"
+PROXY_PATH = "/v1/orders/7"
+READY_TIMEOUT = 30.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def _die_with_parent() -> None:
+    # Runs in the child before exec: if the benchmark script is killed outright (no finally),
+    # the kernel still sends its servers SIGTERM.  PR_SET_PDEATHSIG = 1.
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def check_alive(self) -> None:
+        if self.popen.poll() is not None:
+            tail = self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
+            raise RuntimeError(f"{self.name} exited with status {self.popen.returncode}:\n{tail}")
+
+
+class Processes:
+    """Every process the benchmark starts, stopped in reverse order by stop_all() (also on Ctrl-C)."""
+
+    def __init__(self, workdir: Path) -> None:
+        self._workdir = workdir
+        self._procs: list[Proc] = []
+
+    def start(self, name: str, argv: Sequence[str]) -> Proc:
+        log = self._workdir / f"{name}.log"
+        with open(log, "wb") as out:
+            # Own session: a Ctrl-C reaches only the benchmark script, which then stops its servers in order.
+            popen = subprocess.Popen(list(argv), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     start_new_session=True, preexec_fn=_die_with_parent, cwd=BENCH.parent)
+        proc = Proc(name, popen, log)
+        self._procs.append(proc)
+        return proc
+
+    def stop(self, proc: Proc) -> None:
+        if proc.popen.poll() is None:
+            proc.popen.send_signal(signal.SIGTERM)
+            try:
+                proc.popen.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.popen.kill()
+                proc.popen.wait()
+        if proc in self._procs:
+            self._procs.remove(proc)
+
+    def stop_all(self) -> None:
+        for proc in reversed(list(self._procs)):
+            self.stop(proc)
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Make SIGTERM unwind like Ctrl-C so every `finally` that stops servers runs."""
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def exit_code(main: Callable[[], int]) -> int:
+    """Run a benchmark's main; Ctrl-C ends it quietly (its `finally` blocks have stopped the servers)."""
+    try:
+        return main()
+    except KeyboardInterrupt:
+        print(f"{Path(sys.argv[0]).name}: interrupted; its servers are stopped", file=sys.stderr)
+        return 130
+
+
+@contextmanager
+def workdir(prefix: str) -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def http_get(url: str, headers: dict[str, str] | None = None, timeout: float = 2.0) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return int(response.status), response.read()
+    except urllib.error.HTTPError as err:
+        return int(err.code), err.read()
+
+
+def wait_ready(proc: Proc, url: str, ok: Sequence[int] = (200,)) -> None:
+    """Poll `url` until it answers one of `ok`; fail early if the process died."""
+    deadline = time.monotonic() + READY_TIMEOUT
+    last = "no answer"
+    while time.monotonic() < deadline:
+        proc.check_alive()
+        try:
+            status, _ = http_get(url, timeout=1.0)
+            if status in ok:
+                return
+            last = f"HTTP {status}"
+        except (OSError, urllib.error.URLError) as exc:
+            last = type(exc).__name__
+        time.sleep(0.05)  # polling interval, not a synchronization sleep
+    raise RuntimeError(f"{proc.name} not ready at {url} after {READY_TIMEOUT:.0f}s ({last})")
+
+
+def start_echo(procs: Processes, name: str) -> tuple[Proc, int]:
+    port = free_port()
+    proc = procs.start(name, [sys.executable, str(SERVERS), "echo", str(port)])
+    wait_ready(proc, f"http://{HOST}:{port}/")
+    return proc, port
+
+
+def start_issuer(procs: Processes) -> tuple[Proc, str]:
+    port = free_port()
+    proc = procs.start("issuer", [sys.executable, str(SERVERS), "issuer", str(port), AUDIENCE])
+    url = f"http://{HOST}:{port}"
+    wait_ready(proc, url + "/.well-known/openid-configuration")
+    return proc, url
+
+
+def mint_token(issuer_url: str) -> str:
+    status, body = http_get(f"{issuer_url}/token?sub={BENCH_SUBJECT}")
+    if status != 200:
+        raise RuntimeError(f"dev issuer would not mint a token (HTTP {status})")
+    return body.decode().strip()
+
+
+# -- idgate -------------------------------------------------------------------------------------
+
+
+def write_policies(directory: Path, issuer: str, count: int = 100, seed: int = 11) -> int:
+    """`count` rules over varied hosts, subjects and groups, including the rules that allow the bench
+    identity; several share orders.internal so the decision is not a trivial single-rule lookup."""
+    rng = random.Random(seed)
+    methods = ["GET", "HEAD", "POST", "PUT", "DELETE"]
+    resources = ["orders", "invoices", "users", "items", "reports", "events"]
+    rules: list[dict[str, Any]] = [
+        {"id": "nobody-touches-admin", "effect": "deny", "who": {"any": True},
+         "http": [{"paths": ["/admin", "/admin/**"]}]},
+        {"id": "bench-read-orders",
+         "who": {"issuer": issuer, "subject": ["svc-etl-*"], "groups": ["data-eng"], "claims": {"tenant": "acme"}},
+         "http": [{"hosts": [PROXY_HOST], "methods": ["GET", "HEAD"], "paths": ["/v1/orders", "/v1/orders/**"]}]},
+        {"id": "bench-stream",
+         "who": {"issuer": issuer, "subject": [BENCH_SUBJECT]},
+         "http": [{"hosts": [STREAM_HOST], "methods": ["GET", "POST"], "paths": ["/**"]}]},
+    ]
+    while len(rules) < count:
+        n = len(rules)
+        kind = rng.random()
+        if kind < 0.4:
+            who: dict[str, Any] = {"issuer": issuer, "subject": [f"svc-team{rng.randrange(40)}-*"]}
+        elif kind < 0.7:
+            who = {"issuer": issuer, "groups": [f"group-{rng.randrange(30)}"]}
+        elif kind < 0.9:
+            who = {"issuer": issuer, "subject": [f"svc-team{rng.randrange(40)}-{i}" for i in range(3)],
+                   "groups": [f"group-{rng.randrange(30)}"]}
+        else:
+            who = {"issuer": issuer, "groups": ["data-eng"], "claims": {"tenant": f"tenant-{rng.randrange(10)}"}}
+        host = PROXY_HOST if rng.random() < 0.2 else f"svc-{rng.randrange(60)}.internal"
+        resource = rng.choice(resources)
+        rule: dict[str, Any] = {
+            "id": f"generated-{n}",
+            "who": who,
+            "http": [{"hosts": [host], "methods": rng.sample(methods, rng.randint(1, 3)),
+                      "paths": [f"/v{rng.randint(1, 2)}/{resource}", f"/v{rng.randint(1, 2)}/{resource}/**"]}],
+        }
+        if rng.random() < 0.05:
+            rule["effect"] = "deny"
+            rule["http"][0]["paths"] = [f"/internal/{resource}/**"]
+        rules.append(rule)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "bench.yaml").write_text(yaml.safe_dump({"rules": rules}, sort_keys=False))
+    return len(rules)
+
+
+@dataclass
+class Idgate:
+    proc: Proc
+    port: int
+    admin_port: int
+    audit_path: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://{HOST}:{self.admin_port}"
+
+
+def start_idgate(procs: Processes, workdir: Path, issuer_url: str, upstream_port: int, *,
+                 name: str = "idgate", rules: int = 100, audit: dict[str, Any] | None = None) -> Idgate:
+    """`idgate serve` (one worker process) with audit on, fsync true unless `audit` overrides it, and
+    forward auth for loopback."""
+    home = workdir / name
+    policies = home / "policies"
+    write_policies(policies, issuer_url, rules)
+    port, admin_port = free_port(), free_port()
+    upstream = f"http://{HOST}:{upstream_port}"
+    audit_path = home / "audit" / "audit.jsonl"
+    config = {
+        "listen": {"host": HOST, "port": port},
+        "admin": {"host": HOST, "port": admin_port},
+        "issuers": [{"issuer": issuer_url, "audiences": [AUDIENCE], "require_typ": "at+jwt"}],
+        "policies_dir": str(policies),
+        "trusted_proxies": [f"{HOST}/32"],
+        "routes": [
+            {"name": "orders", "upstream": upstream, "hosts": [PROXY_HOST]},
+            {"name": "stream", "upstream": upstream, "hosts": [STREAM_HOST],
+             "max_body_bytes": 4 * 1024 ** 3, "read_timeout": 600},
+        ],
+        "audit": {"path": str(audit_path), "fsync": True, **(audit or {})},
+    }
+    config_path = home / "idgate.yaml"
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    proc = procs.start(name, [sys.executable, "-m", "proxy", "serve", "--config", str(config_path),
+                              "--log-level", "warning"])
+    idgate = Idgate(proc, port, admin_port, audit_path)
+    wait_ready(proc, idgate.admin_url + "/readyz")
+    return idgate
+
+
+def metric_values(admin_url: str) -> dict[str, float]:
+    """Unlabelled sample values from idgate's /metrics (name → value; labelled samples keep their labels)."""
+    _, body = http_get(admin_url + "/metrics")
+    values: dict[str, float] = {}
+    for line in body.decode().splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            try:
+                values[name] = float(value)
+            except ValueError:
+                continue
+    return values
+
+
+# -- /proc --------------------------------------------------------------------------------------
+
+
+def proc_status_kib(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def reset_peak_rss(pid: int) -> bool:
+    """Reset VmHWM to the current RSS (Linux ≥ 4.0, `echo 5 > clear_refs`); False if not permitted."""
+    try:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# -- wrk ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WrkSettings:
+    threads: int = 1
+    connections: int = 32
+    duration: int = 10
+    warmup: int = 2
+
+
+@dataclass(frozen=True)
+class WrkResult:
+    requests_per_s: float
+    p50_ms: float
+    p99_ms: float
+    requests: int
+    non_2xx: int
+    socket_errors: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"requests_per_s": self.requests_per_s, "p50_ms": self.p50_ms, "p99_ms": self.p99_ms,
+                "requests": self.requests, "non_2xx": self.non_2xx, "socket_errors": self.socket_errors}
+
+
+_UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
+
+
+def _duration_ms(text: str) -> float:
+    match = re.fullmatch(r"([0-9.]+)(us|ms|s|m)", text)
+    if match is None:
+        raise ValueError(f"unexpected wrk duration {text!r}")
+    return float(match[1]) * _UNITS_MS[match[2]]
+
+
+def parse_wrk(output: str) -> WrkResult:
+    """Requests/sec, the 50% and 99% lines of `--latency`, the request count and error lines."""
+    def find(pattern: str) -> re.Match[str]:
+        match = re.search(pattern, output, re.MULTILINE)
+        if match is None:
+            raise ValueError(f"wrk output has no match for {pattern!r}:\n{output}")
+        return match
+
+    non_2xx = re.search(r"Non-2xx or 3xx responses:\s*(\d+)", output)
+    errors = re.search(r"Socket errors:\s*(.+)$", output, re.MULTILINE)
+    return WrkResult(
+        requests_per_s=float(find(r"^Requests/sec:\s*([0-9.]+)")[1]),
+        p50_ms=_duration_ms(find(r"^\s*50%\s+(\S+)")[1]),
+        p99_ms=_duration_ms(find(r"^\s*99%\s+(\S+)")[1]),
+        requests=int(find(r"^\s*(\d+) requests in")[1]),
+        non_2xx=int(non_2xx[1]) if non_2xx else 0,
+        socket_errors=errors[1].strip() if errors else None,
+    )
+
+
+def wrk_path() -> str | None:
+    return shutil.which("wrk")
+
+
+def _wrk_command(url: str, headers: dict[str, str], settings: WrkSettings, seconds: int) -> list[str]:
+    wrk = wrk_path()
+    if wrk is None:
+        raise RuntimeError("wrk is not installed (apt-get install wrk)")
+    command = [wrk, f"-t{settings.threads}", f"-c{settings.connections}", f"-d{seconds}s", "--latency"]
+    for name, value in headers.items():
+        command += ["-H", f"{name}: {value}"]
+    return [*command, url]
+
+
+def warm_up(url: str, headers: dict[str, str], settings: WrkSettings) -> None:
+    """A discarded run with the same settings: fills caches and connection pools."""
+    if settings.warmup:
+        subprocess.run(_wrk_command(url, headers, settings, settings.warmup), check=True, capture_output=True)
+
+
+def run_wrk(url: str, headers: dict[str, str], settings: WrkSettings) -> WrkResult:
+    done = subprocess.run(_wrk_command(url, headers, settings, settings.duration), check=True,
+                          capture_output=True, text=True)
+    return parse_wrk(done.stdout)
+
+
+def write_result(name: str, result: dict[str, Any]) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    return path
