@@ -52,14 +52,16 @@ class AssertionSigner:
         # RFC 7638 thumbprint: a kid that changes exactly when the key does.
         canonical = json.dumps(self._public_jwk, sort_keys=True, separators=(",", ":")).encode()
         self.kid = base64.urlsafe_b64encode(hashlib.sha256(canonical).digest()).rstrip(b"=").decode()
-        self._cache: LRUCache[tuple[str, str, str, tuple[str, ...]], tuple[str, float]] = LRUCache(maxsize=10000)
+        self._cache: LRUCache[tuple[object, ...], tuple[str, float]] = LRUCache(maxsize=10000)
 
     def jwks(self) -> dict[str, Any]:
         return {"keys": [{**self._public_jwk, "kid": self.kid, "use": "sig", "alg": "ES256"}]}
 
     def sign(self, identity: Identity, audience: str) -> str:
         now = self._clock()
-        cache_key = (identity.issuer, identity.subject, audience, identity.groups)
+        # Everything the assertion states is in the key, so one token's assertion never speaks for another.
+        cache_key = (identity.issuer, identity.subject, audience, identity.groups, identity.client_id,
+                     identity.expires_at)
         cached = self._cache.get(cache_key)
         if cached is not None and cached[1] - now > self._ttl / 2:
             return cached[0]

@@ -24,8 +24,15 @@ _IDENTITY_PREFIXES = ("x-idgate-", "x-auth-request-")
 _FORWARDING_EXACT = frozenset({"forwarded", "x-real-ip"})
 _FORWARDING_PREFIXES = ("x-forwarded-", "x-original-")
 
-# Frameworks that honour these would run a different method than the one idgate authorized.
-METHOD_OVERRIDE_HEADERS = frozenset({"x-http-method-override", "x-http-method", "x-method-override"})
+# Frameworks that honour these would run a different method or path than the one idgate authorized
+# (X-Original-URL / X-Rewrite-URL: Zend/Laminas, older Symfony).
+OVERRIDE_HEADERS = frozenset({
+    "x-http-method-override", "x-http-method", "x-method-override", "x-original-url", "x-rewrite-url",
+})
+
+# idgate always writes exactly one of each (never passing a client's on), so an upstream that reads the
+# first value sees the host, scheme and address idgate authorized.
+REEMITTED_HEADERS = frozenset({"x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "forwarded", "x-request-id"})
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{8,128}")
 
@@ -56,12 +63,14 @@ def clean_request_headers(
     headers: Sequence[tuple[str, str]], *, trusted_peer: bool, keep_authorization: bool
 ) -> list[tuple[str, str]]:
     """Headers safe to pass upstream: no hop-by-hop, no client-supplied identity, no forwarding claims
-    from an untrusted peer, no Host (set by the caller) and no credential unless the route keeps it."""
+    from an untrusted peer, none of the headers idgate re-emits (Host, X-Forwarded-For/-Host/-Proto,
+    Forwarded, X-Request-Id) and no credential unless the route keeps it."""
     listed = connection_listed(headers)
     kept = []
     for name, value in headers:
         norm = normalized_name(name)
-        if norm in HOP_BY_HOP or norm in listed or is_identity_header(norm) or norm == "host":
+        if norm in HOP_BY_HOP or norm in listed or is_identity_header(norm) or norm in REEMITTED_HEADERS \
+                or norm == "host":
             continue
         if not trusted_peer and is_forwarding_header(norm):
             continue
@@ -78,11 +87,18 @@ def clean_response_headers(headers: Sequence[tuple[str, str]]) -> list[tuple[str
     return [(n, v) for n, v in headers if normalized_name(n) not in HOP_BY_HOP and normalized_name(n) not in listed]
 
 
-def request_id(supplied: str | None) -> str:
-    """Keep a well-formed caller id (so traces join up); otherwise mint one."""
-    if supplied is not None and _REQUEST_ID.fullmatch(supplied):
+def request_id(supplied: str | None, *, trusted_peer: bool) -> str:
+    """Keep a well-formed id from a trusted proxy (so traces join up); otherwise mint one, so a client
+    cannot make its audit records collide with someone else's."""
+    if trusted_peer and supplied is not None and _REQUEST_ID.fullmatch(supplied):
         return supplied
     return uuid.uuid4().hex
+
+
+def forwarded_for(values: Sequence[str], peer: str, *, trusted_peer: bool) -> str:
+    """One X-Forwarded-For: a trusted proxy's chain (all its headers, in order) plus the peer itself."""
+    chain = [part.strip() for value in values for part in value.split(",") if part.strip()] if trusted_peer else []
+    return ", ".join([*chain, peer])
 
 
 class TrustedProxies:

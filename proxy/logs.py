@@ -6,8 +6,15 @@ import json
 import logging
 import sys
 import time
+from typing import TextIO
 
 _STANDARD = set(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
+
+
+def _redact_aiohttp_server(record: logging.LogRecord) -> bool:
+    if record.name == "aiohttp.server":
+        return ParserErrorRedaction().filter(record)
+    return True
 
 
 class JsonFormatter(logging.Formatter):
@@ -24,9 +31,23 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
-def configure(level: str = "info") -> None:
-    handler = logging.StreamHandler(sys.stderr)
+class ParserErrorRedaction(logging.Filter):
+    """aiohttp logs a request its parser refused with the offending bytes (which can be an
+    Authorization header) in the traceback: keep the fact, drop the bytes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            record.refused = type(record.exc_info[1]).__name__
+            record.exc_info = None
+            record.exc_text = None
+        record.msg, record.args = "request refused by the HTTP parser", ()
+        return True
+
+
+def configure(level: str = "info", stream: TextIO = sys.stderr) -> None:
+    handler = logging.StreamHandler(stream)
     handler.setFormatter(JsonFormatter())
+    handler.addFilter(_redact_aiohttp_server)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

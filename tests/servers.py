@@ -88,6 +88,8 @@ class RecordingUpstream:
                 return await ws(request)
             if "__big" in request.raw_path:
                 return await big(request)
+            if "__redirect" in request.raw_path:
+                raise web.HTTPFound(f"http://{HOST}:{self.port}/v1/orders/elsewhere")
             if "__hang" in request.raw_path:
                 await self.release.wait()
             size = 0

@@ -11,6 +11,7 @@ from aiohttp import web
 from proxy.errors import BadRequest
 from proxy.headers import groups_header
 from proxy.model import Decision, Surface
+from proxy.oidc import bearer_token
 from proxy.pipeline import RejectedTarget
 from proxy.runtime import Services
 
@@ -43,24 +44,48 @@ def request_host(request: web.BaseRequest) -> str:
     return parse_host(values[0])
 
 
+# What a surface says the refused request was about, when that is not this HTTP request itself
+# (forward auth and ext_authz ask about someone else's request): (method, host, raw path).
+ORIGINAL_TARGET: web.RequestKey[tuple[str, str, str]] = web.RequestKey("idgate_original_target", tuple)
+
+
 def rejected_target(request: web.BaseRequest) -> RejectedTarget:
-    """Best-effort description of a request refused before it became an AccessRequest."""
-    hosts = request.headers.getall("Host", [])
+    """Best-effort description of a request refused before it became an AccessRequest.  The query
+    is left out, as in every other audit record: it may carry secrets (access_token=...)."""
+    original = request.get(ORIGINAL_TARGET)
+    if original is not None:
+        method, host, target = original
+    else:
+        hosts = request.headers.getall("Host", [])
+        method, host, target = request.method, hosts[0] if len(hosts) == 1 else "", request.raw_path
     return RejectedTarget(
         surface=request.get(SURFACE, Surface.PROXY),
         request_id=request.get(REQUEST_ID, ""),
         client_addr=client_addr(request),
-        method=request.method,
-        host=hosts[0] if len(hosts) == 1 else "",
-        raw_path=request.raw_path,
+        method=method,
+        host=host,
+        raw_path=target.split("?", 1)[0],
     )
 
 
+def authorization_token(request: web.BaseRequest) -> str | None:
+    """The bearer token, refusing more than one Authorization header: idgate would verify one and an
+    upstream might read another."""
+    values = request.headers.getall("Authorization", [])
+    if len(values) > 1:
+        raise BadRequest("more than one Authorization header", reason="duplicate_authorization")
+    return bearer_token(values[0] if values else None)
+
+
+_HEADER_SAFE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) != "%")
+
+
 def header_safe(value: str) -> str:
-    """Percent-encode anything outside printable ASCII so a claim can never split or smuggle a header."""
-    if value.isascii() and value.isprintable():
+    """Percent-encode anything outside printable ASCII (and `%` itself, so the encoding is unambiguous)
+    so a claim can never split or smuggle a header."""
+    if value.isascii() and value.isprintable() and "%" not in value and " " not in value:
         return value
-    return quote(value, safe="".join(chr(c) for c in range(0x21, 0x7F) if chr(c) != "%"))
+    return quote(value, safe=_HEADER_SAFE)
 
 
 def identity_headers(services: Services, decision: Decision, audience: str) -> list[tuple[str, str]]:

@@ -34,11 +34,16 @@ async def _pump(source: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
     return moved
 
 
+def _moved(task: asyncio.Task[int]) -> int:
+    return task.result() if task.done() and not task.cancelled() and task.exception() is None else 0
+
+
 async def relay(request: web.Request, services: Services, access: AccessRequest, decision: Decision, url: URL,
                 headers: list[tuple[str, str]], route: RouteConfig) -> web.WebSocketResponse:
+    """The caller has checked the handshake (GET, valid Sec-WebSocket-*) before authorizing it."""
     started = time.perf_counter()
     offered = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()]
-    # The client's handshake headers belong to the client↔idgate hop; aiohttp makes fresh ones.
+    # The client's handshake headers belong to the client<->idgate hop; aiohttp makes fresh ones.
     upstream_headers = [(n, v) for n, v in headers if not n.lower().startswith("sec-websocket-")]
     try:
         upstream = await services.upstream.ws_connect(
@@ -48,22 +53,26 @@ async def relay(request: web.Request, services: Services, access: AccessRequest,
     except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
         services.pipeline.record_outcome(access, decision, status=502, bytes_in=0, bytes_out=0,
                                          duration=time.perf_counter() - started, error="upstream_failed")
-        raise UpstreamError("the upstream refused the WebSocket upgrade", reason="upstream_failed") from exc
+        failure = UpstreamError("the upstream refused the WebSocket upgrade", reason="upstream_failed")
+        failure.audited = True
+        raise failure from exc
+    inbound: asyncio.Task[int] | None = None
+    outbound: asyncio.Task[int] | None = None
     client = web.WebSocketResponse(protocols=(upstream.protocol,) if upstream.protocol else (), max_msg_size=_MAX_MESSAGE)
-    request[RESPONSE_STARTED] = True
-    await client.prepare(request)
-    inbound = asyncio.create_task(_pump(client, upstream))
-    outbound = asyncio.create_task(_pump(upstream, client))
     try:
+        request[RESPONSE_STARTED] = True
+        await client.prepare(request)
+        inbound = asyncio.create_task(_pump(client, upstream))
+        outbound = asyncio.create_task(_pump(upstream, client))
         await asyncio.wait({inbound, outbound}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         await upstream.close()
         await client.close()
-        await asyncio.gather(inbound, outbound, return_exceptions=True)
+        tasks = [t for t in (inbound, outbound) if t is not None]
+        await asyncio.gather(*tasks, return_exceptions=True)
         services.pipeline.record_outcome(
             access, decision, status=101,
-            bytes_in=inbound.result() if inbound.done() and not inbound.exception() else 0,
-            bytes_out=outbound.result() if outbound.done() and not outbound.exception() else 0,
+            bytes_in=_moved(inbound) if inbound else 0, bytes_out=_moved(outbound) if outbound else 0,
             duration=time.perf_counter() - started,
         )
     return client

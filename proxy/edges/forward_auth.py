@@ -7,10 +7,11 @@ import re
 
 from aiohttp import web
 
-from proxy.edges._http import REQUEST_ID, SURFACE, client_addr, identity_headers, parse_host, request_host
+from proxy.edges._http import (
+    ORIGINAL_TARGET, REQUEST_ID, SURFACE, authorization_token, client_addr, identity_headers, parse_host, request_host,
+)
 from proxy.errors import AccessDenied, BadRequest
 from proxy.model import AccessRequest, Surface
-from proxy.oidc import bearer_token
 from proxy.paths import normalize_path, split_target
 from proxy.runtime import SERVICES
 
@@ -37,18 +38,20 @@ async def handle(request: web.Request) -> web.Response:
         raise AccessDenied("forward-auth answers trusted proxies only", reason="untrusted_peer")
     method = _one(request, "X-Original-Method", "X-Forwarded-Method")
     uri = _one(request, "X-Original-URI", "X-Forwarded-Uri")
+    forwarded_host = _one(request, "X-Forwarded-Host")
+    # From here on a refusal is about the original request, and is audited as such.
+    request[ORIGINAL_TARGET] = (method or "", forwarded_host or request.headers.get("Host", ""), uri or "")
     if method is None or uri is None:
         raise BadRequest("the original method and URI are required", reason="missing_original_request")
     if not _METHOD.fullmatch(method):
         raise BadRequest("invalid original method", reason="bad_method")
-    forwarded_host = _one(request, "X-Forwarded-Host")
     host = parse_host(forwarded_host) if forwarded_host is not None else request_host(request)
     raw_path, query = split_target(uri)
     access = AccessRequest(
         surface=Surface.FORWARD_AUTH, request_id=request[REQUEST_ID], method=method, host=host,
         path=normalize_path(raw_path), client_addr=peer, query=query,
     )
-    decision = await services.pipeline.authorize(access, bearer_token(request.headers.get("Authorization")))
+    decision = await services.pipeline.authorize(access, authorization_token(request))
     response = web.Response(status=200)
     for name, value in identity_headers(services, decision, host):
         response.headers[name] = value

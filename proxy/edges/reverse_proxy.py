@@ -12,12 +12,13 @@ from aiohttp import web
 from yarl import URL
 
 from proxy.config import RouteConfig
+from proxy.edges._http import (
+    REQUEST_ID, RESPONSE_STARTED, SURFACE, authorization_token, client_addr, identity_headers, request_host,
+)
 from proxy.edges._websocket import relay
-from proxy.edges._http import REQUEST_ID, RESPONSE_STARTED, SURFACE, client_addr, identity_headers, request_host
 from proxy.errors import BadRequest, IdgateError, RequestTimeout, RequestTooLarge, UpstreamError, UpstreamTimeout
-from proxy.headers import METHOD_OVERRIDE_HEADERS, clean_request_headers, clean_response_headers, normalized_name
+from proxy.headers import OVERRIDE_HEADERS, clean_request_headers, clean_response_headers, forwarded_for, normalized_name
 from proxy.model import AccessRequest, Decision, Surface
-from proxy.oidc import bearer_token
 from proxy.paths import normalize_path, split_target
 from proxy.routes import RouteTable
 from proxy.runtime import SERVICES, Services
@@ -54,10 +55,10 @@ class _BodyCounter:
             yield chunk
 
 
-def _reject_method_override(request: web.Request) -> None:
+def _reject_override_headers(request: web.Request) -> None:
     for name in request.headers:
-        if normalized_name(name) in METHOD_OVERRIDE_HEADERS:
-            raise BadRequest("method override headers are not accepted", reason="method_override")
+        if normalized_name(name) in OVERRIDE_HEADERS:
+            raise BadRequest("method or URL override headers are not accepted", reason="override_header")
 
 
 def _check_declared_length(request: web.Request, route: RouteConfig) -> None:
@@ -65,24 +66,47 @@ def _check_declared_length(request: web.Request, route: RouteConfig) -> None:
         raise RequestTooLarge("request body exceeds the route limit", reason="body_too_large")
 
 
-def _is_websocket(request: web.Request) -> bool:
-    return request.headers.get("Upgrade", "").lower() == "websocket"
+def _wants_websocket(request: web.Request, route: RouteConfig) -> bool:
+    """Decide before authorizing, so the method and handshake that are authorized are the ones relayed."""
+    if request.headers.get("Upgrade", "").lower() != "websocket":
+        return False
+    if not route.websocket:
+        raise BadRequest("this route does not accept WebSocket upgrades", reason="websocket_not_allowed")
+    if request.method != "GET" or not web.WebSocketResponse().can_prepare(request).ok:
+        raise BadRequest("malformed WebSocket handshake", reason="bad_websocket_handshake")
+    return True
 
 
 def _upstream_headers(services: Services, request: web.Request, route: RouteConfig, access: AccessRequest,
                       decision: Decision) -> list[tuple[str, str]]:
-    peer = access.client_addr
-    trusted = peer in services.trusted
+    trusted = access.client_addr in services.trusted
     headers = clean_request_headers(list(request.headers.items()), trusted_peer=trusted, keep_authorization=route.forward_token)
-    forwarded_for = request.headers.get("X-Forwarded-For") if trusted else None
     headers += [
         ("Host", request.headers["Host"]),
-        ("X-Forwarded-For", f"{forwarded_for}, {peer}" if forwarded_for else peer),
+        ("X-Forwarded-For", forwarded_for(request.headers.getall("X-Forwarded-For", []), access.client_addr,
+                                          trusted_peer=trusted)),
         ("X-Forwarded-Proto", request.scheme),
         ("X-Forwarded-Host", access.host),
         ("X-Request-Id", access.request_id),
     ]
     headers += identity_headers(services, decision, route.name)
+    return headers
+
+
+def _response_headers(upstream: aiohttp.ClientResponse, route: RouteConfig, request_id: str) -> list[tuple[str, str]]:
+    """The upstream's headers minus hop-by-hop ones, with redirects to the upstream's own address made
+    relative and the upstream's Server header replaced: internal addresses and software versions are
+    nobody's business."""
+    base = route.upstream.rstrip("/")
+    headers = []
+    for name, value in clean_response_headers(list(upstream.headers.items())):
+        lowered = name.lower()
+        if lowered in ("server", "x-request-id"):
+            continue
+        if lowered == "location" and (value == base or value.startswith(base + "/")):
+            value = value[len(base):] or "/"
+        headers.append((name, value))
+    headers += [("Server", "idgate"), ("X-Request-Id", request_id)]
     return headers
 
 
@@ -93,16 +117,14 @@ async def handle(request: web.Request) -> web.StreamResponse:
     path = normalize_path(raw_path)
     host = request_host(request)
     route = request.app[ROUTES].match(host, path)
-    _reject_method_override(request)
+    _reject_override_headers(request)
     _check_declared_length(request, route)
-    websocket = _is_websocket(request)
-    if websocket and not route.websocket:
-        raise BadRequest("this route does not accept WebSocket upgrades", reason="websocket_not_allowed")
+    websocket = _wants_websocket(request, route)
     access = AccessRequest(
         surface=Surface.PROXY, request_id=request[REQUEST_ID], method=request.method, host=host, path=path,
         client_addr=client_addr(request), query=query, route=route.name,
     )
-    decision = await services.pipeline.authorize(access, bearer_token(request.headers.get("Authorization")))
+    decision = await services.pipeline.authorize(access, authorization_token(request))
     url = URL(route.upstream.rstrip("/") + path + (f"?{query}" if query else ""), encoded=True)
     headers = _upstream_headers(services, request, route, access, decision)
     if websocket:
@@ -117,6 +139,7 @@ async def _forward(request: web.Request, services: Services, access: AccessReque
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=route.connect_timeout, sock_read=route.read_timeout)
     status, bytes_out = 502, 0
     failure: IdgateError | None = None
+    error: str | None = None
     try:
         async with services.upstream.request(
             request.method, url, headers=headers, data=body.chunks() if request.body_exists else None,
@@ -124,9 +147,8 @@ async def _forward(request: web.Request, services: Services, access: AccessReque
         ) as upstream:
             services.metrics.upstream_seconds.labels(route.name).observe(time.perf_counter() - started)
             response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-            for name, value in clean_response_headers(list(upstream.headers.items())):
+            for name, value in _response_headers(upstream, route, access.request_id):
                 response.headers.add(name, value)
-            response.headers["X-Request-Id"] = access.request_id
             status = upstream.status
             request[RESPONSE_STARTED] = True
             await response.prepare(request)
@@ -135,16 +157,23 @@ async def _forward(request: web.Request, services: Services, access: AccessReque
                 await response.write(chunk)
             await response.write_eof()
             return response
+    except ConnectionResetError:
+        # The client went away mid-response (aiohttp's ClientConnectionResetError is also a ClientError,
+        # so this comes first): not the upstream's fault, and nothing to answer.
+        error = "client_disconnected"
+        raise
     except (asyncio.TimeoutError, aiohttp.ClientError, IdgateError) as exc:
         # aiohttp may wrap an exception raised by the body generator: the body's own verdict wins.
         failure = body.failure or _upstream_failure(exc)
+        error = failure.reason
+        failure.audited = True  # the outcome record below is this request's record of the failure
         if failure is exc:
             raise
         raise failure from exc
     finally:
         services.pipeline.record_outcome(
             access, decision, status=failure.status if failure else status, bytes_in=body.count,
-            bytes_out=bytes_out, duration=time.perf_counter() - started, error=failure.reason if failure else None,
+            bytes_out=bytes_out, duration=time.perf_counter() - started, error=error,
         )
 
 
@@ -154,4 +183,3 @@ def _upstream_failure(exc: BaseException) -> IdgateError:
     if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
         return UpstreamTimeout("the upstream did not answer in time", reason="upstream_timeout")
     return UpstreamError("the upstream could not be reached", reason="upstream_failed")
-

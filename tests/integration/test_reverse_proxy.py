@@ -10,7 +10,8 @@ import jwt
 from tests.servers import HOST, free_port
 
 
-async def test_allowed_request_reaches_upstream_with_identity_and_is_audited(stack):
+async def test_allowed_request_reaches_upstream_with_identity_and_is_audited(make_stack):
+    stack = await make_stack(trusted_proxies=["127.0.0.1/32"])  # so the caller's request id is kept
     response = await stack.get("/v1/orders/7?x=1", token=stack.etl_token(), headers={"X-Request-Id": "trace-12345678"})
     assert response.status == 200
     assert response.headers["X-Request-Id"] == "trace-12345678"
@@ -31,6 +32,21 @@ async def test_allowed_request_reaches_upstream_with_identity_and_is_audited(sta
     assert decision["decision"] == "allow" and decision["rule"] == "etl-read-orders"
     assert decision["identity"]["sub"] == "svc-etl-7" and decision["target"]["path"] == "/v1/orders/7"
     assert records[1]["status"] == 200 and records[1]["request_id"] == "trace-12345678"
+
+
+async def test_request_id_from_an_untrusted_client_is_replaced(stack):
+    response = await stack.get("/v1/orders/7", token=stack.etl_token(), headers={"X-Request-Id": "collide-12345678"})
+    minted = response.headers["X-Request-Id"]
+    assert minted != "collide-12345678"
+    assert stack.upstream.received[0].header("X-Request-Id") == [minted]
+    assert (await stack.decisions())[0]["request_id"] == minted
+
+
+async def test_redirect_to_the_upstream_address_is_made_relative(stack):
+    response = await stack.get("/v1/orders/__redirect", token=stack.etl_token(), allow_redirects=False)
+    assert response.status == 302
+    assert response.headers["Location"] == "/v1/orders/elsewhere"
+    assert response.headers["Server"] == "idgate"
 
 
 async def test_identity_without_a_rule_is_denied_before_the_upstream(stack):

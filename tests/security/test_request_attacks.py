@@ -85,10 +85,72 @@ async def test_upstream_receives_exactly_the_authorized_path(stack):
     assert (await stack.decisions())[0]["target"]["path"] == "/v1/orders/8/~item"
 
 
-@pytest.mark.parametrize("header", ["X-HTTP-Method-Override: DELETE", "X-Method-Override: DELETE", "X_HTTP_Method: DELETE"])
-async def test_method_override_headers_are_refused(stack, header):
+@pytest.mark.parametrize("header", [
+    "X-HTTP-Method-Override: DELETE", "X-Method-Override: DELETE", "X_HTTP_Method: DELETE",
+    "X-Original-URL: /admin/users", "X-Rewrite-URL: /admin/users",
+])
+async def test_method_and_url_override_headers_are_refused(stack, header):
     response = await raw_http(stack.idgate.port, raw(stack, "/v1/orders/7", token=stack.etl_token(), extra=header + "\r\n"))
-    await assert_refused_and_audited(stack, response.status, 400, "method_override")
+    await assert_refused_and_audited(stack, response.status, 400, "override_header")
+
+
+async def test_duplicate_authorization_headers_are_refused(make_stack):
+    stack = await make_stack(orders_route={"forward_token": True})
+    extra = "Authorization: Bearer other.token.here\r\n"
+    response = await raw_http(stack.idgate.port, raw(stack, "/v1/orders/7", token=stack.etl_token(), extra=extra))
+    await assert_refused_and_audited(stack, response.status, 400, "duplicate_authorization")
+
+
+async def test_trusted_proxy_forwarding_headers_are_replaced_not_appended(make_stack):
+    stack = await make_stack(trusted_proxies=["127.0.0.1/32"])
+    extra = ("X-Forwarded-Host: admin.internal\r\nX-Forwarded-For: 6.6.6.6\r\nX-Forwarded-For: 7.7.7.7\r\n"
+             "X-Forwarded-Proto: https\r\nForwarded: for=6.6.6.6\r\n")
+    response = await raw_http(stack.idgate.port, raw(stack, "/v1/orders/7", token=stack.etl_token(), extra=extra))
+    assert response.status == 200
+    received = stack.upstream.received[0]
+    assert received.header("X-Forwarded-Host") == ["orders.internal"]
+    assert received.header("X-Forwarded-For") == ["6.6.6.6, 7.7.7.7, 127.0.0.1"]
+    assert received.header("X-Forwarded-Proto") == ["http"]
+    assert received.header("Forwarded") == []
+
+
+@pytest.mark.parametrize("method,extra", [
+    ("POST", "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"),
+    ("GET", "Upgrade: websocket\r\n"),  # no Connection: upgrade, no key
+])
+async def test_malformed_websocket_handshake_never_reaches_the_upstream(make_stack, method, extra):
+    stack = await make_stack(orders_route={"websocket": True})
+    response = await raw_http(stack.idgate.port, raw(stack, "/v1/orders/ws", token=stack.etl_token(), method=method, extra=extra))
+    await assert_refused_and_audited(stack, response.status, 400, "bad_websocket_handshake")
+
+
+@pytest.mark.parametrize("target", ["*", "orders.internal:443"])
+async def test_asterisk_and_authority_form_targets_are_refused_and_audited(stack, target):
+    method = "OPTIONS" if target == "*" else "CONNECT"
+    response = await raw_http(stack.idgate.port, raw(stack, target, token=stack.etl_token(), method=method))
+    assert response.status in (400, 404)
+    assert "aiohttp" not in response.head
+    assert stack.upstream.received == []
+    assert (await stack.decisions())[-1]["decision"] == "deny"
+
+
+async def test_query_string_of_a_refused_request_is_not_audited(stack):
+    response = await raw_http(stack.idgate.port, raw(stack, "/v1/orders/%2F?access_token=SECRET123", token=stack.etl_token()))
+    assert response.status == 400
+    assert "SECRET123" not in stack.idgate.services.config.audit.path.read_text()
+    assert (await stack.decisions())[-1]["target"]["raw_path"] == "/v1/orders/%2F"
+
+
+async def test_a_failure_after_the_allow_is_recorded_once(make_stack):
+    stack = await make_stack(orders_route={"max_body_bytes": 1000})
+    chunk = "a" * 600
+    body = f"258\r\n{chunk}\r\n258\r\n{chunk}\r\n0\r\n\r\n"
+    request = raw(stack, "/v1/orders/7", token=stack.etl_token(), extra="Transfer-Encoding: chunked\r\n")
+    response = await raw_http(stack.idgate.port, request + body.encode())
+    assert response.status == 413
+    records = await stack.idgate.audit_records()
+    assert [(r["event"], r.get("decision")) for r in records] == [("decision", "allow"), ("outcome", None)]
+    assert records[1]["error"] == "body_too_large"
 
 
 async def test_absolute_form_request_line_is_refused(stack):
@@ -106,8 +168,8 @@ async def test_oversized_body_by_chunks_is_refused(make_stack):
     stack = await make_stack(orders_route={"max_body_bytes": 1000})
     chunk = "a" * 600
     body = f"258\r\n{chunk}\r\n258\r\n{chunk}\r\n0\r\n\r\n"
-    request = raw(stack, "/v1/orders/7", token=stack.etl_token(), extra="Transfer-Encoding: chunked\r\n").rstrip(b"\r\n")
-    response = await raw_http(stack.idgate.port, request + b"\r\n\r\n" + body.encode())
+    request = raw(stack, "/v1/orders/7", token=stack.etl_token(), extra="Transfer-Encoding: chunked\r\n")
+    response = await raw_http(stack.idgate.port, request + body.encode())
     # No Content-Length: the limit trips while streaming, the upstream request is aborted mid-body.
     assert response.status == 413
     assert stack.upstream.received == []

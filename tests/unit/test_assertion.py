@@ -58,3 +58,14 @@ def test_bad_key_file_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_signing_key(path)
     assert str(path) in str(err.value)
+
+
+def test_cached_assertion_never_speaks_for_another_token_of_the_same_subject():
+    import dataclasses
+    signer = AssertionSigner(load_signing_key(None), ttl=60)
+    batch = make_identity(client_id="etl-batch", expires_in=3600)
+    ui = dataclasses.replace(batch, client_id="billing-ui", expires_at=batch.expires_at - 3560)
+    first = verify(signer, signer.sign(batch, "orders"), "orders")
+    second = verify(signer, signer.sign(ui, "orders"), "orders")
+    assert first["client_id"] == "etl-batch" and second["client_id"] == "billing-ui"
+    assert second["exp"] <= int(ui.expires_at)

@@ -1,5 +1,5 @@
 from proxy.headers import (
-    TrustedProxies, clean_request_headers, clean_response_headers, groups_header, request_id,
+    TrustedProxies, clean_request_headers, clean_response_headers, forwarded_for, groups_header, request_id,
 )
 
 
@@ -28,10 +28,20 @@ def test_hop_by_hop_and_host_are_dropped():
 
 
 def test_forwarding_headers_only_from_trusted_peers():
-    incoming = [("X-Forwarded-For", "10.0.0.1"), ("Forwarded", "for=1.2.3.4"), ("X-Real-IP", "1.2.3.4"),
-                ("X-Original-URI", "/admin"), ("Accept", "*/*")]
+    incoming = [("X-Forwarded-Port", "443"), ("X-Real-IP", "1.2.3.4"), ("X-Original-URI", "/admin"), ("Accept", "*/*")]
     assert names(clean_request_headers(incoming, trusted_peer=False, keep_authorization=False)) == ["Accept"]
-    assert len(clean_request_headers(incoming, trusted_peer=True, keep_authorization=False)) == 5
+    assert len(clean_request_headers(incoming, trusted_peer=True, keep_authorization=False)) == 4
+
+
+def test_reemitted_headers_never_pass_through_even_from_trusted_peers():
+    incoming = [("X-Forwarded-For", "6.6.6.6"), ("X-Forwarded-Host", "admin.internal"), ("x_forwarded_proto", "https"),
+                ("Forwarded", "for=1.2.3.4"), ("X_Request_Id", "collide-1234"), ("Accept", "*/*")]
+    assert names(clean_request_headers(incoming, trusted_peer=True, keep_authorization=False)) == ["Accept"]
+
+
+def test_forwarded_for_keeps_a_trusted_chain_only():
+    assert forwarded_for(["6.6.6.6", "7.7.7.7, 8.8.8.8"], "10.0.0.2", trusted_peer=True) == "6.6.6.6, 7.7.7.7, 8.8.8.8, 10.0.0.2"
+    assert forwarded_for(["6.6.6.6"], "10.0.0.2", trusted_peer=False) == "10.0.0.2"
 
 
 def test_authorization_is_forwarded_only_when_the_route_keeps_it():
@@ -44,10 +54,11 @@ def test_response_hop_by_hop_removed():
     assert names(clean_response_headers([("Connection", "close, X-A"), ("X-A", "1"), ("Content-Length", "3")])) == ["Content-Length"]
 
 
-def test_request_id_kept_when_well_formed_and_replaced_otherwise():
-    assert request_id("abcdefgh-1234") == "abcdefgh-1234"
+def test_request_id_kept_from_trusted_peers_when_well_formed_and_replaced_otherwise():
+    assert request_id("abcdefgh-1234", trusted_peer=True) == "abcdefgh-1234"
+    assert request_id("abcdefgh-1234", trusted_peer=False) != "abcdefgh-1234"
     for bad in (None, "", "short", "x" * 129, "a b c d e f g h", "abc\r\nX-Evil: 1"):
-        minted = request_id(bad)
+        minted = request_id(bad, trusted_peer=True)
         assert minted != bad and len(minted) == 32
 
 
