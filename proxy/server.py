@@ -13,8 +13,8 @@ from aiohttp import web
 
 from proxy.config import Config, LimitsConfig
 from proxy.edges import admin, forward_auth, reverse_proxy
-from proxy.edges._http import REQUEST_ID, RESPONSE_STARTED, SURFACE, rejected_target
-from proxy.errors import DependencyError, HeadersTooLarge, IdgateError
+from proxy.edges._http import REQUEST_ID, RESPONSE_STARTED, SURFACE, client_addr, rejected_target
+from proxy.errors import BadRequest, DependencyError, HeadersTooLarge, IdgateError, NotFound
 from proxy.headers import request_id
 from proxy.model import Surface
 from proxy.routes import RouteTable
@@ -36,6 +36,12 @@ def error_response(err: IdgateError, rid: str) -> web.Response:
         headers["WWW-Authenticate"] = f'Bearer realm="idgate", error="{error}"'
     return web.json_response({"code": err.code, "message": err.message, "request_id": rid},
                              status=err.status, headers=headers)
+
+
+def _from_aiohttp(exc: web.HTTPException) -> IdgateError:
+    if exc.status == 404:
+        return NotFound("no route for this request target", reason="no_route")
+    return BadRequest("this request target is not accepted", reason="bad_target")
 
 
 def _check_head_limits(request: web.Request, limits: LimitsConfig) -> None:
@@ -73,13 +79,18 @@ def guard_middleware(services: Services, in_flight: InFlight) -> Any:
 
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-        rid = request_id(request.headers.get("X-Request-Id"))
+        rid = request_id(request.headers.get("X-Request-Id"), trusted_peer=client_addr(request) in services.trusted)
         request[REQUEST_ID] = rid
         request[SURFACE] = Surface.PROXY
         in_flight.enter()
         try:
             _check_head_limits(request, limits)
-            response = await handler(request)
+            try:
+                response = await handler(request)
+            except web.HTTPException as exc:
+                # aiohttp's router refusing a target (OPTIONS *, CONNECT host:port): answered and
+                # audited like every other refusal, not with aiohttp's page.
+                raise _from_aiohttp(exc) from exc
         except IdgateError as err:
             if request.get(RESPONSE_STARTED):
                 raise  # the head is on the wire: aiohttp drops the connection so a partial body is visible
