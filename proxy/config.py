@@ -103,6 +103,24 @@ class AssertionConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class CredentialsConfig:
+    """The container-credentials endpoint (botocore's AWS_CONTAINER_CREDENTIALS_FULL_URI) on the main listener."""
+
+    enabled: bool = False
+    path: str = "/.idgate/credentials"
+
+
+@dataclass(frozen=True, slots=True)
+class AwsConfig:
+    region: str = "us-east-1"                     # table ARNs in session policies; the STS region
+    sts_endpoint: str | None = None               # e.g. a local moto; None = AWS (or AWS_ENDPOINT_URL_STS)
+    default_duration: int = 3600                  # seconds, for rules without aws.duration
+    sts_timeout: float = 2.0                      # connect and read timeout of one STS call
+    session_tags: bool = True                     # tag sessions with issuer and subject (needs sts:TagSession)
+    credential_cache_size: int = 10000            # cached credential sets (role, session policy, caller)
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     source: Path
     issuers: tuple[IssuerConfig, ...]
@@ -117,6 +135,8 @@ class Config:
     assertion: AssertionConfig = field(default_factory=AssertionConfig)
     token_cache_size: int = 10000
     dev_mode: bool = False                        # enables `idgate token` and the demo issuer; loopback only
+    credentials: CredentialsConfig = field(default_factory=CredentialsConfig)
+    aws: AwsConfig = field(default_factory=AwsConfig)
 
 
 # --- loading: strict decode (proxy.yamlconf) → per-object checks → cross checks and environment ---
@@ -271,6 +291,31 @@ def _check_assertion(assertion: AssertionConfig, spot: Spot) -> AssertionConfig:
     return assertion
 
 
+_AWS_REGION = re.compile(r"[a-z]{2,4}(?:-[a-z]+)+-[0-9]{1,2}")
+MAX_AWS_REGION_CHARS = 20                        # the session-policy size check at policy load assumes this
+MIN_BROKER_DURATION, MAX_BROKER_DURATION = 2700, 43200   # vended credentials keep >= 30 minutes; STS max 12 h
+
+
+def _check_credentials(credentials: CredentialsConfig, spot: Spot) -> CredentialsConfig:
+    if why := _path_prefix_problem(credentials.path):
+        spot.report(why, "path")
+    return credentials
+
+
+def _check_aws(aws: AwsConfig, spot: Spot) -> AwsConfig:
+    if not _AWS_REGION.fullmatch(aws.region) or len(aws.region) > MAX_AWS_REGION_CHARS:
+        spot.report(f"'{aws.region}' is not an AWS region name (e.g. us-east-1)", "region")
+    if aws.sts_endpoint is not None and (why := _http_url_problem(aws.sts_endpoint, bare=True)):
+        spot.report(why, "sts_endpoint")
+    if not MIN_BROKER_DURATION <= aws.default_duration <= MAX_BROKER_DURATION:
+        spot.report(f"must be between {MIN_BROKER_DURATION} and {MAX_BROKER_DURATION} seconds (credentials "
+                    "are vended with at least 30 minutes left)", "default_duration")
+    if not 0 < aws.sts_timeout <= 60:
+        spot.report("must be greater than 0 and at most 60 seconds", "sts_timeout")
+    _check_positive(aws, spot, "credential_cache_size")
+    return aws
+
+
 def _check_config(config: Config, spot: Spot) -> Config:
     for i, cidr in enumerate(config.trusted_proxies):
         try:
@@ -287,6 +332,8 @@ def _check_config(config: Config, spot: Spot) -> Config:
         spot.child("admin").report("admin must not use the same host and port as listen", "port")
     if not config.policies_dir.is_dir():
         spot.report("must be an existing directory", "policies_dir")
+    if config.credentials.enabled and config.forward_auth.enabled and config.credentials.path == config.forward_auth.path:
+        spot.child("credentials").report("must differ from forward_auth.path", "path")
     if config.dev_mode and not (is_loopback(listen.host) and is_loopback(admin.host)):
         spot.report("only allowed when listen.host and admin.host are loopback addresses",
                     "dev_mode")
@@ -311,6 +358,7 @@ _SCHEMA = Schema(
         LimitsConfig: _check_limits, IssuerConfig: _check_issuer, RouteConfig: _check_route,
         ForwardAuthConfig: _check_forward_auth, AuditConfig: _check_audit,
         AssertionConfig: _check_assertion, Config: _check_config,
+        CredentialsConfig: _check_credentials, AwsConfig: _check_aws,
     }),
 )
 

@@ -10,10 +10,12 @@ import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from proxy.aws.credentials import AwsCredentials, Vended
 from proxy.errors import AccessDenied, AuthenticationError, IdgateError
 from proxy.metrics import Metrics
 from proxy.model import AccessRequest, Decision, Identity, Surface
-from proxy.policy.engine import CompiledPolicy
+from proxy.policy.engine import REASON_MATCHED, CompiledPolicy
+from proxy.policy.session_policy import RoleChoice, SessionPolicy, choose_role, render_session_policy
 
 
 class TokenVerifier(Protocol):
@@ -28,6 +30,15 @@ class AuditSink(Protocol):
 class PolicySource(Protocol):
     @property
     def current(self) -> CompiledPolicy: ...
+
+
+class CredentialSource(Protocol):
+    """The credential broker (proxy.aws.broker) as the pipeline sees it."""
+
+    @property
+    def region(self) -> str: ...
+    async def credentials(self, identity: Identity, token: str, choice: RoleChoice,
+                          policy: SessionPolicy) -> Vended: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +86,34 @@ class Pipeline:
             raise denied
         return decision
 
+    async def authorize_aws(self, request: AccessRequest, token: str | None, role: str | None,
+                            broker: CredentialSource) -> tuple[Decision, AwsCredentials]:
+        """Credentials for the caller (their decision record durable before they are returned), or the
+        audited denial.  The matching rules' `aws` blocks give the role (`role` names one when several
+        do) and the session policy; the broker turns them into STS credentials."""
+        started = time.perf_counter()
+        identity: Identity | None = None
+        choice: RoleChoice | None = None
+        policy: SessionPolicy | None = None
+        try:
+            if token is None:
+                raise AuthenticationError("a bearer token is required", reason="missing_token")
+            identity = await self._verifier.verify(token)
+            choice = choose_role(self._policy.current.rules_for_identity(identity), role)
+            policy = render_session_policy(choice, identity.claims, broker.region)
+            vended = await broker.credentials(identity, token, choice, policy)
+        except IdgateError as err:
+            denied = Decision(False, choice.rule_ids[0] if choice else None, (err.reason,), identity)
+            await self._audit.append(_aws_record(request, denied, role, choice, policy, None))
+            err.audited = True
+            raise
+        assert identity is not None and choice is not None and policy is not None
+        decision = Decision(True, choice.rule_ids[0], (REASON_MATCHED,), identity,
+                            extras={"role_arn": choice.role_arn, "session_policy_sha256": policy.sha256})
+        await self._audit.append(_aws_record(request, decision, role, choice, policy, vended))
+        self._metrics.decision_seconds.labels(request.surface.value).observe(time.perf_counter() - started)
+        return decision, vended.credentials
+
     async def record_rejection(self, target: RejectedTarget, err: IdgateError) -> None:
         """Audit a request refused before it reached `authorize` (bad path, bad headers, no route)."""
         await self._audit.append({
@@ -120,3 +159,27 @@ def _decision_record(request: AccessRequest, decision: Decision) -> dict[str, An
         "client": {"addr": request.client_addr},
         "target": request.audit_target(),
     }
+
+
+_MAX_JTI_IN_AUDIT = 128
+
+
+def _aws_record(request: AccessRequest, decision: Decision, requested_role: str | None, choice: RoleChoice | None,
+                policy: SessionPolicy | None, vended: Vended | None) -> dict[str, Any]:
+    """A credential decision: which role and session policy (by hash), and for a vend the access key id and
+    expiry.  Never the secret or the session token."""
+    record = _decision_record(request, decision)
+    record["target"]["role"] = requested_role
+    aws: dict[str, Any] = {}
+    if choice is not None:
+        aws.update(role_arn=choice.role_arn, rules=list(choice.rule_ids), web_identity=choice.web_identity)
+    if policy is not None:
+        aws["session_policy_sha256"] = policy.sha256
+    if vended is not None:
+        aws.update(access_key_id=vended.credentials.access_key_id,
+                   expiration=vended.credentials.expiration_iso(), source=vended.source)
+    jti = decision.identity.claims.get("jti") if decision.identity else None
+    if isinstance(jti, str) and len(jti) <= _MAX_JTI_IN_AUDIT:
+        aws["token_jti"] = jti          # which token obtained these credentials (an id, not the token)
+    record["aws"] = aws
+    return record

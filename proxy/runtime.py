@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -15,6 +16,8 @@ from aiohttp import web
 
 from proxy.assertion import AssertionSigner, load_signing_key
 from proxy.audit import AuditLog
+from proxy.aws.broker import CredentialBroker, start_broker
+from proxy.aws.sts import StsClientFactory
 from proxy.config import Config
 from proxy.headers import TrustedProxies
 from proxy.metrics import Metrics
@@ -39,6 +42,7 @@ class Services:
     upstream: aiohttp.ClientSession
     trusted: TrustedProxies
     background: list[asyncio.Task[None]] = field(default_factory=list)
+    broker: CredentialBroker | None = None      # when credentials.enabled
 
 
 SERVICES: web.AppKey[Services] = web.AppKey("idgate_services", Services)
@@ -58,7 +62,9 @@ def _upstream_session(config: Config) -> aiohttp.ClientSession:
 
 
 @asynccontextmanager
-async def running_services(config: Config, *, metrics: Metrics | None = None) -> AsyncIterator[Services]:
+async def running_services(config: Config, *, metrics: Metrics | None = None,
+                           sts_client: StsClientFactory | None = None) -> AsyncIterator[Services]:
+    """`sts_client` builds the credential broker's STS client (default: boto3 with the usual credential chain)."""
     metrics = metrics or Metrics()
     policy = PolicyStore(config.policies_dir, metrics)
     signer = AssertionSigner(load_signing_key(config.assertion.key_file), config.assertion.ttl)
@@ -69,13 +75,18 @@ async def running_services(config: Config, *, metrics: Metrics | None = None) ->
     verifier = TokenVerifier(config.issuers, oidc_session, metrics, cache_size=config.token_cache_size)
     audit = AuditLog(config.audit, metrics)
     background: list[asyncio.Task[None]] = []
+    sts_pool: ThreadPoolExecutor | None = None
     try:
         await audit.open()
+        broker = None
+        if config.credentials.enabled:
+            # Building a botocore client reads its service model from disk: not on the loop.
+            broker, sts_pool = await asyncio.to_thread(start_broker, config.aws, sts_client)
         await verifier.start()
         services = Services(
             config=config, metrics=metrics, verifier=verifier, policy=policy, audit=audit, signer=signer,
             pipeline=Pipeline(verifier, policy, audit, metrics), upstream=upstream,
-            trusted=TrustedProxies(config.trusted_proxies), background=background,
+            trusted=TrustedProxies(config.trusted_proxies), background=background, broker=broker,
         )
         background.append(asyncio.create_task(policy.watch(POLICY_POLL_SECONDS), name="policy-watch"))
         yield services
@@ -87,3 +98,5 @@ async def running_services(config: Config, *, metrics: Metrics | None = None) ->
         await audit.close()
         await oidc_session.close()
         await upstream.close()
+        if sts_pool is not None:
+            sts_pool.shutdown(wait=False, cancel_futures=True)

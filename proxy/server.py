@@ -12,7 +12,7 @@ from typing import Any
 from aiohttp import web
 
 from proxy.config import Config, LimitsConfig
-from proxy.edges import admin, forward_auth, reverse_proxy
+from proxy.edges import admin, credentials, forward_auth, reverse_proxy
 from proxy.edges._http import REQUEST_ID, RESPONSE_STARTED, SURFACE, client_addr, rejected_target
 from proxy.errors import BadRequest, DependencyError, HeadersTooLarge, IdgateError, NotFound
 from proxy.headers import request_id
@@ -118,6 +118,8 @@ def build_main_app(services: Services, in_flight: InFlight) -> web.Application:
     app[reverse_proxy.ROUTES] = RouteTable(services.config.routes)
     if services.config.forward_auth.enabled:
         app.router.add_route("*", services.config.forward_auth.path, forward_auth.handle)
+    if services.config.credentials.enabled:
+        app.router.add_route("*", services.config.credentials.path, credentials.handle)
     app.router.add_route("*", "/{tail:.*}", reverse_proxy.handle)
     return app
 

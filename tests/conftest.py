@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.aws_moto import MotoServer
 from tests.oidc_op import OidcProvider
 
 
@@ -19,3 +20,18 @@ def oidc_provider() -> Iterator[OidcProvider]:
     """
     with OidcProvider() as provider:
         yield provider
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[MotoServer]:
+    """A real moto server (moto_server from moto[server]: STS, IAM, DynamoDB), one process for the session.
+    Tests use the `moto` fixture, which resets its state first."""
+    with MotoServer() as server:
+        yield server
+
+
+@pytest.fixture
+def moto(moto_server: MotoServer) -> MotoServer:
+    """moto with no roles, tables or sessions, and a fresh recording of the requests it receives."""
+    moto_server.reset()
+    return moto_server

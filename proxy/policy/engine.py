@@ -26,6 +26,7 @@ from proxy.policy.index import (
     path_segments,
     pattern_problem,
 )
+from proxy.policy import session_policy
 from proxy.policy.rules import Effect, HttpGrant, Rule, Who
 
 REASON_MATCHED = "matched"
@@ -129,6 +130,11 @@ class CompiledPolicy:
             if key not in matchers:
                 matchers[key] = WhoMatcher(rule.who)
             matcher_of[rule.id] = matchers[key]
+
+        # AWS blocks: every session policy fits STS for any caller, and rules sharing a role agree (DESIGN §3).
+        for rule in rules:
+            problems.extend(_problem(rule, message) for message in session_policy.rule_problems(rule))
+        problems.extend(_problem(rule, message) for rule, message in session_policy.cross_rule_problems(rules))
 
         # Deny rules get the lowest numbers, so the first candidate (by number) whose `who` matches decides.
         ordered_rules = [r for r in rules if r.effect is Effect.DENY] + [r for r in rules if r.effect is Effect.ALLOW]

@@ -1,0 +1,179 @@
+"""Starts and drives a real moto server (`moto_server`, from moto[server]) as STS, IAM and DynamoDB: free
+loopback port, polled readiness, state reset between tests, and moto's request recorder so tests see
+exactly what idgate sent to STS."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+from urllib.parse import parse_qs
+
+import boto3
+from botocore.config import Config as BotoConfig
+
+from tests.servers import HOST, free_port
+
+ACCOUNT = "123456789012"            # moto's default account
+REGION = "us-east-1"
+TEST_KEYS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+# A role any service principal may assume: moto does not evaluate trust policies, AWS would.
+TRUST_POLICY = json.dumps({"Version": "2012-10-17", "Statement": [
+    {"Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:root"},
+     "Action": ["sts:AssumeRole", "sts:TagSession", "sts:SetSourceIdentity"]}]})
+
+
+class MotoError(RuntimeError):
+    """moto could not be started; the message carries its log tail."""
+
+
+class MotoServer:
+    """One moto_server process.  Use as a context manager, or call start() and stop()."""
+
+    def __init__(self, *, startup_timeout: float = 30.0) -> None:
+        self._startup_timeout = startup_timeout
+        self._process: subprocess.Popen[bytes] | None = None
+        self._dir: tempfile.TemporaryDirectory[str] | None = None
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def __enter__(self) -> MotoServer:
+        self.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self.stop()
+
+    @property
+    def _workdir(self) -> Path:
+        assert self._dir is not None, "start() first"
+        return Path(self._dir.name)
+
+    def start(self) -> None:
+        binary = Path(sys.executable).parent / "moto_server"
+        if not binary.exists():
+            raise MotoError(f"{binary} is missing: install the test extra (pip install -e '.[test]')")
+        self._dir = tempfile.TemporaryDirectory(prefix="moto-")
+        # moto has no port 0: pick a free port; a lost race shows as an early exit below.
+        self.port = free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+        env["MOTO_RECORDER_FILEPATH"] = str(self._workdir / "recording.jsonl")
+        with open(self._workdir / "moto.log", "wb") as log:
+            self._process = subprocess.Popen(
+                [str(binary), "-H", HOST, "-p", str(self.port)], env=env, cwd=self._workdir,
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self._startup_timeout
+        while True:
+            try:
+                self._request("GET", "/moto-api/data.json")
+                return
+            except OSError:
+                pass
+            assert self._process is not None
+            if self._process.poll() is not None:
+                raise MotoError(f"moto_server exited with {self._process.returncode}:\n{self.log_tail()}")
+            if time.monotonic() > deadline:
+                raise MotoError(f"moto_server not ready in {self._startup_timeout}s:\n{self.log_tail()}")
+            time.sleep(0.05)  # polling for readiness, bounded by the deadline
+
+    def stop(self) -> None:
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
+        if self._dir is not None:
+            self._dir.cleanup()
+            self._dir = None
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join((self._workdir / "moto.log").read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    # -- state --------------------------------------------------------------------------------
+
+    def reset(self) -> None:
+        """Forget every role, table and session, and start a fresh recording."""
+        self._request("POST", "/moto-api/reset")
+        self._request("POST", "/moto-api/recorder/reset-recording")
+        self._request("POST", "/moto-api/recorder/start-recording")
+
+    def recorded_sts_calls(self, action: str = "AssumeRole") -> list[dict[str, str]]:
+        """The form parameters of every STS call with this Action that moto received, in order."""
+        self._request("POST", "/moto-api/recorder/stop-recording")
+        try:
+            text = self._request("GET", "/moto-api/recorder/download-recording").decode()
+        finally:
+            self._request("POST", "/moto-api/recorder/start-recording")
+        calls = []
+        for line in text.splitlines():
+            entry = json.loads(line)
+            body = entry.get("body") or ""
+            raw = base64.b64decode(body).decode() if entry.get("body_encoded") else body
+            if entry.get("headers", {}).get("Content-Type", "").startswith("application/x-www-form-urlencoded"):
+                form = {k: v[0] for k, v in parse_qs(raw, keep_blank_values=True).items()}
+                if form.get("Action") == action:
+                    calls.append(form)
+        return calls
+
+    def client(self, service: str, **keys: str) -> Any:
+        session = boto3.session.Session(**(keys or TEST_KEYS), region_name=REGION)
+        return session.client(service, endpoint_url=self.url, config=BotoConfig(retries={"total_max_attempts": 1}))
+
+    def create_role(self, name: str) -> str:
+        role = self.client("iam").create_role(RoleName=name, AssumeRolePolicyDocument=TRUST_POLICY)
+        return str(role["Role"]["Arn"])
+
+    def create_table(self, name: str, *, sort_key: bool = True) -> None:
+        keys = [("pk", "HASH"), *([("sk", "RANGE")] if sort_key else [])]
+        self.client("dynamodb").create_table(
+            TableName=name, BillingMode="PAY_PER_REQUEST",
+            KeySchema=[{"AttributeName": n, "KeyType": t} for n, t in keys],
+            AttributeDefinitions=[{"AttributeName": n, "AttributeType": "S"} for n, _ in keys])
+
+    def _request(self, method: str, path: str) -> bytes:
+        request = urllib.request.Request(self.url + path, data=b"" if method == "POST" else None, method=method)
+        try:
+            with _OPENER.open(request, timeout=10) as response:
+                body: bytes = response.read()
+                return body
+        except urllib.error.HTTPError as exc:
+            raise MotoError(f"{method} {path}: HTTP {exc.code}") from exc
+
+
+def sts_client_factory() -> Any:
+    """An StsClientFactory for idgate: the production client settings, with moto's test keys."""
+    from proxy.aws.sts import boto3_sts_client
+
+    session = boto3.session.Session(**TEST_KEYS)
+
+    def factory(config: Any) -> Any:
+        return boto3_sts_client(config, session=session)
+
+    return factory
