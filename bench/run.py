@@ -23,6 +23,7 @@ BENCH = Path(__file__).resolve().parent
 RESULTS = BENCH / "results"
 SUMMARY = RESULTS / "summary.json"
 SCRIPT_TIMEOUT = 900  # seconds; a benchmark that takes longer is stuck
+BUSY_LOAD = 0.5       # 1-minute load average above which the machine is not quiet enough to compare runs
 
 
 @dataclass(frozen=True)
@@ -242,9 +243,9 @@ def print_report(info: dict[str, Any], results: dict[str, dict[str, Any]], statu
     missing = {name: status for name, status in statuses.items() if status != "ok"}
     if missing:
         print("\nnot measured: " + "; ".join(f"{name} ({status})" for name, status in missing.items()))
-    print(f"\n{'target':<32}{'goal':<30}{'measured':<44}verdict")
+    print(f"\n{'target':<32}{'goal':<30}{'measured':<48}verdict")
     for name, verdict in verdicts.items():
-        print(f"{name:<32}{verdict['target']:<30}{verdict['measured'] or '-':<44}{_verdict(verdict['met'])}")
+        print(f"{name:<32}{verdict['target']:<30}{verdict['measured'] or '-':<48}{_verdict(verdict['met'])}")
 
 
 def main() -> int:
@@ -254,6 +255,9 @@ def main() -> int:
     args = parser.parse_args()
     info = machine()
     print(f"idgate benchmarks {info['timestamp']}: {info['nproc']} CPU(s), Python {info['python']}", flush=True)
+    if info["loadavg_at_start"][0] > BUSY_LOAD:
+        print(f"warning: load average {info['loadavg_at_start'][0]} before starting: other work shares the CPUs, "
+              "so req/s and ratios will be noisy", file=sys.stderr)
     have_wrk = info["wrk"] is not None
     if not have_wrk:
         print("wrk is not installed, so the HTTP load benchmarks are skipped: install it with `apt-get install wrk`",
@@ -272,6 +276,7 @@ def main() -> int:
             results[bench.name] = result
     verdicts = judge(results)
     info["duration_s"] = round(time.monotonic() - started, 1)
+    info["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     print_report(info, results, statuses, verdicts)
     SUMMARY.write_text(json.dumps({"machine": info, "quick": args.quick, "statuses": statuses,
                                    "targets": verdicts, "results": results}, indent=2) + "\n")
