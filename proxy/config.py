@@ -7,6 +7,7 @@ The environment may override a secret and an endpoint: IDGATE_ASSERTION_KEY_FILE
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import os
 import re
@@ -89,6 +90,27 @@ class ForwardAuthConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ExtAuthzHttpConfig:
+    path_prefix: str = "/.idgate/ext_authz"       # Envoy's http_service.path_prefix: Envoy prepends it
+
+
+@dataclass(frozen=True, slots=True)
+class ExtAuthzGrpcConfig:
+    host: str = "127.0.0.1"
+    port: int = 9191
+    max_message_bytes: int = 65536                # a CheckRequest larger than this is refused unread
+
+
+@dataclass(frozen=True, slots=True)
+class ExtAuthzConfig:
+    """Envoy external authorization; a surface is off unless its section is given."""
+
+    http: ExtAuthzHttpConfig | None = None
+    grpc: ExtAuthzGrpcConfig | None = None        # needs `pip install idgate[envoy]`
+    forward_token: bool = False                   # let the caller's Authorization reach the upstream
+
+
+@dataclass(frozen=True, slots=True)
 class AuditConfig:
     path: Path = Path("audit/idgate-audit.jsonl")
     rotate_bytes: int = 100 * 1024 * 1024
@@ -130,6 +152,7 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     routes: tuple[RouteConfig, ...] = ()
     forward_auth: ForwardAuthConfig = field(default_factory=ForwardAuthConfig)
+    ext_authz: ExtAuthzConfig = field(default_factory=ExtAuthzConfig)
     trusted_proxies: tuple[str, ...] = ()         # CIDRs whose X-Forwarded-* / X-Original-* are believed
     audit: AuditConfig = field(default_factory=AuditConfig)
     assertion: AssertionConfig = field(default_factory=AssertionConfig)
@@ -279,6 +302,24 @@ def _check_forward_auth(forward_auth: ForwardAuthConfig, spot: Spot) -> ForwardA
     return forward_auth
 
 
+def _check_ext_authz_http(http: ExtAuthzHttpConfig, spot: Spot) -> ExtAuthzHttpConfig:
+    if why := _path_prefix_problem(http.path_prefix):
+        spot.report(why, "path_prefix")
+    elif http.path_prefix == "/" or http.path_prefix.endswith("/"):
+        # Envoy prepends the prefix to the original path, which starts with '/' already.
+        spot.report("must not be '/' or end with '/'", "path_prefix")
+    return http
+
+
+def _check_ext_authz_grpc(grpc: ExtAuthzGrpcConfig, spot: Spot) -> ExtAuthzGrpcConfig:
+    _check_host(grpc.host, spot)
+    _check_port(grpc.port, spot)
+    _check_positive(grpc, spot, "max_message_bytes")
+    if not _envoy_extra_installed():
+        spot.report("the gRPC ext_authz surface needs the envoy extra: pip install 'idgate[envoy]'")
+    return grpc
+
+
 def _check_audit(audit: AuditConfig, spot: Spot) -> AuditConfig:
     _check_positive(audit, spot, "rotate_bytes")
     if not 0 <= audit.group_commit_max_delay <= 1:
@@ -332,6 +373,12 @@ def _check_config(config: Config, spot: Spot) -> Config:
         spot.child("admin").report("admin must not use the same host and port as listen", "port")
     if not config.policies_dir.is_dir():
         spot.report("must be an existing directory", "policies_dir")
+    grpc = config.ext_authz.grpc
+    if grpc is not None and grpc.port != 0 and (grpc.host, grpc.port) in ((listen.host, listen.port), (admin.host, admin.port)):
+        spot.child("ext_authz").child("grpc").report("must not use the same host and port as listen or admin", "port")
+    http = config.ext_authz.http
+    if http is not None and config.forward_auth.enabled and _prefix_overlap(http.path_prefix, config.forward_auth.path):
+        spot.child("ext_authz").child("http").report("must not overlap forward_auth.path", "path_prefix")
     if config.credentials.enabled and config.forward_auth.enabled and config.credentials.path == config.forward_auth.path:
         spot.child("credentials").report("must differ from forward_auth.path", "path")
     if config.dev_mode and not (is_loopback(listen.host) and is_loopback(admin.host)):
@@ -339,6 +386,18 @@ def _check_config(config: Config, spot: Spot) -> Config:
                     "dev_mode")
     _check_positive(config, spot, "token_cache_size")
     return config
+
+
+def _prefix_overlap(a: str, b: str) -> bool:
+    return a.startswith(b) or b.startswith(a)   # both are matched as plain string prefixes
+
+
+def _envoy_extra_installed() -> bool:
+    """Whether grpcio and xds-protos are importable; core modules never import grpc itself."""
+    try:
+        return all(importlib.util.find_spec(name) is not None for name in ("grpc", "envoy.service.auth.v3"))
+    except ImportError:   # a parent package is missing (another distribution owns `envoy`)
+        return False
 
 
 def _report_duplicates(values: list[str], spot: Spot, field: str, key: str, what: str) -> None:
@@ -357,6 +416,7 @@ _SCHEMA = Schema(
         ListenerConfig: _check_listener, AdminConfig: _check_admin, TlsConfig: _check_tls,
         LimitsConfig: _check_limits, IssuerConfig: _check_issuer, RouteConfig: _check_route,
         ForwardAuthConfig: _check_forward_auth, AuditConfig: _check_audit,
+        ExtAuthzHttpConfig: _check_ext_authz_http, ExtAuthzGrpcConfig: _check_ext_authz_grpc,
         AssertionConfig: _check_assertion, Config: _check_config,
         CredentialsConfig: _check_credentials, AwsConfig: _check_aws,
     }),

@@ -12,7 +12,7 @@ from typing import Any
 from aiohttp import web
 
 from proxy.config import Config, LimitsConfig
-from proxy.edges import admin, credentials, forward_auth, reverse_proxy
+from proxy.edges import admin, credentials, ext_authz_http, forward_auth, reverse_proxy
 from proxy.edges._http import REQUEST_ID, RESPONSE_STARTED, SURFACE, client_addr, rejected_target
 from proxy.errors import BadRequest, DependencyError, HeadersTooLarge, IdgateError, NotFound
 from proxy.headers import request_id
@@ -29,13 +29,19 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _PARSER_HEADROOM = 2
 
 
-def error_response(err: IdgateError, rid: str) -> web.Response:
+def error_parts(err: IdgateError, rid: str) -> tuple[dict[str, str], dict[str, str]]:
+    """Headers and JSON body of a denial: the one mapping, also used by surfaces that answer in
+    another wire format (Envoy's gRPC DeniedHttpResponse)."""
     headers = {"X-Request-Id": rid, "Cache-Control": "no-store"}
     if err.status == 401:
         error = "invalid_request" if err.reason == "missing_token" else "invalid_token"
         headers["WWW-Authenticate"] = f'Bearer realm="idgate", error="{error}"'
-    return web.json_response({"code": err.code, "message": err.message, "request_id": rid},
-                             status=err.status, headers=headers)
+    return headers, {"code": err.code, "message": err.message, "request_id": rid}
+
+
+def error_response(err: IdgateError, rid: str) -> web.Response:
+    headers, body = error_parts(err, rid)
+    return web.json_response(body, status=err.status, headers=headers)
 
 
 def _from_aiohttp(exc: web.HTTPException) -> IdgateError:
@@ -74,6 +80,11 @@ class InFlight:
         await self._idle.wait()
 
 
+# The surface a route serves, known before its handler runs: a head refused by the limits is audited
+# under the surface it was sent to.
+_ROUTE_SURFACES = {forward_auth.handle: Surface.FORWARD_AUTH, ext_authz_http.handle: Surface.EXT_AUTHZ_HTTP}
+
+
 def guard_middleware(services: Services, in_flight: InFlight) -> Any:
     limits = services.config.limits
 
@@ -81,7 +92,7 @@ def guard_middleware(services: Services, in_flight: InFlight) -> Any:
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         rid = request_id(request.headers.get("X-Request-Id"), trusted_peer=client_addr(request) in services.trusted)
         request[REQUEST_ID] = rid
-        request[SURFACE] = Surface.PROXY
+        request[SURFACE] = _ROUTE_SURFACES.get(request.match_info.handler, Surface.PROXY)
         in_flight.enter()
         try:
             _check_head_limits(request, limits)
@@ -120,6 +131,9 @@ def build_main_app(services: Services, in_flight: InFlight) -> web.Application:
         app.router.add_route("*", services.config.forward_auth.path, forward_auth.handle)
     if services.config.credentials.enabled:
         app.router.add_route("*", services.config.credentials.path, credentials.handle)
+    if services.config.ext_authz.http is not None:
+        # Everything under the prefix, also a target without '/', so none of it falls through to the proxy.
+        app.router.add_route("*", services.config.ext_authz.http.path_prefix + "{tail:.*}", ext_authz_http.handle)
     app.router.add_route("*", "/{tail:.*}", reverse_proxy.handle)
     return app
 
@@ -161,8 +175,10 @@ class Listeners:
         self.in_flight = InFlight()
         self._main = web.AppRunner(build_main_app(services, self.in_flight), **runner_args(services.config.limits))
         self._admin = web.AppRunner(build_admin_app(services), access_log=None)
+        self._grpc: Any = None    # proxy.grpc_listener.GrpcListener: imported only when configured (optional extra)
         self.main_port = 0
         self.admin_port = 0
+        self.grpc_port = 0
 
     async def start(self, *, reuse_port: bool = False) -> None:
         config = self._services.config
@@ -175,8 +191,15 @@ class Listeners:
         await admin_site.start()
         self.main_port = _bound_port(self._main)
         self.admin_port = _bound_port(self._admin)
+        if config.ext_authz.grpc is not None:
+            from proxy.grpc_listener import GrpcListener
+            self._grpc = GrpcListener(self._services, self.in_flight)
+            await self._grpc.start(reuse_port=reuse_port)
+            self.grpc_port = self._grpc.port
 
     async def stop(self) -> None:
+        if self._grpc is not None:
+            await self._grpc.stop()
         await self._main.cleanup()
         await self._admin.cleanup()
 

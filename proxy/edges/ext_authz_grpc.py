@@ -1,0 +1,150 @@
+"""Envoy gRPC ext_authz surface (envoy.service.auth.v3.Authorization/Check): CheckRequest bytes in,
+CheckResponse bytes out; every failure, malformed input included, becomes an audited denial here."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+
+from envoy.config.core.v3.base_pb2 import HeaderValue, HeaderValueOption
+from envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse, DeniedHttpResponse, OkHttpResponse
+from envoy.type.v3.http_status_pb2 import HttpStatus
+from google.protobuf.message import DecodeError
+from google.rpc.status_pb2 import Status
+
+from proxy.edges import _ext_authz
+from proxy.errors import AccessDenied, BadRequest, DependencyError, IdgateError
+from proxy.headers import request_id
+from proxy.model import Surface
+from proxy.pipeline import RejectedTarget
+from proxy.runtime import Services
+from proxy.server import InFlight, error_parts
+
+log = logging.getLogger("idgate.ext_authz_grpc")
+
+SERVICE = "envoy.service.auth.v3.Authorization"
+METHOD = "Check"
+
+_OVERWRITE = HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+# google.rpc.Code: what Envoy's access log shows as the check's outcome.
+_GRPC_CODE = {400: 3, 401: 16, 403: 7, 431: 3, 503: 14}
+_PERMISSION_DENIED = 7
+_PEER = re.compile(r"ipv4:(?P<v4>[0-9.]+):[0-9]+|ipv6:\[(?P<v6>[0-9a-fA-F:.]+)\]:[0-9]+")
+
+
+def peer_address(peer: str) -> str:
+    """grpc's `ipv4:1.2.3.4:5678` / `ipv6:[::1]:5678` → the address; anything else is not an IP peer."""
+    match = _PEER.fullmatch(peer)
+    if match is None:
+        return "unknown"
+    return match.group("v4") or match.group("v6")
+
+
+def _check_of(message: CheckRequest, rid: str) -> _ext_authz.EnvoyCheck:
+    attributes = message.attributes
+    if not attributes.request.HasField("http"):
+        raise BadRequest("the check request carries no HTTP request attributes", reason="not_http_check")
+    http = attributes.request.http
+    if not http.path:
+        raise BadRequest("the check request has no :path", reason="missing_path")
+    if not http.method or not http.host:
+        raise BadRequest("the check request has no :method or :authority", reason="missing_attributes")
+    if http.header_map.headers:
+        # encode_raw_headers: true sends values as bytes; a header that is not text is not a header we accept.
+        try:
+            pairs = [(h.key, h.raw_value.decode("ascii") if h.raw_value else h.value) for h in http.header_map.headers]
+        except UnicodeDecodeError as exc:
+            raise BadRequest("a request header is not ASCII", reason="bad_header") from exc
+    else:
+        pairs = list(http.headers.items())
+    # Pseudo-headers repeat method, path and authority, which come from their own fields.
+    headers = [(name, value) for name, value in pairs if not name.startswith(":")]
+    source = attributes.source.address.socket_address.address
+    return _ext_authz.EnvoyCheck(
+        surface=Surface.EXT_AUTHZ_GRPC, request_id=rid, method=http.method, authority=http.host,
+        target=http.path, headers=headers, client_addr=source or "unknown",
+    )
+
+
+def _header_options(pairs: list[tuple[str, str]]) -> list[HeaderValueOption]:
+    # keep_empty_value: an empty X-Idgate-Groups must still overwrite a spoofed one.
+    return [HeaderValueOption(header=HeaderValue(key=name, value=value), append_action=_OVERWRITE, keep_empty_value=True)
+            for name, value in pairs]
+
+
+def allow_response(allowed: _ext_authz.Allowed) -> CheckResponse:
+    identity = allowed.decision.identity
+    response = CheckResponse(
+        status=Status(code=0),
+        ok_response=OkHttpResponse(headers=_header_options(allowed.set_headers), headers_to_remove=allowed.remove_headers),
+    )
+    # Envoy puts these under the filter's namespace, where its access log can print them.
+    response.dynamic_metadata.update({
+        "request_id": allowed.access.request_id, "rule": allowed.decision.rule_id or "",
+        "subject": identity.subject if identity else "", "decision": "allow",
+    })
+    return response
+
+
+def deny_response(err: IdgateError, rid: str) -> CheckResponse:
+    headers, body = error_parts(err, rid)
+    headers["Content-Type"] = "application/json; charset=utf-8"
+    response = CheckResponse(
+        status=Status(code=_GRPC_CODE.get(err.status, _PERMISSION_DENIED), message=err.message),
+        denied_response=DeniedHttpResponse(
+            status=HttpStatus(code=err.status),  # type: ignore[arg-type]  # HTTP codes are the enum's values
+            headers=_header_options(list(headers.items())),
+            body=json.dumps(body, separators=(",", ":")),
+        ),
+    )
+    response.dynamic_metadata.update({"request_id": rid, "reason": err.reason, "decision": "deny"})
+    return response
+
+
+class CheckHandler:
+    """The Check method: bytes in, bytes out, so that a malformed message is ours to answer."""
+
+    def __init__(self, services: Services, in_flight: InFlight) -> None:
+        self._services = services
+        self._in_flight = in_flight
+
+    async def check(self, raw: bytes, peer: str) -> bytes:
+        self._in_flight.enter()
+        try:
+            response = await self._answer(raw, peer_address(peer))
+        finally:
+            self._in_flight.leave()
+        return response.SerializeToString()
+
+    async def _answer(self, raw: bytes, peer: str) -> CheckResponse:
+        services = self._services
+        rid = request_id(None, trusted_peer=False)
+        target = RejectedTarget(Surface.EXT_AUTHZ_GRPC, rid, peer, "", "", "")
+        try:
+            if peer not in services.trusted:
+                raise AccessDenied("ext_authz answers trusted proxies only", reason="untrusted_peer")
+            try:
+                message = CheckRequest.FromString(raw)
+            except DecodeError as exc:
+                raise BadRequest("the check request is not a valid CheckRequest", reason="malformed_check") from exc
+            http = message.attributes.request.http
+            rid = request_id(http.id or None, trusted_peer=True)   # the peer is a trusted Envoy by now
+            target = RejectedTarget(Surface.EXT_AUTHZ_GRPC, rid, peer, http.method, http.host, http.path.split("?", 1)[0])
+            allowed = await _ext_authz.authorize(services, _check_of(message, rid))
+        except IdgateError as err:
+            return await self._deny(err, target)
+        except Exception:  # noqa: BLE001 - a bug must still answer Envoy with a denial, never an allow
+            log.exception("ext_authz gRPC check failed")
+            return await self._deny(IdgateError("internal error", reason="internal"), target)
+        services.metrics.requests.labels(Surface.EXT_AUTHZ_GRPC.value, "allow", "200").inc()
+        return allow_response(allowed)
+
+    async def _deny(self, err: IdgateError, target: RejectedTarget) -> CheckResponse:
+        if not err.audited:
+            try:
+                await self._services.pipeline.record_rejection(target, err)
+            except DependencyError as audit_err:
+                err = audit_err  # fail closed: no audit, no answer but 503
+        self._services.metrics.requests.labels(Surface.EXT_AUTHZ_GRPC.value, "deny", str(err.status)).inc()
+        return deny_response(err, target.request_id)

@@ -1,0 +1,94 @@
+"""The spine's request-level attack cases (tests/security/attack_cases.py), sent through a real Envoy
+asking idgate over HTTP and gRPC ext_authz: the same status and the same audited reason as the
+reverse proxy gives, and nothing reaches the upstream that idgate did not vouch for."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.integration.envoy.conftest import EnvoyStack
+from tests.security.attack_cases import OVERRIDE_HEADERS, OVERSIZED_HEADER, PATH_TRICKS, SPOOFED_IDENTITY_HEADERS, PathTrick
+from tests.servers import raw_http
+
+
+def raw(s: EnvoyStack, target: str, *, token: str | None = None, extra: str = "") -> bytes:
+    auth = f"Authorization: Bearer {token}\r\n" if token else ""
+    return f"GET {target} HTTP/1.1\r\nHost: orders.internal\r\n{auth}{extra}Connection: close\r\n\r\n".encode()
+
+
+async def assert_refused_and_audited(s: EnvoyStack, status: int, expected: int, reason: str) -> None:
+    assert status == expected
+    assert s.upstream.received == []
+    [decision] = await s.decisions()
+    assert decision["decision"] == "deny" and decision["reasons"] == [reason]
+    assert decision["surface"] == s.surface
+
+
+@pytest.mark.parametrize("spoof", SPOOFED_IDENTITY_HEADERS)
+async def test_spoofed_identity_headers_never_reach_the_upstream(envoy_stack, spoof):
+    s = envoy_stack
+    response = await raw_http(s.envoy.port, raw(s, "/v1/orders/7", token=s.etl_token(), extra=spoof + "\r\n"))
+    assert response.status == 200
+    [received] = s.upstream.received
+    _, spoofed_value = spoof.split(": ")
+    for name, value in received.headers:
+        assert value != spoofed_value, f"{name} carried the spoofed value"
+    assert received.header("X-Idgate-Subject") == ["svc-etl-7"]
+
+
+async def test_spoofed_identity_headers_without_an_idgate_counterpart_are_removed(envoy_stack):
+    s = envoy_stack
+    extra = "X-Idgate-Tenant: evil\r\nX-Forwarded-Email: root@example.com\r\nX-Auth-Request-Groups: admins\r\n"
+    response = await raw_http(s.envoy.port, raw(s, "/v1/orders/7", token=s.etl_token(), extra=extra))
+    assert response.status == 200
+    received = s.upstream.received[0]
+    for name in ("X-Idgate-Tenant", "X-Forwarded-Email", "X-Auth-Request-Groups"):
+        assert received.header(name) == [], name
+
+
+@pytest.mark.parametrize("trick", PATH_TRICKS, ids=str)
+async def test_path_tricks_are_refused_as_by_the_reverse_proxy(envoy_stack, trick: PathTrick):
+    s = envoy_stack
+    response = await raw_http(s.envoy.port, raw(s, trick.target, token=s.etl_token()))
+    await assert_refused_and_audited(s, response.status, trick.status, trick.reason)
+
+
+@pytest.mark.parametrize("header", OVERRIDE_HEADERS)
+async def test_method_and_url_override_headers_are_refused(envoy_stack, header):
+    s = envoy_stack
+    response = await raw_http(s.envoy.port, raw(s, "/v1/orders/7", token=s.etl_token(), extra=header + "\r\n"))
+    await assert_refused_and_audited(s, response.status, 400, "override_header")
+
+
+async def test_oversized_header_is_431(envoy_stack):
+    s = envoy_stack
+    response = await raw_http(s.envoy.port, raw(s, "/v1/orders/7", token=s.etl_token(), extra=OVERSIZED_HEADER + "\r\n"))
+    await assert_refused_and_audited(s, response.status, 431, "header_too_large")
+
+
+async def test_query_does_not_take_part_in_path_matching(envoy_stack):
+    s = envoy_stack
+    response = await raw_http(s.envoy.port, raw(s, "/v1/orders?next=/../admin", token=s.etl_token()))
+    assert response.status == 200
+    assert s.upstream.received[0].raw_path == "/v1/orders?next=/../admin"
+
+
+async def test_a_path_idgate_would_rewrite_is_refused_not_passed_on(envoy_stack):
+    """The reverse proxy forwards the canonical path; through Envoy the upstream would get the spelling
+    the client sent, which idgate did not authorize: refused, with the decision and its outcome audited."""
+    s = envoy_stack
+    response = await raw_http(s.envoy.port, raw(s, "/v1/orders/./7/../8//%7Eitem", token=s.etl_token()))
+    assert response.status == 400
+    assert s.upstream.received == []
+    records = await s.idgate.audit_records()
+    decision, outcome = records
+    assert decision["target"]["path"] == "/v1/orders/8/~item" and decision["decision"] == "allow"
+    assert outcome["event"] == "outcome" and outcome["status"] == 400 and outcome["error"] == "non_canonical_path"
+
+
+async def test_duplicate_authorization_headers_are_refused(envoy_stack):
+    s = envoy_stack
+    extra = "Authorization: Bearer other.token.here\r\n"
+    response = await raw_http(s.envoy.port, raw(s, "/v1/orders/7", token=s.etl_token(), extra=extra))
+    assert response.status == 400
+    assert s.upstream.received == []

@@ -1,0 +1,46 @@
+"""Request-level attack cases shared by every surface that sees a client's HTTP request (the reverse
+proxy, and Envoy asking idgate over ext_authz): one table, so each surface is held to the same answers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class PathTrick:
+    target: str           # the request target exactly as the client sends it
+    status: int
+    reason: str           # the reason code of the audited denial
+
+    def __str__(self) -> str:
+        return self.target
+
+
+PATH_TRICKS = (
+    PathTrick("/v1/orders/../../admin", 403, "denied_by_rule"),        # resolves to /admin: the deny rule catches it
+    PathTrick("/v1/orders/%2e%2e/%2e%2e/admin/x", 403, "denied_by_rule"),
+    PathTrick("/v1/orders%2F..%2Fadmin", 400, "encoded_slash"),
+    PathTrick("/v1/orders/%5C..%5Cadmin", 400, "encoded_backslash"),
+    PathTrick("/v1/orders/%2e%2e%5cadmin", 400, "encoded_backslash"),
+    PathTrick("//admin/x", 403, "denied_by_rule"),
+    PathTrick("/admin;x/users", 400, "path_params"),
+    PathTrick("/../v1/orders", 400, "path_traversal"),
+    PathTrick("/v1/orders/%00", 400, "nul"),
+    PathTrick("/v1/orders/%FF", 400, "invalid_utf8"),
+)
+
+# Headers a client sends to pass itself off as someone: none may reach the upstream.
+SPOOFED_IDENTITY_HEADERS = (
+    "X-Idgate-Subject: admin", "x-idgate-subject: admin", "X_Idgate_Subject: admin", "X-IDGATE-GROUPS: root",
+    "X-Forwarded-User: admin", "X-Auth-Request-User: admin", "X-Idgate-Assertion: forged",
+)
+
+# Frameworks that honour these would run another method or path than the one idgate authorized:
+# 400 override_header.
+OVERRIDE_HEADERS = (
+    "X-HTTP-Method-Override: DELETE", "X-Method-Override: DELETE", "X_HTTP_Method: DELETE",
+    "X-Original-URL: /admin/users", "X-Rewrite-URL: /admin/users",
+)
+
+# One header over the 16 KiB per-field limit: 431 header_too_large.
+OVERSIZED_HEADER = "X-Big: " + "a" * 20000
