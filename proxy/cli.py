@@ -20,6 +20,7 @@ from proxy import logs
 from proxy.config import Config, load_config
 from proxy.errors import ConfigError, ConfigProblem, IdgateError
 from proxy.model import Identity
+from proxy.policy.engine import CompiledPolicy
 
 log = logging.getLogger("idgate")
 
@@ -132,8 +133,31 @@ def cmd_check(args: argparse.Namespace) -> int:
         "rules_for_other_identities": list(explanation.other_identities),
         "request": {"method": args.method.upper(), "host": url.hostname, "path": path},
         "identity": identity.audit_view(),
+        **({"aws": aws} if (aws := aws_explanation(config, policy, identity)) else {}),
     }, indent=2))
     return EXIT_OK if decision.allowed else EXIT_FAILED
+
+
+def aws_explanation(config: Config, policy: CompiledPolicy, identity: Identity) -> list[dict[str, Any]]:
+    """The roles the credential broker would let this identity take, each with the exact session policy
+    it would send to STS (or why it would refuse)."""
+    from proxy.policy.session_policy import render_session_policy, role_choices
+
+    roles = []
+    for choice in role_choices(policy.rules_for_identity(identity)):
+        entry: dict[str, Any] = {
+            "role": choice.name, "role_arn": choice.role_arn, "rules": list(choice.rule_ids),
+            "web_identity": choice.web_identity, "duration": choice.duration or config.aws.default_duration,
+        }
+        try:
+            rendered = render_session_policy(choice, identity.claims, config.aws.region)
+        except IdgateError as err:
+            entry["denied"] = {"reason": err.reason, "message": err.message}
+        else:
+            entry.update(session_policy=json.loads(rendered.document), session_policy_sha256=rendered.sha256,
+                         session_policy_chars=len(rendered.document))
+        roles.append(entry)
+    return roles
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:

@@ -5,6 +5,7 @@ integration and security tests of the broker."""
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -37,7 +38,7 @@ rules:
       role_arn: arn:aws:iam::123456789012:role/etl
       dynamodb:
         - table: orders
-          actions: [GetItem, PutItem, Query, UpdateItem]
+          actions: [GetItem, PutItem, Query, UpdateItem, BatchWriteItem]
           leading_keys: ["${claims.sub}"]
           attributes: [pk, sk, status, amount]
   - id: etl-invoices-read               # ...and may also read invoices, under another role
@@ -139,6 +140,25 @@ class BrokerStack:
         await self.idgate.settled()
         assert self.idgate.services.broker is not None
         await self.idgate.services.broker.idle()
+
+
+def worker_env(tmp_path: Path, credentials_url: str, token_file: Path, dynamodb_url: str) -> dict[str, str]:
+    """Only what a broker-fed worker has: no AWS_* from the test runner, empty profile files."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "config").write_text("")
+    (home / "credentials").write_text("")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "BOTO", "PYTHON"))}
+    env.update({
+        "HOME": str(home),
+        "AWS_CONFIG_FILE": str(home / "config"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(home / "credentials"),
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI": credentials_url,
+        "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE": str(token_file),
+        "AWS_ENDPOINT_URL_DYNAMODB": dynamodb_url,
+        "AWS_DEFAULT_REGION": "us-east-1",
+    })
+    return env
 
 
 BrokerFactory = Callable[..., Awaitable[BrokerStack]]

@@ -16,7 +16,8 @@ ORDERS_POLICY = {
     "Version": "2012-10-17",
     "Statement": [{
         "Effect": "Allow",
-        "Action": ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:Query", "dynamodb:UpdateItem"],
+        "Action": ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:Query", "dynamodb:UpdateItem",
+                   "dynamodb:BatchWriteItem"],
         "Resource": [f"arn:aws:dynamodb:us-east-1:{ACCOUNT}:table/orders"],
         "Condition": {
             "ForAllValues:StringEquals": {"dynamodb:LeadingKeys": ["svc-etl-7"],

@@ -1,0 +1,82 @@
+"""deploy/airflow stays consistent and valid: the broker config loads, its policy compiles and renders the
+policy the README describes, and the worker environment, pod template and config name the same endpoint."""
+
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import yaml
+
+from proxy.config import load_config
+from proxy.policy.session_policy import choose_role, render_session_policy
+from proxy.policy_store import compile_directory
+from tests.factories import make_identity
+
+AIRFLOW = Path(__file__).resolve().parents[2] / "deploy" / "airflow"
+STATIC_KEY_VARIABLES = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
+                        "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_CONTAINER_AUTHORIZATION_TOKEN"}
+
+
+def worker_env() -> dict[str, str]:
+    lines = (AIRFLOW / "worker.env").read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
+
+
+def load_airflow_config(tmp_path: Path):  # type: ignore[no-untyped-def]
+    text = (AIRFLOW / "idgate.yaml").read_text()
+    text = text.replace("/etc/idgate/policies", str(AIRFLOW / "policies")).replace("/var/lib/idgate/", f"{tmp_path}/")
+    (tmp_path / "idgate.yaml").write_text(text)
+    return load_config(tmp_path / "idgate.yaml", env={})
+
+
+def test_worker_env_has_the_container_provider_and_no_static_keys() -> None:
+    env = worker_env()
+    assert set(env) == {"AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+                        "AWS_DEFAULT_REGION"}
+    assert not STATIC_KEY_VARIABLES & set(env)
+    assert urlsplit(env["AWS_CONTAINER_CREDENTIALS_FULL_URI"]).hostname == "127.0.0.1"   # botocore: http to loopback only
+
+
+def test_config_serves_the_endpoint_the_worker_calls(tmp_path: Path) -> None:
+    config = load_airflow_config(tmp_path)
+    uri = urlsplit(worker_env()["AWS_CONTAINER_CREDENTIALS_FULL_URI"])
+    assert config.credentials.enabled and config.credentials.path == uri.path
+    assert (config.listen.host, config.listen.port) == (uri.hostname, uri.port)
+
+
+def test_policy_grants_the_worker_its_own_rows_under_the_role_it_asks_for(tmp_path: Path) -> None:
+    config = load_airflow_config(tmp_path)
+    policy = compile_directory(config.policies_dir)
+    role = parse_qs(urlsplit(worker_env()["AWS_CONTAINER_CREDENTIALS_FULL_URI"]).query)["role"][0]
+    subject = "system:serviceaccount:airflow:airflow-worker"
+    identity = make_identity(subject, issuer=config.issuers[0].issuer, claims={"sub": subject})
+    choice = choose_role(policy.rules_for_identity(identity), role)
+    document = json.loads(render_session_policy(choice, identity.claims, config.aws.region).document)
+    [statement] = document["Statement"]
+    assert statement["Resource"] == ["arn:aws:dynamodb:us-east-1:123456789012:table/orders"]
+    assert statement["Condition"]["ForAllValues:StringEquals"]["dynamodb:LeadingKeys"] == [subject]
+    other = make_identity("system:serviceaccount:airflow:other", issuer=config.issuers[0].issuer)
+    assert policy.rules_for_identity(other) == ()
+
+
+def test_pod_template_matches_worker_env() -> None:
+    pod = yaml.safe_load((AIRFLOW / "pod_template.yaml").read_text())
+    [base] = [c for c in pod["spec"]["containers"] if c["name"] == "base"]
+    assert {e["name"]: e["value"] for e in base["env"]} == worker_env()
+    token_dir = str(Path(worker_env()["AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"]).parent)
+    assert {m["mountPath"] for m in base["volumeMounts"]} == {token_dir}
+    [projected] = [v for v in pod["spec"]["volumes"] if v["name"] == "idgate-token"]
+    source = projected["projected"]["sources"][0]["serviceAccountToken"]
+    assert source["audience"] == "idgate" and source["path"] == "token"
+    assert pod["metadata"]["annotations"]["eks.amazonaws.com/skip-containers"] == "base"
+
+
+def test_dag_uses_the_default_credential_chain() -> None:
+    tree = ast.parse((AIRFLOW / "dags" / "orders_via_idgate.py").read_text())
+    hooks = [node for node in ast.walk(tree) if isinstance(node, ast.Call)
+             and getattr(node.func, "id", None) == "DynamoDBHook"]
+    assert hooks and all(any(k.arg == "aws_conn_id" and isinstance(k.value, ast.Constant) and k.value.value is None
+                             for k in hook.keywords) for hook in hooks)
