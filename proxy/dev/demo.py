@@ -11,17 +11,20 @@ from pathlib import Path
 from aiohttp import web
 
 from proxy.config import load_config
+from proxy.dev import local_aws
 from proxy.dev.issuer import DevIssuer, require_loopback
+from proxy.dev.local_aws import LocalAws
 from proxy.dev.upstream import echo_app
 from proxy.runtime import running_services
 from proxy.server import Listeners
 
 HOST = "127.0.0.1"
 ISSUER_PORT, UPSTREAM_PORT, PROXY_PORT, ADMIN_PORT = 9400, 9401, 8080, 9090
+AWS_PORT = 9402                             # moto_server, when moto[server] is installed (make demo does)
 AUDIENCE = "idgate-demo"
 
 
-def write_demo_config(workdir: Path, policies: Path) -> Path:
+def write_demo_config(workdir: Path, policies: Path, aws: LocalAws | None = None) -> Path:
     workdir.mkdir(parents=True, exist_ok=True)
     config = workdir / "idgate.yaml"
     config.write_text(textwrap.dedent(f"""\
@@ -40,7 +43,7 @@ def write_demo_config(workdir: Path, policies: Path) -> Path:
             upstream: http://{HOST}:{UPSTREAM_PORT}
         audit:
           path: {(workdir / 'audit' / 'idgate-audit.jsonl').resolve()}
-        """))
+        """) + (local_aws.config_yaml(aws) if aws else ""))
     return config
 
 
@@ -76,9 +79,30 @@ async def _run_app(app: web.Application, port: int) -> web.AppRunner:
     return runner
 
 
+async def _start_local_aws(workdir: Path) -> LocalAws | None:
+    """moto as the broker's AWS; the demo runs without the broker when moto[server] is missing."""
+    aws = LocalAws(HOST, AWS_PORT)
+    try:
+        await aws.start(workdir / "moto.log")
+    except FileNotFoundError:
+        print("(no moto_server: pip install 'idgate[demo]' to see the credential broker too)\n", flush=True)
+        return None
+    return aws
+
+
 async def run_demo(workdir: Path, policies: Path) -> None:
     require_loopback(HOST)
-    config = load_config(write_demo_config(workdir, policies))
+    workdir.mkdir(parents=True, exist_ok=True)
+    aws = await _start_local_aws(workdir)
+    try:
+        await _run_demo(workdir, policies, aws)
+    finally:
+        if aws is not None:
+            await aws.stop()
+
+
+async def _run_demo(workdir: Path, policies: Path, aws: LocalAws | None) -> None:
+    config = load_config(write_demo_config(workdir, policies, aws))
     issuer = DevIssuer(f"http://{HOST}:{ISSUER_PORT}", AUDIENCE)
     helpers = [await _run_app(issuer.app(), ISSUER_PORT), await _run_app(echo_app(), UPSTREAM_PORT)]
     stop = asyncio.Event()
@@ -86,10 +110,13 @@ async def run_demo(workdir: Path, policies: Path) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
-        async with running_services(config) as services:
+        async with running_services(config, sts_client=aws.sts_client_factory() if aws else None) as services:
             listeners = Listeners(services)
             await listeners.start()
             print(instructions(config.audit.path), flush=True)
+            if aws is not None:
+                print(local_aws.instructions(aws, f"http://{HOST}:{ISSUER_PORT}", f"http://{HOST}:{PROXY_PORT}",
+                                             (workdir / "token").resolve()), flush=True)
             await stop.wait()
             await listeners.stop()
     finally:

@@ -10,7 +10,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import yaml
 
-from proxy.config import load_config
+from proxy.config import Config, load_config
 from proxy.policy.session_policy import choose_role, render_session_policy
 from proxy.policy_store import compile_directory
 from tests.factories import make_identity
@@ -25,11 +25,9 @@ def worker_env() -> dict[str, str]:
     return dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
 
 
-def load_airflow_config(tmp_path: Path):  # type: ignore[no-untyped-def]
-    text = (AIRFLOW / "idgate.yaml").read_text()
-    text = text.replace("/etc/idgate/policies", str(AIRFLOW / "policies")).replace("/var/lib/idgate/", f"{tmp_path}/")
-    (tmp_path / "idgate.yaml").write_text(text)
-    return load_config(tmp_path / "idgate.yaml", env={})
+def load_airflow_config() -> Config:
+    """As `idgate check-config` in the pod sees it: policies_dir is relative to the config file."""
+    return load_config(AIRFLOW / "idgate.yaml", env={})
 
 
 def test_worker_env_has_the_container_provider_and_no_static_keys() -> None:
@@ -40,15 +38,16 @@ def test_worker_env_has_the_container_provider_and_no_static_keys() -> None:
     assert urlsplit(env["AWS_CONTAINER_CREDENTIALS_FULL_URI"]).hostname == "127.0.0.1"   # botocore: http to loopback only
 
 
-def test_config_serves_the_endpoint_the_worker_calls(tmp_path: Path) -> None:
-    config = load_airflow_config(tmp_path)
+def test_config_serves_the_endpoint_the_worker_calls() -> None:
+    config = load_airflow_config()
+    assert config.policies_dir == AIRFLOW / "policies"
     uri = urlsplit(worker_env()["AWS_CONTAINER_CREDENTIALS_FULL_URI"])
     assert config.credentials.enabled and config.credentials.path == uri.path
     assert (config.listen.host, config.listen.port) == (uri.hostname, uri.port)
 
 
-def test_policy_grants_the_worker_its_own_rows_under_the_role_it_asks_for(tmp_path: Path) -> None:
-    config = load_airflow_config(tmp_path)
+def test_policy_grants_the_worker_its_own_rows_under_the_role_it_asks_for() -> None:
+    config = load_airflow_config()
     policy = compile_directory(config.policies_dir)
     role = parse_qs(urlsplit(worker_env()["AWS_CONTAINER_CREDENTIALS_FULL_URI"]).query)["role"][0]
     subject = "system:serviceaccount:airflow:airflow-worker"

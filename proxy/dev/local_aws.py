@@ -1,0 +1,124 @@
+"""A local AWS for `idgate demo`: moto_server (from moto[server]) on loopback as STS, IAM and DynamoDB,
+holding the demo role and an `orders` table with one item of tenant acme.  Development only."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import sys
+import textwrap
+from pathlib import Path
+
+import aiohttp
+import boto3
+
+from proxy.aws.sts import StsClientFactory, boto3_sts_client
+from proxy.config import AwsConfig
+
+ROLE_NAME, TABLE = "etl", "orders"          # what policies/orders.yaml grants svc-etl-7
+REGION = "us-east-1"
+# moto accepts any keys; these are idgate's own (base) credentials in the demo, never a worker's.
+DEMO_KEYS = {"aws_access_key_id": "demo", "aws_secret_access_key": "demo"}
+_TRUST = ('{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"AWS":"arn:aws:iam::123456789012:root"},'
+          '"Action":["sts:AssumeRole","sts:TagSession","sts:SetSourceIdentity"]}]}')
+_READY_TIMEOUT = 30.0
+
+
+def moto_server_binary() -> str | None:
+    beside = Path(sys.executable).parent / "moto_server"
+    return str(beside) if beside.exists() else shutil.which("moto_server")
+
+
+class LocalAws:
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self._process: asyncio.subprocess.Process | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    async def start(self, log_file: Path) -> None:
+        binary = moto_server_binary()
+        if binary is None:
+            raise FileNotFoundError("moto_server")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+        with open(log_file, "wb") as log:
+            self._process = await asyncio.create_subprocess_exec(
+                binary, "-H", self.host, "-p", str(self.port), env=env,
+                stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=asyncio.subprocess.STDOUT)
+        await self._wait_ready(log_file)
+        await asyncio.to_thread(self._seed)
+
+    async def _wait_ready(self, log_file: Path) -> None:
+        deadline = asyncio.get_running_loop().time() + _READY_TIMEOUT
+        async with aiohttp.ClientSession(trust_env=False) as http:
+            while True:
+                try:
+                    async with http.get(f"{self.url}/moto-api/data.json") as response:
+                        if response.status == 200:
+                            return
+                except aiohttp.ClientError:
+                    pass
+                assert self._process is not None
+                if self._process.returncode is not None or asyncio.get_running_loop().time() > deadline:
+                    raise RuntimeError(f"moto_server did not start; see {log_file}")
+                await asyncio.sleep(0.1)   # polling for readiness, bounded by the deadline
+
+    def _client(self, service: str) -> object:
+        return boto3.session.Session(**DEMO_KEYS, region_name=REGION).client(service, endpoint_url=self.url)
+
+    def _seed(self) -> None:
+        self._client("iam").create_role(RoleName=ROLE_NAME, AssumeRolePolicyDocument=_TRUST)  # type: ignore[attr-defined]
+        dynamodb = self._client("dynamodb")
+        dynamodb.create_table(  # type: ignore[attr-defined]
+            TableName=TABLE, BillingMode="PAY_PER_REQUEST",
+            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
+            AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"},
+                                  {"AttributeName": "sk", "AttributeType": "S"}])
+        dynamodb.put_item(TableName=TABLE, Item={  # type: ignore[attr-defined]
+            "pk": {"S": "acme"}, "sk": {"S": "order-1"}, "status": {"S": "new"}, "amount": {"N": "42"}})
+
+    def sts_client_factory(self) -> StsClientFactory:
+        session = boto3.session.Session(**DEMO_KEYS)
+
+        def factory(config: AwsConfig) -> object:
+            return boto3_sts_client(config, session=session)
+
+        return factory  # type: ignore[return-value]
+
+    async def stop(self) -> None:
+        process, self._process = self._process, None
+        if process is not None and process.returncode is None:
+            process.terminate()
+            try:
+                async with asyncio.timeout(10):
+                    await process.wait()
+            except TimeoutError:
+                process.kill()
+                await process.wait()
+
+
+def config_yaml(aws: LocalAws) -> str:
+    """The idgate.yaml lines that turn the broker on against this local AWS."""
+    return textwrap.dedent(f"""\
+        credentials: {{enabled: true, path: /.idgate/credentials}}
+        aws: {{region: {REGION}, sts_endpoint: {aws.url}}}
+        """)
+
+
+def instructions(aws: LocalAws, issuer_url: str, idgate_url: str, token_file: Path) -> str:
+    """Ready-to-paste commands: a worker with no AWS keys reads the demo table through idgate."""
+    return textwrap.dedent(f"""\
+        Credential broker: moto plays AWS at {aws.url} (role {ROLE_NAME}, table {TABLE})
+          TOKEN=$(curl -s '{issuer_url}/token?sub=svc-etl-7'); printf %s "$TOKEN" > {token_file}
+          env -i PATH="$PATH" AWS_CONFIG_FILE=/dev/null AWS_SHARED_CREDENTIALS_FILE=/dev/null \\
+            AWS_DEFAULT_REGION={REGION} AWS_ENDPOINT_URL_DYNAMODB={aws.url} \\
+            AWS_CONTAINER_CREDENTIALS_FULL_URI={idgate_url}/.idgate/credentials \\
+            AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE={token_file} \\
+            {sys.executable} -c "import boto3; s = boto3.Session(); print(s.get_credentials().method, s.client('dynamodb').get_item(TableName='{TABLE}', Key={{'pk': {{'S': 'acme'}}, 'sk': {{'S': 'order-1'}}}}, ProjectionExpression='pk,sk,amount')['Item'])"
+
+        Denied (403): svc-web-1 has no AWS rule
+          curl -s -H "Authorization: $(curl -s '{issuer_url}/token?sub=svc-web-1')" {idgate_url}/.idgate/credentials
+        """)
