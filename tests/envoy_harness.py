@@ -59,24 +59,24 @@ def render(config: dict[str, Any], *, app_port: int, idgate_port: int, ext_authz
                 socket["port_value"] = ports[cluster["name"]]
                 endpoint["endpoint"]["address"]["socket_address"] = socket
     ext_authz = ext_authz_filter(rendered)
-    if "http_service" in ext_authz:
+    if ext_authz is not None and "http_service" in ext_authz:
         ext_authz["http_service"]["server_uri"]["uri"] = f"http://{HOST}:{idgate_port}"
-    if ext_authz_timeout is not None:
+    if ext_authz is not None and ext_authz_timeout is not None:
         service = ext_authz.get("grpc_service") or ext_authz["http_service"]["server_uri"]
         service["timeout"] = ext_authz_timeout
     return rendered
 
 
 def http_connection_manager(config: dict[str, Any]) -> dict[str, Any]:
-    listener = config["static_resources"]["listeners"][0]
-    return dict(listener["filter_chains"][0]["filters"][0]["typed_config"])
+    """The listener's HttpConnectionManager config (the object itself: changes change `config`)."""
+    hcm: dict[str, Any] = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    return hcm
 
 
-def ext_authz_filter(config: dict[str, Any]) -> dict[str, Any]:
-    listener = config["static_resources"]["listeners"][0]
-    hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
-    [ext_authz] = [f["typed_config"] for f in hcm["http_filters"] if f["name"] == "envoy.filters.http.ext_authz"]
-    return dict(ext_authz)
+def ext_authz_filter(config: dict[str, Any]) -> dict[str, Any] | None:
+    found: list[dict[str, Any]] = [f["typed_config"] for f in http_connection_manager(config)["http_filters"]
+                                   if f["name"] == "envoy.filters.http.ext_authz"]
+    return found[0] if found else None
 
 
 def validate(config_path: Path) -> subprocess.CompletedProcess[str]:

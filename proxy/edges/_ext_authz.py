@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from proxy.config import LimitsConfig
 from proxy.edges._http import identity_headers, parse_host
 from proxy.errors import BadRequest, HeadersTooLarge, IdgateError
-from proxy.headers import OVERRIDE_HEADERS, is_identity_header, normalized_name
+from proxy.headers import OVERRIDE_HEADERS, is_identity_header
 from proxy.model import AccessRequest, Decision, Surface
 from proxy.oidc import bearer_token
 from proxy.paths import normalize_path, split_target
@@ -42,66 +42,82 @@ class EnvoyCheck:
 class Allowed:
     decision: Decision
     access: AccessRequest
-    set_headers: list[tuple[str, str]]      # overwrite on the upstream request
-    remove_headers: list[str]               # lower-case names to delete from the upstream request
+    set_headers: tuple[tuple[str, str], ...]    # overwrite on the upstream request (lower-case names)
+    remove_headers: tuple[str, ...]             # lower-case names to delete from the upstream request
 
 
-def check_header_limits(headers: Sequence[tuple[str, str]], limits: LimitsConfig) -> None:
-    """The same head limits the main listener applies, for header maps that arrive inside a message."""
+@dataclass(slots=True)
+class _Headers:
+    """What idgate needs from the header map, gathered in one pass (this runs on every check)."""
+
+    authorization: list[str] = field(default_factory=list)
+    identity: list[str] = field(default_factory=list)      # lower-case names of client-sent identity headers
+
+
+def _scan(headers: Sequence[tuple[str, str]], limits: LimitsConfig) -> _Headers:
+    """The head limits the main listener applies, the override-header refusal, and the headers an
+    allow must act on."""
     if len(headers) > limits.max_headers:
         raise HeadersTooLarge("too many request headers", reason="too_many_headers")
+    found = _Headers()
     for name, value in headers:
         if len(name) + len(value) > limits.max_header_bytes:
             raise HeadersTooLarge("a request header is too large", reason="header_too_large")
+        lower = name.lower()
+        if lower == "authorization":
+            found.authorization.append(value)
+            continue
+        norm = lower.replace("_", "-")   # some servers (and CGI) read both spellings as one header
+        if norm in OVERRIDE_HEADERS:
+            raise BadRequest("method or URL override headers are not accepted", reason="override_header")
+        if is_identity_header(norm):
+            found.identity.append(lower)
+    return found
 
 
 def envoy_client_addr(headers: Sequence[tuple[str, str]]) -> str | None:
     """The client address Envoy (use_remote_address: true) wrote: x-envoy-external-address, else the
     last X-Forwarded-For entry, which Envoy appended itself.  Believe only from a trusted Envoy."""
-    external = [v for n, v in headers if n.lower() == "x-envoy-external-address"]
-    if len(external) == 1 and external[0].strip():
-        return external[0].strip()
-    forwarded = ",".join(v for n, v in headers if n.lower() == "x-forwarded-for")
-    last = forwarded.rsplit(",", 1)[-1].strip()
+    external: list[str] = []
+    forwarded: list[str] = []
+    for name, value in headers:
+        lower = name.lower()
+        if lower == "x-envoy-external-address":
+            external.append(value.strip())
+        elif lower == "x-forwarded-for":
+            forwarded.append(value)
+    if len(external) == 1 and external[0]:
+        return external[0]
+    last = ",".join(forwarded).rsplit(",", 1)[-1].strip()
     return last or None
 
 
-def _token(headers: Sequence[tuple[str, str]]) -> str | None:
-    values = [v for n, v in headers if n.lower() == "authorization"]
-    if len(values) > 1:
-        raise BadRequest("more than one Authorization header", reason="duplicate_authorization")
-    return bearer_token(values[0] if values else None)
-
-
-def _parse(check: EnvoyCheck, limits: LimitsConfig) -> tuple[AccessRequest, str, str | None]:
-    check_header_limits(check.headers, limits)
+def _parse(check: EnvoyCheck, limits: LimitsConfig) -> tuple[AccessRequest, str, _Headers, str | None]:
+    found = _scan(check.headers, limits)
     if not _METHOD.fullmatch(check.method):
         raise BadRequest("invalid original method", reason="bad_method")
-    for name, _ in check.headers:
-        if normalized_name(name) in OVERRIDE_HEADERS:
-            raise BadRequest("method or URL override headers are not accepted", reason="override_header")
     raw_path, query = split_target(check.target)
     access = AccessRequest(
         surface=check.surface, request_id=check.request_id, method=check.method, host=parse_host(check.authority),
         path=normalize_path(raw_path), client_addr=check.client_addr, query=query,
     )
-    return access, raw_path, _token(check.headers)
+    if len(found.authorization) > 1:
+        raise BadRequest("more than one Authorization header", reason="duplicate_authorization")
+    token = bearer_token(found.authorization[0] if found.authorization else None)
+    return access, raw_path, found, token
 
 
-def _remove(check: EnvoyCheck, set_names: frozenset[str], forward_token: bool) -> list[str]:
+def _remove(found: _Headers, set_names: frozenset[str], forward_token: bool) -> tuple[str, ...]:
     remove = [] if forward_token else ["authorization"]
     remove += [n for n in ALWAYS_REMOVED if n not in set_names]
-    for name, _ in check.headers:
-        lower = name.lower()
-        if is_identity_header(normalized_name(name)) and lower not in set_names and lower not in remove:
-            remove.append(lower)
-    return remove
+    remove += [n for n in found.identity if n not in set_names and n not in remove]
+    return tuple(remove)
 
 
 async def authorize(services: Services, check: EnvoyCheck) -> Allowed:
     """The allow with its header changes, or the audited IdgateError to deny with."""
     try:
-        access, raw_path, token = _parse(check, services.config.limits)
+        access, raw_path, found, token = _parse(check, services.config.limits)
     except IdgateError as err:
         target = RejectedTarget(surface=check.surface, request_id=check.request_id, client_addr=check.client_addr,
                                 method=check.method, host=check.authority, raw_path=check.target.split("?", 1)[0])
@@ -117,6 +133,6 @@ async def authorize(services: Services, check: EnvoyCheck) -> Allowed:
                                          duration=0.0, error=refused.reason)
         refused.audited = True
         raise refused
-    set_headers = [(name.lower(), value) for name, value in identity_headers(services, decision, access.host)]
+    set_headers = tuple((name.lower(), value) for name, value in identity_headers(services, decision, access.host))
     set_names = frozenset(name for name, _ in set_headers)
-    return Allowed(decision, access, set_headers, _remove(check, set_names, services.config.ext_authz.forward_token))
+    return Allowed(decision, access, set_headers, _remove(found, set_names, services.config.ext_authz.forward_token))

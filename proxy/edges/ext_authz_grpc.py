@@ -3,14 +3,17 @@ CheckResponse bytes out; every failure, malformed input included, becomes an aud
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
+from collections.abc import Sequence
 
 from envoy.config.core.v3.base_pb2 import HeaderValue, HeaderValueOption
 from envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse, DeniedHttpResponse, OkHttpResponse
 from envoy.type.v3.http_status_pb2 import HttpStatus
 from google.protobuf.message import DecodeError
+from cachetools import LRUCache
 from google.rpc.status_pb2 import Status
 
 from proxy.edges import _ext_authz
@@ -67,10 +70,17 @@ def _check_of(message: CheckRequest, rid: str) -> _ext_authz.EnvoyCheck:
     )
 
 
-def _header_options(pairs: list[tuple[str, str]]) -> list[HeaderValueOption]:
+def _header_options(pairs: Sequence[tuple[str, str]]) -> list[HeaderValueOption]:
     # keep_empty_value: an empty X-Idgate-Groups must still overwrite a spoofed one.
     return [HeaderValueOption(header=HeaderValue(key=name, value=value), append_action=_OVERWRITE, keep_empty_value=True)
             for name, value in pairs]
+
+
+# An allow answer is a pure function of the headers it sets and removes, the rule and the subject, and
+# the same caller gets the same assertion for half its lifetime: building the message costs more than
+# the rest of the check, so the serialized answer is kept.  (Bounded; it holds no secret the upstream
+# does not get anyway.)
+_ALLOW_CACHE_SIZE = 4096
 
 
 def allow_response(allowed: _ext_authz.Allowed) -> CheckResponse:
@@ -81,8 +91,7 @@ def allow_response(allowed: _ext_authz.Allowed) -> CheckResponse:
     )
     # Envoy puts these under the filter's namespace, where its access log can print them.
     response.dynamic_metadata.update({
-        "request_id": allowed.access.request_id, "rule": allowed.decision.rule_id or "",
-        "subject": identity.subject if identity else "", "decision": "allow",
+        "rule": allowed.decision.rule_id or "", "subject": identity.subject if identity else "", "decision": "allow",
     })
     return response
 
@@ -108,21 +117,32 @@ class CheckHandler:
     def __init__(self, services: Services, in_flight: InFlight) -> None:
         self._services = services
         self._in_flight = in_flight
+        self._allowed_count = services.metrics.requests.labels(Surface.EXT_AUTHZ_GRPC.value, "allow", "200")
+        self._allow_cache: LRUCache[tuple[object, ...], bytes] = LRUCache(maxsize=_ALLOW_CACHE_SIZE)
+        self._peers: dict[str, tuple[str, bool]] = {}   # grpc peer string -> (address, trusted)
 
     async def check(self, raw: bytes, peer: str) -> bytes:
         self._in_flight.enter()
         try:
-            response = await self._answer(raw, peer_address(peer))
+            return await self._answer(raw, peer)
         finally:
             self._in_flight.leave()
-        return response.SerializeToString()
 
-    async def _answer(self, raw: bytes, peer: str) -> CheckResponse:
+    def _peer(self, peer: str) -> tuple[str, bool]:
+        known = self._peers.get(peer)
+        if known is None:
+            if len(self._peers) >= 1024:   # one entry per Envoy connection: bounded all the same
+                self._peers.clear()
+            address = peer_address(peer)
+            known = self._peers[peer] = (address, address in self._services.trusted)
+        return known
+
+    async def _answer(self, raw: bytes, grpc_peer: str) -> bytes:
         services = self._services
-        rid = request_id(None, trusted_peer=False)
-        target = RejectedTarget(Surface.EXT_AUTHZ_GRPC, rid, peer, "", "", "")
+        peer, trusted = self._peer(grpc_peer)
+        target = RejectedTarget(Surface.EXT_AUTHZ_GRPC, "", peer, "", "", "")
         try:
-            if peer not in services.trusted:
+            if not trusted:
                 raise AccessDenied("ext_authz answers trusted proxies only", reason="untrusted_peer")
             try:
                 message = CheckRequest.FromString(raw)
@@ -137,14 +157,20 @@ class CheckHandler:
         except Exception:  # noqa: BLE001 - a bug must still answer Envoy with a denial, never an allow
             log.exception("ext_authz gRPC check failed")
             return await self._deny(IdgateError("internal error", reason="internal"), target)
-        services.metrics.requests.labels(Surface.EXT_AUTHZ_GRPC.value, "allow", "200").inc()
-        return allow_response(allowed)
+        self._allowed_count.inc()
+        identity = allowed.decision.identity
+        key = (allowed.set_headers, allowed.remove_headers, allowed.decision.rule_id, identity.subject if identity else None)
+        answer = self._allow_cache.get(key)
+        if answer is None:
+            answer = self._allow_cache[key] = allow_response(allowed).SerializeToString()
+        return answer
 
-    async def _deny(self, err: IdgateError, target: RejectedTarget) -> CheckResponse:
+    async def _deny(self, err: IdgateError, target: RejectedTarget) -> bytes:
+        rid = target.request_id or request_id(None, trusted_peer=False)
         if not err.audited:
             try:
-                await self._services.pipeline.record_rejection(target, err)
+                await self._services.pipeline.record_rejection(dataclasses.replace(target, request_id=rid), err)
             except DependencyError as audit_err:
                 err = audit_err  # fail closed: no audit, no answer but 503
         self._services.metrics.requests.labels(Surface.EXT_AUTHZ_GRPC.value, "deny", str(err.status)).inc()
-        return deny_response(err, target.request_id)
+        return deny_response(err, rid).SerializeToString()
