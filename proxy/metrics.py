@@ -38,3 +38,9 @@ class Metrics:
             ["route"], buckets=_LATENCY_BUCKETS, registry=r)
         self.policy_reloads = Counter(
             "idgate_policy_reloads_total", "Policy reload attempts by result.", ["result"], registry=r)
+        self.sts_calls = Counter(
+            "idgate_sts_calls_total", "STS AssumeRole* calls by result (ok or the denial reason).",
+            ["result"], registry=r)
+        self.credentials_vended = Counter(
+            "idgate_credentials_vended_total", "Credential sets vended, by source (cache, sts, stale).",
+            ["source"], registry=r)

@@ -10,6 +10,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from cachetools import TLRUCache
+
 from proxy.aws.credentials import AwsCredentials, Vended
 from proxy.errors import AccessDenied, AuthenticationError, IdgateError
 from proxy.metrics import Metrics
@@ -63,6 +65,10 @@ class Pipeline:
         self._policy = policy
         self._audit = audit
         self._metrics = metrics
+        # (token, requested role) → role and session policy: one token always yields one identity, so
+        # under the same compiled policy a hit skips rule matching and rendering (the credential hot path).
+        self._aws_plans: TLRUCache[tuple[str, str | None], _AwsPlan] = TLRUCache(
+            maxsize=_AWS_PLAN_CACHE_SIZE, ttu=lambda _key, plan, _now: plan.until, timer=time.time)
 
     async def authorize(self, request: AccessRequest, token: str | None) -> Decision:
         """Allow (audited, durable) or raise the audited denial.  DependencyError when the audit
@@ -99,8 +105,14 @@ class Pipeline:
             if token is None:
                 raise AuthenticationError("a bearer token is required", reason="missing_token")
             identity = await self._verifier.verify(token)
-            choice = choose_role(self._policy.current.rules_for_identity(identity), role)
-            policy = render_session_policy(choice, identity.claims, broker.region)
+            compiled = self._policy.current
+            plan = self._aws_plans.get((token, role))
+            if plan is not None and plan.compiled is compiled:
+                choice, policy = plan.choice, plan.policy
+            else:
+                choice = choose_role(compiled.rules_for_identity(identity), role)
+                policy = render_session_policy(choice, identity.claims, broker.region)
+                self._aws_plans[(token, role)] = _AwsPlan(compiled, choice, policy, identity.expires_at)
             vended = await broker.credentials(identity, token, choice, policy)
         except IdgateError as err:
             denied = Decision(False, choice.rule_ids[0] if choice else None, (err.reason,), identity)
@@ -162,6 +174,15 @@ def _decision_record(request: AccessRequest, decision: Decision) -> dict[str, An
 
 
 _MAX_JTI_IN_AUDIT = 128
+_AWS_PLAN_CACHE_SIZE = 10000
+
+
+@dataclass(frozen=True, slots=True)
+class _AwsPlan:
+    compiled: CompiledPolicy
+    choice: RoleChoice
+    policy: SessionPolicy
+    until: float                        # the token's expiry
 
 
 def _aws_record(request: AccessRequest, decision: Decision, requested_role: str | None, choice: RoleChoice | None,

@@ -81,7 +81,7 @@ async def running_services(config: Config, *, metrics: Metrics | None = None,
         broker = None
         if config.credentials.enabled:
             # Building a botocore client reads its service model from disk: not on the loop.
-            broker, sts_pool = await asyncio.to_thread(start_broker, config.aws, sts_client)
+            broker, sts_pool = await asyncio.to_thread(start_broker, config.aws, metrics, sts_client)
         await verifier.start()
         services = Services(
             config=config, metrics=metrics, verifier=verifier, policy=policy, audit=audit, signer=signer,

@@ -25,6 +25,7 @@ from proxy.aws.naming import check_request, session_identity
 from proxy.aws.sts import STS_THREADS, AssumeRequest, Sts, StsClientFactory, StsThrottled, boto3_sts_client
 from proxy.config import AwsConfig
 from proxy.errors import DependencyError, IdgateError
+from proxy.metrics import Metrics
 from proxy.model import Identity
 from proxy.policy.session_policy import RoleChoice, SessionPolicy
 
@@ -51,11 +52,14 @@ class _Entry:
 
 
 class CredentialBroker:
-    def __init__(self, config: AwsConfig, sts: Assumer, *, clock: Callable[[], float] = time.time,
+    def __init__(self, config: AwsConfig, sts: Assumer, *, metrics: Metrics | None = None,
+                 clock: Callable[[], float] = time.time,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
                  jitter: Callable[[], float] = random.random) -> None:
         self.config = config
         self._sts = sts
+        self._metrics = metrics or Metrics()
+        self._vended = {source: self._metrics.credentials_vended.labels(source) for source in ("cache", "sts", "stale")}
         self._clock = clock
         self._sleep = sleep
         self._jitter = jitter
@@ -75,20 +79,26 @@ class CredentialBroker:
     async def credentials(self, identity: Identity, token: str, choice: RoleChoice,
                           policy: SessionPolicy) -> Vended:
         """Credentials for `identity` in `choice`'s role, scoped by `policy`; IdgateError when none can be had."""
+        vended = await self._credentials(identity, token, choice, policy)
+        self._vended[vended.source].inc()
+        return vended
+
+    async def _credentials(self, identity: Identity, token: str, choice: RoleChoice,
+                           policy: SessionPolicy) -> Vended:
         key = (choice.role_arn, policy.sha256, identity.issuer, identity.subject)
-        request = self._request(identity, token, choice, policy)
         entry = self._cache.get(key)
         now = self._clock()
         if entry is not None:
             remaining = entry.credentials.remaining(now)
             if remaining >= REFRESH_AHEAD:
-                return Vended(entry.credentials, "cache")
+                return Vended(entry.credentials, "cache")     # the hot path: no STS request is even built
             if remaining >= VEND_MIN_REMAINING:
-                if now >= entry.refresh_not_before:
-                    self._flight(key, request)
+                if now >= entry.refresh_not_before and key not in self._flights:
+                    self._flight(key, self._request(identity, token, choice, policy))
                 return Vended(entry.credentials, "cache")
         try:
-            return Vended(await asyncio.shield(self._flight(key, request)), "sts")
+            task = self._flights.get(key) or self._flight(key, self._request(identity, token, choice, policy))
+            return Vended(await asyncio.shield(task), "sts")
         except IdgateError:
             entry = self._cache.get(key)
             if entry is not None and entry.credentials.remaining(self._clock()) >= FALLBACK_MIN_REMAINING:
@@ -146,18 +156,25 @@ class CredentialBroker:
         for attempt in range(THROTTLE_ATTEMPTS):
             self.sts_calls += 1
             try:
-                return await self._sts.assume(request)
-            except StsThrottled:
+                credentials = await self._sts.assume(request)
+            except StsThrottled as err:
+                self._metrics.sts_calls.labels(err.reason).inc()
                 if attempt == THROTTLE_ATTEMPTS - 1:
                     raise
+            except IdgateError as err:
+                self._metrics.sts_calls.labels(err.reason).inc()
+                raise
+            else:
+                self._metrics.sts_calls.labels("ok").inc()
+                return credentials
             # Full jitter: callers throttled together spread out instead of retrying in step.
             await self._sleep(self._jitter() * min(BACKOFF_CAP, BACKOFF_BASE * 2 ** attempt))
         raise AssertionError("unreachable")
 
 
-def start_broker(config: AwsConfig, client_factory: StsClientFactory | None = None) -> tuple[CredentialBroker,
-                                                                                             ThreadPoolExecutor]:
+def start_broker(config: AwsConfig, metrics: Metrics,
+                 client_factory: StsClientFactory | None = None) -> tuple[CredentialBroker, ThreadPoolExecutor]:
     """A broker with its own STS thread pool (the caller shuts the pool down)."""
     executor = ThreadPoolExecutor(max_workers=STS_THREADS, thread_name_prefix="idgate-sts")
     client = (client_factory or boto3_sts_client)(config)
-    return CredentialBroker(config, Sts(client, executor)), executor
+    return CredentialBroker(config, Sts(client, executor), metrics=metrics), executor

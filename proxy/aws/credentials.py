@@ -3,9 +3,9 @@ Pure: no boto3, so the pipeline and edges can use it."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -16,22 +16,31 @@ class AwsCredentials:
     secret_access_key: str = field(repr=False)
     session_token: str = field(repr=False)
     expiration: float                      # epoch seconds
+    # Rendered once per STS answer, not per vend: a cache hit then costs no formatting at all.
+    _expiration_iso: str = field(init=False, repr=False, compare=False)
+    _container_body: bytes = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        expiration = iso_z(self.expiration)
+        object.__setattr__(self, "_expiration_iso", expiration)
+        # No AccountId: it would switch DynamoDB to the account endpoint, which gateway-mode clients must
+        # not use (DESIGN §5).
+        object.__setattr__(self, "_container_body", json.dumps({
+            "AccessKeyId": self.access_key_id,
+            "SecretAccessKey": self.secret_access_key,
+            "Token": self.session_token,
+            "Expiration": expiration,
+        }).encode())
 
     def remaining(self, now: float) -> float:
         return self.expiration - now
 
     def expiration_iso(self) -> str:
-        return iso_z(self.expiration)
+        return self._expiration_iso
 
-    def container_response(self) -> dict[str, Any]:
-        """The body botocore's container provider reads.  No AccountId: it would switch DynamoDB to the
-        account endpoint, which gateway-mode clients must not use (DESIGN §5)."""
-        return {
-            "AccessKeyId": self.access_key_id,
-            "SecretAccessKey": self.secret_access_key,
-            "Token": self.session_token,
-            "Expiration": self.expiration_iso(),
-        }
+    def container_body(self) -> bytes:
+        """The JSON body botocore's container provider reads: AccessKeyId, SecretAccessKey, Token, Expiration."""
+        return self._container_body
 
 
 @dataclass(frozen=True, slots=True)

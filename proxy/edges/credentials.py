@@ -4,6 +4,7 @@ with the caller's token in `Authorization` (raw, as botocore sends it, or `Beare
 
 from __future__ import annotations
 
+import functools
 import re
 
 from aiohttp import web
@@ -19,6 +20,7 @@ from proxy.runtime import SERVICES
 _RAW_TOKEN = re.compile(r"[A-Za-z0-9_.\-]+", re.ASCII)
 # A role name (the ARN's last path segment) or a whole role ARN.
 _ROLE = re.compile(r"[\w+=,.@:/-]{1,600}", re.ASCII)
+_is_loopback = functools.lru_cache(maxsize=1024)(is_loopback)   # parses an IP address: once per peer
 
 
 def container_token(values: list[str]) -> str | None:
@@ -49,7 +51,7 @@ async def handle(request: web.Request) -> web.Response:
     request[SURFACE] = Surface.CREDENTIALS
     services = request.app[SERVICES]
     peer = client_addr(request)
-    if services.config.listen.tls is None and not is_loopback(peer):
+    if services.config.listen.tls is None and not _is_loopback(peer):
         # botocore itself only sends plain http to loopback: anything else here would put a secret on the wire.
         raise AccessDenied("credentials are served over plain http to loopback clients only", reason="insecure_transport")
     if request.method != "GET":
@@ -64,4 +66,5 @@ async def handle(request: web.Request) -> web.Response:
     )
     token = container_token(request.headers.getall("Authorization", []))
     _, credentials = await services.pipeline.authorize_aws(access, token, role, broker)
-    return web.json_response(credentials.container_response(), headers={"Cache-Control": "no-store"})
+    return web.Response(body=credentials.container_body(), content_type="application/json",
+                        headers={"Cache-Control": "no-store"})

@@ -96,6 +96,10 @@ async def test_concurrent_callers_with_one_identity_cause_one_sts_call(broker_st
     assert len({a.body["AccessKeyId"] for a in answers}) == 1
     assert len(broker_stack.moto.recorded_sts_calls("AssumeRole")) == 1
     assert broker_stack.idgate.services.broker is not None and broker_stack.idgate.services.broker.sts_calls == 1
+    registry = broker_stack.idgate.services.metrics.registry
+    assert registry.get_sample_value("idgate_sts_calls_total", {"result": "ok"}) == 1
+    # Every caller waited for (and shares) the one STS answer.
+    assert registry.get_sample_value("idgate_credentials_vended_total", {"source": "sts"}) == 60
 
 
 async def test_web_identity_rules_pass_the_callers_token_to_sts(make_broker_stack: BrokerFactory) -> None:
