@@ -76,9 +76,9 @@ async def running_services(config: Config, *, metrics: Metrics | None = None,
     audit = AuditLog(config.audit, metrics)
     background: list[asyncio.Task[None]] = []
     sts_pool: ThreadPoolExecutor | None = None
+    broker: CredentialBroker | None = None
     try:
         await audit.open()
-        broker = None
         if config.credentials.enabled:
             # Building a botocore client reads its service model from disk: not on the loop.
             broker, sts_pool = await asyncio.to_thread(start_broker, config.aws, metrics, sts_client)
@@ -98,5 +98,7 @@ async def running_services(config: Config, *, metrics: Metrics | None = None,
         await audit.close()
         await oidc_session.close()
         await upstream.close()
+        if broker is not None:
+            await broker.close()
         if sts_pool is not None:
             sts_pool.shutdown(wait=False, cancel_futures=True)

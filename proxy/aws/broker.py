@@ -107,6 +107,12 @@ class CredentialBroker:
                 return Vended(entry.credentials, "stale")
             raise
 
+    async def close(self) -> None:
+        """Stop every STS call in flight (their threads finish on their own; nobody awaits them)."""
+        for task in list(self._flights.values()):
+            task.cancel()
+        await asyncio.gather(*self._flights.values(), return_exceptions=True)
+
     async def idle(self) -> None:
         """Wait for every STS call in flight, background refreshes included (tests, shutdown)."""
         while self._flights:

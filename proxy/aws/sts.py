@@ -11,7 +11,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -71,7 +71,8 @@ class AssumeRequest:
     policy: str
     duration: int
     who: SessionIdentity
-    web_identity_token: str | None = None    # set: AssumeRoleWithWebIdentity with the caller's token
+    # Set: AssumeRoleWithWebIdentity with the caller's token (never in a repr).
+    web_identity_token: str | None = field(default=None, repr=False)
 
 
 _THROTTLED = frozenset({"Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequestsException",

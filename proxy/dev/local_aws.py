@@ -9,11 +9,12 @@ import shutil
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import boto3
 
-from proxy.aws.sts import StsClientFactory, boto3_sts_client
+from proxy.aws.sts import StsClient, StsClientFactory, boto3_sts_client
 from proxy.config import AwsConfig
 
 ROLE_NAME, TABLE = "etl", "orders"          # what policies/orders.yaml grants svc-etl-7
@@ -66,27 +67,27 @@ class LocalAws:
                     raise RuntimeError(f"moto_server did not start; see {log_file}")
                 await asyncio.sleep(0.1)   # polling for readiness, bounded by the deadline
 
-    def _client(self, service: str) -> object:
+    def _client(self, service: str) -> Any:   # a boto3 client (untyped)
         return boto3.session.Session(**DEMO_KEYS, region_name=REGION).client(service, endpoint_url=self.url)
 
     def _seed(self) -> None:
-        self._client("iam").create_role(RoleName=ROLE_NAME, AssumeRolePolicyDocument=_TRUST)  # type: ignore[attr-defined]
+        self._client("iam").create_role(RoleName=ROLE_NAME, AssumeRolePolicyDocument=_TRUST)
         dynamodb = self._client("dynamodb")
-        dynamodb.create_table(  # type: ignore[attr-defined]
+        dynamodb.create_table(
             TableName=TABLE, BillingMode="PAY_PER_REQUEST",
             KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
             AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"},
                                   {"AttributeName": "sk", "AttributeType": "S"}])
-        dynamodb.put_item(TableName=TABLE, Item={  # type: ignore[attr-defined]
+        dynamodb.put_item(TableName=TABLE, Item={
             "pk": {"S": "acme"}, "sk": {"S": "order-1"}, "status": {"S": "new"}, "amount": {"N": "42"}})
 
     def sts_client_factory(self) -> StsClientFactory:
         session = boto3.session.Session(**DEMO_KEYS)
 
-        def factory(config: AwsConfig) -> object:
+        def factory(config: AwsConfig) -> StsClient:
             return boto3_sts_client(config, session=session)
 
-        return factory  # type: ignore[return-value]
+        return factory
 
     async def stop(self) -> None:
         process, self._process = self._process, None
