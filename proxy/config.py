@@ -393,9 +393,9 @@ def _prefix_overlap(a: str, b: str) -> bool:
 
 
 def _envoy_extra_installed() -> bool:
-    """Whether grpcio and xds-protos are importable; core modules never import grpc itself."""
+    """Whether xds-protos and hpack are importable; core modules never import them."""
     try:
-        return all(importlib.util.find_spec(name) is not None for name in ("grpc", "envoy.service.auth.v3"))
+        return all(importlib.util.find_spec(name) is not None for name in ("hpack", "envoy.service.auth.v3"))
     except ImportError:   # a parent package is missing (another distribution owns `envoy`)
         return False
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import re
 from collections.abc import Sequence
 
 from envoy.config.core.v3.base_pb2 import HeaderValue, HeaderValueOption
@@ -33,15 +32,6 @@ _OVERWRITE = HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 # google.rpc.Code: what Envoy's access log shows as the check's outcome.
 _GRPC_CODE = {400: 3, 401: 16, 403: 7, 431: 3, 503: 14}
 _PERMISSION_DENIED = 7
-_PEER = re.compile(r"ipv4:(?P<v4>[0-9.]+):[0-9]+|ipv6:\[(?P<v6>[0-9a-fA-F:.]+)\]:[0-9]+")
-
-
-def peer_address(peer: str) -> str:
-    """grpc's `ipv4:1.2.3.4:5678` / `ipv6:[::1]:5678` → the address; anything else is not an IP peer."""
-    match = _PEER.fullmatch(peer)
-    if match is None:
-        return "unknown"
-    return match.group("v4") or match.group("v6")
 
 
 def _check_of(message: CheckRequest, rid: str) -> _ext_authz.EnvoyCheck:
@@ -119,27 +109,27 @@ class CheckHandler:
         self._in_flight = in_flight
         self._allowed_count = services.metrics.requests.labels(Surface.EXT_AUTHZ_GRPC.value, "allow", "200")
         self._allow_cache: LRUCache[tuple[object, ...], bytes] = LRUCache(maxsize=_ALLOW_CACHE_SIZE)
-        self._peers: dict[str, tuple[str, bool]] = {}   # grpc peer string -> (address, trusted)
+        self._trusted: dict[str, bool] = {}     # peer address -> trusted: one entry per Envoy, looked up per call
 
     async def check(self, raw: bytes, peer: str) -> bytes:
+        """A serialized CheckRequest from `peer` (an IP address) → a serialized CheckResponse.  Never raises."""
         self._in_flight.enter()
         try:
             return await self._answer(raw, peer)
         finally:
             self._in_flight.leave()
 
-    def _peer(self, peer: str) -> tuple[str, bool]:
-        known = self._peers.get(peer)
-        if known is None:
-            if len(self._peers) >= 1024:   # one entry per Envoy connection: bounded all the same
-                self._peers.clear()
-            address = peer_address(peer)
-            known = self._peers[peer] = (address, address in self._services.trusted)
-        return known
+    def _is_trusted(self, peer: str) -> bool:
+        trusted = self._trusted.get(peer)
+        if trusted is None:
+            if len(self._trusted) >= 1024:   # bounded all the same
+                self._trusted.clear()
+            trusted = self._trusted[peer] = peer in self._services.trusted
+        return trusted
 
-    async def _answer(self, raw: bytes, grpc_peer: str) -> bytes:
+    async def _answer(self, raw: bytes, peer: str) -> bytes:
         services = self._services
-        peer, trusted = self._peer(grpc_peer)
+        trusted = self._is_trusted(peer)
         target = RejectedTarget(Surface.EXT_AUTHZ_GRPC, "", peer, "", "", "")
         try:
             if not trusted:

@@ -1,5 +1,5 @@
 """The pure parts of the Envoy ext_authz surfaces: Envoy's client address, which headers an allow
-removes, grpc peer strings and the CheckRequest → EnvoyCheck mapping."""
+removes and the CheckRequest → EnvoyCheck mapping."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from envoy.service.auth.v3.external_auth_pb2 import CheckRequest
 
 from proxy.config import LimitsConfig
 from proxy.edges import _ext_authz
-from proxy.edges.ext_authz_grpc import _check_of, peer_address
+from proxy.edges.ext_authz_grpc import _check_of
 from proxy.errors import BadRequest, HeadersTooLarge
 
 
@@ -53,14 +53,6 @@ def test_head_limits():
         scan([(f"x-{i}", "v") for i in range(101)])
     with pytest.raises(HeadersTooLarge):
         scan([("x-big", "a" * 16384)])
-
-
-@pytest.mark.parametrize("peer,address", [
-    ("ipv4:127.0.0.1:5678", "127.0.0.1"), ("ipv6:[::1]:5678", "::1"), ("unix:/tmp/sock", "unknown"),
-    ("ipv4:127.0.0.1", "unknown"),
-])
-def test_peer_address(peer, address):
-    assert peer_address(peer) == address
 
 
 def test_check_of_takes_envoys_fields_and_drops_pseudo_headers():
