@@ -8,6 +8,13 @@ import asyncio
 import hashlib
 import json
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from botocore.credentials import ContainerProvider
+from botocore.exceptions import CredentialRetrievalError
+from botocore.utils import ContainerMetadataFetcher
 
 from tests.aws_moto import ACCOUNT
 from tests.broker_stack import BrokerFactory, BrokerStack, broker_stack, make_broker_stack  # noqa: F401
@@ -122,3 +129,25 @@ rules:
     assert json.loads(sent["Policy"])["Statement"][0]["Action"] == ["dynamodb:Query"]
     [record] = await stack.credential_decisions()
     assert record["aws"]["web_identity"] is True and token not in json.dumps(record)
+
+
+async def test_botocore_container_provider_reads_the_answer_and_surfaces_a_denial(broker_stack: BrokerStack,
+                                                                                  tmp_path: Path) -> None:
+    """botocore's own provider and fetcher (in a thread; idgate runs on this loop): a vend becomes
+    container-role credentials, and a denial's JSON {"code","message"} reaches the caller's error."""
+    token_file = tmp_path / "token"
+
+    def load() -> Any:
+        environ = {"AWS_CONTAINER_CREDENTIALS_FULL_URI": broker_stack.credentials_url,
+                   "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE": str(token_file)}
+        # No 1 s sleeps between botocore's three attempts: idgate answers a denial the same way each time.
+        return ContainerProvider(environ, ContainerMetadataFetcher(sleep=lambda _seconds: None)).load()
+
+    token_file.write_text(broker_stack.op_token("svc-report"))
+    credentials = await asyncio.to_thread(load)
+    assert credentials.method == "container-role" and credentials.access_key.startswith("ASIA")
+
+    token_file.write_text(broker_stack.op_token("svc-etl-7"))     # two roles, none chosen
+    with pytest.raises(CredentialRetrievalError) as caught:
+        await asyncio.to_thread(load)
+    assert "several roles are granted" in str(caught.value) and '"code": "forbidden"' in str(caught.value)
