@@ -114,7 +114,7 @@ class CredentialBroker:
         await asyncio.gather(*self._flights.values(), return_exceptions=True)
 
     async def idle(self) -> None:
-        """Wait for every STS call in flight, background refreshes included (tests, shutdown)."""
+        """Wait for every STS call in flight, background refreshes included (for tests)."""
         while self._flights:
             await asyncio.gather(*self._flights.values(), return_exceptions=True)
 
