@@ -36,6 +36,8 @@ class Bench:
 
 BENCHES = (
     Bench("proxy", "bench_proxy.py", ("--quick",), needs_wrk=True),
+    Bench("envoy", "bench_envoy.py", ("--quick",), needs_wrk=True),
+    Bench("broker", "bench_broker.py", ("--quick",), needs_wrk=True),
     Bench("stream_memory", "bench_stream_memory.py", ("--quick",)),
     Bench("jwt", "bench_jwt.py", ("--quick",)),
     Bench("policy", "bench_policy.py", ("--requests", "10000")),
@@ -170,30 +172,56 @@ def judge(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
             measured=(f"peak {stream['peak_small_mib']} MiB @ {stream['small_bytes'] >> 20} MiB, "
                       f"{stream['peak_large_mib']} MiB @ {stream['large_bytes'] >> 20} MiB"),
             met=bool(stream["flat"]))
+    for name, result in results.items():
+        for what, verdict in result.get("targets", {}).items():
+            # Another benchmark's own verdicts, when it states them as {target, measured, met}.
+            if isinstance(verdict, dict) and {"target", "measured", "met"} <= verdict.keys():
+                verdicts[what] = {"target": str(verdict["target"]), "measured": str(verdict["measured"]),
+                                  "met": verdict["met"], "from": name}
     return verdicts
 
 
-def _flat_numbers(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
-    """Leaf numbers of a result we know nothing about (another helper's format), for a compact listing."""
-    if isinstance(value, dict):
-        out: list[tuple[str, Any]] = []
-        for key, item in value.items():
-            out += _flat_numbers(item, f"{prefix}.{key}" if prefix else str(key))
-        return out
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return [(prefix, value)]
-    return []
+def _is_load(result: dict[str, Any]) -> bool:
+    rows = result.get("rows")
+    return isinstance(rows, dict) and all(isinstance(r, dict) and "requests_per_s" in r for r in rows.values())
+
+
+def _print_load(name: str, result: dict[str, Any]) -> None:
+    """Another load benchmark's wrk rows (e.g. bench_envoy.py), with whatever ratios it computed."""
+    print(f"\n{name}:")
+    print(f"{'name':<26}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}   ratios")
+    for row_name, row in result["rows"].items():
+        ratios = ", ".join(f"{key[len('ratio_'):]} {value:.2f}" for key, value in row.items()
+                           if key.startswith("ratio_") and isinstance(value, (int, float)))
+        flag = f"  !! {row['non_2xx']} non-2xx" if row.get("non_2xx") else ""
+        print(f"{row_name:<26}{row['requests_per_s']:>10.0f}{_ms(row.get('p50_ms')):>9}{_ms(row.get('p99_ms')):>9}"
+              f"   {ratios}{flag}")
 
 
 def _print_other(name: str, result: dict[str, Any]) -> None:
-    """A result in another helper's format: its cases one per line, else its top-level numbers."""
+    """A result in another helper's format: cases one per line, wrk rows as rows, other sections as
+    their scalar fields."""
     cases = result.get("cases")
     if isinstance(cases, list) and all(isinstance(case, dict) for case in cases):
         for case in cases:
             fields = [f"{key} {value}" for key, value in case.items() if isinstance(value, (int, float, str))]
             print(f"  {name}: " + ", ".join(fields))
         return
-    print(f"  {name}: " + ", ".join(f"{key} {value:g}" for key, value in _flat_numbers(result)[:12]))
+    scalars = []
+    for key, value in result.items():
+        if isinstance(value, dict) and value and all(isinstance(r, dict) and "requests_per_s" in r
+                                                     for r in value.values()):
+            for row_name, row in value.items():
+                print(f"  {name} {key}: {row_name:<22}{row['requests_per_s']:>9.0f} req/s  "
+                      f"p50 {_ms(row.get('p50_ms'))} ms  p99 {_ms(row.get('p99_ms'))} ms")
+        elif isinstance(value, dict):
+            fields = [f"{k} {v}" for k, v in value.items() if isinstance(v, (int, float, str, bool))]
+            if fields:
+                print(f"  {name} {key}: " + ", ".join(fields))
+        elif isinstance(value, (int, float, bool)):
+            scalars.append(f"{key} {value}")
+    if scalars:
+        print(f"  {name}: " + ", ".join(scalars))
 
 
 def print_report(info: dict[str, Any], results: dict[str, dict[str, Any]], statuses: dict[str, str],
@@ -221,6 +249,9 @@ def print_report(info: dict[str, Any], results: dict[str, dict[str, Any]], statu
             print(f"audit during the load: {audit['records_on_disk']} records on disk, {audit['fsync_batches']} fsyncs "
                   f"(mean {audit['mean_records_per_fsync']} records/fsync), token cache "
                   f"{audit['token_cache_hits']:.0f} hits / {audit['token_cache_misses']:.0f} misses")
+    for name, result in results.items():
+        if name != "proxy" and _is_load(result):
+            _print_load(name, result)
     print("\nmicro-benchmarks")
     jwt = results.get("jwt")
     if jwt:
@@ -238,7 +269,7 @@ def print_report(info: dict[str, Any], results: dict[str, dict[str, Any]], statu
             print(f"  stream {row['direction']:<8} {row['bytes'] >> 20:>5} MiB  idgate peak RSS "
                   f"{row['peak_rss_mib']:>6.1f} MiB  {row['mib_per_s']:>7.1f} MiB/s")
     for name, result in results.items():
-        if name not in ("proxy", "jwt", "policy", "stream_memory"):
+        if name not in ("proxy", "jwt", "policy", "stream_memory") and not _is_load(result):
             _print_other(name, result)
     missing = {name: status for name, status in statuses.items() if status != "ok"}
     if missing:
