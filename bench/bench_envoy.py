@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -292,8 +292,11 @@ def main() -> int:
             print("--profile needs py-spy: .venv/bin/pip install py-spy", file=sys.stderr)
             return 2
         profile_dir.mkdir(parents=True, exist_ok=True)
+    load_at_start = os.getloadavg()
     with sigterm_as_interrupt():
         result = run(settings, profile_dir)
+    # Other work on the machine shifts every row; the load average says how much there was.
+    result["loadavg"] = {"start": [round(x, 2) for x in load_at_start], "end": [round(x, 2) for x in os.getloadavg()]}
     if profile_dir is not None:
         for folded in sorted(profile_dir.glob("envoy-*.folded")):
             print(f"\nhottest idgate frames in {folded.name} (share of busy samples, inclusive):")

@@ -139,7 +139,9 @@ class CheckHandler:
             except DecodeError as exc:
                 raise BadRequest("the check request is not a valid CheckRequest", reason="malformed_check") from exc
             http = message.attributes.request.http
-            rid = request_id(http.id or None, trusted_peer=True)   # the peer is a trusted Envoy by now
+            # Envoy's x-request-id (http.id is its stream number), so the audit joins Envoy's access log;
+            # believed because the peer is a trusted Envoy by now.
+            rid = request_id(http.headers.get("x-request-id") or http.id or None, trusted_peer=True)
             target = RejectedTarget(Surface.EXT_AUTHZ_GRPC, rid, peer, http.method, http.host, http.path.split("?", 1)[0])
             allowed = await _ext_authz.authorize(services, _check_of(message, rid))
         except IdgateError as err:

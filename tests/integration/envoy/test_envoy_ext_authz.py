@@ -28,6 +28,8 @@ async def test_allowed_request_reaches_the_upstream_with_identity(envoy_stack):
     assert decision["rule"] == "etl-read-orders"
     assert decision["target"] == {"method": "GET", "host": "orders.internal", "path": "/v1/orders/7"}
     assert decision["client"]["addr"] == "127.0.0.1"
+    # One request id from Envoy to the upstream and the audit record.
+    assert decision["request_id"] == received.header("X-Request-Id")[0]
 
 
 async def test_head_is_authorized_as_head_and_post_is_denied(envoy_stack):
