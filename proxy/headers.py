@@ -4,8 +4,9 @@ which never cross a proxy hop, and the request id.  Pure: works on (name, value)
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import re
-import uuid
+import secrets
 from collections.abc import Iterable, Sequence
 
 HOP_BY_HOP = frozenset({
@@ -87,12 +88,18 @@ def clean_response_headers(headers: Sequence[tuple[str, str]]) -> list[tuple[str
     return [(n, v) for n, v in headers if normalized_name(n) not in HOP_BY_HOP and normalized_name(n) not in listed]
 
 
+# Minted ids: a random per-process prefix and a counter.  Unique across processes and restarts, and
+# ~20x cheaper than uuid4 (no urandom syscall per request); ids need not be unguessable.
+_ID_PREFIX = secrets.token_hex(10)
+_id_counter = itertools.count(1)
+
+
 def request_id(supplied: str | None, *, trusted_peer: bool) -> str:
     """Keep a well-formed id from a trusted proxy (so traces join up); otherwise mint one, so a client
     cannot make its audit records collide with someone else's."""
     if trusted_peer and supplied is not None and _REQUEST_ID.fullmatch(supplied):
         return supplied
-    return uuid.uuid4().hex
+    return f"{_ID_PREFIX}{next(_id_counter):012x}"
 
 
 def forwarded_for(values: Sequence[str], peer: str, *, trusted_peer: bool) -> str:
@@ -102,12 +109,24 @@ def forwarded_for(values: Sequence[str], peer: str, *, trusted_peer: bool) -> st
 
 
 class TrustedProxies:
+    _CACHE_SIZE = 4096  # peers seen recently; parsing an address costs more than the request's policy
+
     def __init__(self, cidrs: Iterable[str]) -> None:
         self._networks = tuple(ipaddress.ip_network(c, strict=False) for c in cidrs)
+        self._seen: dict[str, bool] = {}
 
     def __contains__(self, addr: str | None) -> bool:
         if not addr or not self._networks:
             return False
+        known = self._seen.get(addr)
+        if known is None:
+            known = self._lookup(addr)
+            if len(self._seen) >= self._CACHE_SIZE:
+                self._seen.clear()
+            self._seen[addr] = known
+        return known
+
+    def _lookup(self, addr: str) -> bool:
         try:
             ip = ipaddress.ip_address(addr)
         except ValueError:

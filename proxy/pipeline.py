@@ -85,7 +85,7 @@ class Pipeline:
             err.audited = True
             raise
         await self._audit.append(_decision_record(request, decision))
-        self._metrics.decision_seconds.labels(request.surface.value).observe(time.perf_counter() - started)
+        self._metrics.child(self._metrics.decision_seconds, request.surface.value).observe(time.perf_counter() - started)
         if not decision.allowed:
             denied = AccessDenied("the policy does not allow this request", reason=decision.reasons[0])
             denied.audited = True
@@ -123,7 +123,7 @@ class Pipeline:
         decision = Decision(True, choice.rule_ids[0], (REASON_MATCHED,), identity,
                             extras={"role_arn": choice.role_arn, "session_policy_sha256": policy.sha256})
         await self._audit.append(_aws_record(request, decision, role, choice, policy, vended))
-        self._metrics.decision_seconds.labels(request.surface.value).observe(time.perf_counter() - started)
+        self._metrics.child(self._metrics.decision_seconds, request.surface.value).observe(time.perf_counter() - started)
         return decision, vended.credentials
 
     async def record_rejection(self, target: RejectedTarget, err: IdgateError) -> None:

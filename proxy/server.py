@@ -113,8 +113,9 @@ def guard_middleware(services: Services, in_flight: InFlight) -> Any:
             response = error_response(err, rid)
         finally:
             in_flight.leave()
-        services.metrics.requests.labels(
-            request[SURFACE].value, "allow" if response.status < 400 else "deny", str(response.status)).inc()
+        metrics = services.metrics
+        metrics.child(metrics.requests, request[SURFACE].value, "allow" if response.status < 400 else "deny",
+                      str(response.status)).inc()
         if not response.prepared:
             response.headers["X-Request-Id"] = rid
             response.headers.setdefault("Server", "idgate")  # not aiohttp's version string

@@ -21,6 +21,7 @@ records leaves no trace in the files themselves: anchor the latest `hash` elsewh
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -61,8 +62,18 @@ def canonical(record: dict[str, Any]) -> bytes:
                       allow_nan=False).encode("ascii")
 
 
+@functools.lru_cache(maxsize=4)
+def _second_prefix(second: int) -> str:
+    return datetime.fromtimestamp(second, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
+
+
 def format_ts(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """RFC 3339 with microseconds, UTC; the date part is formatted once per second (hot path)."""
+    second = int(epoch)
+    micro = round((epoch - second) * 1_000_000)   # rounds like datetime.fromtimestamp
+    if micro == 1_000_000:
+        second, micro = second + 1, 0
+    return f"{_second_prefix(second)}.{micro:06d}Z"
 
 
 def seal(fields: dict[str, Any], state: ChainState, epoch: float) -> tuple[bytes, ChainState]:

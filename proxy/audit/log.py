@@ -108,13 +108,9 @@ class AuditLog:
         """Return once the record is written and fsynced; DependencyError when it cannot be."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._enqueue(record, future)
-        try:
-            # The shield keeps a cancelled caller from cancelling the future: the record is
-            # already in the queue and will be written in its place in the chain regardless.
-            await asyncio.shield(future)
-        except asyncio.CancelledError:
-            future.add_done_callback(_retrieve)
-            raise
+        # A cancelled caller cancels only this future; the record stays queued and is written in its
+        # place in the chain regardless (the writer skips futures that are already done).
+        await future
 
     def append_nowait(self, record: dict[str, Any]) -> None:
         """Queue a record (an outcome) without waiting; failures are counted and logged."""
@@ -242,8 +238,3 @@ class AuditLog:
             if item.future is not None and not item.future.done():
                 item.future.set_exception(DependencyError("the audit log is unavailable", reason=_UNAVAILABLE))
 
-
-def _retrieve(future: asyncio.Future[None]) -> None:
-    """Mark a cancelled caller's outcome as seen; the writer has already logged any failure."""
-    if not future.cancelled():
-        future.exception()

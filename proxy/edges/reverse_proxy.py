@@ -145,7 +145,8 @@ async def _forward(request: web.Request, services: Services, access: AccessReque
             request.method, url, headers=headers, data=body.chunks() if request.body_exists else None,
             allow_redirects=False, timeout=timeout,
         ) as upstream:
-            services.metrics.upstream_seconds.labels(route.name).observe(time.perf_counter() - started)
+            metrics = services.metrics
+            metrics.child(metrics.upstream_seconds, route.name).observe(time.perf_counter() - started)
             response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
             for name, value in _response_headers(upstream, route, access.request_id):
                 response.headers.add(name, value)

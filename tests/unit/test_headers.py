@@ -60,6 +60,7 @@ def test_request_id_kept_from_trusted_peers_when_well_formed_and_replaced_otherw
     for bad in (None, "", "short", "x" * 129, "a b c d e f g h", "abc\r\nX-Evil: 1"):
         minted = request_id(bad, trusted_peer=True)
         assert minted != bad and len(minted) == 32
+    assert len({request_id(None, trusted_peer=False) for _ in range(1000)}) == 1000
 
 
 def test_trusted_proxies():
