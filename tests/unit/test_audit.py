@@ -375,15 +375,18 @@ async def test_an_unserializable_record_fails_alone_without_a_gap(tmp_path: Path
 async def test_a_full_queue_refuses_instead_of_growing(tmp_path: Path) -> None:
     path = tmp_path / "audit.jsonl"
     metrics = Metrics()
-    entered, release = threading.Event(), threading.Event()
+    armed, entered, release = threading.Event(), threading.Event(), threading.Event()
 
-    def slow_write(fd: int, data: bytes) -> int:
-        entered.set()
-        release.wait(10)
-        return os.write(fd, data)
+    def slow_fsync(fd: int) -> None:   # runs in the writer thread and holds the batch there
+        if armed.is_set():
+            entered.set()
+            release.wait(10)
+        os.fsync(fd)
 
-    log = make_log(path, metrics=metrics, write=slow_write, max_pending=2)
+    config = AuditConfig(path=path, fsync=True, group_commit_max_delay=0.0)
+    log = AuditLog(config, metrics, clock=fixed_clock, fsync=slow_fsync, max_pending=2)
     await log.open()
+    armed.set()
     first = asyncio.create_task(log.append({"event": "decision", "i": 0}))
     assert await asyncio.to_thread(entered.wait, 10)          # the writer holds record 0
     log.append_nowait({"event": "outcome", "i": 1})
