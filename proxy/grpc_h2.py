@@ -98,7 +98,7 @@ class H2GrpcProtocol(asyncio.Protocol):
         self._buffer = bytearray()
         self._preface_seen = False
         self._decoder = hpack.Decoder(max_header_list_size=_MAX_HEADER_LIST)
-        self._indexed_blocks: dict[bytes, list[tuple[bytes, bytes]]] = {}
+        self._memo: dict[bytes, list[tuple[bytes, bytes]]] = {}        # see _decode
         self._streams: dict[int, _Stream] = {}
         self._last_stream = 0
         self._continuation: tuple[int, int, bytearray] | None = None     # (stream, flags, fragments)
@@ -283,23 +283,32 @@ class H2GrpcProtocol(asyncio.Protocol):
             self._continuation = None
             self._on_header_block(stream, first_flags, bytes(block))
 
+    def _table_state(self) -> tuple[int, int, int]:
+        """Changes whenever a header block changes the HPACK dynamic table (an insertion or a resize)."""
+        table = self._decoder.header_table
+        entries = table.dynamic_entries
+        return len(entries), id(entries[0]) if entries else 0, table.maxsize
+
     def _decode(self, block: bytes) -> list[tuple[bytes, bytes]] | None:
-        # A block of indexed fields only (one byte each, high bit set) changes no table: the same
-        # bytes mean the same headers until a block that does change it, which clears the memo.
-        indexed_only = all(b & 0x80 and b != 0xFF for b in block)
-        if indexed_only and (known := self._indexed_blocks.get(block)) is not None:
+        # Envoy sends the same header block for every check once its dynamic table is warm (indexed
+        # fields and a never-indexed :path).  A block that leaves the table as it was means the same
+        # headers until some block changes the table, which clears the memo: HPACK decoding in pure
+        # Python would otherwise be a tenth of a check.
+        known = self._memo.get(block)
+        if known is not None:
             return known
+        before = self._table_state()
         try:
             headers = [(bytes(n), bytes(v)) for n, v in self._decoder.decode(block, raw=True)]
         except HPACKError as exc:
             self._goaway(COMPRESSION_ERROR, f"HPACK: {type(exc).__name__}")
             return None
-        if indexed_only:
-            if len(self._indexed_blocks) >= 256:
-                self._indexed_blocks.clear()
-            self._indexed_blocks[block] = headers
-        else:
-            self._indexed_blocks.clear()
+        if self._table_state() != before:
+            self._memo.clear()
+        elif len(block) <= 1024:
+            if len(self._memo) >= 64:
+                self._memo.clear()
+            self._memo[block] = headers
         return headers
 
     def _on_header_block(self, stream: int, flags: int, block: bytes) -> None:

@@ -229,3 +229,23 @@ async def test_stop_sends_goaway_and_closes_connections(server, client):
     seen = await client.frames_until(lambda f: f.kind == GOAWAY)
     assert struct.unpack(">I", seen[-1].payload[4:8])[0] == grpc_h2.NO_ERROR
     assert await client.reader.read() == b""
+
+
+async def test_a_remembered_header_block_is_forgotten_when_the_hpack_table_changes(client, server):
+    """The same bytes can mean another :path once the dynamic table changes: the server must notice."""
+    content_type = b"\x0f\x10\x10application/grpc"          # literal, name = static 31, not indexed
+
+    def literal_path(path: bytes) -> bytes:                  # literal with incremental indexing, name = :path
+        return b"\x44" + bytes((len(path),)) + path
+
+    indexed_path = b"\x83\x86\xbe" + content_type            # :path = dynamic entry 62, whatever it is now
+    blocks = [b"\x83\x86" + literal_path(METHOD.encode()) + content_type, indexed_path,
+              b"\x83\x86" + literal_path(b"/other.Service/Method") + content_type, indexed_path]
+    statuses = []
+    for number, block in enumerate(blocks):
+        stream = 2 * number + 1
+        client.send(_frame(HEADERS, END_HEADERS, stream, block), _frame(DATA, END_STREAM, stream, grpc_message(b"m")))
+        headers, _ = await client.response(stream)
+        statuses.append(headers["grpc-status"])
+    assert statuses == ["0", "0", "12", "12"]
+    assert len(server[1].calls) == 2
