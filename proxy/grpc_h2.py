@@ -395,8 +395,7 @@ class H2GrpcProtocol(asyncio.Protocol):
         state = self._streams.get(stream)
         if state is None or self._transport is None:
             return      # reset by the peer, or the connection is gone
-        trailers_only = message is None
-        if trailers_only:
+        if message is None:
             # Trailers-Only (gRPC over HTTP/2): status and gRPC status in one HEADERS frame.
             block = self._header_block(_RESPONSE_HEADERS + _trailers(status, status_message))
             self._streams.pop(stream, None)

@@ -82,7 +82,7 @@ class InFlight:
 
 # The surface a route serves, known before its handler runs: a head refused by the limits is audited
 # under the surface it was sent to.
-_ROUTE_SURFACES = {forward_auth.handle: Surface.FORWARD_AUTH, ext_authz_http.handle: Surface.EXT_AUTHZ_HTTP}
+_ROUTE_SURFACES: dict[object, Surface] = {forward_auth.handle: Surface.FORWARD_AUTH, ext_authz_http.handle: Surface.EXT_AUTHZ_HTTP}
 
 
 def guard_middleware(services: Services, in_flight: InFlight) -> Any:

@@ -92,7 +92,7 @@ def deny_response(err: IdgateError, rid: str) -> CheckResponse:
     response = CheckResponse(
         status=Status(code=_GRPC_CODE.get(err.status, _PERMISSION_DENIED), message=err.message),
         denied_response=DeniedHttpResponse(
-            status=HttpStatus(code=err.status),  # type: ignore[arg-type]  # HTTP codes are the enum's values
+            status=HttpStatus(code=err.status),   # the enum's values are the HTTP codes
             headers=_header_options(list(headers.items())),
             body=json.dumps(body, separators=(",", ":")),
         ),
@@ -165,4 +165,4 @@ class CheckHandler:
             except DependencyError as audit_err:
                 err = audit_err  # fail closed: no audit, no answer but 503
         self._services.metrics.requests.labels(Surface.EXT_AUTHZ_GRPC.value, "deny", str(err.status)).inc()
-        return deny_response(err, rid).SerializeToString()
+        return bytes(deny_response(err, rid).SerializeToString())
