@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,15 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind((HOST, 0))
         return int(sock.getsockname()[1])
+
+
+@contextmanager
+def refused_port() -> Iterator[int]:
+    """A loopback port that refuses connections for as long as the context lasts: bound, never
+    listening, so no other process can pick it up in the meantime (free_port() cannot promise that)."""
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        yield int(sock.getsockname()[1])
 
 
 @asynccontextmanager

@@ -7,7 +7,7 @@ import asyncio
 import aiohttp
 import jwt
 
-from tests.servers import HOST, free_port
+from tests.servers import HOST, refused_port
 
 
 async def test_allowed_request_reaches_upstream_with_identity_and_is_audited(make_stack):
@@ -96,11 +96,11 @@ async def test_body_over_the_route_limit_is_413_before_the_upstream(make_stack):
 
 
 async def test_upstream_down_is_502_without_internals(make_stack):
-    dead_port = free_port()
-    stack = await make_stack(extra_routes=[{
-        "name": "dead", "upstream": f"http://{HOST}:{dead_port}", "hosts": ["orders.internal"],
-        "path_prefix": "/v1/orders/dead"}])
-    response = await stack.get("/v1/orders/dead/7", token=stack.etl_token())
+    with refused_port() as dead_port:
+        stack = await make_stack(extra_routes=[{
+            "name": "dead", "upstream": f"http://{HOST}:{dead_port}", "hosts": ["orders.internal"],
+            "path_prefix": "/v1/orders/dead"}])
+        response = await stack.get("/v1/orders/dead/7", token=stack.etl_token())
     assert response.status == 502
     text = await response.text()
     assert str(dead_port) not in text and HOST not in text

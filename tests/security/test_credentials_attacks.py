@@ -12,7 +12,7 @@ import pytest
 
 from tests.broker_stack import Answer, BrokerFactory, BrokerStack, broker_stack, make_broker_stack  # noqa: F401
 from tests.fake_sts import FakeSts, fake_sts
-from tests.servers import free_port, local_issuer
+from tests.servers import local_issuer, refused_port
 
 CREDENTIAL_FIELDS = {"AccessKeyId", "SecretAccessKey", "Token", "Expiration"}
 
@@ -159,8 +159,9 @@ async def broker_on(make: BrokerFactory, exits: AsyncExitStack, **sts: Any) -> t
 
 
 async def test_sts_down(make_broker_stack: BrokerFactory) -> None:
-    stack = await make_broker_stack(aws={"sts_endpoint": f"http://127.0.0.1:{free_port()}", "sts_timeout": 0.5})
-    answer = await stack.fetch(stack.op_token("svc-report"))
+    with refused_port() as port:
+        stack = await make_broker_stack(aws={"sts_endpoint": f"http://127.0.0.1:{port}", "sts_timeout": 0.5})
+        answer = await stack.fetch(stack.op_token("svc-report"))
     record = await assert_denied(stack, answer, 503, "sts_unreachable")
     assert record["rule"] == "reports-read" and record["aws"]["role_arn"].endswith(":role/reporting")
 

@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 
 from proxy.dev.issuer import DemoIdentity, DevIssuer
-from tests.servers import free_port, raw_http
+from tests.servers import raw_http, refused_port
 
 
 async def test_allowed_request_reaches_the_upstream_with_identity(envoy_stack):
@@ -118,8 +118,9 @@ async def test_access_log_shows_rule_and_subject(envoy_stack):
 
 
 async def test_idgate_down_means_envoy_denies(make_envoy_stack):
-    s = await make_envoy_stack(idgate_port=free_port())   # nothing listens there
-    response = await s.get("/v1/orders/7", token=s.etl_token())
+    with refused_port() as port:   # nothing listens there, and nothing can start to
+        s = await make_envoy_stack(idgate_port=port)
+        response = await s.get("/v1/orders/7", token=s.etl_token())
     assert response.status == 503
     assert s.upstream.received == []
 
