@@ -11,6 +11,9 @@ from typing import TextIO
 _STANDARD = set(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
 
 
+_BODY_LOGGING_LIBRARIES = ("botocore", "boto3", "urllib3", "s3transfer", "hpack")
+
+
 def _redact_aiohttp_server(record: logging.LogRecord) -> bool:
     if record.name == "aiohttp.server":
         return ParserErrorRedaction().filter(record)
@@ -52,3 +55,7 @@ def configure(level: str = "info", stream: TextIO = sys.stderr) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # Their DEBUG output carries request and response bodies: STS secrets, session and web-identity
+    # tokens.  Whatever --log-level says, they log warnings and errors only.
+    for name in _BODY_LOGGING_LIBRARIES:
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))

@@ -10,6 +10,7 @@ below 900 and blocks below 600).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import random
 import time
@@ -38,7 +39,7 @@ FAILED_REFRESH_PAUSE = 30.0       # no new background refresh for ~this long aft
 THROTTLE_ATTEMPTS = 4
 BACKOFF_BASE, BACKOFF_CAP = 0.1, 1.0
 
-CacheKey = tuple[str, str, str, str]      # role ARN, session policy SHA-256, issuer, subject
+CacheKey = tuple[str, str, str, str, str]  # role ARN, session policy SHA-256, issuer, subject, web-identity token hash
 
 
 class Assumer(Protocol):
@@ -85,7 +86,10 @@ class CredentialBroker:
 
     async def _credentials(self, identity: Identity, token: str, choice: RoleChoice,
                            policy: SessionPolicy) -> Vended:
-        key = (choice.role_arn, policy.sha256, identity.issuer, identity.subject)
+        # With AssumeRoleWithWebIdentity, STS's trust policy judges the caller's own token (aud, azp,
+        # amr...): credentials one token earned are never handed to another token of the same subject.
+        token_key = hashlib.sha256(token.encode()).hexdigest() if choice.web_identity else ""
+        key = (choice.role_arn, policy.sha256, identity.issuer, identity.subject, token_key)
         entry = self._cache.get(key)
         now = self._clock()
         if entry is not None:

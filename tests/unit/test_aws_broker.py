@@ -225,6 +225,18 @@ async def test_web_identity_roles_pass_the_callers_token(clock: Clock, sleeps: l
     assert sts.calls[0].web_identity_token == "caller.jwt.here"
 
 
+async def test_web_identity_credentials_are_never_served_to_a_token_sts_did_not_see(
+        clock: Clock, sleeps: list[float]) -> None:
+    sts = FakeSts(clock)
+    broker = make_broker(clock, sts, sleeps)
+    first, _ = await vend(broker, web_identity=True, token="token-aud-A")
+    second, source = await vend(broker, web_identity=True, token="token-aud-B")
+    again, again_source = await vend(broker, web_identity=True, token="token-aud-A")
+    assert [c.web_identity_token for c in sts.calls] == ["token-aud-A", "token-aud-B"]
+    assert source == "sts" and second != first
+    assert again_source == "cache" and again == first
+
+
 def test_secrets_never_show_in_a_repr() -> None:
     creds = AwsCredentials("ASIAKEY", "wJalrXUtnFEMI", "FwoGZXIvYXdzE", 0.0)
     assert "wJalrXUtnFEMI" not in repr(creds) and "FwoGZXIvYXdzE" not in repr(creds)
