@@ -191,7 +191,7 @@ async def _serve(config: Config, *, reuse_port: bool = False) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     async with running_services(config) as services:
-        loop.add_signal_handler(signal.SIGHUP, services.policy.request_reload)
+        loop.add_signal_handler(signal.SIGHUP, services.request_reload)
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         listeners = Listeners(services)

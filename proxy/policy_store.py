@@ -68,14 +68,17 @@ class PolicyStore:
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
+    async def reload_if_changed(self) -> bool:
+        """Reload when a policy file was added, removed or changed since the last (attempted) load."""
+        try:
+            changed = await asyncio.to_thread(_fingerprint, self.directory) != self._fingerprint
+        except OSError as exc:
+            log.error("cannot read policy directory", extra={"error": str(exc)})
+            return False
+        return await self.reload() if changed else False
+
     async def watch(self, interval: float) -> None:
         """Poll the directory (stdlib only, works on every filesystem) and reload when it changes."""
         while True:
             await asyncio.sleep(interval)
-            try:
-                changed = await asyncio.to_thread(_fingerprint, self.directory) != self._fingerprint
-            except OSError as exc:
-                log.error("cannot read policy directory", extra={"error": str(exc)})
-                continue
-            if changed:
-                await self.reload()
+            await self.reload_if_changed()

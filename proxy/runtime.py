@@ -44,6 +44,14 @@ class Services:
     background: list[asyncio.Task[None]] = field(default_factory=list)
     broker: CredentialBroker | None = None      # when credentials.enabled
 
+    def request_reload(self) -> None:
+        """SIGHUP: reload the policy files and refetch every issuer's keys, both in the background
+        (requests keep being served with what is loaded until the new state is swapped in)."""
+        self.policy.request_reload()
+        task = asyncio.get_running_loop().create_task(self.verifier.refresh_keys(), name="refresh-keys")
+        self.background.append(task)
+        task.add_done_callback(self.background.remove)
+
 
 SERVICES: web.AppKey[Services] = web.AppKey("idgate_services", Services)
 

@@ -74,6 +74,11 @@ class TokenVerifier:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
 
+    async def refresh_keys(self) -> None:
+        """Refetch every issuer's keys now (SIGHUP, or an operator who rotated keys); a failure is
+        reported in status() and keeps the last good keys, as in the background refresh."""
+        await asyncio.gather(*(keys.refresh() for keys in self._issuers.values()))
+
     def ready(self) -> bool:
         return all(keys.usable_keys() is not None for keys in self._issuers.values())
 

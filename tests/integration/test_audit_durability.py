@@ -67,7 +67,7 @@ async def test_200_concurrent_appends_share_few_fsyncs(tmp_path: Path, delay: fl
     assert [r["seq"] for r in recs] == list(range(1, 201))
     assert sorted(r["caller"] for r in recs) == list(range(200))
     assert verify_files([path]).ok
-    assert 1 <= batch_fsyncs <= 10
+    assert 0 < batch_fsyncs <= 10
     assert sample(metrics, "idgate_audit_batch_records_sum") == 200
     assert sample(metrics, "idgate_audit_batch_records_count") == batch_fsyncs
     assert sample(metrics, "idgate_audit_append_seconds_count") == 200

@@ -1,5 +1,3 @@
-import asyncio
-
 from proxy.metrics import Metrics
 from proxy.policy_store import PolicyStore
 from tests.factories import make_identity
@@ -27,14 +25,17 @@ async def test_reload_swaps_and_a_bad_file_keeps_the_previous_policy(tmp_path):
     assert metrics.policy_reloads.labels("error")._value.get() == 1
 
 
-async def test_watch_reloads_on_file_change(tmp_path):
+async def test_a_changed_file_is_picked_up_once(tmp_path):
     (tmp_path / "a.yaml").write_text(ALLOW.format(id="first"))
-    store = PolicyStore(tmp_path, Metrics())
-    watcher = asyncio.create_task(store.watch(0.01))
-    try:
-        (tmp_path / "a.yaml").write_text(ALLOW.format(id="changed-rule"))
-        async with asyncio.timeout(10):
-            while decide(store).rule_id != "changed-rule":
-                await asyncio.sleep(0.01)  # polling the swapped reference, bounded by the timeout
-    finally:
-        watcher.cancel()
+    metrics = Metrics()
+    store = PolicyStore(tmp_path, metrics)
+    assert await store.reload_if_changed() is False       # nothing changed since the initial load
+    (tmp_path / "a.yaml").write_text(ALLOW.format(id="changed-rule"))
+    assert await store.reload_if_changed() is True
+    assert decide(store).rule_id == "changed-rule"
+    assert await store.reload_if_changed() is False
+    (tmp_path / "b.yaml").write_text("rules: [")             # a broken file is tried once, not every poll
+    assert await store.reload_if_changed() is False
+    assert store.last_error is not None and decide(store).rule_id == "changed-rule"
+    assert await store.reload_if_changed() is False
+    assert metrics.policy_reloads.labels("error")._value.get() == 1
