@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,12 +17,9 @@ import pytest
 import yaml
 
 from proxy.aws.sts import StsClientFactory
-from proxy.config import load_config
-from proxy.runtime import running_services
-from proxy.server import Listeners
 from tests.aws_moto import ACCOUNT, REGION, MotoServer, sts_client_factory
 from tests.oidc_op import OidcProvider
-from tests.servers import HOST, LocalIssuer, RunningIdgate, local_issuer
+from tests.servers import HOST, LocalIssuer, RunningIdgate, local_issuer, running_idgate
 
 OP_AUDIENCE = "https://orders.internal"     # a resource of tests/oidc_provider/clients.json
 DEV_AUDIENCE = "broker-api"
@@ -80,18 +77,6 @@ def write_broker_config(tmp: Path, *, issuers: list[dict[str, Any]], policy: str
     path = tmp / "idgate.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
-
-
-@asynccontextmanager
-async def running_broker(config_path: Path, sts_client: StsClientFactory) -> AsyncIterator[RunningIdgate]:
-    config = load_config(config_path)
-    async with running_services(config, sts_client=sts_client) as services:
-        listeners = Listeners(services)
-        await listeners.start()
-        try:
-            yield RunningIdgate(services, listeners, config_path)
-        finally:
-            await listeners.stop()
 
 
 @dataclass
@@ -178,7 +163,7 @@ async def make_broker_stack(tmp_path: Path, oidc_provider: OidcProvider,
         policy_text = policy.replace("OP_ISSUER", oidc_provider.issuer).replace("DEV_ISSUER", dev.issuer.issuer_url)
         path = write_broker_config(tmp_path, issuers=issuers, policy=policy_text,
                                    aws={"sts_endpoint": moto.url, **(aws or {})}, **top)
-        idgate = await exits.enter_async_context(running_broker(path, sts_client or sts_client_factory()))
+        idgate = await exits.enter_async_context(running_idgate(path, sts_client=sts_client or sts_client_factory()))
         http = await exits.enter_async_context(aiohttp.ClientSession())
         return BrokerStack(oidc_provider, dev, moto, idgate, http)
 

@@ -170,9 +170,10 @@ def write_config(tmp: Path, *, issuer: str, audience: str, upstream_port: int, p
 
 
 @asynccontextmanager
-async def running_idgate(config_path: Path) -> AsyncIterator[RunningIdgate]:
+async def running_idgate(config_path: Path, **service_args: Any) -> AsyncIterator[RunningIdgate]:
+    """idgate in-process on the config's ports; `service_args` go to running_services (e.g. sts_client)."""
     config = load_config(config_path)
-    async with running_services(config) as services:
+    async with running_services(config, **service_args) as services:
         listeners = Listeners(services)
         await listeners.start()
         try:

@@ -47,7 +47,12 @@ class Stack:
         headers = {"Host": host, **kwargs.pop("headers", {})}
         if token:
             headers["Authorization"] = f"Bearer {token}"
-        return await self.http.request(kwargs.pop("method", "GET"), self.idgate.url + path, headers=headers, **kwargs)
+        return await self.http.request(kwargs.pop("method", "GET"), self.base_url + path, headers=headers, **kwargs)
+
+    @property
+    def base_url(self) -> str:
+        """Where clients send requests: idgate itself here, Envoy in front of it for the sidecar suite."""
+        return self.idgate.url
 
     async def decisions(self) -> list[dict[str, Any]]:
         return [r for r in await self.idgate.audit_records() if r["event"] == "decision"]

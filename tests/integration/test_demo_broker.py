@@ -9,7 +9,8 @@ from pathlib import Path
 
 from proxy.dev import local_aws
 from proxy.dev.local_aws import LocalAws
-from tests.broker_stack import running_broker, write_broker_config
+from tests.broker_stack import write_broker_config
+from tests.servers import running_idgate
 from tests.servers import HOST, free_port, local_issuer
 from tests.stack import example_policies
 
@@ -24,7 +25,7 @@ async def test_the_printed_one_liner_reads_the_demo_table_through_idgate(tmp_pat
             policies = example_policies(tmp_path / "examples", url)
             config = write_broker_config(tmp_path, issuers=[{"issuer": url, "audiences": ["idgate-demo"]}],
                                          policy=(policies / "orders.yaml").read_text(), aws={"sts_endpoint": aws.url})
-            async with running_broker(config, aws.sts_client_factory()) as idgate:
+            async with running_idgate(config, sts_client=aws.sts_client_factory()) as idgate:
                 text = local_aws.instructions(aws, url, idgate.url, tmp_path / "token")
                 commands = text.split("\n\n")[0].split("\n", 1)[1]   # the two command lines of the first block
                 env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}

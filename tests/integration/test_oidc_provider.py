@@ -3,7 +3,6 @@ tokens via discovery, a real ID token refused as an access token, key rotation, 
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any

@@ -19,9 +19,9 @@ from aiohttp import web
 
 from tests.envoy_harness import MODES, HOST, RunningEnvoy, load_deploy_config, render, running_envoy
 from tests.servers import (
-    LocalIssuer, RecordingUpstream, RunningIdgate, local_issuer, running_idgate, serve_app, write_config,
+    RecordingUpstream, local_issuer, running_idgate, serve_app, write_config,
 )
-from tests.stack import example_policies
+from tests.stack import Stack, example_policies
 
 AUDIENCE = "orders-api"
 
@@ -48,34 +48,21 @@ class StallingJwks:
 
 
 @dataclass
-class EnvoyStack:
-    mode: str
-    issuer: LocalIssuer
-    upstream: RecordingUpstream
-    idgate: RunningIdgate
-    envoy: RunningEnvoy
-    http: aiohttp.ClientSession
-    jwks: StallingJwks
+class EnvoyStack(Stack):
+    """The spine's Stack with Envoy in front: the same tokens, requests and audit helpers."""
+
+    mode: str = ""
+    envoy: RunningEnvoy | None = None
+    jwks: StallingJwks | None = None
 
     @property
     def surface(self) -> str:
         return f"ext_authz_{self.mode}"
 
-    def etl_token(self) -> str:
-        return self.issuer.token("svc-etl-7", ("data-eng",), tenant="acme")
-
-    def web_token(self) -> str:
-        return self.issuer.token("svc-web-1", ("web",), tenant="acme")
-
-    async def get(self, path: str, *, token: str | None = None, host: str = "orders.internal",
-                  **kwargs: Any) -> aiohttp.ClientResponse:
-        headers = {"Host": host, **kwargs.pop("headers", {})}
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
-        return await self.http.request(kwargs.pop("method", "GET"), self.envoy.url + path, headers=headers, **kwargs)
-
-    async def decisions(self) -> list[dict[str, Any]]:
-        return [r for r in await self.idgate.audit_records() if r["event"] == "decision"]
+    @property
+    def base_url(self) -> str:
+        assert self.envoy is not None
+        return self.envoy.url
 
 
 @pytest.fixture(params=MODES)
@@ -109,7 +96,7 @@ async def make_envoy_stack(tmp_path: Path, mode: str):
                               ext_authz_timeout=envoy_timeout)
         envoy = await exits.enter_async_context(running_envoy(envoy_config, tmp_path / "envoy"))
         http = await exits.enter_async_context(aiohttp.ClientSession(auto_decompress=False))
-        return EnvoyStack(mode, issuer, upstream, idgate, envoy, http, jwks)
+        return EnvoyStack(issuer=issuer, upstream=upstream, idgate=idgate, http=http, mode=mode, envoy=envoy, jwks=jwks)
 
     async with AsyncExitStack() as exits:
         yield factory
