@@ -319,6 +319,7 @@ class WrkSettings:
     connections: int = 32
     duration: int = 10
     warmup: int = 2
+    rounds: int = 1       # interleaved repetitions of every target (bench_proxy.py takes the median)
 
 
 @dataclass(frozen=True)

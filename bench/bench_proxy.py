@@ -1,14 +1,14 @@
 """Load benchmark with wrk: a bare aiohttp handler, idgate's reverse proxy in front of the same handler,
-and idgate's forward-auth check; writes bench/results/proxy.json.
+idgate's forward-auth check, and a no-op aiohttp pass-through proxy (the stack's own proxying ceiling),
+in interleaved rounds; writes bench/results/proxy.json.
 
-Run: .venv/bin/python bench/bench_proxy.py [--quick] [--connections 32] [--duration 10] [--profile]
+Run: .venv/bin/python bench/bench_proxy.py [--quick] [--connections 32] [--duration 5] [--rounds 3] [--profile]
 (--profile samples idgate with py-spy and prints its hottest frames; results go to proxy-profiled.json)
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import statistics
 import sys
 import time
@@ -44,7 +44,7 @@ def _expect(target: Target) -> None:
         raise RuntimeError(f"{target.name}: expected 200 with the small body, got HTTP {status}: {got[:200]!r}")
 
 
-def _measure(target: Target, settings: WrkSettings, profile_dir: Path | None) -> dict[str, Any]:
+def _measure(target: Target, settings: WrkSettings, profile_dir: Path | None, round_no: int) -> dict[str, Any]:
     warm_up(target.url, target.headers, settings)
     profiler = None
     if profile_dir is not None and target.profile is not None:
@@ -58,10 +58,29 @@ def _measure(target: Target, settings: WrkSettings, profile_dir: Path | None) ->
                            for key, proc in target.watched.items()}
     if profiler is not None:
         profiler.wait()
-    print(f"  {target.name:<22} {result['requests_per_s']:>10.0f} req/s  p50 {result['p50_ms']:.2f} ms  "
+    print(f"  {round_no}  {target.name:<22} {result['requests_per_s']:>10.0f} req/s  p50 {result['p50_ms']:.2f} ms  "
           f"p99 {result['p99_ms']:.2f} ms  cpu {result['cpu_share']}"
           + (f"  NON-2XX {result['non_2xx']}" if result["non_2xx"] else ""), flush=True)
     return result
+
+
+def _combine(runs: list[dict[str, Any]], bare_runs: list[float]) -> dict[str, Any]:
+    """One row from a target's rounds: medians, and the median of the per-round ratios to the bare
+    handler (each round's ratio compares runs made moments apart)."""
+    ratios = [run["requests_per_s"] / bare for run, bare in zip(runs, bare_runs) if bare]
+    keys = {key for run in runs for key in run["cpu_share"]}
+    return {
+        "requests_per_s": round(statistics.median(run["requests_per_s"] for run in runs), 2),
+        "p50_ms": round(statistics.median(run["p50_ms"] for run in runs), 3),
+        "p99_ms": round(statistics.median(run["p99_ms"] for run in runs), 3),
+        "requests": sum(run["requests"] for run in runs),
+        "non_2xx": sum(run["non_2xx"] for run in runs),
+        "socket_errors": next((run["socket_errors"] for run in runs if run["socket_errors"]), None),
+        "cpu_share": {key: round(statistics.median(run["cpu_share"].get(key, 0.0) for run in runs), 2)
+                      for key in sorted(keys)},
+        "ratio_vs_bare": round(statistics.median(ratios), 3) if ratios else None,
+        "rounds_requests_per_s": [run["requests_per_s"] for run in runs],
+    }
 
 
 def _slug(name: str) -> str:
@@ -119,27 +138,31 @@ def run(settings: WrkSettings, profile_dir: Path | None) -> dict[str, Any]:
                        None, {"idgate": idgate.proc}, profile=idgate.proc),
                 Target("aiohttp passthrough", f"http://{HOST}:{passthrough_port}{PROXY_PATH}", {"Host": PROXY_HOST},
                        SMALL_BODY, {"passthrough": passthrough, "upstream": upstream}),
-                # The bare handler again at the end: the spread between its two runs is the noise floor.
-                dataclasses.replace(bare_target, name="bare aiohttp (again)"),
             ]
             for target in targets:
                 _expect(target)
             print(f"wrk -t{settings.threads} -c{settings.connections} -d{settings.duration}s --latency "
-                  f"(+{settings.warmup}s warm-up) on loopback; wrk and the servers share the machine's cores",
-                  flush=True)
-            rows = {target.name: _measure(target, settings, profile_dir) for target in targets}
-            bare_runs = [rows["bare aiohttp"]["requests_per_s"], rows["bare aiohttp (again)"]["requests_per_s"]]
-            bare_rps = statistics.fmean(bare_runs)
-            for row in rows.values():
-                row["ratio_vs_bare"] = round(row["requests_per_s"] / bare_rps, 3) if bare_rps else None
+                  f"(+{settings.warmup}s warm-up), {settings.rounds} interleaved round(s), on loopback; "
+                  "wrk and the servers share the machine's cores", flush=True)
+            # Targets take turns within each round, so a burst of outside load hits one round of every
+            # target rather than all runs of one; only the first round is profiled.
+            runs: dict[str, list[dict[str, Any]]] = {target.name: [] for target in targets}
+            for round_no in range(1, settings.rounds + 1):
+                for target in targets:
+                    runs[target.name].append(_measure(target, settings, profile_dir if round_no == 1 else None,
+                                                      round_no))
+            bare_runs = [run["requests_per_s"] for run in runs[bare_target.name]]
+            rows = {name: _combine(target_runs, bare_runs) for name, target_runs in runs.items()}
+            bare_rps = statistics.median(bare_runs)
             return {
                 "benchmark": "proxy",
                 "wrk": {"threads": settings.threads, "connections": settings.connections,
-                        "duration_s": settings.duration, "warmup_s": settings.warmup},
+                        "duration_s": settings.duration, "warmup_s": settings.warmup, "rounds": settings.rounds},
                 "profiled": profile_dir is not None,
                 "policy_rules": RULES,
                 "bare_requests_per_s": round(bare_rps, 1),
-                "bare_spread": round(abs(bare_runs[0] - bare_runs[1]) / bare_rps, 3) if bare_rps else None,
+                # (max - min) / median of the bare handler's rounds: the noise floor of this run.
+                "bare_spread": round((max(bare_runs) - min(bare_runs)) / bare_rps, 3) if bare_rps else None,
                 "rows": rows,
                 "audit": _audit_stats(idgate),
             }
@@ -149,19 +172,20 @@ def run(settings: WrkSettings, profile_dir: Path | None) -> dict[str, Any]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="3 s runs with 1 s warm-up")
+    parser.add_argument("--quick", action="store_true", help="one round of 3 s runs with 1 s warm-up")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--duration", type=int, default=None)
+    parser.add_argument("--duration", type=int, default=None, help="seconds per wrk run (default 5)")
+    parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 3)")
     parser.add_argument("--profile", action="store_true",
                         help="sample idgate with py-spy during its runs (slows it down; numbers are then not comparable)")
     args = parser.parse_args()
     if wrk_path() is None:
         print("wrk is not installed: install it with `apt-get install wrk` (Debian/Ubuntu)", file=sys.stderr)
         return 2
-    duration = args.duration or (3 if args.quick else 10)
-    settings = WrkSettings(threads=args.threads, connections=args.connections, duration=duration,
-                           warmup=1 if args.quick else 2)
+    settings = WrkSettings(threads=args.threads, connections=args.connections,
+                           duration=args.duration or (3 if args.quick else 5), warmup=1,
+                           rounds=args.rounds or (1 if args.quick else 3))
     profile_dir = RESULTS / "profiles" if args.profile else None
     if profile_dir is not None:
         if _profile.py_spy() is None:

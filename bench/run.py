@@ -242,8 +242,8 @@ def print_report(info: dict[str, Any], results: dict[str, dict[str, Any]], statu
             cpu = ", ".join(f"{k} {v:.2f}" for k, v in row.get("cpu_share", {}).items())
             print(f"{name:<24}{row['requests_per_s']:>10.0f}{_ms(row['p50_ms']):>9}{_ms(row['p99_ms']):>9}"
                   f"{(f'{ratio:.2f}' if ratio is not None else '-'):>9}   {cpu}{flag}")
-        print(f"bare reference = mean of both bare runs ({proxy['bare_requests_per_s']:.0f} req/s, "
-              f"spread {proxy['bare_spread']:.0%})")
+        print(f"medians of {wrk.get('rounds', 1)} interleaved round(s); ratio = median of per-round ratios; "
+              f"bare {proxy['bare_requests_per_s']:.0f} req/s, spread over rounds {proxy['bare_spread']:.0%}")
         audit = proxy.get("audit", {})
         if audit:
             print(f"audit during the load: {audit['records_on_disk']} records on disk, {audit['fsync_batches']} fsyncs "
