@@ -11,11 +11,12 @@ from dataclasses import dataclass, field
 import hpack
 import pytest
 
-from proxy import grpc_h2
-from proxy.grpc_h2 import (
-    CONTINUATION, DATA, END_HEADERS, END_STREAM, GOAWAY, HEADERS, PADDED, PING, PREFACE, RST_STREAM, SETTINGS,
-    WINDOW_UPDATE, H2GrpcServer, _frame,
+from proxy.grpc_h2 import H2GrpcServer
+from proxy.grpc_h2_frames import (
+    CONTINUATION, DATA, END_HEADERS, END_STREAM, GOAWAY, HEADERS, NO_ERROR, PADDED, PING, PREFACE, RST_STREAM,
+    SETTINGS, WINDOW_UPDATE,
 )
+from proxy.grpc_h2_frames import frame as _frame
 
 METHOD = "/envoy.service.auth.v3.Authorization/Check"
 
@@ -111,10 +112,12 @@ async def client(server) -> AsyncIterator[Client]:
         writer.close()
 
 
-async def test_server_opens_with_settings_and_a_large_window(client):
+async def test_server_opens_with_settings_and_bounded_windows(client):
     frames = await client.frames_until(lambda f: f.kind == WINDOW_UPDATE)
     assert frames[0].kind == SETTINGS and frames[0].flags == 0
-    assert struct.unpack(">I", frames[-1].payload)[0] == 2**31 - 1 - 65535
+    advertised = dict(struct.iter_unpack(">HI", frames[0].payload))
+    assert advertised[0x4] == 1024 + 5                                  # a stream: one message and its prefix
+    assert struct.unpack(">I", frames[-1].payload)[0] == (1 << 20) - 65535   # the connection: 1 MiB
 
 
 async def test_unary_call(client, server):
@@ -153,11 +156,21 @@ async def test_anything_but_the_one_method_is_unimplemented(client, server, kwar
     assert server[1].calls == []
 
 
-async def test_oversized_message_is_resource_exhausted_and_never_handled(client, server):
-    client.send(_frame(HEADERS, END_HEADERS, 1, client.headers_block()),
-                _frame(DATA, 0, 1, grpc_message(b"a" * 1000)), _frame(DATA, END_STREAM, 1, b"a" * 100))
+async def test_oversized_message_is_resource_exhausted_unread_and_never_handled(client, server):
+    # The length prefix says 2000 bytes: answered at once, and RST_STREAM NO_ERROR stops the upload.
+    client.send(_frame(HEADERS, END_HEADERS, 1, client.headers_block()), _frame(DATA, 0, 1, grpc_message(b"a" * 2000)[:100]))
     headers, _ = await client.response(1)
     assert headers["grpc-status"] == "8"
+    [reset] = await client.frames_until(lambda f: f.kind == RST_STREAM)
+    assert reset.stream == 1 and reset.payload == struct.pack(">I", NO_ERROR)
+    assert server[1].calls == []
+
+
+async def test_more_bytes_than_the_prefix_announced_is_internal(client, server):
+    client.send(_frame(HEADERS, END_HEADERS, 1, client.headers_block()),
+                _frame(DATA, 0, 1, grpc_message(b"a" * 1000)), _frame(DATA, END_STREAM, 1, b"a" * 20))
+    headers, _ = await client.response(1)
+    assert headers["grpc-status"] == "13"
     assert server[1].calls == []
 
 
@@ -227,7 +240,7 @@ async def test_stop_sends_goaway_and_closes_connections(server, client):
     h2, recorder, _ = server
     await h2.stop(1.0)
     seen = await client.frames_until(lambda f: f.kind == GOAWAY)
-    assert struct.unpack(">I", seen[-1].payload[4:8])[0] == grpc_h2.NO_ERROR
+    assert struct.unpack(">I", seen[-1].payload[4:8])[0] == NO_ERROR
     assert await client.reader.read() == b""
 
 
