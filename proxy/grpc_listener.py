@@ -17,8 +17,12 @@ class GrpcListener:
         assert grpc_config is not None, "built only when ext_authz.grpc is configured"
         self._config = grpc_config
         self._handler = CheckHandler(services, in_flight)
+        metrics = services.metrics
+        # Only trusted proxies may speak HTTP/2 to us at all; the Check handler refuses others again.
         self._server = H2GrpcServer(self._handler.check, f"/{SERVICE}/{METHOD}",
-                                    max_message_bytes=grpc_config.max_message_bytes)
+                                    max_message_bytes=grpc_config.max_message_bytes,
+                                    admit=services.trusted.__contains__,
+                                    on_refuse=lambda reason: metrics.child(metrics.grpc_refused, reason).inc())
         self.port = 0
 
     async def start(self, *, reuse_port: bool = False) -> None:

@@ -46,6 +46,9 @@ class Metrics:
         self.credentials_vended = Counter(
             "idgate_credentials_vended_total", "Credential sets vended, by source (cache, sts, stale).",
             ["source"], registry=r)
+        self.grpc_refused = Counter(
+            "idgate_grpc_refused_total", "gRPC ext_authz connections refused at connect (untrusted peer, connection "
+            "caps) or closed for misbehaving (rapid reset, floods, deadlines), by reason.", ["reason"], registry=r)
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
 
     def child(self, metric: Any, *labels: str) -> Any:

@@ -167,11 +167,15 @@ async def test_policy_denial_is_403(direct):
     assert denied(response) == 403 and response.status.code == 7       # PERMISSION_DENIED
 
 
-async def test_untrusted_caller_is_refused(make_direct):
+async def test_untrusted_caller_is_refused_at_connect(make_direct):
+    # Closed before any HTTP/2 (proxy.grpc_h2): no request was made, so there is no decision to audit.
     direct = await make_direct(trusted_proxies=[])
-    assert denied(await direct.check(check_request(direct.token))) == 403
-    [decision] = await direct.decisions()
-    assert decision["reasons"] == ["untrusted_peer"] and decision["client"]["addr"] == "127.0.0.1"
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await direct.check(check_request(direct.token))
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert await direct.decisions() == []
+    metrics = direct.idgate.services.metrics
+    assert metrics.registry.get_sample_value("idgate_grpc_refused_total", {"reason": "untrusted_peer"}) >= 1
 
 
 async def test_http_surface_refuses_untrusted_callers(make_direct):
