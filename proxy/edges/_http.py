@@ -4,6 +4,7 @@ and the identity headers idgate adds to an allowed request."""
 from __future__ import annotations
 
 import re
+from typing import NamedTuple
 from urllib.parse import quote
 
 from aiohttp import web
@@ -46,7 +47,13 @@ def request_host(request: web.BaseRequest) -> str:
 
 # What a surface says the refused request was about, when that is not this HTTP request itself
 # (forward auth and ext_authz ask about someone else's request): (method, host, raw path).
-ORIGINAL_TARGET: web.RequestKey[tuple[str, str, str]] = web.RequestKey("idgate_original_target", tuple)
+class OriginalTarget(NamedTuple):
+    method: str
+    host: str
+    target: str
+
+
+ORIGINAL_TARGET: web.RequestKey[OriginalTarget] = web.RequestKey("idgate_original_target", OriginalTarget)
 
 
 def rejected_target(request: web.BaseRequest) -> RejectedTarget:

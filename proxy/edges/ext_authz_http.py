@@ -6,7 +6,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from proxy.edges import _ext_authz
-from proxy.edges._http import ORIGINAL_TARGET, REQUEST_ID, SURFACE, client_addr
+from proxy.edges._http import ORIGINAL_TARGET, REQUEST_ID, SURFACE, OriginalTarget, client_addr
 from proxy.errors import AccessDenied, BadRequest
 from proxy.model import Surface
 from proxy.runtime import SERVICES
@@ -28,7 +28,7 @@ async def handle(request: web.Request) -> web.Response:
     target = request.raw_path[len(http.path_prefix):]
     hosts = request.headers.getall("Host", [])
     # From here on a refusal is about the original request, and is audited as such.
-    request[ORIGINAL_TARGET] = (request.method, hosts[0] if len(hosts) == 1 else "", target)
+    request[ORIGINAL_TARGET] = OriginalTarget(request.method, hosts[0] if len(hosts) == 1 else "", target)
     if not request.raw_path.startswith(http.path_prefix) or not target.startswith("/"):
         raise BadRequest("the check path must be path_prefix + the original path", reason="not_origin_form")
     if len(hosts) != 1:

@@ -8,7 +8,7 @@ import re
 from aiohttp import web
 
 from proxy.edges._http import (
-    ORIGINAL_TARGET, REQUEST_ID, SURFACE, authorization_token, client_addr, identity_headers, parse_host, request_host,
+    ORIGINAL_TARGET, REQUEST_ID, OriginalTarget, SURFACE, authorization_token, client_addr, identity_headers, parse_host, request_host,
 )
 from proxy.errors import AccessDenied, BadRequest
 from proxy.model import AccessRequest, Surface
@@ -40,7 +40,7 @@ async def handle(request: web.Request) -> web.Response:
     uri = _one(request, "X-Original-URI", "X-Forwarded-Uri")
     forwarded_host = _one(request, "X-Forwarded-Host")
     # From here on a refusal is about the original request, and is audited as such.
-    request[ORIGINAL_TARGET] = (method or "", forwarded_host or request.headers.get("Host", ""), uri or "")
+    request[ORIGINAL_TARGET] = OriginalTarget(method or "", forwarded_host or request.headers.get("Host") or "", uri or "")
     if method is None or uri is None:
         raise BadRequest("the original method and URI are required", reason="missing_original_request")
     if not _METHOD.fullmatch(method):
