@@ -7,10 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import os
-import subprocess
 import sys
-import tempfile
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -21,6 +18,7 @@ from urllib.parse import parse_qs
 import boto3
 from botocore.config import Config as BotoConfig
 
+from tests.processes import ServerProcess
 from tests.servers import HOST, free_port
 
 ACCOUNT = "123456789012"            # moto's default account
@@ -41,9 +39,7 @@ class MotoServer:
     """One moto_server process.  Use as a context manager, or call start() and stop()."""
 
     def __init__(self, *, startup_timeout: float = 30.0) -> None:
-        self._startup_timeout = startup_timeout
-        self._process: subprocess.Popen[bytes] | None = None
-        self._dir: tempfile.TemporaryDirectory[str] | None = None
+        self._server = ServerProcess("moto", MotoError, startup_timeout=startup_timeout)
         self.port = 0
 
     @property
@@ -58,63 +54,26 @@ class MotoServer:
                  traceback: TracebackType | None) -> None:
         self.stop()
 
-    @property
-    def _workdir(self) -> Path:
-        assert self._dir is not None, "start() first"
-        return Path(self._dir.name)
-
     def start(self) -> None:
         binary = Path(sys.executable).parent / "moto_server"
         if not binary.exists():
             raise MotoError(f"{binary} is missing: install the test extra (pip install -e '.[test]')")
-        self._dir = tempfile.TemporaryDirectory(prefix="moto-")
         # moto has no port 0: pick a free port; a lost race shows as an early exit below.
         self.port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-        env["MOTO_RECORDER_FILEPATH"] = str(self._workdir / "recording.jsonl")
-        with open(self._workdir / "moto.log", "wb") as log:
-            self._process = subprocess.Popen(
-                [str(binary), "-H", HOST, "-p", str(self.port)], env=env, cwd=self._workdir,
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+        env["MOTO_RECORDER_FILEPATH"] = str(self._server.workdir / "recording.jsonl")
+        self._server.start([str(binary), "-H", HOST, "-p", str(self.port)], env=env)
         try:
-            self._wait_ready()
+            self._server.wait_until(lambda: self._request("GET", "/moto-api/data.json"), "serving")
         except BaseException:
             self.stop()
             raise
 
-    def _wait_ready(self) -> None:
-        deadline = time.monotonic() + self._startup_timeout
-        while True:
-            try:
-                self._request("GET", "/moto-api/data.json")
-                return
-            except OSError:
-                pass
-            assert self._process is not None
-            if self._process.poll() is not None:
-                raise MotoError(f"moto_server exited with {self._process.returncode}:\n{self.log_tail()}")
-            if time.monotonic() > deadline:
-                raise MotoError(f"moto_server not ready in {self._startup_timeout}s:\n{self.log_tail()}")
-            time.sleep(0.05)  # polling for readiness, bounded by the deadline
-
     def stop(self) -> None:
-        process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
-        if self._dir is not None:
-            self._dir.cleanup()
-            self._dir = None
+        self._server.stop()
 
     def log_tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join((self._workdir / "moto.log").read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
+        return self._server.log_tail(lines)
 
     # -- state --------------------------------------------------------------------------------
 

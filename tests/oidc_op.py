@@ -8,15 +8,14 @@ import json
 import os
 import secrets
 import shutil
-import subprocess
-import tempfile
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+
+from tests.processes import ServerProcess
 
 OP_DIR = Path(__file__).resolve().parent / "oidc_provider"
 DEFAULT_CONFIG = OP_DIR / "clients.json"
@@ -35,10 +34,8 @@ class OidcProvider:
     def __init__(self, *, config: Path = DEFAULT_CONFIG, startup_timeout: float = 30.0) -> None:
         self._config_path = config
         self.config: dict[str, Any] = json.loads(config.read_text())
-        self._startup_timeout = startup_timeout
         self._control_token = secrets.token_urlsafe(24)
-        self._process: subprocess.Popen[bytes] | None = None
-        self._log_dir: tempfile.TemporaryDirectory[str] | None = None
+        self._server = ServerProcess("oidc-provider", OidcProviderError, startup_timeout=startup_timeout)
         self.port = 0
 
     @property
@@ -53,11 +50,6 @@ class OidcProvider:
                  traceback: TracebackType | None) -> None:
         self.stop()
 
-    @property
-    def _log_path(self) -> Path:
-        assert self._log_dir is not None, "start() first"
-        return Path(self._log_dir.name) / "oidc-provider.log"
-
     # -- process ------------------------------------------------------------------------------
 
     def start(self) -> None:
@@ -68,65 +60,34 @@ class OidcProvider:
             raise OidcProviderError(
                 f"{OP_DIR}/node_modules is missing: run `make test` (it runs `npm ci` there) first")
         env = {**os.environ, "IDGATE_OP_CONTROL_TOKEN": self._control_token}
-        self._log_dir = tempfile.TemporaryDirectory(prefix="oidc-op-")
         # Port 0: the OP binds first and reports the port it got, so no other process can take it
         # between our choosing and its binding.
-        with open(self._log_path, "wb") as log:
-            self._process = subprocess.Popen(
-                [node, "server.mjs", "--port", "0", "--config", str(self._config_path)],
-                cwd=OP_DIR, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+        self._server.start([node, "server.mjs", "--port", "0", "--config", str(self._config_path)], env=env,
+                           cwd=OP_DIR)
         try:
-            self.port = self._wait_for_ready_line()
-            self._wait_for_discovery()
+            self.port = self._server.wait_until(self._reported_port, "listening")
+            self._server.wait_until(self._serves_discovery, "serving discovery")
         except BaseException:
             self.stop()
             raise
 
     def stop(self) -> None:
-        process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
-        if self._log_dir is not None:
-            self._log_dir.cleanup()
-            self._log_dir = None
-
-    def _deadline_passed(self, deadline: float, what: str) -> None:
-        assert self._process is not None
-        if self._process.poll() is not None:
-            raise OidcProviderError(f"OpenID Provider exited with {self._process.returncode}:\n{self.log_tail()}")
-        if time.monotonic() > deadline:
-            raise OidcProviderError(f"OpenID Provider not {what} in {self._startup_timeout}s:\n{self.log_tail()}")
-
-    def _wait_for_ready_line(self) -> int:
-        deadline = time.monotonic() + self._startup_timeout
-        while True:
-            for line in self._log_path.read_text(errors="replace").splitlines():
-                if line.startswith("READY "):
-                    return int(line.split()[1])
-            self._deadline_passed(deadline, "listening")
-            time.sleep(0.02)  # polling the log for the readiness line, bounded by the deadline
-
-    def _wait_for_discovery(self) -> None:
-        deadline = time.monotonic() + self._startup_timeout
-        while True:
-            try:
-                if self._request("GET", "/.well-known/openid-configuration")["issuer"] == self.issuer:
-                    return
-            except (OSError, OidcProviderError):
-                pass
-            self._deadline_passed(deadline, "serving discovery")
-            time.sleep(0.02)
+        self._server.stop()
 
     def log_tail(self, lines: int = 40) -> str:
+        return self._server.log_tail(lines)
+
+    def _reported_port(self) -> int | None:
+        for line in self._server.log_path.read_text(errors="replace").splitlines():
+            if line.startswith("READY "):
+                return int(line.split()[1])
+        return None
+
+    def _serves_discovery(self) -> bool | None:
         try:
-            return "\n".join(self._log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
+            return self._request("GET", "/.well-known/openid-configuration")["issuer"] == self.issuer or None
+        except OidcProviderError:
+            return None
 
     # -- tokens -------------------------------------------------------------------------------
 
