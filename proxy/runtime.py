@@ -7,8 +7,7 @@ import asyncio
 import logging
 import os
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -72,41 +71,42 @@ def _upstream_session(config: Config) -> aiohttp.ClientSession:
 @asynccontextmanager
 async def running_services(config: Config, *, metrics: Metrics | None = None,
                            sts_client: StsClientFactory | None = None) -> AsyncIterator[Services]:
-    """`sts_client` builds the credential broker's STS client (default: boto3 with the usual credential chain)."""
+    """`sts_client` builds the credential broker's STS client (default: boto3 with the usual credential chain).
+    Every resource is closed, in reverse order, however far startup got."""
     metrics = metrics or Metrics()
     policy = PolicyStore(config.policies_dir, metrics)
     signer = AssertionSigner(load_signing_key(config.assertion.key_file), config.assertion.ttl)
     if config.assertion.key_file is None:
         log.warning("no assertion.key_file configured: X-Idgate-Assertion keys are per process (pid %d)", os.getpid())
-    oidc_session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10), trust_env=False)
-    upstream = _upstream_session(config)
-    verifier = TokenVerifier(config.issuers, oidc_session, metrics, cache_size=config.token_cache_size)
-    audit = AuditLog(config.audit, metrics)
     background: list[asyncio.Task[None]] = []
-    sts_pool: ThreadPoolExecutor | None = None
-    broker: CredentialBroker | None = None
-    try:
+    async with AsyncExitStack() as stack:
+        oidc_session = await stack.enter_async_context(
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10), trust_env=False))
+        upstream = await stack.enter_async_context(_upstream_session(config))
+        verifier = TokenVerifier(config.issuers, oidc_session, metrics, cache_size=config.token_cache_size)
+        stack.push_async_callback(verifier.close)
+        audit = AuditLog(config.audit, metrics)
+        stack.push_async_callback(audit.close)
         await audit.open()
+        broker: CredentialBroker | None = None
         if config.credentials.enabled:
             # Building a botocore client reads its service model from disk: not on the loop.
-            broker, sts_pool = await asyncio.to_thread(start_broker, config.aws, metrics, sts_client)
+            started_broker, sts_pool = await asyncio.to_thread(start_broker, config.aws, metrics, sts_client)
+            stack.callback(sts_pool.shutdown, wait=False, cancel_futures=True)
+            stack.push_async_callback(started_broker.close)
+            broker = started_broker
         await verifier.start()
         services = Services(
             config=config, metrics=metrics, verifier=verifier, policy=policy, audit=audit, signer=signer,
             pipeline=Pipeline(verifier, policy, audit, metrics), upstream=upstream,
             trusted=TrustedProxies(config.trusted_proxies), background=background, broker=broker,
         )
+        stack.push_async_callback(_stop_tasks, background)
         background.append(asyncio.create_task(policy.watch(POLICY_POLL_SECONDS), name="policy-watch"))
         yield services
-    finally:
-        for task in background:
-            task.cancel()
-        await asyncio.gather(*background, return_exceptions=True)
-        await verifier.close()
-        await audit.close()
-        await oidc_session.close()
-        await upstream.close()
-        if broker is not None:
-            await broker.close()
-        if sts_pool is not None:
-            sts_pool.shutdown(wait=False, cancel_futures=True)
+
+
+async def _stop_tasks(tasks: list[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)

@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import gc
 import ssl
 import time
+import warnings
+from pathlib import Path
 
 import aiohttp
+import pytest
 import trustme
 
-from tests.servers import HOST
+from proxy.config import load_config
+from proxy.errors import IdgateError
+from proxy.runtime import running_services
+
+from tests.servers import HOST, write_config
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 async def test_tls_listener_serves_the_proxy(make_stack, tmp_path):
@@ -47,3 +58,23 @@ async def test_slow_request_head_is_cut_off(make_stack):
     assert data == b""
     assert elapsed < 5
     assert stack.upstream.received == []
+
+
+
+@pytest.mark.parametrize("failure", ["audit_path_is_a_directory", "issuer_without_audience"])
+async def test_a_failed_startup_leaves_nothing_open(tmp_path, failure):
+    """Startup fails after the HTTP sessions exist (at the audit log, or at the verifier for a config
+    that bypassed load_config): every session must still be closed."""
+    config = load_config(write_config(tmp_path, issuer="https://issuer.test", audience="a", upstream_port=1,
+                                      policies=REPO / "policies"))
+    if failure == "audit_path_is_a_directory":
+        config.audit.path.mkdir(parents=True)
+    else:
+        config = dataclasses.replace(config, issuers=(dataclasses.replace(config.issuers[0], audiences=()),))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(IdgateError):
+            async with running_services(config):
+                raise AssertionError("startup must fail")
+        gc.collect()
+    assert [str(w.message) for w in caught if "Unclosed" in str(w.message)] == []
