@@ -25,10 +25,12 @@ METHOD = "/envoy.service.auth.v3.Authorization/Check"
 class Recorder:
     calls: list[tuple[bytes, str]] = field(default_factory=list)
     release: asyncio.Event = field(default_factory=asyncio.Event)
+    called: asyncio.Event = field(default_factory=asyncio.Event)   # set by the first call
     hold: bool = False
 
     async def __call__(self, message: bytes, peer: str) -> bytes:
         self.calls.append((message, peer))
+        self.called.set()
         if self.hold:
             await self.release.wait()
         return b"echo:" + message
@@ -191,8 +193,7 @@ async def test_ping_is_answered(client):
 async def test_reset_call_gets_no_answer_and_the_connection_goes_on(client, server):
     server[1].hold = True
     client.send(_frame(HEADERS, END_HEADERS, 1, client.headers_block()), _frame(DATA, END_STREAM, 1, grpc_message(b"a")))
-    while not server[1].calls:
-        await asyncio.sleep(0.001)   # polling for the handler to have started
+    await asyncio.wait_for(server[1].called.wait(), 5)   # the handler has started
     client.send(_frame(RST_STREAM, 0, 1, struct.pack(">I", 8)))
     server[1].hold = False
     server[1].release.set()
