@@ -11,14 +11,13 @@ import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qs
 
 import boto3
 from botocore.config import Config as BotoConfig
 
-from tests.processes import ServerProcess
+from tests.processes import ManagedServer, ServerProcess
 from tests.servers import HOST, free_port
 
 ACCOUNT = "123456789012"            # moto's default account
@@ -35,7 +34,7 @@ class MotoError(RuntimeError):
     """moto could not be started; the message carries its log tail."""
 
 
-class MotoServer:
+class MotoServer(ManagedServer):
     """One moto_server process.  Use as a context manager, or call start() and stop()."""
 
     def __init__(self, *, startup_timeout: float = 30.0) -> None:
@@ -45,14 +44,6 @@ class MotoServer:
     @property
     def url(self) -> str:
         return f"http://{HOST}:{self.port}"
-
-    def __enter__(self) -> MotoServer:
-        self.start()
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 traceback: TracebackType | None) -> None:
-        self.stop()
 
     def start(self) -> None:
         binary = Path(sys.executable).parent / "moto_server"

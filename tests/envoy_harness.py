@@ -92,6 +92,7 @@ class RunningEnvoy:
     port: int
     admin_port: int
     log: Path
+    output: EnvoyOutput
 
     @property
     def url(self) -> str:
@@ -103,6 +104,31 @@ class RunningEnvoy:
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
+
+
+class EnvoyOutput:
+    """Envoy's stdout and stderr (its access log included) as they arrive: copied to the log file for
+    failure messages, and announced line by line so a test can wait for one instead of polling."""
+
+    def __init__(self, log: Path) -> None:
+        self._log = log
+        self.lines: list[str] = []
+        self._arrived = asyncio.Condition()
+
+    async def copy(self, stream: asyncio.StreamReader) -> None:
+        with open(self._log, "ab") as out:
+            while line := await stream.readline():
+                out.write(line)
+                out.flush()
+                async with self._arrived:
+                    self.lines.append(line.decode(errors="replace").rstrip("\n"))
+                    self._arrived.notify_all()
+
+    async def line_with(self, text: str, timeout: float = 10.0) -> str:
+        """The first line containing `text`, waiting for Envoy to write it."""
+        async with asyncio.timeout(timeout), self._arrived:
+            await self._arrived.wait_for(lambda: any(text in line for line in self.lines))
+        return next(line for line in self.lines if text in line)
 
 
 async def _wait_ready(process: asyncio.subprocess.Process, admin_file: Path, log: Path) -> tuple[int, int]:
@@ -126,7 +152,7 @@ async def _wait_ready(process: asyncio.subprocess.Process, admin_file: Path, log
                                 return int(socket["port_value"]), admin_port
                 except aiohttp.ClientError:
                     pass
-            await asyncio.sleep(0.01)   # polling interval, not a synchronization sleep
+            await asyncio.sleep(0.01)   # polling Envoy's admin /ready (DESIGN §8: readiness is polled)
     raise RuntimeError(f"envoy not ready after {READY_TIMEOUT:.0f}s:\n{log.read_text(errors='replace')[-3000:]}")
 
 
@@ -138,17 +164,21 @@ async def running_envoy(config: dict[str, Any], workdir: Path, name: str = "envo
     admin_file = workdir / f"{name}.admin"
     admin_file.unlink(missing_ok=True)
     log = workdir / f"{name}.log"
-    with open(log, "wb") as out:
-        process = await asyncio.create_subprocess_exec(
-            str(envoy_binary()), "-c", str(config_path), "--concurrency", "1", "--disable-hot-restart",
-            "--admin-address-path", str(admin_file), "--file-flush-interval-msec", "20", "-l", "warning",
-            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-        )
+    log.write_bytes(b"")
+    output = EnvoyOutput(log)
+    process = await asyncio.create_subprocess_exec(
+        str(envoy_binary()), "-c", str(config_path), "--concurrency", "1", "--disable-hot-restart",
+        "--admin-address-path", str(admin_file), "--file-flush-interval-msec", "20", "-l", "warning",
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    assert process.stdout is not None
+    copier = asyncio.create_task(output.copy(process.stdout))
     try:
         port, admin_port = await _wait_ready(process, admin_file, log)
-        yield RunningEnvoy(process, port, admin_port, log)
+        yield RunningEnvoy(process, port, admin_port, log, output)
     finally:
         await stop_process(process)
+        await copier   # ends at EOF, once Envoy has exited
 
 
 async def stop_process(process: asyncio.subprocess.Process) -> None:

@@ -12,10 +12,9 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
-from tests.processes import ServerProcess
+from tests.processes import ManagedServer, ServerProcess
 
 OP_DIR = Path(__file__).resolve().parent / "oidc_provider"
 DEFAULT_CONFIG = OP_DIR / "clients.json"
@@ -28,7 +27,7 @@ class OidcProviderError(RuntimeError):
     """The provider could not be started or refused a request; the message carries its log tail."""
 
 
-class OidcProvider:
+class OidcProvider(ManagedServer):
     """One node OpenID Provider process.  Use as a context manager, or call start() and stop()."""
 
     def __init__(self, *, config: Path = DEFAULT_CONFIG, startup_timeout: float = 30.0) -> None:
@@ -41,14 +40,6 @@ class OidcProvider:
     @property
     def issuer(self) -> str:
         return f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> OidcProvider:
-        self.start()
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 traceback: TracebackType | None) -> None:
-        self.stop()
 
     # -- process ------------------------------------------------------------------------------
 

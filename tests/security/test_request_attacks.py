@@ -125,18 +125,6 @@ async def test_query_string_of_a_refused_request_is_not_audited(stack):
     assert (await stack.decisions())[-1]["target"]["raw_path"] == "/v1/orders/%2F"
 
 
-async def test_a_failure_after_the_allow_is_recorded_once(make_stack):
-    stack = await make_stack(orders_route={"max_body_bytes": 1000})
-    chunk = "a" * 600
-    body = f"258\r\n{chunk}\r\n258\r\n{chunk}\r\n0\r\n\r\n"
-    request = raw(stack, "/v1/orders/7", token=stack.etl_token(), extra="Transfer-Encoding: chunked\r\n")
-    response = await raw_http(stack.idgate.port, request + body.encode())
-    assert response.status == 413
-    records = await stack.idgate.audit_records()
-    assert [(r["event"], r.get("decision")) for r in records] == [("decision", "allow"), ("outcome", None)]
-    assert records[1]["error"] == "body_too_large"
-
-
 async def test_absolute_form_request_line_is_refused(stack):
     response = await raw_http(stack.idgate.port, raw(stack, "http://reports.internal/v1/reports/x", token=stack.etl_token()))
     await assert_refused_and_audited(stack, response.status, 400, "not_origin_form")
@@ -148,7 +136,7 @@ async def test_oversized_header_is_431(stack):
     await assert_refused_and_audited(stack, response.status, 431, "header_too_large")
 
 
-async def test_oversized_body_by_chunks_is_refused(make_stack):
+async def test_oversized_body_by_chunks_is_refused_and_recorded_once(make_stack):
     stack = await make_stack(orders_route={"max_body_bytes": 1000})
     chunk = "a" * 600
     body = f"258\r\n{chunk}\r\n258\r\n{chunk}\r\n0\r\n\r\n"
@@ -157,6 +145,10 @@ async def test_oversized_body_by_chunks_is_refused(make_stack):
     # No Content-Length: the limit trips while streaming, the upstream request is aborted mid-body.
     assert response.status == 413
     assert stack.upstream.received == []
+    # A failure after the allow is the request's outcome, not a second, contradictory decision.
+    records = await stack.idgate.audit_records()
+    assert [(r["event"], r.get("decision")) for r in records] == [("decision", "allow"), ("outcome", None)]
+    assert records[1]["error"] == "body_too_large"
 
 
 async def test_duplicate_host_headers_are_refused(stack):
