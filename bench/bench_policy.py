@@ -18,8 +18,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Callable
 
-from proxy.model import Identity
-from proxy.paths import normalize_path
+from proxy.core.model import Identity
+from proxy.core.paths import normalize_path
 from proxy.policy.engine import CompiledPolicy
 from proxy.policy.rules import Effect, HttpGrant, Rule, Who
 

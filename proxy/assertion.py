@@ -16,8 +16,8 @@ from cachetools import LRUCache
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from proxy.errors import ConfigError, ConfigProblem
-from proxy.model import Identity
+from proxy.core.errors import ConfigError, ConfigProblem
+from proxy.core.model import Identity
 
 ASSERTION_ISSUER = "idgate"
 

@@ -18,8 +18,8 @@ from urllib.parse import urlsplit
 
 from proxy import logs
 from proxy.config import Config, load_config
-from proxy.errors import ConfigError, ConfigProblem, IdgateError
-from proxy.model import Identity
+from proxy.core.errors import ConfigError, ConfigProblem, IdgateError
+from proxy.core.model import Identity
 from proxy.policy.engine import CompiledPolicy
 
 log = logging.getLogger("idgate")
@@ -71,7 +71,7 @@ def _report_config_error(err: ConfigError) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    from proxy.policy_store import compile_directory
+    from proxy.policy.store import compile_directory
 
     config = load_config(args.config)
     policy = compile_directory(config.policies_dir)
@@ -95,8 +95,8 @@ def identity_from_claims(config: Config, claims: dict[str, Any]) -> Identity:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from proxy.paths import normalize_path, split_target
-    from proxy.policy_store import compile_directory
+    from proxy.core.paths import normalize_path, split_target
+    from proxy.policy.store import compile_directory
 
     config = load_config(args.config)
     policy = compile_directory(config.policies_dir)
@@ -185,8 +185,8 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 
 async def _serve(config: Config, *, reuse_port: bool = False) -> None:
-    from proxy.runtime import running_services
-    from proxy.server import Listeners
+    from proxy.services import running_services
+    from proxy.app.listeners import Listeners
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

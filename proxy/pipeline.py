@@ -13,9 +13,9 @@ from typing import Any, Protocol
 from cachetools import TLRUCache
 
 from proxy.aws.credentials import AwsCredentials, Vended
-from proxy.errors import AccessDenied, AuthenticationError, IdgateError
+from proxy.core.errors import AccessDenied, AuthenticationError, IdgateError
 from proxy.metrics import Metrics
-from proxy.model import AccessRequest, Decision, Identity, Surface
+from proxy.core.model import AccessRequest, Decision, Identity, Surface
 from proxy.policy.engine import REASON_MATCHED, CompiledPolicy
 from proxy.policy.session_policy import RoleChoice, SessionPolicy, choose_role, render_session_policy
 

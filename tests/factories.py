@@ -16,7 +16,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from proxy.model import Identity
+from proxy.core.model import Identity
 
 DEFAULT_ISSUER = "https://issuer.test"
 

@@ -17,8 +17,8 @@ from aiohttp import WSMsgType, web
 
 from proxy.config import load_config
 from proxy.dev.issuer import DemoIdentity, DevIssuer
-from proxy.runtime import Services, running_services
-from proxy.server import Listeners
+from proxy.services import Services, running_services
+from proxy.app.listeners import Listeners
 
 HOST = "127.0.0.1"
 

@@ -25,7 +25,7 @@ from typing import Any
 from proxy.audit.chain import RESERVED, ChainState, seal
 from proxy.audit.sink import SegmentSink
 from proxy.config import AuditConfig
-from proxy.errors import DependencyError
+from proxy.core.errors import DependencyError
 from proxy.metrics import Metrics
 
 _log = logging.getLogger(__name__)

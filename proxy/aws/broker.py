@@ -25,9 +25,9 @@ from proxy.aws.credentials import AwsCredentials, Vended
 from proxy.aws.naming import check_request, session_identity
 from proxy.aws.sts import STS_THREADS, AssumeRequest, Sts, StsClientFactory, StsThrottled, boto3_sts_client
 from proxy.config import AwsConfig
-from proxy.errors import DependencyError, IdgateError
+from proxy.core.errors import DependencyError, IdgateError
 from proxy.metrics import Metrics
-from proxy.model import Identity
+from proxy.core.model import Identity
 from proxy.policy.session_policy import RoleChoice, SessionPolicy
 
 log = logging.getLogger("idgate.aws.broker")

@@ -7,7 +7,7 @@ import hashlib
 import re
 from dataclasses import dataclass
 
-from proxy.errors import AccessDenied
+from proxy.core.errors import AccessDenied
 from proxy.policy.session_policy import MAX_SESSION_POLICY_CHARS
 
 MIN_DURATION, MAX_DURATION = 900, 43200          # DurationSeconds (botocore checks only the minimum)

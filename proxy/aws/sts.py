@@ -31,7 +31,7 @@ from botocore.exceptions import (
 from proxy.aws.credentials import AwsCredentials
 from proxy.aws.naming import SessionIdentity
 from proxy.config import AwsConfig
-from proxy.errors import AccessDenied, DependencyError, IdgateError
+from proxy.core.errors import AccessDenied, DependencyError, IdgateError
 
 log = logging.getLogger("idgate.aws.sts")
 

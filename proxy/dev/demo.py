@@ -15,8 +15,8 @@ from proxy.dev import local_aws
 from proxy.dev.issuer import DevIssuer, require_loopback
 from proxy.dev.local_aws import LocalAws
 from proxy.dev.upstream import echo_app
-from proxy.runtime import running_services
-from proxy.server import Listeners
+from proxy.services import running_services
+from proxy.app.listeners import Listeners
 
 HOST = "127.0.0.1"
 ISSUER_PORT, UPSTREAM_PORT, PROXY_PORT, ADMIN_PORT = 9400, 9401, 8080, 9090

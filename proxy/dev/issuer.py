@@ -14,7 +14,7 @@ import jwt
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from proxy.errors import ConfigError, ConfigProblem
+from proxy.core.errors import ConfigError, ConfigProblem
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,13 +9,13 @@ from dataclasses import dataclass, field
 
 from proxy.config import LimitsConfig
 from proxy.edges._http import identity_headers, parse_host
-from proxy.errors import BadRequest, HeadersTooLarge, IdgateError
-from proxy.headers import OVERRIDE_HEADERS, is_identity_header
-from proxy.model import AccessRequest, Decision, Surface
+from proxy.core.errors import BadRequest, HeadersTooLarge, IdgateError
+from proxy.core.headers import OVERRIDE_HEADERS, is_identity_header
+from proxy.core.model import AccessRequest, Decision, Surface
 from proxy.oidc import bearer_token
-from proxy.paths import normalize_path, split_target
+from proxy.core.paths import normalize_path, split_target
 from proxy.pipeline import RejectedTarget
-from proxy.runtime import Services
+from proxy.services import Services
 
 _METHOD = re.compile(r"[A-Z]{1,16}")
 

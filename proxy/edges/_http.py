@@ -9,12 +9,12 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from proxy.errors import BadRequest
-from proxy.headers import groups_header
-from proxy.model import Decision, Surface
+from proxy.core.errors import BadRequest
+from proxy.core.headers import groups_header
+from proxy.core.model import Decision, Surface
 from proxy.oidc import bearer_token
 from proxy.pipeline import RejectedTarget
-from proxy.runtime import Services
+from proxy.services import Services
 
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("idgate_request_id", str)
 SURFACE: web.RequestKey[Surface] = web.RequestKey("idgate_surface", Surface)

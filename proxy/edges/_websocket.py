@@ -12,9 +12,9 @@ from yarl import URL
 
 from proxy.config import RouteConfig
 from proxy.edges._http import RESPONSE_STARTED
-from proxy.errors import UpstreamError
-from proxy.model import AccessRequest, Decision
-from proxy.runtime import Services
+from proxy.core.errors import UpstreamError
+from proxy.core.model import AccessRequest, Decision
+from proxy.services import Services
 
 _MAX_MESSAGE = 4 * 1024 * 1024
 

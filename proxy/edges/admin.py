@@ -6,7 +6,7 @@ from __future__ import annotations
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from proxy.runtime import SERVICES
+from proxy.services import SERVICES
 
 
 async def healthz(request: web.Request) -> web.Response:

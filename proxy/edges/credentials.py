@@ -9,12 +9,12 @@ import re
 
 from aiohttp import web
 
-from proxy.config import is_loopback
+from proxy.core.hosts import is_loopback
 from proxy.edges._http import REQUEST_ID, SURFACE, client_addr, request_host
-from proxy.errors import AccessDenied, BadRequest, DependencyError
-from proxy.model import AccessRequest, Surface
+from proxy.core.errors import AccessDenied, BadRequest, DependencyError
+from proxy.core.model import AccessRequest, Surface
 from proxy.oidc import bearer_token
-from proxy.runtime import SERVICES
+from proxy.services import SERVICES
 
 # A compact JWS as botocore sends it (no scheme); the verifier checks the shape strictly afterwards.
 _RAW_TOKEN = re.compile(r"[A-Za-z0-9_.\-]+", re.ASCII)

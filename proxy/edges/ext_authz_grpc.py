@@ -16,12 +16,13 @@ from cachetools import LRUCache
 from google.rpc.status_pb2 import Status
 
 from proxy.edges import _ext_authz
-from proxy.errors import AccessDenied, BadRequest, DependencyError, IdgateError
-from proxy.headers import request_id
-from proxy.model import Surface
+from proxy.core.errors import AccessDenied, BadRequest, DependencyError, IdgateError
+from proxy.core.headers import request_id
+from proxy.core.model import Surface
 from proxy.pipeline import RejectedTarget
-from proxy.runtime import Services
-from proxy.server import InFlight, error_parts
+from proxy.services import Services
+from proxy.edges._errors import error_parts
+from proxy.edges._in_flight import InFlight
 
 log = logging.getLogger("idgate.ext_authz_grpc")
 

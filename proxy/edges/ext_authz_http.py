@@ -7,9 +7,9 @@ from aiohttp import web
 
 from proxy.edges import _ext_authz
 from proxy.edges._http import ORIGINAL_TARGET, REQUEST_ID, SURFACE, OriginalTarget, client_addr
-from proxy.errors import AccessDenied, BadRequest
-from proxy.model import Surface
-from proxy.runtime import SERVICES
+from proxy.core.errors import AccessDenied, BadRequest
+from proxy.core.model import Surface
+from proxy.services import SERVICES
 
 # Envoy's http_service reads this response header as the list of headers to strip upstream.
 REMOVE_HEADER = "x-envoy-auth-headers-to-remove"

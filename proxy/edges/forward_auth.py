@@ -10,10 +10,10 @@ from aiohttp import web
 from proxy.edges._http import (
     ORIGINAL_TARGET, REQUEST_ID, OriginalTarget, SURFACE, authorization_token, client_addr, identity_headers, parse_host, request_host,
 )
-from proxy.errors import AccessDenied, BadRequest
-from proxy.model import AccessRequest, Surface
-from proxy.paths import normalize_path, split_target
-from proxy.runtime import SERVICES
+from proxy.core.errors import AccessDenied, BadRequest
+from proxy.core.model import AccessRequest, Surface
+from proxy.core.paths import normalize_path, split_target
+from proxy.services import SERVICES
 
 _METHOD = re.compile(r"[A-Z]{1,16}")
 

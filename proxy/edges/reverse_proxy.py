@@ -16,12 +16,12 @@ from proxy.edges._http import (
     REQUEST_ID, RESPONSE_STARTED, SURFACE, authorization_token, client_addr, identity_headers, request_host,
 )
 from proxy.edges._websocket import relay
-from proxy.errors import BadRequest, IdgateError, RequestTimeout, RequestTooLarge, UpstreamError, UpstreamTimeout
-from proxy.headers import OVERRIDE_HEADERS, clean_request_headers, clean_response_headers, forwarded_for, normalized_name
-from proxy.model import AccessRequest, Decision, Surface
-from proxy.paths import normalize_path, split_target
-from proxy.routes import RouteTable
-from proxy.runtime import SERVICES, Services
+from proxy.core.errors import BadRequest, IdgateError, RequestTimeout, RequestTooLarge, UpstreamError, UpstreamTimeout
+from proxy.core.headers import OVERRIDE_HEADERS, clean_request_headers, clean_response_headers, forwarded_for, normalized_name
+from proxy.core.model import AccessRequest, Decision, Surface
+from proxy.core.paths import normalize_path, split_target
+from proxy.edges._routes import RouteTable
+from proxy.services import SERVICES, Services
 
 CHUNK = 64 * 1024
 ROUTES: web.AppKey[RouteTable] = web.AppKey("idgate_routes", RouteTable)

@@ -8,8 +8,8 @@ from types import MappingProxyType
 from typing import Any
 
 from proxy.config import IssuerConfig
-from proxy.errors import AuthenticationError
-from proxy.model import Identity
+from proxy.core.errors import AuthenticationError
+from proxy.core.model import Identity
 
 MAX_GROUPS = 256
 

@@ -14,9 +14,9 @@ import jwt
 from cachetools import TLRUCache
 
 from proxy.config import IssuerConfig
-from proxy.errors import AuthenticationError, ConfigError, ConfigProblem, DependencyError
+from proxy.core.errors import AuthenticationError, ConfigError, ConfigProblem, DependencyError
 from proxy.metrics import Metrics
-from proxy.model import Identity
+from proxy.core.model import Identity
 from proxy.oidc.claims import identity_from_claims
 from proxy.oidc.issuer import IssuerKeys
 from proxy.oidc.keys import SUPPORTED_ALGORITHMS

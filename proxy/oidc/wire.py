@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from proxy.errors import AuthenticationError, BadRequest
+from proxy.core.errors import AuthenticationError, BadRequest
 
 # RFC 9110 auth-scheme (a tchar run) and RFC 6750 b64token; exactly one space between them.
 _AUTH_SCHEME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+", re.ASCII)

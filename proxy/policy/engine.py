@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-from proxy.errors import BadRequest, ConfigError, ConfigProblem
-from proxy.model import Decision, Identity
-from proxy.paths import normalize_path
+from proxy.core.errors import BadRequest, ConfigError, ConfigProblem
+from proxy.core.model import Decision, Identity
+from proxy.core.paths import normalize_path
 from proxy.policy.index import (
     HttpIndex,
     Pattern,
@@ -153,7 +153,7 @@ class CompiledPolicy:
         return self._by_id.get(rule_id)
 
     def decide_http(self, identity: Identity, method: str, host: str, path: str) -> Decision:
-        """Decide one HTTP request.  `path` must come from proxy.paths.normalize_path."""
+        """Decide one HTTP request.  `path` must come from proxy.core.paths.normalize_path."""
         for payload in sorted(self._index.lookup(method.upper(), canonical_host(host), path)):
             rule, matcher = self._ordered[payload]
             if matcher.matches(identity):

@@ -1,7 +1,7 @@
 """The HTTP endpoint index behind the policy engine: host → method → path-segment trie, mapping a request
 to the set of rule numbers whose http grants cover it, without looking at every rule.  Pure.
 
-Pattern semantics (paths are compared after proxy.paths normalization, case-sensitively):
+Pattern semantics (paths are compared after proxy.core.paths normalization, case-sensitively):
   * a literal segment matches itself; `*` matches exactly one non-empty segment;
   * `**` may only be the last segment and matches zero or more segments, so `/v1/orders/**` covers
     `/v1/orders` itself as well as everything below it.  This is deliberate: with "one or more", a deny

@@ -17,10 +17,10 @@ from types import MappingProxyType
 
 import yaml
 
-from proxy.config import is_host_name
-from proxy.errors import ConfigError, ConfigProblem
+from proxy.core.hosts import is_host_name
+from proxy.core.errors import ConfigError, ConfigProblem
 from proxy.policy.rules import AwsGrant, DynamoDbGrant, Effect, HttpGrant, Rule, Who
-from proxy.yamlconf import Decoder, Schema, Spot, line_of, read_yaml
+from proxy.config.decoder import Decoder, Schema, Spot, line_of, read_yaml
 
 DYNAMODB_ACTIONS = frozenset({
     "GetItem", "PutItem", "UpdateItem", "DeleteItem", "Query", "Scan", "BatchGetItem", "BatchWriteItem",

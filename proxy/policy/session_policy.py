@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from proxy.config import MAX_AWS_REGION_CHARS, MIN_BROKER_DURATION
-from proxy.errors import AccessDenied
+from proxy.core.errors import AccessDenied
 from proxy.policy.rules import DynamoDbGrant, Effect, Rule
 
 IAM_VERSION = "2012-10-17"

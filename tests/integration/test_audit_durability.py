@@ -22,7 +22,7 @@ import pytest
 
 from proxy.audit import AuditLog, segment_files, verify_files
 from proxy.config import AuditConfig
-from proxy.errors import DependencyError
+from proxy.core.errors import DependencyError
 from proxy.metrics import Metrics
 
 REPO = Path(__file__).resolve().parents[2]
@@ -252,7 +252,7 @@ _KERNEL_FAILURE_CHILD = textwrap.dedent("""
     from pathlib import Path
     from proxy.audit import AuditLog
     from proxy.config import AuditConfig
-    from proxy.errors import DependencyError
+    from proxy.core.errors import DependencyError
     from proxy.metrics import Metrics
 
     async def main() -> None:

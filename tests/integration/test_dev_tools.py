@@ -17,8 +17,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from proxy.config import load_config
 from proxy.dev.demo import ISSUER_PORT, PROXY_PORT, instructions, write_demo_config
 from proxy.dev.issuer import require_loopback
-from proxy.errors import ConfigError
-from proxy.policy_store import compile_directory
+from proxy.core.errors import ConfigError
+from proxy.policy.store import compile_directory
 from tests.servers import local_issuer
 
 REPO = Path(__file__).resolve().parents[2]

@@ -15,8 +15,8 @@ import pytest
 import trustme
 
 from proxy.config import load_config
-from proxy.errors import IdgateError
-from proxy.runtime import running_services
+from proxy.core.errors import IdgateError
+from proxy.services import running_services
 
 from tests.servers import HOST, write_config
 

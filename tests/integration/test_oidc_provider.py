@@ -12,7 +12,7 @@ import jwt
 import pytest
 
 from proxy.config import IssuerConfig
-from proxy.errors import AuthenticationError, DependencyError
+from proxy.core.errors import AuthenticationError, DependencyError
 from proxy.metrics import Metrics
 from proxy.oidc import TokenVerifier
 from tests.factories import FakeClock

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.errors import BadRequest
-from proxy.model import Decision
-from proxy.paths import normalize_path, split_target
+from proxy.core.errors import BadRequest
+from proxy.core.model import Decision
+from proxy.core.paths import normalize_path, split_target
 from proxy.policy.engine import CompiledPolicy
 from proxy.policy.rules import Effect, HttpGrant, Rule, Who
 from tests.factories import make_identity

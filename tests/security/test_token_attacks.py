@@ -16,7 +16,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from proxy.config import IssuerConfig
-from proxy.errors import AuthenticationError, ConfigError, DependencyError, IdgateError
+from proxy.core.errors import AuthenticationError, ConfigError, DependencyError, IdgateError
 from proxy.metrics import Metrics
 from proxy.oidc import TokenVerifier
 from tests.factories import (

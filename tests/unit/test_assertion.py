@@ -2,7 +2,7 @@ import jwt
 import pytest
 
 from proxy.assertion import AssertionSigner, load_signing_key
-from proxy.errors import ConfigError
+from proxy.core.errors import ConfigError
 from tests.factories import make_identity
 
 

@@ -16,7 +16,7 @@ import pytest
 from proxy.audit import AuditLog, segment_files, verify_files
 from proxy.audit.chain import GENESIS, canonical
 from proxy.config import AuditConfig
-from proxy.errors import DependencyError
+from proxy.core.errors import DependencyError
 from proxy.metrics import Metrics
 
 # 2026-11-22T23:59:59.5Z: a half second is exact in binary, so the formatted microseconds are too.

@@ -18,7 +18,7 @@ from proxy.aws.broker import (
 from proxy.aws.credentials import AwsCredentials
 from proxy.aws.sts import AssumeRequest, StsThrottled
 from proxy.config import AwsConfig
-from proxy.errors import AccessDenied, DependencyError, IdgateError
+from proxy.core.errors import AccessDenied, DependencyError, IdgateError
 from proxy.policy.rules import AwsGrant, DynamoDbGrant, Rule, Who
 from proxy.policy.session_policy import RoleChoice, choose_role, render_session_policy
 from tests.factories import make_identity

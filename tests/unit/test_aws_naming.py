@@ -15,7 +15,7 @@ from proxy.aws.naming import (
     session_name,
     tag_value,
 )
-from proxy.errors import AccessDenied
+from proxy.core.errors import AccessDenied
 
 STS_NAME = re.compile(r"[\w+=,.@-]{2,64}", re.ASCII)
 

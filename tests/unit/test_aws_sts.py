@@ -25,7 +25,7 @@ from proxy.aws.sts import (
     translate_botocore_error,
     translate_client_error,
 )
-from proxy.errors import AccessDenied, DependencyError, IdgateError
+from proxy.core.errors import AccessDenied, DependencyError, IdgateError
 
 
 def client_error(code: str, status: int = 400) -> ClientError:

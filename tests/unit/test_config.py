@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import trustme
 
-from proxy.config import (
-    ENV_ASSERTION_KEY_FILE, ENV_AUDIT_PATH, Config, IssuerConfig, check_config, is_loopback, load_config,
-)
-from proxy.errors import ConfigError, ConfigProblem
+from proxy.config import Config, IssuerConfig, check_config, load_config
+from proxy.config.schema import ENV_ASSERTION_KEY_FILE, ENV_AUDIT_PATH
+from proxy.core.hosts import is_loopback
+from proxy.core.errors import ConfigError, ConfigProblem
 
 DATA = Path(__file__).parent.parent / "data" / "config"
 REPO = Path(__file__).parent.parent.parent

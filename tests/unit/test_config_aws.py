@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from proxy.config import AwsConfig, CredentialsConfig, load_config
-from proxy.errors import ConfigError
+from proxy.core.errors import ConfigError
 
 
 def write(tmp_path: Path, body: str) -> Path:

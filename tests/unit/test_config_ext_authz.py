@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from proxy import config as config_module
+from proxy.config import load as config_module
 from proxy.config import ExtAuthzGrpcConfig, ExtAuthzHttpConfig, load_config
-from proxy.errors import ConfigError
+from proxy.core.errors import ConfigError
 
 
 def write(tmp_path: Path, body: str) -> Path:

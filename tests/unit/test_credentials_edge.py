@@ -15,8 +15,8 @@ from aiohttp.test_utils import make_mocked_request
 from proxy.config import Config, ListenerConfig, TlsConfig
 from proxy.edges import credentials
 from proxy.edges._http import REQUEST_ID
-from proxy.errors import AccessDenied, AuthenticationError, BadRequest, DependencyError
-from proxy.runtime import SERVICES
+from proxy.core.errors import AccessDenied, AuthenticationError, BadRequest, DependencyError
+from proxy.services import SERVICES
 
 JWT = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln"
 

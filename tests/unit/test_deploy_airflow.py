@@ -12,7 +12,7 @@ import yaml
 
 from proxy.config import Config, load_config
 from proxy.policy.session_policy import choose_role, render_session_policy
-from proxy.policy_store import compile_directory
+from proxy.policy.store import compile_directory
 from tests.factories import make_identity
 
 AIRFLOW = Path(__file__).resolve().parents[2] / "deploy" / "airflow"

@@ -9,7 +9,7 @@ from envoy.service.auth.v3.external_auth_pb2 import CheckRequest
 from proxy.config import LimitsConfig
 from proxy.edges import _ext_authz
 from proxy.edges.ext_authz_grpc import _check_of
-from proxy.errors import BadRequest, HeadersTooLarge
+from proxy.core.errors import BadRequest, HeadersTooLarge
 
 
 @pytest.mark.parametrize("headers,expected", [

@@ -1,4 +1,4 @@
-"""proxy.grpc_h2 against hand-made HTTP/2 frames: the happy unary call, and every way a peer can get the
+"""proxy.transport.h2.server against hand-made HTTP/2 frames: the happy unary call, and every way a peer can get the
 protocol wrong (each ends in a clean gRPC error or GOAWAY, never a handler call it should not get)."""
 
 from __future__ import annotations
@@ -11,12 +11,12 @@ from dataclasses import dataclass, field
 import hpack
 import pytest
 
-from proxy.grpc_h2 import H2GrpcServer
-from proxy.grpc_h2_frames import (
+from proxy.transport.h2.server import H2GrpcServer
+from proxy.transport.h2.frames import (
     CONTINUATION, DATA, END_HEADERS, END_STREAM, GOAWAY, HEADERS, NO_ERROR, PADDED, PING, PREFACE, RST_STREAM,
     SETTINGS, WINDOW_UPDATE,
 )
-from proxy.grpc_h2_frames import frame as _frame
+from proxy.transport.h2.frames import frame as _frame
 
 METHOD = "/envoy.service.auth.v3.Authorization/Check"
 

@@ -1,4 +1,4 @@
-"""proxy.grpc_h2 under the resource attacks of the security review (/tmp/rev): each test drives one connection's
+"""proxy.transport.h2.server under the resource attacks of the security review (/tmp/rev): each test drives one connection's
 protocol object with a fake transport and clock, and asserts the bound — work done, bytes held, GOAWAY code."""
 
 from __future__ import annotations
@@ -14,13 +14,13 @@ from typing import Any
 import hpack
 import pytest
 
-from proxy.grpc_h2 import H2GrpcProtocol, H2GrpcServer
-from proxy.grpc_h2_frames import (
+from proxy.transport.h2.server import H2GrpcProtocol, H2GrpcServer
+from proxy.transport.h2.frames import (
     CONTINUATION, DATA, END_HEADERS, END_STREAM, ENHANCE_YOUR_CALM, FLOW_CONTROL_ERROR, GOAWAY, HEADERS,
     INITIAL_WINDOW_SIZE, NO_ERROR, PING, PREFACE, REFUSED_STREAM, RST_STREAM, SETTINGS, STREAM_CLOSED,
     WINDOW_UPDATE, frame, rst_stream, settings, window_update,
 )
-from proxy.grpc_h2_limits import H2Limits
+from proxy.transport.h2.limits import H2Limits
 
 METHOD = "/envoy.service.auth.v3.Authorization/Check"
 

@@ -1,4 +1,4 @@
-from proxy.headers import (
+from proxy.core.headers import (
     TrustedProxies, clean_request_headers, clean_response_headers, forwarded_for, groups_header, request_id,
 )
 

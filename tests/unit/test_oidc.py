@@ -15,9 +15,9 @@ import aiohttp
 import pytest
 
 from proxy.config import IssuerConfig
-from proxy.errors import AuthenticationError, BadRequest, ConfigError
+from proxy.core.errors import AuthenticationError, BadRequest, ConfigError
 from proxy.metrics import Metrics
-from proxy.model import Identity
+from proxy.core.model import Identity
 from proxy.oidc import TokenVerifier, bearer_token
 from proxy.oidc.claims import MAX_GROUPS, identity_from_claims
 from proxy.oidc.keys import JwksError, parse_jwks

@@ -1,4 +1,4 @@
-"""Unit tests for proxy.paths: target splitting, normalization results and refusal reasons."""
+"""Unit tests for proxy.core.paths: target splitting, normalization results and refusal reasons."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from collections.abc import Callable
 
 import pytest
 
-from proxy.errors import BadRequest
-from proxy.paths import normalize_path, split_target
+from proxy.core.errors import BadRequest
+from proxy.core.paths import normalize_path, split_target
 
 
 def reason_of(call: Callable[[str], object], value: str) -> str:

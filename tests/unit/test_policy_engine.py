@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from proxy.errors import ConfigError
-from proxy.model import Identity
+from proxy.core.errors import ConfigError
+from proxy.core.model import Identity
 from proxy.policy.engine import CompiledPolicy, HttpExplanation
 from proxy.policy.rules import AwsGrant, DynamoDbGrant, Effect, HttpGrant, Rule, Who
 from tests.factories import DEFAULT_ISSUER, make_identity

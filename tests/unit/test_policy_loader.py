@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.errors import ConfigError, ConfigProblem
+from proxy.core.errors import ConfigError, ConfigProblem
 from proxy.policy.loader import load_policies, path_pattern_problem, policy_files
 from proxy.policy.rules import AwsGrant, DynamoDbGrant, Effect, HttpGrant, Rule, Who
 

@@ -1,5 +1,5 @@
 from proxy.metrics import Metrics
-from proxy.policy_store import PolicyStore
+from proxy.policy.store import PolicyStore
 from tests.factories import make_identity
 
 ALLOW = "rules:\n  - id: {id}\n    who: {{subject: [svc-etl-7]}}\n    http: [{{paths: [/v1/**]}}]\n"

@@ -1,8 +1,8 @@
 import pytest
 
 from proxy.config import RouteConfig
-from proxy.errors import NotFound
-from proxy.routes import RouteTable
+from proxy.core.errors import NotFound
+from proxy.edges._routes import RouteTable
 
 
 def table():

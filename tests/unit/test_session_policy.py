@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from proxy.config import MAX_AWS_REGION_CHARS
-from proxy.errors import AccessDenied, ConfigError
+from proxy.core.errors import AccessDenied, ConfigError
 from proxy.policy.engine import CompiledPolicy
 from proxy.policy.rules import AwsGrant, DynamoDbGrant, Rule, Who
 from proxy.policy.session_policy import (
@@ -20,7 +20,7 @@ from proxy.policy.session_policy import (
     role_choices,
     rule_problems,
 )
-from proxy.policy_store import compile_directory
+from proxy.policy.store import compile_directory
 
 ROLE = "arn:aws:iam::123456789012:role/etl"
 

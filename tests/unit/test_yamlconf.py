@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from proxy.errors import ConfigError
-from proxy.yamlconf import MAX_FILE_BYTES, Decoder, Schema, Spot, read_yaml, readable_file_problem
+from proxy.core.errors import ConfigError
+from proxy.config.decoder import MAX_FILE_BYTES, Decoder, Schema, Spot, read_yaml, readable_file_problem
 
 
 class Color(str, Enum):

@@ -168,7 +168,7 @@ async def test_policy_denial_is_403(direct):
 
 
 async def test_untrusted_caller_is_refused_at_connect(make_direct):
-    # Closed before any HTTP/2 (proxy.grpc_h2): no request was made, so there is no decision to audit.
+    # Closed before any HTTP/2 (proxy.transport.h2.server): no request was made, so there is no decision to audit.
     direct = await make_direct(trusted_proxies=[])
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await direct.check(check_request(direct.token))

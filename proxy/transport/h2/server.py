@@ -6,7 +6,7 @@ framing follows RFC 9113 and the HPACK state follows RFC 7541 (decoded with the 
 peer that breaks either gets GOAWAY and a closed connection, so Envoy fails closed.
 
 The loop is shared with every other idgate surface, so no peer may make it do unbounded work or hold
-unbounded memory (the numbers are proxy.grpc_h2_limits.H2Limits): streams carry their RFC 9113 state
+unbounded memory (the numbers are proxy.transport.h2.limits.H2Limits): streams carry their RFC 9113 state
 and a reset cancels the stream's handler; handler tasks are capped per connection and per server;
 resets, SETTINGS and PINGs spend rate budgets (GOAWAY ENHANCE_YOUR_CALM when spent); the receive
 windows we advertise are enforced (a connection buffers at most `connection_window` request bytes);
@@ -14,7 +14,7 @@ a peer that does not read stops being read (pause_writing); prefaces, header blo
 connections and stalled writes have deadlines; connections are capped in total and per peer.
 
 A peer that is not in config.trusted_proxies is closed in connection_made, before any HTTP/2: it is
-counted and logged at a bounded rate (proxy.grpc_h2_limits.Refusals), and it leaves no audit record,
+counted and logged at a bounded rate (proxy.transport.h2.limits.Refusals), and it leaves no audit record,
 because the audit records decisions about requests and such a peer never got to make one.
 """
 
@@ -29,15 +29,15 @@ from dataclasses import dataclass
 
 from hpack.exceptions import HPACKError
 
-from proxy.grpc_h2_frames import (
+from proxy.transport.h2.frames import (
     ACK, CANCEL, COMPRESSION_ERROR, CONTINUATION, DATA, DEFAULT_WINDOW, END_HEADERS, END_STREAM, ENHANCE_YOUR_CALM,
     FLOW_CONTROL_ERROR, FRAME_HEADER, FRAME_SIZE_ERROR, GOAWAY, GRPC_INTERNAL, GRPC_OK, GRPC_RESOURCE_EXHAUSTED,
     GRPC_UNIMPLEMENTED, HEADERS, INITIAL_WINDOW_SIZE, MAX_CONCURRENT_STREAMS, MAX_FRAME_SIZE, MAX_HEADER_LIST_SIZE,
     MAX_WINDOW, NO_ERROR, OUR_MAX_FRAME, PING, PREFACE, PROTOCOL_ERROR, PUSH_PROMISE, REFUSED_STREAM, RST_STREAM,
     SETTINGS, STREAM_CLOSED, WINDOW_UPDATE, HeaderDecoder, frame, goaway, rst_stream, settings, strip, window_update,
 )
-from proxy.grpc_h2_limits import Admission, Budget, Clock, H2Limits, Refusals
-from proxy.grpc_h2_outbox import CLOSED, HALF_CLOSED, OPEN, Outbox, Stream
+from proxy.transport.h2.limits import Admission, Budget, Clock, H2Limits, Refusals
+from proxy.transport.h2.outbox import CLOSED, HALF_CLOSED, OPEN, Outbox, Stream
 
 log = logging.getLogger("idgate.grpc")
 

@@ -44,7 +44,7 @@ class Identity:
 class AccessRequest:
     """The neutral request every surface builds before policy runs.
 
-    `path` is already normalized (see proxy.paths); `host` is lower-case without port; `route` is the
+    `path` is already normalized (see proxy.core.paths); `host` is lower-case without port; `route` is the
     configured route name the edge matched, when the surface has routes.
     """
 

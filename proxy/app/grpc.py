@@ -1,12 +1,12 @@
 """The gRPC listener for Envoy's ext_authz (optional extra `idgate[envoy]`), started and stopped with the
-HTTP listeners: proxy.grpc_h2 on idgate's event loop, calling the Check handler."""
+HTTP listeners: proxy.transport.h2.server on idgate's event loop, calling the Check handler."""
 
 from __future__ import annotations
 
 from proxy.edges.ext_authz_grpc import METHOD, SERVICE, CheckHandler
-from proxy.grpc_h2 import H2GrpcServer
-from proxy.runtime import Services
-from proxy.server import InFlight
+from proxy.transport.h2.server import H2GrpcServer
+from proxy.services import Services
+from proxy.edges._in_flight import InFlight
 
 STOP_GRACE_SECONDS = 2.0
 

@@ -7,7 +7,7 @@ import asyncio
 import logging
 from pathlib import Path
 
-from proxy.errors import ConfigError
+from proxy.core.errors import ConfigError
 from proxy.metrics import Metrics
 from proxy.policy.engine import CompiledPolicy
 from proxy.policy.loader import load_policies

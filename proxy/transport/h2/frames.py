@@ -1,4 +1,4 @@
-"""HTTP/2 frame and header-block encoding for proxy.grpc_h2 (RFC 9113 framing, RFC 7541 HPACK): the
+"""HTTP/2 frame and header-block encoding for proxy.transport.h2.server (RFC 9113 framing, RFC 7541 HPACK): the
 constants, the byte layouts we write, and the memoized decoder for the header blocks we read."""
 
 from __future__ import annotations

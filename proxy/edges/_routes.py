@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from proxy.config import RouteConfig
-from proxy.errors import NotFound
+from proxy.core.errors import NotFound
 
 
 def _prefix_matches(prefix: str, path: str) -> bool:

@@ -18,11 +18,11 @@ from proxy.audit import AuditLog
 from proxy.aws.broker import CredentialBroker, start_broker
 from proxy.aws.sts import StsClientFactory
 from proxy.config import Config
-from proxy.headers import TrustedProxies
+from proxy.core.headers import TrustedProxies
 from proxy.metrics import Metrics
 from proxy.oidc import TokenVerifier
 from proxy.pipeline import Pipeline
-from proxy.policy_store import PolicyStore
+from proxy.policy.store import PolicyStore
 
 log = logging.getLogger("idgate")
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 
-from proxy.errors import BadRequest
+from proxy.core.errors import BadRequest
 
 _UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 _HEXDIGITS = frozenset("0123456789abcdefABCDEF")

@@ -1,4 +1,4 @@
-"""The streams of one proxy.grpc_h2 connection and their answers, sent within the peer's flow-control windows
+"""The streams of one proxy.transport.h2.server connection and their answers, sent within the peer's flow-control windows
 (RFC 9113 §6.9): output that does not fit waits on its stream, never in a connection-wide list."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-from proxy.grpc_h2_frames import (
+from proxy.transport.h2.frames import (
     DATA, DEFAULT_WINDOW, END_HEADERS, END_STREAM, GRPC_OK, HEADERS, MAX_WINDOW, NO_ERROR, RESPONSE_HEADERS,
     TABLE_OFF, frame, rst_stream, trailers,
 )

@@ -1,4 +1,4 @@
-"""Resource limits for proxy.grpc_h2: the numbers (H2Limits), the rate budgets a peer spends by misbehaving,
+"""Resource limits for proxy.transport.h2.server: the numbers (H2Limits), the rate budgets a peer spends by misbehaving,
 and the server-wide admission of connections and calls, with a refusal log that cannot flood."""
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from proxy.errors import ConfigError, ConfigProblem
+from proxy.core.errors import ConfigError, ConfigProblem
 
 MAX_FILE_BYTES = 1024 * 1024
 # Values decoded per file.  A 1 MiB file holds fewer than this without aliases; with aliases it bounds the
@@ -355,4 +355,4 @@ class Decoder:
             return _INVALID
         if hint in (bool, int, float):
             return self._wrong(node, where, expected)
-        raise TypeError(f"yamlconf cannot decode {hint!r}")   # a programming error in a dataclass, not input
+        raise TypeError(f"the config decoder cannot decode {hint!r}")   # a programming error in a dataclass, not input

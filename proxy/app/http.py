@@ -1,0 +1,60 @@
+"""The aiohttp applications: the main listener's routes (forward auth, credentials, ext_authz HTTP,
+and the reverse proxy for everything else) behind the error guard, and the admin listener's."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from proxy.config import LimitsConfig
+from proxy.core.model import Surface
+from proxy.edges import admin, credentials, ext_authz_http, forward_auth, reverse_proxy
+from proxy.edges._errors import guard_middleware
+from proxy.edges._in_flight import InFlight
+from proxy.edges._routes import RouteTable
+from proxy.services import SERVICES, Services
+
+# aiohttp's own parser limits sit above idgate's, so an oversized head normally reaches the
+# middleware and gets an audited 431; only grossly oversized heads are cut off by the parser.
+_PARSER_HEADROOM = 2
+
+# The surface each route serves (the reverse proxy is the rest), known before its handler runs.
+_ROUTE_SURFACES: dict[object, Surface] = {
+    forward_auth.handle: Surface.FORWARD_AUTH, ext_authz_http.handle: Surface.EXT_AUTHZ_HTTP,
+    credentials.handle: Surface.CREDENTIALS,
+}
+
+
+def build_main_app(services: Services, in_flight: InFlight) -> web.Application:
+    app = web.Application(middlewares=[guard_middleware(services, in_flight, _ROUTE_SURFACES)], client_max_size=1024)
+    app[SERVICES] = services
+    app[reverse_proxy.ROUTES] = RouteTable(services.config.routes)
+    if services.config.forward_auth.enabled:
+        app.router.add_route("*", services.config.forward_auth.path, forward_auth.handle)
+    if services.config.credentials.enabled:
+        app.router.add_route("*", services.config.credentials.path, credentials.handle)
+    if services.config.ext_authz.http is not None:
+        # Everything under the prefix, also a target without '/', so none of it falls through to the proxy.
+        app.router.add_route("*", services.config.ext_authz.http.path_prefix + "{tail:.*}", ext_authz_http.handle)
+    app.router.add_route("*", "/{tail:.*}", reverse_proxy.handle)
+    return app
+
+
+def build_admin_app(services: Services) -> web.Application:
+    app = web.Application()
+    app[SERVICES] = services
+    admin.add_routes(app)
+    return app
+
+
+def runner_args(limits: LimitsConfig) -> dict[str, Any]:
+    """aiohttp server arguments.  aiohttp has no separate header-read timeout: its idle timer also
+    closes a connection whose request head has not completed, so it bounds slow-header clients."""
+    return {
+        "max_line_size": limits.max_line_bytes,
+        "max_field_size": limits.max_header_bytes * _PARSER_HEADROOM,
+        "max_headers": limits.max_headers * _PARSER_HEADROOM,
+        "keepalive_timeout": min(limits.header_timeout, limits.keepalive_timeout),
+        "access_log": None,
+    }

@@ -1,0 +1,158 @@
+"""The frozen shape of idgate.yaml: one dataclass per section, with defaults and the limits other
+layers rely on.  Durations are seconds (int or float); sizes are bytes (int); relative paths are
+relative to the file.  proxy.config.load turns a file into these."""
+
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True, slots=True)
+class TlsConfig:
+    cert_file: Path
+    key_file: Path
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    tls: TlsConfig | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AdminConfig:
+    host: str = "127.0.0.1"
+    port: int = 9090
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    """Edge limits applied before any handler code runs."""
+
+    max_line_bytes: int = 8190           # request line
+    max_header_bytes: int = 16384        # one header field
+    max_headers: int = 100               # number of header fields
+    header_timeout: float = 10.0         # seconds a client may take to send the request head
+    keepalive_timeout: float = 75.0
+
+
+@dataclass(frozen=True, slots=True)
+class IssuerConfig:
+    issuer: str                                   # exact `iss` value
+    audiences: tuple[str, ...]                    # required, non-empty: any-of match on `aud`
+    jwks_uri: str | None = None                   # default: from the discovery document
+    jwks_file: Path | None = None                 # local JWKS instead of fetching
+    algorithms: tuple[str, ...] = ("RS256", "ES256")
+    leeway: float = 30.0
+    require_typ: str | None = None                # e.g. "at+jwt": refuse ID tokens as access tokens
+    allowed_client_ids: tuple[str, ...] = ()      # checked against `azp` or `client_id` when non-empty
+    groups_claim: str = "groups"
+    max_token_bytes: int = 8192
+    max_age: float | None = None                  # refuse tokens whose `iat` is older than this
+    refresh_interval: float = 300.0               # background JWKS refresh
+    unknown_kid_min_interval: float = 60.0        # at most one refetch per interval on an unknown kid
+    max_stale: float = 86400.0                    # serve last-good keys this long while the issuer is down
+
+
+@dataclass(frozen=True, slots=True)
+class RouteConfig:
+    name: str
+    upstream: str                                 # http(s)://host:port, no path
+    hosts: tuple[str, ...] = ()                   # empty = any host
+    path_prefix: str = "/"
+    connect_timeout: float = 5.0
+    read_timeout: float = 60.0
+    max_body_bytes: int = 10 * 1024 * 1024
+    websocket: bool = False
+    forward_token: bool = False                   # pass the caller's Authorization upstream
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardAuthConfig:
+    enabled: bool = True
+    path: str = "/.idgate/auth"
+
+
+@dataclass(frozen=True, slots=True)
+class ExtAuthzHttpConfig:
+    path_prefix: str = "/.idgate/ext_authz"       # Envoy's http_service.path_prefix: Envoy prepends it
+
+
+@dataclass(frozen=True, slots=True)
+class ExtAuthzGrpcConfig:
+    host: str = "127.0.0.1"
+    port: int = 9191
+    max_message_bytes: int = 65536                # a CheckRequest larger than this is refused unread
+
+
+@dataclass(frozen=True, slots=True)
+class ExtAuthzConfig:
+    """Envoy external authorization; a surface is off unless its section is given."""
+
+    http: ExtAuthzHttpConfig | None = None
+    grpc: ExtAuthzGrpcConfig | None = None        # needs `pip install idgate[envoy]`
+    forward_token: bool = False                   # let the caller's Authorization reach the upstream
+
+
+@dataclass(frozen=True, slots=True)
+class AuditConfig:
+    path: Path = Path("audit/idgate-audit.jsonl")
+    rotate_bytes: int = 100 * 1024 * 1024
+    fsync: bool = True                            # False only for benchmarks / throwaway demos
+    group_commit_max_delay: float = 0.002         # seconds a record may wait for companions
+
+
+@dataclass(frozen=True, slots=True)
+class AssertionConfig:
+    key_file: Path | None = None                  # PEM EC P-256 private key; None = ephemeral per process
+    ttl: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class CredentialsConfig:
+    """The container-credentials endpoint (botocore's AWS_CONTAINER_CREDENTIALS_FULL_URI) on the main listener."""
+
+    enabled: bool = False
+    path: str = "/.idgate/credentials"
+
+
+@dataclass(frozen=True, slots=True)
+class AwsConfig:
+    region: str = "us-east-1"                     # table ARNs in session policies; the STS region
+    sts_endpoint: str | None = None               # e.g. a local moto; None = AWS (or AWS_ENDPOINT_URL_STS)
+    default_duration: int = 3600                  # seconds, for rules without aws.duration
+    sts_timeout: float = 2.0                      # connect and read timeout of one STS call
+    session_tags: bool = True                     # tag sessions with issuer and subject (needs sts:TagSession)
+    credential_cache_size: int = 10000            # cached credential sets (role, session policy, caller)
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    source: Path
+    issuers: tuple[IssuerConfig, ...]
+    policies_dir: Path
+    listen: ListenerConfig = field(default_factory=ListenerConfig)
+    admin: AdminConfig = field(default_factory=AdminConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    routes: tuple[RouteConfig, ...] = ()
+    forward_auth: ForwardAuthConfig = field(default_factory=ForwardAuthConfig)
+    ext_authz: ExtAuthzConfig = field(default_factory=ExtAuthzConfig)
+    trusted_proxies: tuple[str, ...] = ()         # CIDRs whose X-Forwarded-* / X-Original-* are believed
+    audit: AuditConfig = field(default_factory=AuditConfig)
+    assertion: AssertionConfig = field(default_factory=AssertionConfig)
+    token_cache_size: int = 10000
+    dev_mode: bool = False                        # enables `idgate token` and the demo issuer; loopback only
+    credentials: CredentialsConfig = field(default_factory=CredentialsConfig)
+    aws: AwsConfig = field(default_factory=AwsConfig)
+
+
+ALLOWED_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
+                                "ES256", "ES384", "ES512", "EdDSA"})   # never `none`, never HMAC
+MAX_LEEWAY = 300.0                    # a larger clock leeway would quietly disable `exp`
+MAX_AWS_REGION_CHARS = 20                        # the session-policy size check at policy load assumes this
+MIN_BROKER_DURATION, MAX_BROKER_DURATION = 2700, 43200   # vended credentials keep >= 30 minutes; STS max 12 h
+ENV_ASSERTION_KEY_FILE = "IDGATE_ASSERTION_KEY_FILE"
+ENV_AUDIT_PATH = "IDGATE_AUDIT_PATH"

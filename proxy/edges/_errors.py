@@ -1,0 +1,91 @@
+"""Exceptions become answers here, for every aiohttp surface: the status, the JSON body, the headers,
+the audit record of a refusal and the request metric.  Envoy's gRPC surface reuses error_parts."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from aiohttp import web
+
+from proxy.config import LimitsConfig
+from proxy.core.errors import BadRequest, DependencyError, HeadersTooLarge, IdgateError, NotFound
+from proxy.core.headers import request_id
+from proxy.core.model import Surface
+from proxy.edges._http import REQUEST_ID, RESPONSE_STARTED, SURFACE, client_addr, rejected_target
+from proxy.edges._in_flight import InFlight
+from proxy.services import Services
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def error_parts(err: IdgateError, rid: str) -> tuple[dict[str, str], dict[str, str]]:
+    """Headers and JSON body of a denial: the one mapping, also used by surfaces that answer in
+    another wire format (Envoy's gRPC DeniedHttpResponse)."""
+    headers = {"X-Request-Id": rid, "Cache-Control": "no-store"}
+    if err.status == 401:
+        error = "invalid_request" if err.reason == "missing_token" else "invalid_token"
+        headers["WWW-Authenticate"] = f'Bearer realm="idgate", error="{error}"'
+    return headers, {"code": err.code, "message": err.message, "request_id": rid}
+
+
+def error_response(err: IdgateError, rid: str) -> web.Response:
+    headers, body = error_parts(err, rid)
+    return web.json_response(body, status=err.status, headers=headers)
+
+
+def _from_aiohttp(exc: web.HTTPException) -> IdgateError:
+    if exc.status == 404:
+        return NotFound("no route for this request target", reason="no_route")
+    return BadRequest("this request target is not accepted", reason="bad_target")
+
+
+def check_head_limits(request: web.Request, limits: LimitsConfig) -> None:
+    if len(request.raw_headers) > limits.max_headers:
+        raise HeadersTooLarge("too many request headers", reason="too_many_headers")
+    for name, value in request.raw_headers:
+        if len(name) + len(value) > limits.max_header_bytes:
+            raise HeadersTooLarge("a request header is too large", reason="header_too_large")
+
+
+def guard_middleware(services: Services, in_flight: InFlight, surfaces: Mapping[object, Surface]) -> Any:
+    """The one place an aiohttp surface's IdgateError becomes its answer: audited (unless the pipeline
+    already did), failing closed to 503 when the audit cannot be written, and counted.  `surfaces` maps
+    a route's handler to the surface it serves, so a head refused before the handler runs is audited
+    under the surface it was sent to."""
+    limits = services.config.limits
+
+    @web.middleware
+    async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+        rid = request_id(request.headers.get("X-Request-Id"), trusted_peer=client_addr(request) in services.trusted)
+        request[REQUEST_ID] = rid
+        request[SURFACE] = surfaces.get(request.match_info.handler, Surface.PROXY)
+        in_flight.enter()
+        try:
+            check_head_limits(request, limits)
+            try:
+                response = await handler(request)
+            except web.HTTPException as exc:
+                # aiohttp's router refusing a target (OPTIONS *, CONNECT host:port): answered and
+                # audited like every other refusal, not with aiohttp's page.
+                raise _from_aiohttp(exc) from exc
+        except IdgateError as err:
+            if request.get(RESPONSE_STARTED):
+                raise  # the head is on the wire: aiohttp drops the connection so a partial body is visible
+            if not err.audited:
+                try:
+                    await services.pipeline.record_rejection(rejected_target(request), err)
+                except DependencyError as audit_err:
+                    err = audit_err  # fail closed: no audit, no answer but 503
+            response = error_response(err, rid)
+        finally:
+            in_flight.leave()
+        metrics = services.metrics
+        metrics.child(metrics.requests, request[SURFACE].value, "allow" if response.status < 400 else "deny",
+                      str(response.status)).inc()
+        if not response.prepared:
+            response.headers["X-Request-Id"] = rid
+            response.headers.setdefault("Server", "idgate")  # not aiohttp's version string
+        return response
+
+    return guard
