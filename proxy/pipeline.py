@@ -7,16 +7,18 @@ policy no, malformed request) is on the audit log before the client hears about 
 from __future__ import annotations
 
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from cachetools import TLRUCache
 
 from proxy.aws.credentials import AwsCredentials, Vended
-from proxy.core.errors import AccessDenied, AuthenticationError, IdgateError
+from proxy.core.errors import AccessDenied, AuthenticationError, DependencyError, IdgateError
+from proxy.core.reasons import Reason
 from proxy.metrics import Metrics
 from proxy.core.model import AccessRequest, Decision, Identity, Surface
-from proxy.policy.engine import REASON_MATCHED, CompiledPolicy
+from proxy.policy.engine import CompiledPolicy
 from proxy.policy.session_policy import RoleChoice, SessionPolicy, choose_role, render_session_policy
 
 
@@ -65,6 +67,9 @@ class Pipeline:
         self._policy = policy
         self._audit = audit
         self._metrics = metrics
+        # The errors whose record is on the audit log: kept here, not on the error, so that no edge can
+        # forget to mark one or record one twice (WeakSet: an answered error is not kept alive).
+        self._recorded: weakref.WeakSet[IdgateError] = weakref.WeakSet()
         # (token, requested role) → role and session policy: one token always yields one identity, so
         # under the same compiled policy a hit skips rule matching and rendering (the credential hot path).
         self._aws_plans: TLRUCache[tuple[str, str | None], _AwsPlan] = TLRUCache(
@@ -77,18 +82,18 @@ class Pipeline:
         identity: Identity | None = None
         try:
             if token is None:
-                raise AuthenticationError("a bearer token is required", reason="missing_token")
+                raise AuthenticationError("a bearer token is required", reason=Reason.MISSING_TOKEN)
             identity = await self._verifier.verify(token)
             decision = self._policy.current.decide_http(identity, request.method, request.host, request.path)
         except IdgateError as err:
             await self._audit.append(_decision_record(request, Decision(False, None, (err.reason,), identity)))
-            err.audited = True
+            self._recorded.add(err)
             raise
         await self._audit.append(_decision_record(request, decision))
         self._metrics.child(self._metrics.decision_seconds, request.surface.value).observe(time.perf_counter() - started)
         if not decision.allowed:
             denied = AccessDenied("the policy does not allow this request", reason=decision.reasons[0])
-            denied.audited = True
+            self._recorded.add(denied)
             raise denied
         return decision
 
@@ -103,7 +108,7 @@ class Pipeline:
         policy: SessionPolicy | None = None
         try:
             if token is None:
-                raise AuthenticationError("a bearer token is required", reason="missing_token")
+                raise AuthenticationError("a bearer token is required", reason=Reason.MISSING_TOKEN)
             identity = await self._verifier.verify(token)
             compiled = self._policy.current
             plan = self._aws_plans.get((token, role))
@@ -117,32 +122,29 @@ class Pipeline:
         except IdgateError as err:
             denied = Decision(False, choice.rule_ids[0] if choice else None, (err.reason,), identity)
             await self._audit.append(_aws_record(request, denied, role, choice, policy, None))
-            err.audited = True
+            self._recorded.add(err)
             raise
         assert identity is not None and choice is not None and policy is not None
-        decision = Decision(True, choice.rule_ids[0], (REASON_MATCHED,), identity,
-                            extras={"role_arn": choice.role_arn, "session_policy_sha256": policy.sha256})
+        decision = Decision(True, choice.rule_ids[0], (Reason.MATCHED,), identity)
         await self._audit.append(_aws_record(request, decision, role, choice, policy, vended))
         self._metrics.child(self._metrics.decision_seconds, request.surface.value).observe(time.perf_counter() - started)
         return decision, vended.credentials
 
-    async def record_rejection(self, target: RejectedTarget, err: IdgateError) -> None:
-        """Audit a request refused before it reached `authorize` (bad path, bad headers, no route)."""
-        await self._audit.append({
-            "event": "decision",
-            "request_id": target.request_id,
-            "surface": target.surface.value,
-            "decision": "deny",
-            "rule": None,
-            "reasons": [err.reason],
-            "identity": None,
-            "client": {"addr": target.client_addr},
-            "target": {"method": target.method[:16], "host": target.host[:255], "raw_path": target.raw_path[:_MAX_RAW_PATH_IN_AUDIT]},
-        })
-        err.audited = True
+    async def refuse(self, target: RejectedTarget, err: IdgateError) -> IdgateError:
+        """The error to answer a refused request with, once the refusal is on the audit log: `err` itself
+        (recorded here unless the pipeline already holds its record: a denial from `authorize`, a failure
+        from `record_failure`), or the DependencyError when the audit cannot be written (fail closed)."""
+        if err in self._recorded:
+            return err
+        try:
+            await self._audit.append(_rejection_record(target, err))
+        except DependencyError as audit_err:
+            return audit_err
+        self._recorded.add(err)
+        return err
 
     def record_outcome(self, request: AccessRequest, decision: Decision, *, status: int,
-                       bytes_in: int, bytes_out: int, duration: float, error: str | None = None) -> None:
+                       bytes_in: int, bytes_out: int, duration: float, error: Reason | None = None) -> None:
         """After acting: what actually happened.  Not awaited: the decision record already made the request durable."""
         record = {
             "event": "outcome",
@@ -157,6 +159,28 @@ class Pipeline:
         if error:
             record["error"] = error
         self._audit.append_nowait(record)
+
+    def record_failure(self, request: AccessRequest, decision: Decision, failure: IdgateError, *,
+                       bytes_in: int = 0, bytes_out: int = 0, duration: float = 0.0) -> None:
+        """An allowed request that failed while acting (upstream down, body too large, a path idgate may
+        not forward): its outcome record is the record of `failure`, which `refuse` then does not repeat."""
+        self.record_outcome(request, decision, status=failure.status, bytes_in=bytes_in, bytes_out=bytes_out,
+                            duration=duration, error=failure.reason)
+        self._recorded.add(failure)
+
+
+def _rejection_record(target: RejectedTarget, err: IdgateError) -> dict[str, Any]:
+    return {
+        "event": "decision",
+        "request_id": target.request_id,
+        "surface": target.surface.value,
+        "decision": "deny",
+        "rule": None,
+        "reasons": [err.reason],
+        "identity": None,
+        "client": {"addr": target.client_addr},
+        "target": {"method": target.method[:16], "host": target.host[:255], "raw_path": target.raw_path[:_MAX_RAW_PATH_IN_AUDIT]},
+    }
 
 
 def _decision_record(request: AccessRequest, decision: Decision) -> dict[str, Any]:

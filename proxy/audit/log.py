@@ -26,6 +26,7 @@ from proxy.audit.chain import RESERVED, ChainState, seal
 from proxy.audit.sink import SegmentSink
 from proxy.config import AuditConfig
 from proxy.core.errors import DependencyError
+from proxy.core.reasons import Reason
 from proxy.metrics import Metrics
 
 _log = logging.getLogger(__name__)
@@ -33,7 +34,6 @@ _log = logging.getLogger(__name__)
 _MAX_BATCH = 1024
 _MAX_PENDING = 10_000
 _MAX_SKIP = 1024
-_UNAVAILABLE = "audit_unavailable"
 
 
 @dataclass(slots=True)
@@ -86,7 +86,7 @@ class AuditLog:
         except OSError as exc:
             executor.shutdown(wait=False)
             _log.error("audit log cannot be opened: %s", exc)
-            raise DependencyError(f"the audit log cannot be opened: {exc}", reason=_UNAVAILABLE) from exc
+            raise DependencyError(f"the audit log cannot be opened: {exc}", reason=Reason.AUDIT_UNAVAILABLE) from exc
         self._executor, self._loop, self._wakeup = executor, loop, asyncio.Event()
         self._closing = False
         self._healthy = True
@@ -145,7 +145,7 @@ class AuditLog:
                 self._wakeup.set()
             return
         self._metrics.audit_failures.inc()
-        raise DependencyError(problem, reason=_UNAVAILABLE)
+        raise DependencyError(problem, reason=Reason.AUDIT_UNAVAILABLE)
 
     async def _run(self) -> None:
         loop, wakeup = asyncio.get_running_loop(), self._wakeup
@@ -239,5 +239,5 @@ class AuditLog:
         self._metrics.audit_failures.inc(len(items))
         for item in items:
             if item.future is not None and not item.future.done():
-                item.future.set_exception(DependencyError("the audit log is unavailable", reason=_UNAVAILABLE))
+                item.future.set_exception(DependencyError("the audit log is unavailable", reason=Reason.AUDIT_UNAVAILABLE))
 

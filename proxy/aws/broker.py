@@ -26,6 +26,7 @@ from proxy.aws.naming import check_request, session_identity
 from proxy.aws.sts import STS_THREADS, AssumeRequest, Sts, StsClientFactory, StsThrottled, boto3_sts_client
 from proxy.config import AwsConfig
 from proxy.core.errors import DependencyError, IdgateError
+from proxy.core.reasons import Reason
 from proxy.metrics import Metrics
 from proxy.core.model import Identity
 from proxy.policy.session_policy import RoleChoice, SessionPolicy
@@ -150,10 +151,10 @@ class CredentialBroker:
             remaining = credentials.remaining(self._clock())
             if remaining <= 0:
                 raise DependencyError("STS answered with credentials that have already expired",
-                                      reason="sts_expired_credentials")
+                                      reason=Reason.STS_EXPIRED_CREDENTIALS)
             if remaining < VEND_MIN_REMAINING:
                 raise DependencyError("STS answered with credentials too short-lived to vend",
-                                      reason="sts_short_lived")
+                                      reason=Reason.STS_SHORT_LIVED)
         except IdgateError:
             entry = self._cache.get(key)
             if entry is not None:

@@ -8,6 +8,7 @@ import re
 from dataclasses import dataclass
 
 from proxy.core.errors import AccessDenied
+from proxy.core.reasons import Reason
 from proxy.policy.session_policy import MAX_SESSION_POLICY_CHARS
 
 MIN_DURATION, MAX_DURATION = 900, 43200          # DurationSeconds (botocore checks only the minimum)
@@ -68,4 +69,4 @@ def check_request(who: SessionIdentity, policy: str, duration: int) -> None:
         problems.append(f"session policy over {MAX_SESSION_POLICY_CHARS} characters")
     if problems:
         raise AccessDenied("idgate cannot build a valid STS request: " + "; ".join(problems),
-                           reason="invalid_sts_request")
+                           reason=Reason.INVALID_STS_REQUEST)

@@ -32,6 +32,7 @@ from proxy.aws.credentials import AwsCredentials
 from proxy.aws.naming import SessionIdentity
 from proxy.config import AwsConfig
 from proxy.core.errors import AccessDenied, DependencyError, IdgateError
+from proxy.core.reasons import Reason
 
 log = logging.getLogger("idgate.aws.sts")
 
@@ -90,46 +91,46 @@ def translate_client_error(exc: ClientError, *, web_identity: bool) -> IdgateErr
     code = str(error.get("Code", ""))
     status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
     if code in _THROTTLED:
-        return StsThrottled("STS is throttling idgate; retry shortly", reason="sts_throttled")
+        return StsThrottled("STS is throttling idgate; retry shortly", reason=Reason.STS_THROTTLED)
     if web_identity and code in _WEB_IDENTITY_REJECTED:
-        return AccessDenied("STS refused the caller's token for this role", reason="web_identity_rejected")
+        return AccessDenied("STS refused the caller's token for this role", reason=Reason.WEB_IDENTITY_REJECTED)
     if code in _BASE_CREDENTIALS:
-        return DependencyError("idgate's own AWS credentials are expired or invalid", reason="sts_base_credentials")
+        return DependencyError("idgate's own AWS credentials are expired or invalid", reason=Reason.STS_BASE_CREDENTIALS)
     if code in ("AccessDenied", "AccessDeniedException"):
-        return AccessDenied("STS does not let idgate assume this role", reason="sts_access_denied")
+        return AccessDenied("STS does not let idgate assume this role", reason=Reason.STS_ACCESS_DENIED)
     if code == "PackedPolicyTooLarge":
-        return AccessDenied("STS found the session policy and tags too large", reason="session_policy_too_large")
+        return AccessDenied("STS found the session policy and tags too large", reason=Reason.SESSION_POLICY_TOO_LARGE)
     if code == "MalformedPolicyDocument":
-        return AccessDenied("STS rejected the session policy", reason="session_policy_rejected")
+        return AccessDenied("STS rejected the session policy", reason=Reason.SESSION_POLICY_REJECTED)
     if code == "ValidationError":
         return AccessDenied("STS rejected the request (e.g. a duration above the role's maximum)",
-                            reason="sts_rejected_request")
+                            reason=Reason.STS_REJECTED_REQUEST)
     if code in ("RegionDisabledException", "IDPCommunicationError") or status >= 500 or not code:
-        return DependencyError("STS is unavailable", reason="sts_unavailable")
-    return DependencyError("STS refused the request", reason="sts_error")
+        return DependencyError("STS is unavailable", reason=Reason.STS_UNAVAILABLE)
+    return DependencyError("STS refused the request", reason=Reason.STS_ERROR)
 
 
 def translate_botocore_error(exc: BotoCoreError) -> IdgateError:
     if isinstance(exc, (ConnectTimeoutError, ReadTimeoutError)):
-        return DependencyError("STS did not answer in time", reason="sts_timeout")
+        return DependencyError("STS did not answer in time", reason=Reason.STS_TIMEOUT)
     if isinstance(exc, (EndpointConnectionError, HTTPClientError)):
-        return DependencyError("STS is unreachable", reason="sts_unreachable")
+        return DependencyError("STS is unreachable", reason=Reason.STS_UNREACHABLE)
     if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
-        return DependencyError("idgate has no AWS credentials to call STS with", reason="sts_base_credentials")
-    return DependencyError("the STS call failed", reason="sts_error")
+        return DependencyError("idgate has no AWS credentials to call STS with", reason=Reason.STS_BASE_CREDENTIALS)
+    return DependencyError("the STS call failed", reason=Reason.STS_ERROR)
 
 
 def credentials_from_response(response: Mapping[str, Any]) -> AwsCredentials:
     """Check STS's answer has the four fields, typed as documented; DependencyError otherwise."""
     creds = response.get("Credentials")
     if not isinstance(creds, Mapping):
-        raise DependencyError("STS answered without credentials", reason="sts_bad_answer")
+        raise DependencyError("STS answered without credentials", reason=Reason.STS_BAD_ANSWER)
     fields = [creds.get(name) for name in ("AccessKeyId", "SecretAccessKey", "SessionToken")]
     expiration = creds.get("Expiration")
     if not all(isinstance(f, str) and f for f in fields) or not isinstance(expiration, datetime):
-        raise DependencyError("STS answered with incomplete credentials", reason="sts_bad_answer")
+        raise DependencyError("STS answered with incomplete credentials", reason=Reason.STS_BAD_ANSWER)
     if expiration.tzinfo is None:
-        raise DependencyError("STS answered with an expiry without a time zone", reason="sts_bad_answer")
+        raise DependencyError("STS answered with an expiry without a time zone", reason=Reason.STS_BAD_ANSWER)
     key, secret, token = (str(f) for f in fields)
     return AwsCredentials(key, secret, token, expiration.timestamp())
 

@@ -15,25 +15,24 @@
 
 Third-party exceptions are translated to these in the module that calls the library.  Messages are
 safe to show to the client: they never contain a token, a claim value or an internal address.
-`reason` is a short machine code recorded in the audit log and in `idgate check` output.
+`reason` is a short machine code from proxy.core.reasons, recorded in the audit log and in `idgate check` output.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from proxy.core.reasons import Reason
+
 
 class IdgateError(Exception):
     status: int = 500
     code: str = "internal"
 
-    def __init__(self, message: str, *, reason: str | None = None) -> None:
+    def __init__(self, message: str, *, reason: Reason) -> None:
         super().__init__(message)
         self.message = message
-        self.reason = reason or self.code
-        # Set by the pipeline once the denial is on the audit log, so the error middleware does not
-        # record the same denial twice.
-        self.audited = False
+        self.reason = reason
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +55,7 @@ class ConfigError(IdgateError):
 
     def __init__(self, problems: list[ConfigProblem]) -> None:
         self.problems = tuple(problems)
-        super().__init__("\n".join(str(p) for p in self.problems) or "invalid configuration")
+        super().__init__("\n".join(str(p) for p in self.problems) or "invalid configuration", reason=Reason.CONFIG_ERROR)
 
 
 class BadRequest(IdgateError):

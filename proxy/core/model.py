@@ -9,6 +9,8 @@ from enum import Enum
 from types import MappingProxyType
 from typing import Any
 
+from proxy.core.reasons import Reason
+
 EMPTY_CLAIMS: Mapping[str, Any] = MappingProxyType({})
 
 
@@ -20,7 +22,6 @@ class Surface(str, Enum):
     EXT_AUTHZ_HTTP = "ext_authz_http"
     EXT_AUTHZ_GRPC = "ext_authz_grpc"
     CREDENTIALS = "credentials"
-    DYNAMODB = "dynamodb"
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,8 +45,8 @@ class Identity:
 class AccessRequest:
     """The neutral request every surface builds before policy runs.
 
-    `path` is already normalized (see proxy.core.paths); `host` is lower-case without port; `route` is the
-    configured route name the edge matched, when the surface has routes.
+    `path` is already normalized (see proxy.core.paths); `host` is lower-case without port.  The query string
+    is not part of it: it never takes part in a decision, and the audit never holds it (it may carry secrets).
     """
 
     surface: Surface
@@ -54,8 +55,6 @@ class AccessRequest:
     host: str
     path: str
     client_addr: str
-    query: str = ""
-    route: str | None = None
 
     def audit_target(self) -> dict[str, Any]:
         return {"method": self.method, "host": self.host, "path": self.path}
@@ -67,6 +66,5 @@ class Decision:
 
     allowed: bool
     rule_id: str | None
-    reasons: tuple[str, ...]
+    reasons: tuple[Reason, ...]
     identity: Identity | None = None
-    extras: Mapping[str, Any] = field(default_factory=lambda: EMPTY_CLAIMS)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import re
 
 from proxy.core.errors import BadRequest
+from proxy.core.reasons import Reason
 
 _UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 _HEXDIGITS = frozenset("0123456789abcdefABCDEF")
@@ -40,12 +41,12 @@ def split_target(raw_target: str) -> tuple[str, str]:
     Absolute-form and asterisk-form targets, fragments and bytes outside printable ASCII are refused.
     """
     if not raw_target.startswith("/"):
-        raise BadRequest("request target must be an absolute path", reason="not_origin_form")
+        raise BadRequest("request target must be an absolute path", reason=Reason.NOT_ORIGIN_FORM)
     bad = _TARGET_BAD.search(raw_target)
     if bad is not None:
         if bad.group() == "#":
-            raise BadRequest("fragment in request target", reason="fragment")
-        raise BadRequest("invalid character in request target", reason="invalid_character")
+            raise BadRequest("fragment in request target", reason=Reason.FRAGMENT)
+        raise BadRequest("invalid character in request target", reason=Reason.INVALID_CHARACTER)
     path, _, query = raw_target.partition("?")
     return path, query
 
@@ -59,7 +60,7 @@ def normalize_path(raw_path: str) -> str:
     ):
         return raw_path  # the common case: nothing to decode, merge or resolve
     if not raw_path.startswith("/"):
-        raise BadRequest("path must start with '/'", reason="not_absolute_path")
+        raise BadRequest("path must start with '/'", reason=Reason.NOT_ABSOLUTE_PATH)
     if _RAW_SPECIAL.search(raw_path) is not None:
         raw_path = _canonical_raw_characters(raw_path)
 
@@ -74,7 +75,7 @@ def normalize_path(raw_path: str) -> str:
             trailing_slash = index == last and index > 0
         elif segment == "..":
             if not stack:
-                raise BadRequest("path climbs above the root", reason="path_traversal")
+                raise BadRequest("path climbs above the root", reason=Reason.PATH_TRAVERSAL)
             stack.pop()
             trailing_slash = index == last
         else:
@@ -91,15 +92,15 @@ def _canonical_raw_characters(raw_path: str) -> str:
     out: list[str] = []
     for char in raw_path:
         if char == ";":
-            raise BadRequest("path parameters (';') are not accepted", reason="path_params")
+            raise BadRequest("path parameters (';') are not accepted", reason=Reason.PATH_PARAMS)
         if char == "\\":
-            raise BadRequest("backslash in path", reason="backslash")
+            raise BadRequest("backslash in path", reason=Reason.BACKSLASH)
         if char in _ENCODE_RAW:
             out.append(f"%{ord(char):02X}")
         elif _RAW_SPECIAL.fullmatch(char) is None:
             out.append(char)
         else:
-            raise BadRequest("invalid character in path", reason="invalid_character")
+            raise BadRequest("invalid character in path", reason=Reason.INVALID_CHARACTER)
     return "".join(out)
 
 
@@ -114,18 +115,18 @@ def _decode_segment(raw_segment: str) -> str:
     for part in parts[1:]:
         hex_pair = part[:2]
         if len(hex_pair) != 2 or not _HEXDIGITS.issuperset(hex_pair):
-            raise BadRequest("malformed percent-escape in path", reason="bad_escape")
+            raise BadRequest("malformed percent-escape in path", reason=Reason.BAD_ESCAPE)
         byte = int(hex_pair, 16)
         if byte in _UNRESERVED:
             out.append(chr(byte))
         elif byte == 0x2F:
-            raise BadRequest("encoded slash in path", reason="encoded_slash")
+            raise BadRequest("encoded slash in path", reason=Reason.ENCODED_SLASH)
         elif byte == 0x5C:
-            raise BadRequest("encoded backslash in path", reason="encoded_backslash")
+            raise BadRequest("encoded backslash in path", reason=Reason.ENCODED_BACKSLASH)
         elif byte == 0x00:
-            raise BadRequest("encoded NUL in path", reason="nul")
+            raise BadRequest("encoded NUL in path", reason=Reason.NUL)
         elif byte < 0x20 or byte == 0x7F:
-            raise BadRequest("encoded control character in path", reason="control_char")
+            raise BadRequest("encoded control character in path", reason=Reason.CONTROL_CHAR)
         else:
             out.append(f"%{byte:02X}")
             has_high = has_high or byte >= 0x80
@@ -134,7 +135,7 @@ def _decode_segment(raw_segment: str) -> str:
     if _DOUBLE_ESCAPE.search(segment):
         # An escape of an escape (also one that only appears once unreserved escapes are decoded, as in
         # %25%32%46): an upstream that decodes twice would see a %2F or %2E%2E idgate never authorized.
-        raise BadRequest("double percent-encoding in path", reason="double_encoding")
+        raise BadRequest("double percent-encoding in path", reason=Reason.DOUBLE_ENCODING)
     if has_high:
         _check_utf8(parts)
     return segment
@@ -150,4 +151,4 @@ def _check_utf8(parts: list[str]) -> None:
     try:
         data.decode("utf-8")
     except UnicodeDecodeError:
-        raise BadRequest("path is not valid UTF-8", reason="invalid_utf8") from None
+        raise BadRequest("path is not valid UTF-8", reason=Reason.INVALID_UTF8) from None

@@ -9,9 +9,10 @@ from typing import Any
 from aiohttp import web
 
 from proxy.config import LimitsConfig
-from proxy.core.errors import BadRequest, DependencyError, HeadersTooLarge, IdgateError, NotFound
+from proxy.core.errors import BadRequest, HeadersTooLarge, IdgateError, NotFound
 from proxy.core.headers import request_id
 from proxy.core.model import Surface
+from proxy.core.reasons import Reason
 from proxy.edges._http import REQUEST_ID, RESPONSE_STARTED, SURFACE, client_addr, rejected_target
 from proxy.edges._in_flight import InFlight
 from proxy.services import Services
@@ -24,7 +25,7 @@ def error_parts(err: IdgateError, rid: str) -> tuple[dict[str, str], dict[str, s
     another wire format (Envoy's gRPC DeniedHttpResponse)."""
     headers = {"X-Request-Id": rid, "Cache-Control": "no-store"}
     if err.status == 401:
-        error = "invalid_request" if err.reason == "missing_token" else "invalid_token"
+        error = "invalid_request" if err.reason is Reason.MISSING_TOKEN else "invalid_token"
         headers["WWW-Authenticate"] = f'Bearer realm="idgate", error="{error}"'
     return headers, {"code": err.code, "message": err.message, "request_id": rid}
 
@@ -36,16 +37,16 @@ def error_response(err: IdgateError, rid: str) -> web.Response:
 
 def _from_aiohttp(exc: web.HTTPException) -> IdgateError:
     if exc.status == 404:
-        return NotFound("no route for this request target", reason="no_route")
-    return BadRequest("this request target is not accepted", reason="bad_target")
+        return NotFound("no route for this request target", reason=Reason.NO_ROUTE)
+    return BadRequest("this request target is not accepted", reason=Reason.BAD_TARGET)
 
 
 def check_head_limits(request: web.Request, limits: LimitsConfig) -> None:
     if len(request.raw_headers) > limits.max_headers:
-        raise HeadersTooLarge("too many request headers", reason="too_many_headers")
+        raise HeadersTooLarge("too many request headers", reason=Reason.TOO_MANY_HEADERS)
     for name, value in request.raw_headers:
         if len(name) + len(value) > limits.max_header_bytes:
-            raise HeadersTooLarge("a request header is too large", reason="header_too_large")
+            raise HeadersTooLarge("a request header is too large", reason=Reason.HEADER_TOO_LARGE)
 
 
 def guard_middleware(services: Services, in_flight: InFlight, surfaces: Mapping[object, Surface]) -> Any:
@@ -72,12 +73,7 @@ def guard_middleware(services: Services, in_flight: InFlight, surfaces: Mapping[
         except IdgateError as err:
             if request.get(RESPONSE_STARTED):
                 raise  # the head is on the wire: aiohttp drops the connection so a partial body is visible
-            if not err.audited:
-                try:
-                    await services.pipeline.record_rejection(rejected_target(request), err)
-                except DependencyError as audit_err:
-                    err = audit_err  # fail closed: no audit, no answer but 503
-            response = error_response(err, rid)
+            response = error_response(await services.pipeline.refuse(rejected_target(request), err), rid)
         finally:
             in_flight.leave()
         metrics = services.metrics

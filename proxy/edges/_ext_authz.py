@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from proxy.config import LimitsConfig
+from proxy.core.reasons import Reason
 from proxy.edges._http import identity_headers, parse_host
 from proxy.core.errors import BadRequest, HeadersTooLarge, IdgateError
 from proxy.core.headers import OVERRIDE_HEADERS, is_identity_header
@@ -58,18 +59,18 @@ def _scan(headers: Sequence[tuple[str, str]], limits: LimitsConfig) -> _Headers:
     """The head limits the main listener applies, the override-header refusal, and the headers an
     allow must act on."""
     if len(headers) > limits.max_headers:
-        raise HeadersTooLarge("too many request headers", reason="too_many_headers")
+        raise HeadersTooLarge("too many request headers", reason=Reason.TOO_MANY_HEADERS)
     found = _Headers()
     for name, value in headers:
         if len(name) + len(value) > limits.max_header_bytes:
-            raise HeadersTooLarge("a request header is too large", reason="header_too_large")
+            raise HeadersTooLarge("a request header is too large", reason=Reason.HEADER_TOO_LARGE)
         lower = name.lower()
         if lower == "authorization":
             found.authorization.append(value)
             continue
         norm = lower.replace("_", "-")   # some servers (and CGI) read both spellings as one header
         if norm in OVERRIDE_HEADERS:
-            raise BadRequest("method or URL override headers are not accepted", reason="override_header")
+            raise BadRequest("method or URL override headers are not accepted", reason=Reason.OVERRIDE_HEADER)
         if is_identity_header(norm):
             found.identity.append(lower)
     return found
@@ -95,14 +96,14 @@ def envoy_client_addr(headers: Sequence[tuple[str, str]]) -> str | None:
 def _parse(check: EnvoyCheck, limits: LimitsConfig) -> tuple[AccessRequest, str, _Headers, str | None]:
     found = _scan(check.headers, limits)
     if not _METHOD.fullmatch(check.method):
-        raise BadRequest("invalid original method", reason="bad_method")
-    raw_path, query = split_target(check.target)
+        raise BadRequest("invalid original method", reason=Reason.BAD_METHOD)
+    raw_path, _query = split_target(check.target)
     access = AccessRequest(
         surface=check.surface, request_id=check.request_id, method=check.method, host=parse_host(check.authority),
-        path=normalize_path(raw_path), client_addr=check.client_addr, query=query,
+        path=normalize_path(raw_path), client_addr=check.client_addr,
     )
     if len(found.authorization) > 1:
-        raise BadRequest("more than one Authorization header", reason="duplicate_authorization")
+        raise BadRequest("more than one Authorization header", reason=Reason.DUPLICATE_AUTHORIZATION)
     token = bearer_token(found.authorization[0] if found.authorization else None)
     return access, raw_path, found, token
 
@@ -121,17 +122,14 @@ async def authorize(services: Services, check: EnvoyCheck) -> Allowed:
     except IdgateError as err:
         target = RejectedTarget(surface=check.surface, request_id=check.request_id, client_addr=check.client_addr,
                                 method=check.method, host=check.authority, raw_path=check.target.split("?", 1)[0])
-        await services.pipeline.record_rejection(target, err)
-        raise
+        raise await services.pipeline.refuse(target, err) from None
     decision = await services.pipeline.authorize(access, token)
     if access.path != raw_path:
         # Envoy forwards the path as the client wrote it and idgate cannot rewrite it: allowing would
         # send the upstream a spelling idgate did not authorize (a `..` or `%2e` it may resolve
         # differently).  The decision record says what the policy said; the outcome, what happened.
-        refused = BadRequest("the request path is not in canonical form", reason="non_canonical_path")
-        services.pipeline.record_outcome(access, decision, status=refused.status, bytes_in=0, bytes_out=0,
-                                         duration=0.0, error=refused.reason)
-        refused.audited = True
+        refused = BadRequest("the request path is not in canonical form", reason=Reason.NON_CANONICAL_PATH)
+        services.pipeline.record_failure(access, decision, refused)
         raise refused
     set_headers = tuple((name.lower(), value) for name, value in identity_headers(services, decision, access.host))
     set_names = frozenset(name for name, _ in set_headers)

@@ -12,6 +12,7 @@ from aiohttp import web
 from proxy.core.errors import BadRequest
 from proxy.core.headers import groups_header
 from proxy.core.model import Decision, Surface
+from proxy.core.reasons import Reason
 from proxy.oidc import bearer_token
 from proxy.pipeline import RejectedTarget
 from proxy.services import Services
@@ -33,7 +34,7 @@ def parse_host(value: str) -> str:
     """A Host header value → lower-case host without port, or BadRequest."""
     match = _HOST.fullmatch(value.strip().lower().rstrip("."))
     if match is None:
-        raise BadRequest("invalid Host header", reason="bad_host")
+        raise BadRequest("invalid Host header", reason=Reason.BAD_HOST)
     return match.group("name")
 
 
@@ -41,7 +42,7 @@ def request_host(request: web.BaseRequest) -> str:
     """The single Host header: never the authority of an absolute-form request line (DESIGN §10)."""
     values = request.headers.getall("Host", [])
     if len(values) != 1:
-        raise BadRequest("exactly one Host header is required", reason="bad_host")
+        raise BadRequest("exactly one Host header is required", reason=Reason.BAD_HOST)
     return parse_host(values[0])
 
 
@@ -80,7 +81,7 @@ def authorization_token(request: web.BaseRequest) -> str | None:
     upstream might read another."""
     values = request.headers.getall("Authorization", [])
     if len(values) > 1:
-        raise BadRequest("more than one Authorization header", reason="duplicate_authorization")
+        raise BadRequest("more than one Authorization header", reason=Reason.DUPLICATE_AUTHORIZATION)
     return bearer_token(values[0] if values else None)
 
 

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from proxy.config import RouteConfig
 from proxy.core.errors import NotFound
+from proxy.core.reasons import Reason
 
 
 def _prefix_matches(prefix: str, path: str) -> bool:
@@ -27,4 +28,4 @@ class RouteTable:
                 continue
             if _prefix_matches(route.path_prefix, path):
                 return route
-        raise NotFound("no route for this host and path", reason="no_route")
+        raise NotFound("no route for this host and path", reason=Reason.NO_ROUTE)

@@ -11,6 +11,7 @@ from aiohttp import WSMsgType, web
 from yarl import URL
 
 from proxy.config import RouteConfig
+from proxy.core.reasons import Reason
 from proxy.edges._http import RESPONSE_STARTED
 from proxy.core.errors import UpstreamError
 from proxy.core.model import AccessRequest, Decision
@@ -51,10 +52,8 @@ async def relay(request: web.Request, services: Services, access: AccessRequest,
             timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=route.connect_timeout),
         )
     except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-        services.pipeline.record_outcome(access, decision, status=502, bytes_in=0, bytes_out=0,
-                                         duration=time.perf_counter() - started, error="upstream_failed")
-        failure = UpstreamError("the upstream refused the WebSocket upgrade", reason="upstream_failed")
-        failure.audited = True
+        failure = UpstreamError("the upstream refused the WebSocket upgrade", reason=Reason.UPSTREAM_FAILED)
+        services.pipeline.record_failure(access, decision, failure, duration=time.perf_counter() - started)
         raise failure from exc
     inbound: asyncio.Task[int] | None = None
     outbound: asyncio.Task[int] | None = None

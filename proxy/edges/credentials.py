@@ -10,6 +10,7 @@ import re
 from aiohttp import web
 
 from proxy.core.hosts import is_loopback
+from proxy.core.reasons import Reason
 from proxy.edges._http import REQUEST_ID, SURFACE, client_addr, request_host
 from proxy.core.errors import AccessDenied, BadRequest, DependencyError
 from proxy.core.model import AccessRequest, Surface
@@ -29,21 +30,21 @@ def container_token(values: list[str]) -> str | None:
     if not values:
         return None
     if len(values) > 1:
-        raise BadRequest("exactly one Authorization header is allowed", reason="malformed_authorization")
+        raise BadRequest("exactly one Authorization header is allowed", reason=Reason.MALFORMED_AUTHORIZATION)
     value = values[0]
     if " " in value:
         return bearer_token(value)
     if not _RAW_TOKEN.fullmatch(value):
-        raise BadRequest("malformed Authorization header", reason="malformed_authorization")
+        raise BadRequest("malformed Authorization header", reason=Reason.MALFORMED_AUTHORIZATION)
     return value
 
 
 def requested_role(request: web.Request) -> str | None:
     roles = request.query.getall("role", [])
     if len(roles) > 1 or set(request.query) - {"role"}:
-        raise BadRequest("the only query parameter is one ?role=", reason="bad_query")
+        raise BadRequest("the only query parameter is one ?role=", reason=Reason.BAD_QUERY)
     if roles and not _ROLE.fullmatch(roles[0]):
-        raise BadRequest("invalid role name", reason="bad_role")
+        raise BadRequest("invalid role name", reason=Reason.BAD_ROLE)
     return roles[0] if roles else None
 
 
@@ -53,16 +54,16 @@ async def handle(request: web.Request) -> web.Response:
     peer = client_addr(request)
     if services.config.listen.tls is None and not _is_loopback(peer):
         # botocore itself only sends plain http to loopback: anything else here would put a secret on the wire.
-        raise AccessDenied("credentials are served over plain http to loopback clients only", reason="insecure_transport")
+        raise AccessDenied("credentials are served over plain http to loopback clients only", reason=Reason.INSECURE_TRANSPORT)
     if request.method != "GET":
-        raise BadRequest("the credentials endpoint answers GET only", reason="method_not_allowed")
+        raise BadRequest("the credentials endpoint answers GET only", reason=Reason.METHOD_NOT_ALLOWED)
     broker = services.broker
     if broker is None:
-        raise DependencyError("the credential broker is not running", reason="broker_unavailable")
+        raise DependencyError("the credential broker is not running", reason=Reason.BROKER_UNAVAILABLE)
     role = requested_role(request)
     access = AccessRequest(
         surface=Surface.CREDENTIALS, request_id=request[REQUEST_ID], method="GET", host=request_host(request),
-        path=services.config.credentials.path, client_addr=peer, query=request.query_string,
+        path=services.config.credentials.path, client_addr=peer,
     )
     token = container_token(request.headers.getall("Authorization", []))
     _, credentials = await services.pipeline.authorize_aws(access, token, role, broker)

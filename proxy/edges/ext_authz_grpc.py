@@ -15,8 +15,9 @@ from google.protobuf.message import DecodeError
 from cachetools import LRUCache
 from google.rpc.status_pb2 import Status
 
+from proxy.core.reasons import Reason
 from proxy.edges import _ext_authz
-from proxy.core.errors import AccessDenied, BadRequest, DependencyError, IdgateError
+from proxy.core.errors import AccessDenied, BadRequest, IdgateError
 from proxy.core.headers import request_id
 from proxy.core.model import Surface
 from proxy.pipeline import RejectedTarget
@@ -38,18 +39,18 @@ _PERMISSION_DENIED = 7
 def _check_of(message: CheckRequest, rid: str) -> _ext_authz.EnvoyCheck:
     attributes = message.attributes
     if not attributes.request.HasField("http"):
-        raise BadRequest("the check request carries no HTTP request attributes", reason="not_http_check")
+        raise BadRequest("the check request carries no HTTP request attributes", reason=Reason.NOT_HTTP_CHECK)
     http = attributes.request.http
     if not http.path:
-        raise BadRequest("the check request has no :path", reason="missing_path")
+        raise BadRequest("the check request has no :path", reason=Reason.MISSING_PATH)
     if not http.method or not http.host:
-        raise BadRequest("the check request has no :method or :authority", reason="missing_attributes")
+        raise BadRequest("the check request has no :method or :authority", reason=Reason.MISSING_ATTRIBUTES)
     if http.header_map.headers:
         # encode_raw_headers: true sends values as bytes; a header that is not text is not a header we accept.
         try:
             pairs = [(h.key, h.raw_value.decode("ascii") if h.raw_value else h.value) for h in http.header_map.headers]
         except UnicodeDecodeError as exc:
-            raise BadRequest("a request header is not ASCII", reason="bad_header") from exc
+            raise BadRequest("a request header is not ASCII", reason=Reason.BAD_HEADER) from exc
     else:
         pairs = list(http.headers.items())
     # Pseudo-headers repeat method, path and authority, which come from their own fields.
@@ -134,11 +135,11 @@ class CheckHandler:
         target = RejectedTarget(Surface.EXT_AUTHZ_GRPC, "", peer, "", "", "")
         try:
             if not trusted:
-                raise AccessDenied("ext_authz answers trusted proxies only", reason="untrusted_peer")
+                raise AccessDenied("ext_authz answers trusted proxies only", reason=Reason.UNTRUSTED_PEER)
             try:
                 message = CheckRequest.FromString(raw)
             except DecodeError as exc:
-                raise BadRequest("the check request is not a valid CheckRequest", reason="malformed_check") from exc
+                raise BadRequest("the check request is not a valid CheckRequest", reason=Reason.MALFORMED_CHECK) from exc
             http = message.attributes.request.http
             # Envoy's x-request-id (http.id is its stream number), so the audit joins Envoy's access log;
             # believed because the peer is a trusted Envoy by now.
@@ -149,7 +150,7 @@ class CheckHandler:
             return await self._deny(err, target)
         except Exception:  # noqa: BLE001 - a bug must still answer Envoy with a denial, never an allow
             log.exception("ext_authz gRPC check failed")
-            return await self._deny(IdgateError("internal error", reason="internal"), target)
+            return await self._deny(IdgateError("internal error", reason=Reason.INTERNAL), target)
         self._allowed_count.inc()
         identity = allowed.decision.identity
         key = (allowed.set_headers, allowed.remove_headers, allowed.decision.rule_id, identity.subject if identity else None)
@@ -160,10 +161,6 @@ class CheckHandler:
 
     async def _deny(self, err: IdgateError, target: RejectedTarget) -> bytes:
         rid = target.request_id or request_id(None, trusted_peer=False)
-        if not err.audited:
-            try:
-                await self._services.pipeline.record_rejection(dataclasses.replace(target, request_id=rid), err)
-            except DependencyError as audit_err:
-                err = audit_err  # fail closed: no audit, no answer but 503
+        err = await self._services.pipeline.refuse(dataclasses.replace(target, request_id=rid), err)
         self._services.metrics.requests.labels(Surface.EXT_AUTHZ_GRPC.value, "deny", str(err.status)).inc()
         return bytes(deny_response(err, rid).SerializeToString())

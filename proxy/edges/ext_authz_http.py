@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from proxy.core.reasons import Reason
 from proxy.edges import _ext_authz
 from proxy.edges._http import ORIGINAL_TARGET, REQUEST_ID, SURFACE, OriginalTarget, client_addr
 from proxy.core.errors import AccessDenied, BadRequest
@@ -22,7 +23,7 @@ async def handle(request: web.Request) -> web.Response:
     if peer not in services.trusted:
         # The request it describes is someone else's, and so are its address headers: only a
         # configured Envoy may ask.
-        raise AccessDenied("ext_authz answers trusted proxies only", reason="untrusted_peer")
+        raise AccessDenied("ext_authz answers trusted proxies only", reason=Reason.UNTRUSTED_PEER)
     http = services.config.ext_authz.http
     assert http is not None, "the route exists only when the surface is configured"
     target = request.raw_path[len(http.path_prefix):]
@@ -30,9 +31,9 @@ async def handle(request: web.Request) -> web.Response:
     # From here on a refusal is about the original request, and is audited as such.
     request[ORIGINAL_TARGET] = OriginalTarget(request.method, hosts[0] if len(hosts) == 1 else "", target)
     if not request.raw_path.startswith(http.path_prefix) or not target.startswith("/"):
-        raise BadRequest("the check path must be path_prefix + the original path", reason="not_origin_form")
+        raise BadRequest("the check path must be path_prefix + the original path", reason=Reason.NOT_ORIGIN_FORM)
     if len(hosts) != 1:
-        raise BadRequest("exactly one Host header is required", reason="bad_host")
+        raise BadRequest("exactly one Host header is required", reason=Reason.BAD_HOST)
     headers = list(request.headers.items())
     check = _ext_authz.EnvoyCheck(
         surface=Surface.EXT_AUTHZ_HTTP, request_id=request[REQUEST_ID], method=request.method,

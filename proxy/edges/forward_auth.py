@@ -7,6 +7,7 @@ import re
 
 from aiohttp import web
 
+from proxy.core.reasons import Reason
 from proxy.edges._http import (
     ORIGINAL_TARGET, REQUEST_ID, OriginalTarget, SURFACE, authorization_token, client_addr, identity_headers, parse_host, request_host,
 )
@@ -24,7 +25,7 @@ def _one(request: web.Request, *names: str) -> str | None:
     if not found:
         return None
     if len(set(found)) != 1:
-        raise BadRequest(f"conflicting {'/'.join(names)} headers", reason="ambiguous_original_request")
+        raise BadRequest(f"conflicting {'/'.join(names)} headers", reason=Reason.AMBIGUOUS_ORIGINAL_REQUEST)
     return found[0]
 
 
@@ -35,21 +36,21 @@ async def handle(request: web.Request) -> web.Response:
     if peer not in services.trusted:
         # The original-request headers are claims about someone else's request: only a configured
         # proxy may make them.
-        raise AccessDenied("forward-auth answers trusted proxies only", reason="untrusted_peer")
+        raise AccessDenied("forward-auth answers trusted proxies only", reason=Reason.UNTRUSTED_PEER)
     method = _one(request, "X-Original-Method", "X-Forwarded-Method")
     uri = _one(request, "X-Original-URI", "X-Forwarded-Uri")
     forwarded_host = _one(request, "X-Forwarded-Host")
     # From here on a refusal is about the original request, and is audited as such.
     request[ORIGINAL_TARGET] = OriginalTarget(method or "", forwarded_host or request.headers.get("Host") or "", uri or "")
     if method is None or uri is None:
-        raise BadRequest("the original method and URI are required", reason="missing_original_request")
+        raise BadRequest("the original method and URI are required", reason=Reason.MISSING_ORIGINAL_REQUEST)
     if not _METHOD.fullmatch(method):
-        raise BadRequest("invalid original method", reason="bad_method")
+        raise BadRequest("invalid original method", reason=Reason.BAD_METHOD)
     host = parse_host(forwarded_host) if forwarded_host is not None else request_host(request)
-    raw_path, query = split_target(uri)
+    raw_path, _query = split_target(uri)
     access = AccessRequest(
         surface=Surface.FORWARD_AUTH, request_id=request[REQUEST_ID], method=method, host=host,
-        path=normalize_path(raw_path), client_addr=peer, query=query,
+        path=normalize_path(raw_path), client_addr=peer,
     )
     decision = await services.pipeline.authorize(access, authorization_token(request))
     response = web.Response(status=200)

@@ -12,6 +12,7 @@ from aiohttp import web
 from yarl import URL
 
 from proxy.config import RouteConfig
+from proxy.core.reasons import Reason
 from proxy.edges._http import (
     REQUEST_ID, RESPONSE_STARTED, SURFACE, authorization_token, client_addr, identity_headers, request_host,
 )
@@ -44,13 +45,13 @@ class _BodyCounter:
                 async with asyncio.timeout(self._idle_timeout):
                     chunk = await self._content.read(CHUNK)
             except TimeoutError:
-                self.failure = RequestTimeout("the request body stopped arriving", reason="body_timeout")
+                self.failure = RequestTimeout("the request body stopped arriving", reason=Reason.BODY_TIMEOUT)
                 raise self.failure from None
             if not chunk:
                 return
             self.count += len(chunk)
             if self.count > self._limit:
-                self.failure = RequestTooLarge("request body exceeds the route limit", reason="body_too_large")
+                self.failure = RequestTooLarge("request body exceeds the route limit", reason=Reason.BODY_TOO_LARGE)
                 raise self.failure
             yield chunk
 
@@ -58,12 +59,12 @@ class _BodyCounter:
 def _reject_override_headers(request: web.Request) -> None:
     for name in request.headers:
         if normalized_name(name) in OVERRIDE_HEADERS:
-            raise BadRequest("method or URL override headers are not accepted", reason="override_header")
+            raise BadRequest("method or URL override headers are not accepted", reason=Reason.OVERRIDE_HEADER)
 
 
 def _check_declared_length(request: web.Request, route: RouteConfig) -> None:
     if request.content_length is not None and request.content_length > route.max_body_bytes:
-        raise RequestTooLarge("request body exceeds the route limit", reason="body_too_large")
+        raise RequestTooLarge("request body exceeds the route limit", reason=Reason.BODY_TOO_LARGE)
 
 
 def _wants_websocket(request: web.Request, route: RouteConfig) -> bool:
@@ -71,9 +72,9 @@ def _wants_websocket(request: web.Request, route: RouteConfig) -> bool:
     if request.headers.get("Upgrade", "").lower() != "websocket":
         return False
     if not route.websocket:
-        raise BadRequest("this route does not accept WebSocket upgrades", reason="websocket_not_allowed")
+        raise BadRequest("this route does not accept WebSocket upgrades", reason=Reason.WEBSOCKET_NOT_ALLOWED)
     if request.method != "GET" or not web.WebSocketResponse().can_prepare(request).ok:
-        raise BadRequest("malformed WebSocket handshake", reason="bad_websocket_handshake")
+        raise BadRequest("malformed WebSocket handshake", reason=Reason.BAD_WEBSOCKET_HANDSHAKE)
     return True
 
 
@@ -122,7 +123,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
     websocket = _wants_websocket(request, route)
     access = AccessRequest(
         surface=Surface.PROXY, request_id=request[REQUEST_ID], method=request.method, host=host, path=path,
-        client_addr=client_addr(request), query=query, route=route.name,
+        client_addr=client_addr(request),
     )
     decision = await services.pipeline.authorize(access, authorization_token(request))
     url = URL(route.upstream.rstrip("/") + path + (f"?{query}" if query else ""), encoded=True)
@@ -139,7 +140,7 @@ async def _forward(request: web.Request, services: Services, access: AccessReque
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=route.connect_timeout, sock_read=route.read_timeout)
     status, bytes_out = 502, 0
     failure: IdgateError | None = None
-    error: str | None = None
+    error: Reason | None = None
     try:
         async with services.upstream.request(
             request.method, url, headers=headers, data=body.chunks() if request.body_exists else None,
@@ -161,26 +162,27 @@ async def _forward(request: web.Request, services: Services, access: AccessReque
     except ConnectionResetError:
         # The client went away mid-response (aiohttp's ClientConnectionResetError is also a ClientError,
         # so this comes first): not the upstream's fault, and nothing to answer.
-        error = "client_disconnected"
+        error = Reason.CLIENT_DISCONNECTED
         raise
     except (asyncio.TimeoutError, aiohttp.ClientError, IdgateError) as exc:
         # aiohttp may wrap an exception raised by the body generator: the body's own verdict wins.
         failure = body.failure or _upstream_failure(exc)
-        error = failure.reason
-        failure.audited = True  # the outcome record below is this request's record of the failure
         if failure is exc:
             raise
         raise failure from exc
     finally:
-        services.pipeline.record_outcome(
-            access, decision, status=failure.status if failure else status, bytes_in=body.count,
-            bytes_out=bytes_out, duration=time.perf_counter() - started, error=error,
-        )
+        duration = time.perf_counter() - started
+        if failure is not None:   # this outcome is the request's record of the failure
+            services.pipeline.record_failure(access, decision, failure, bytes_in=body.count, bytes_out=bytes_out,
+                                             duration=duration)
+        else:
+            services.pipeline.record_outcome(access, decision, status=status, bytes_in=body.count,
+                                             bytes_out=bytes_out, duration=duration, error=error)
 
 
 def _upstream_failure(exc: BaseException) -> IdgateError:
     if isinstance(exc, IdgateError):
         return exc
     if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
-        return UpstreamTimeout("the upstream did not answer in time", reason="upstream_timeout")
-    return UpstreamError("the upstream could not be reached", reason="upstream_failed")
+        return UpstreamTimeout("the upstream did not answer in time", reason=Reason.UPSTREAM_TIMEOUT)
+    return UpstreamError("the upstream could not be reached", reason=Reason.UPSTREAM_FAILED)

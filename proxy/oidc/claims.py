@@ -10,6 +10,7 @@ from typing import Any
 from proxy.config import IssuerConfig
 from proxy.core.errors import AuthenticationError
 from proxy.core.model import Identity
+from proxy.core.reasons import Reason
 
 MAX_GROUPS = 256
 
@@ -21,26 +22,26 @@ def identity_from_claims(header: Mapping[str, Any], claims: dict[str, Any], issu
     leeway = issuer.leeway
     exp = _time_claim(claims, "exp")
     if exp is None:
-        raise AuthenticationError("token has no expiry", reason="missing_claim")
+        raise AuthenticationError("token has no expiry", reason=Reason.MISSING_CLAIM)
     if now >= exp + leeway:
-        raise AuthenticationError("token has expired", reason="token_expired")
+        raise AuthenticationError("token has expired", reason=Reason.TOKEN_EXPIRED)
     nbf = _time_claim(claims, "nbf")
     if nbf is not None and now + leeway < nbf:
-        raise AuthenticationError("token is not valid yet", reason="token_not_yet_valid")
+        raise AuthenticationError("token is not valid yet", reason=Reason.TOKEN_NOT_YET_VALID)
     iat = _time_claim(claims, "iat")
     if iat is not None and now + leeway < iat:
-        raise AuthenticationError("token is issued in the future", reason="issued_in_future")
+        raise AuthenticationError("token is issued in the future", reason=Reason.ISSUED_IN_FUTURE)
     if issuer.max_age is not None:
         if iat is None:
-            raise AuthenticationError("token has no issue time", reason="missing_claim")
+            raise AuthenticationError("token has no issue time", reason=Reason.MISSING_CLAIM)
         if now - leeway > iat + issuer.max_age:
-            raise AuthenticationError("token is older than the accepted maximum age", reason="token_too_old")
+            raise AuthenticationError("token is older than the accepted maximum age", reason=Reason.TOKEN_TOO_OLD)
     audience = _audience(claims, issuer)
     subject = claims.get("sub")
     if subject is None:
-        raise AuthenticationError("token has no subject", reason="missing_claim")
+        raise AuthenticationError("token has no subject", reason=Reason.MISSING_CLAIM)
     if not isinstance(subject, str) or not subject:
-        raise AuthenticationError("token subject is not a non-empty string", reason="invalid_claim")
+        raise AuthenticationError("token subject is not a non-empty string", reason=Reason.INVALID_CLAIM)
     client_id = _client_id(claims, issuer)
     return Identity(
         issuer=issuer.issuer,
@@ -64,7 +65,7 @@ def _check_type(header: Mapping[str, Any], issuer: IssuerConfig) -> None:
         return
     typ = header.get("typ")
     if not isinstance(typ, str) or _normalize_typ(typ) != _normalize_typ(issuer.require_typ):
-        raise AuthenticationError("token is not of the required type", reason="wrong_token_type")
+        raise AuthenticationError("token is not of the required type", reason=Reason.WRONG_TOKEN_TYPE)
 
 
 def _time_claim(claims: Mapping[str, Any], name: str) -> int | float | None:
@@ -73,19 +74,19 @@ def _time_claim(claims: Mapping[str, Any], name: str) -> int | float | None:
     value = claims[name]
     # bool is an int subclass and a numeric string is what PyJWT would quietly accept: neither is a time.
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise AuthenticationError(f"token {name} claim is not a number", reason="invalid_claim")
+        raise AuthenticationError(f"token {name} claim is not a number", reason=Reason.INVALID_CLAIM)
     return value
 
 
 def _audience(claims: Mapping[str, Any], issuer: IssuerConfig) -> tuple[str, ...]:
     aud = claims.get("aud")
     if aud is None:
-        raise AuthenticationError("token has no audience", reason="missing_claim")
+        raise AuthenticationError("token has no audience", reason=Reason.MISSING_CLAIM)
     audience = (aud,) if isinstance(aud, str) else aud
     if not isinstance(audience, list | tuple) or not audience or not all(isinstance(a, str) for a in audience):
-        raise AuthenticationError("token audience is not a string or a list of strings", reason="invalid_claim")
+        raise AuthenticationError("token audience is not a string or a list of strings", reason=Reason.INVALID_CLAIM)
     if not any(a in issuer.audiences for a in audience):
-        raise AuthenticationError("token audience is not accepted", reason="bad_audience")
+        raise AuthenticationError("token audience is not accepted", reason=Reason.BAD_AUDIENCE)
     return tuple(audience)
 
 
@@ -93,12 +94,12 @@ def _client_id(claims: Mapping[str, Any], issuer: IssuerConfig) -> str | None:
     azp, client_id = claims.get("azp"), claims.get("client_id")
     for value in (azp, client_id):
         if value is not None and not isinstance(value, str):
-            raise AuthenticationError("token client id is not a string", reason="invalid_claim")
+            raise AuthenticationError("token client id is not a string", reason=Reason.INVALID_CLAIM)
     if azp is not None and client_id is not None and azp != client_id:
-        raise AuthenticationError("token azp and client_id disagree", reason="invalid_claim")
+        raise AuthenticationError("token azp and client_id disagree", reason=Reason.INVALID_CLAIM)
     chosen = azp if azp is not None else client_id
     if issuer.allowed_client_ids and chosen not in issuer.allowed_client_ids:
-        raise AuthenticationError("token client is not allowed", reason="bad_client")
+        raise AuthenticationError("token client is not allowed", reason=Reason.BAD_CLIENT)
     return chosen
 
 
@@ -109,5 +110,5 @@ def _groups(value: Any) -> tuple[str, ...]:
         return ()
     if len(value) > MAX_GROUPS:
         # Truncating could drop the very group a deny rule names: refuse instead.
-        raise AuthenticationError("token carries too many groups", reason="too_many_groups")
+        raise AuthenticationError("token carries too many groups", reason=Reason.TOO_MANY_GROUPS)
     return tuple(value)

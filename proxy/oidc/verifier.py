@@ -15,6 +15,7 @@ from cachetools import TLRUCache
 
 from proxy.config import IssuerConfig
 from proxy.core.errors import AuthenticationError, ConfigError, ConfigProblem, DependencyError
+from proxy.core.reasons import Reason
 from proxy.metrics import Metrics
 from proxy.core.model import Identity
 from proxy.oidc.claims import identity_from_claims
@@ -101,23 +102,23 @@ class TokenVerifier:
 
     async def _verify_uncached(self, token: str) -> tuple[Identity, float]:
         if len(token) > self._max_token_bytes:
-            raise AuthenticationError("token is too large", reason="token_too_large")
+            raise AuthenticationError("token is too large", reason=Reason.TOKEN_TOO_LARGE)
         jws = parse_compact_jws(token)
         iss = jws.payload.get("iss")
         keys = self._issuers.get(iss) if isinstance(iss, str) else None
         if keys is None:
-            raise AuthenticationError("token issuer is not accepted", reason="unknown_issuer")
+            raise AuthenticationError("token issuer is not accepted", reason=Reason.UNKNOWN_ISSUER)
         config = keys.config
         if len(token) > config.max_token_bytes:
-            raise AuthenticationError("token is too large", reason="token_too_large")
+            raise AuthenticationError("token is too large", reason=Reason.TOKEN_TOO_LARGE)
         alg = jws.header.get("alg")
         if not isinstance(alg, str) or alg not in config.algorithms:
-            raise AuthenticationError("token algorithm is not allowed", reason="alg_not_allowed")
+            raise AuthenticationError("token algorithm is not allowed", reason=Reason.ALG_NOT_ALLOWED)
         if any(name in jws.header for name in _UNSUPPORTED_HEADERS):
-            raise AuthenticationError("token uses an unsupported header parameter", reason="unsupported_header")
+            raise AuthenticationError("token uses an unsupported header parameter", reason=Reason.UNSUPPORTED_HEADER)
         kid = jws.header.get("kid")
         if kid is not None and not isinstance(kid, str):
-            raise AuthenticationError("token kid is not a string", reason="malformed_token")
+            raise AuthenticationError("token kid is not a string", reason=Reason.MALFORMED_TOKEN)
         key = await self._key_for(keys, kid, alg)
         self._check_signature(token, key, alg)
         now = self._clock()
@@ -134,23 +135,23 @@ class TokenVerifier:
             await keys.refresh_on_demand()
             key_set = keys.usable_keys()
             if key_set is None:
-                raise DependencyError("the token issuer's keys are unavailable", reason="issuer_unavailable")
+                raise DependencyError("the token issuer's keys are unavailable", reason=Reason.ISSUER_UNAVAILABLE)
         key = key_set.find(kid, alg)
         if key is None:
             await keys.refresh_on_demand()
             key_set = keys.usable_keys()
             key = key_set.find(kid, alg) if key_set is not None else None
         if key is None:
-            raise AuthenticationError("token signing key is not known", reason="unknown_kid")
+            raise AuthenticationError("token signing key is not known", reason=Reason.UNKNOWN_KID)
         return key
 
     def _check_signature(self, token: str, key: jwt.PyJWK, alg: str) -> None:
         try:
             self._jws.decode_complete(token, key=key, algorithms=[alg])
         except jwt.InvalidSignatureError as exc:
-            raise AuthenticationError("token signature is invalid", reason="bad_signature") from exc
+            raise AuthenticationError("token signature is invalid", reason=Reason.BAD_SIGNATURE) from exc
         except jwt.PyJWTError as exc:
-            raise AuthenticationError("token could not be verified", reason="malformed_token") from exc
+            raise AuthenticationError("token could not be verified", reason=Reason.MALFORMED_TOKEN) from exc
 
 
 def _check_issuers(issuers: Sequence[IssuerConfig]) -> None:

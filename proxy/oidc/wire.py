@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from proxy.core.errors import AuthenticationError, BadRequest
+from proxy.core.reasons import Reason
 
 # RFC 9110 auth-scheme (a tchar run) and RFC 6750 b64token; exactly one space between them.
 _AUTH_SCHEME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+", re.ASCII)
@@ -38,12 +39,12 @@ def bearer_token(authorization_header: str | None) -> str | None:
         return None
     scheme = _AUTH_SCHEME.match(authorization_header)
     if scheme is None:
-        raise BadRequest("malformed Authorization header", reason="malformed_authorization")
+        raise BadRequest("malformed Authorization header", reason=Reason.MALFORMED_AUTHORIZATION)
     if scheme.group().lower() != "bearer":
-        raise AuthenticationError("only Bearer authorization is accepted", reason="unsupported_scheme")
+        raise AuthenticationError("only Bearer authorization is accepted", reason=Reason.UNSUPPORTED_SCHEME)
     credentials = authorization_header[scheme.end():]
     if not _BEARER_CREDENTIALS.fullmatch(credentials):
-        raise BadRequest("malformed Bearer authorization", reason="malformed_authorization")
+        raise BadRequest("malformed Bearer authorization", reason=Reason.MALFORMED_AUTHORIZATION)
     return credentials[1:]
 
 
@@ -94,4 +95,4 @@ def _json_object(raw: bytes, what: str) -> dict[str, Any]:
 
 
 def _malformed(message: str) -> AuthenticationError:
-    return AuthenticationError(message, reason="malformed_token")
+    return AuthenticationError(message, reason=Reason.MALFORMED_TOKEN)

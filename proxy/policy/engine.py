@@ -17,6 +17,7 @@ from urllib.parse import quote
 
 from proxy.core.errors import BadRequest, ConfigError, ConfigProblem
 from proxy.core.model import Decision, Identity
+from proxy.core.reasons import Reason
 from proxy.core.paths import normalize_path
 from proxy.policy.index import (
     HttpIndex,
@@ -29,9 +30,6 @@ from proxy.policy.index import (
 from proxy.policy import session_policy
 from proxy.policy.rules import Effect, HttpGrant, Rule, Who
 
-REASON_MATCHED = "matched"
-REASON_DENIED = "denied_by_rule"
-REASON_NO_MATCH = "no_matching_rule"
 
 _GLOB_CHARS = frozenset("*?[")
 
@@ -158,9 +156,9 @@ class CompiledPolicy:
             rule, matcher = self._ordered[payload]
             if matcher.matches(identity):
                 if rule.effect is Effect.DENY:
-                    return Decision(False, rule.id, (REASON_DENIED,), identity)
-                return Decision(True, rule.id, (REASON_MATCHED,), identity)
-        return Decision(False, None, (REASON_NO_MATCH,), identity)
+                    return Decision(False, rule.id, (Reason.DENIED_BY_RULE,), identity)
+                return Decision(True, rule.id, (Reason.MATCHED,), identity)
+        return Decision(False, None, (Reason.NO_MATCHING_RULE,), identity)
 
     def explain_http(self, identity: Identity, method: str, host: str, path: str) -> HttpExplanation:
         """The decision plus every rule that covered the request, for humans (`idgate check`)."""

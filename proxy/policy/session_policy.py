@@ -18,6 +18,7 @@ from typing import Any
 
 from proxy.config import MAX_AWS_REGION_CHARS, MIN_BROKER_DURATION
 from proxy.core.errors import AccessDenied
+from proxy.core.reasons import Reason
 from proxy.policy.rules import DynamoDbGrant, Effect, Rule
 
 IAM_VERSION = "2012-10-17"
@@ -102,16 +103,16 @@ def choose_role(rules: Iterable[Rule], requested: str | None) -> RoleChoice:
     AccessDenied when the identity may take no role, not that one, or the choice is ambiguous."""
     choices = role_choices(rules)
     if not choices:
-        raise AccessDenied("no policy rule grants this identity an AWS role", reason="no_aws_rule")
+        raise AccessDenied("no policy rule grants this identity an AWS role", reason=Reason.NO_AWS_RULE)
     if requested is None:
         if len(choices) > 1:
-            raise AccessDenied("several roles are granted: choose one with ?role=<name>", reason="role_required")
+            raise AccessDenied("several roles are granted: choose one with ?role=<name>", reason=Reason.ROLE_REQUIRED)
         return choices[0]
     named = [c for c in choices if requested in (c.name, c.role_arn)]
     if not named:
-        raise AccessDenied("the requested role is not granted to this identity", reason="role_not_granted")
+        raise AccessDenied("the requested role is not granted to this identity", reason=Reason.ROLE_NOT_GRANTED)
     if len(named) > 1:
-        raise AccessDenied("the role name is ambiguous: give the role ARN", reason="ambiguous_role")
+        raise AccessDenied("the role name is ambiguous: give the role ARN", reason=Reason.AMBIGUOUS_ROLE)
     return named[0]
 
 
@@ -122,7 +123,7 @@ def render_session_policy(choice: RoleChoice, claims: Mapping[str, Any], region:
     policy = SessionPolicy.of(_document(choice, region, lambda name: _claim_value(claims, name)))
     if len(policy.document) > MAX_SESSION_POLICY_CHARS:
         # Load-time checks bound every rule; several rules naming one role can still add up.
-        raise AccessDenied("the session policy for this role is too large for STS", reason="session_policy_too_large")
+        raise AccessDenied("the session policy for this role is too large for STS", reason=Reason.SESSION_POLICY_TOO_LARGE)
     return policy
 
 
@@ -164,18 +165,18 @@ def _leading_key(key: str, fill: Callable[[str], str]) -> str:
 def _claim_value(claims: Mapping[str, Any], name: str) -> str:
     # Messages name the claim (it is in the policy file) but never its value.
     if name not in claims:
-        raise AccessDenied(f"the token has no '{name}' claim, which the policy needs", reason="claim_missing")
+        raise AccessDenied(f"the token has no '{name}' claim, which the policy needs", reason=Reason.CLAIM_MISSING)
     value = claims[name]
     if not isinstance(value, str):
-        raise AccessDenied(f"the token's '{name}' claim is not a string", reason="claim_not_string")
+        raise AccessDenied(f"the token's '{name}' claim is not a string", reason=Reason.CLAIM_NOT_STRING)
     if not value:
-        raise AccessDenied(f"the token's '{name}' claim is empty", reason="claim_empty")
+        raise AccessDenied(f"the token's '{name}' claim is empty", reason=Reason.CLAIM_EMPTY)
     if len(json.dumps(value, ensure_ascii=False)) - 2 > MAX_TEMPLATE_VALUE_CHARS:
-        raise AccessDenied(f"the token's '{name}' claim is too long for a session policy", reason="claim_too_long")
+        raise AccessDenied(f"the token's '{name}' claim is too long for a session policy", reason=Reason.CLAIM_TOO_LONG)
     if not _FORBIDDEN_IN_VALUE.isdisjoint(value) or not value.isprintable() or max(map(ord, value)) > 0xFF:
         # IAM policy text is limited to U+0020..U+00FF; `$`, `*`, `?` have meanings in IAM.
         raise AccessDenied(f"the token's '{name}' claim has characters a session policy cannot carry",
-                           reason="claim_unsafe")
+                           reason=Reason.CLAIM_UNSAFE)
     return value
 
 

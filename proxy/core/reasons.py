@@ -1,0 +1,121 @@
+"""The one registry of reason codes: every machine-readable "why" that idgate writes into an audit record,
+a metric label, an `idgate check` answer or a denial's metadata is a member here, so a typo is a type error
+rather than a new reason that no dashboard knows.  The values are the wire strings; never rename one."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Reason(StrEnum):
+    # --- policy decisions (proxy.policy.engine) ---
+    MATCHED = "matched"                                   # an allow rule matched and no deny rule did
+    DENIED_BY_RULE = "denied_by_rule"                     # an `effect: deny` rule matched
+    NO_MATCHING_RULE = "no_matching_rule"                 # default deny
+
+    # --- the request target (proxy.core.paths) ---
+    NOT_ABSOLUTE_PATH = "not_absolute_path"
+    FRAGMENT = "fragment"
+    NUL = "nul"
+    CONTROL_CHAR = "control_char"
+    INVALID_CHARACTER = "invalid_character"
+    BACKSLASH = "backslash"
+    BAD_ESCAPE = "bad_escape"
+    ENCODED_SLASH = "encoded_slash"
+    ENCODED_BACKSLASH = "encoded_backslash"
+    DOUBLE_ENCODING = "double_encoding"
+    INVALID_UTF8 = "invalid_utf8"
+    PATH_PARAMS = "path_params"
+    PATH_TRAVERSAL = "path_traversal"
+    NON_CANONICAL_PATH = "non_canonical_path"             # another proxy forwards a spelling idgate did not decide on
+    NOT_ORIGIN_FORM = "not_origin_form"
+    BAD_TARGET = "bad_target"                             # a target aiohttp's router refused (OPTIONS *, CONNECT)
+    NO_ROUTE = "no_route"
+
+    # --- the request head ---
+    BAD_HOST = "bad_host"
+    BAD_METHOD = "bad_method"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+    BAD_HEADER = "bad_header"
+    TOO_MANY_HEADERS = "too_many_headers"
+    HEADER_TOO_LARGE = "header_too_large"
+    OVERRIDE_HEADER = "override_header"                   # X-HTTP-Method-Override and friends
+    DUPLICATE_AUTHORIZATION = "duplicate_authorization"
+    MALFORMED_AUTHORIZATION = "malformed_authorization"
+    UNSUPPORTED_SCHEME = "unsupported_scheme"
+    UNTRUSTED_PEER = "untrusted_peer"                     # a surface for trusted proxies asked by someone else
+    MISSING_ORIGINAL_REQUEST = "missing_original_request"
+    AMBIGUOUS_ORIGINAL_REQUEST = "ambiguous_original_request"
+    WEBSOCKET_NOT_ALLOWED = "websocket_not_allowed"
+    BAD_WEBSOCKET_HANDSHAKE = "bad_websocket_handshake"
+
+    # --- the request body ---
+    BODY_TOO_LARGE = "body_too_large"
+    BODY_TIMEOUT = "body_timeout"
+
+    # --- Envoy's CheckRequest (proxy.edges.ext_authz_grpc) ---
+    MALFORMED_CHECK = "malformed_check"
+    NOT_HTTP_CHECK = "not_http_check"
+    MISSING_PATH = "missing_path"
+    MISSING_ATTRIBUTES = "missing_attributes"
+
+    # --- tokens (proxy.oidc) ---
+    MISSING_TOKEN = "missing_token"
+    TOKEN_TOO_LARGE = "token_too_large"
+    MALFORMED_TOKEN = "malformed_token"
+    UNSUPPORTED_HEADER = "unsupported_header"             # a JOSE header idgate does not accept (crit, jku, ...)
+    ALG_NOT_ALLOWED = "alg_not_allowed"
+    UNKNOWN_ISSUER = "unknown_issuer"
+    UNKNOWN_KID = "unknown_kid"
+    BAD_SIGNATURE = "bad_signature"
+    WRONG_TOKEN_TYPE = "wrong_token_type"
+    MISSING_CLAIM = "missing_claim"
+    INVALID_CLAIM = "invalid_claim"
+    BAD_AUDIENCE = "bad_audience"
+    BAD_CLIENT = "bad_client"
+    TOKEN_EXPIRED = "token_expired"
+    TOKEN_NOT_YET_VALID = "token_not_yet_valid"
+    ISSUED_IN_FUTURE = "issued_in_future"
+    TOKEN_TOO_OLD = "token_too_old"
+    TOO_MANY_GROUPS = "too_many_groups"
+    ISSUER_UNAVAILABLE = "issuer_unavailable"
+
+    # --- AWS roles and session policies (proxy.policy.session_policy, proxy.aws) ---
+    NO_AWS_RULE = "no_aws_rule"
+    ROLE_REQUIRED = "role_required"
+    ROLE_NOT_GRANTED = "role_not_granted"
+    AMBIGUOUS_ROLE = "ambiguous_role"
+    BAD_ROLE = "bad_role"
+    BAD_QUERY = "bad_query"
+    CLAIM_MISSING = "claim_missing"                       # a `${claims.x}` template names a claim the token lacks
+    CLAIM_EMPTY = "claim_empty"
+    CLAIM_NOT_STRING = "claim_not_string"
+    CLAIM_TOO_LONG = "claim_too_long"
+    CLAIM_UNSAFE = "claim_unsafe"
+    INSECURE_TRANSPORT = "insecure_transport"
+    BROKER_UNAVAILABLE = "broker_unavailable"
+    INVALID_STS_REQUEST = "invalid_sts_request"
+    SESSION_POLICY_TOO_LARGE = "session_policy_too_large"
+    SESSION_POLICY_REJECTED = "session_policy_rejected"
+    WEB_IDENTITY_REJECTED = "web_identity_rejected"
+    STS_ACCESS_DENIED = "sts_access_denied"
+    STS_REJECTED_REQUEST = "sts_rejected_request"
+    STS_THROTTLED = "sts_throttled"
+    STS_TIMEOUT = "sts_timeout"
+    STS_UNREACHABLE = "sts_unreachable"
+    STS_UNAVAILABLE = "sts_unavailable"
+    STS_ERROR = "sts_error"
+    STS_BAD_ANSWER = "sts_bad_answer"
+    STS_BASE_CREDENTIALS = "sts_base_credentials"         # idgate's own AWS credentials are missing or refused
+    STS_SHORT_LIVED = "sts_short_lived"
+    STS_EXPIRED_CREDENTIALS = "sts_expired_credentials"
+
+    # --- acting on an allow ---
+    UPSTREAM_FAILED = "upstream_failed"
+    UPSTREAM_TIMEOUT = "upstream_timeout"
+    CLIENT_DISCONNECTED = "client_disconnected"           # an outcome, never a denial
+
+    # --- idgate itself ---
+    AUDIT_UNAVAILABLE = "audit_unavailable"               # fail closed: nothing moves without its record
+    INTERNAL = "internal"
+    CONFIG_ERROR = "config_error"                         # startup only, never an answer
