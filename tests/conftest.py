@@ -7,13 +7,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.aws_moto import MotoServer
-from tests.oidc_op import OidcProvider
+from tests.harness.moto import MotoServer
+from tests.harness.oidc_provider import OidcProvider
 
 
 @pytest.fixture(scope="session")
 def oidc_provider() -> Iterator[OidcProvider]:
-    """The real node OpenID Provider (tests/oidc_provider), one process for the whole session.
+    """The real node OpenID Provider (tests/harness/oidc_provider_node), one process for the whole session.
 
     Tests that flip its outage switch must switch it back (try/finally); rotated keys stay, which
     other tests tolerate because a verifier refetches on an unknown kid.

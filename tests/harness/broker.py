@@ -17,11 +17,11 @@ import pytest
 import yaml
 
 from proxy.aws.sts import StsClientFactory
-from tests.aws_moto import ACCOUNT, REGION, MotoServer, sts_client_factory
-from tests.oidc_op import OidcProvider
-from tests.servers import HOST, LocalIssuer, RunningIdgate, local_issuer, running_idgate
+from tests.harness.moto import ACCOUNT, REGION, MotoServer, sts_client_factory
+from tests.harness.oidc_provider import OidcProvider
+from tests.harness.servers import HOST, LocalIssuer, RunningIdgate, local_issuer, running_idgate
 
-OP_AUDIENCE = "https://orders.internal"     # a resource of tests/oidc_provider/clients.json
+OP_AUDIENCE = "https://orders.internal"     # a resource of tests/harness/oidc_provider_node/clients.json
 DEV_AUDIENCE = "broker-api"
 CREDENTIALS_PATH = "/.idgate/credentials"
 ETL_ROLE = f"arn:aws:iam::{ACCOUNT}:role/etl"

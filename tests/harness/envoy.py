@@ -17,8 +17,9 @@ from typing import Any
 import aiohttp
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-DEPLOY_ENVOY = REPO / "deploy" / "envoy"
+from tests.harness.paths import DEPLOY, REPO
+
+DEPLOY_ENVOY = DEPLOY / "envoy"
 ENV_BINARY = "IDGATE_ENVOY"            # override the binary; default: the one `make test` installs
 READY_TIMEOUT = 20.0
 HOST = "127.0.0.1"

@@ -12,7 +12,7 @@ from urllib.parse import parse_qs
 
 from aiohttp import web
 
-from tests.servers import HOST, serve_app
+from tests.harness.servers import HOST, serve_app
 
 _NS = "https://sts.amazonaws.com/doc/2011-06-15/"
 

@@ -1,4 +1,4 @@
-"""Starts and drives the real OpenID Provider of tests/oidc_provider (node, oidc-provider 9.x): free
+"""Starts and drives the real OpenID Provider of tests/harness/oidc_provider_node (node, oidc-provider 9.x): free
 loopback port, polled readiness, tokens over HTTP, key rotation and JWKS outage switches."""
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from tests.processes import ManagedServer, ServerProcess
+from tests.harness.processes import ManagedServer, ServerProcess
 
-OP_DIR = Path(__file__).resolve().parent / "oidc_provider"
+OP_DIR = Path(__file__).resolve().parent / "oidc_provider_node"
 DEFAULT_CONFIG = OP_DIR / "clients.json"
 HTTP_TIMEOUT = 10.0
 # Loopback only: never route the tests' requests through a proxy named in the environment.

@@ -12,11 +12,11 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.servers import (
+from tests.harness.paths import POLICIES
+from tests.harness.servers import (
     LocalIssuer, RecordingUpstream, RunningIdgate, local_issuer, running_idgate, serve_app, write_config,
 )
 
-REPO = Path(__file__).resolve().parents[1]
 EXAMPLE_ISSUER = "http://127.0.0.1:9400"  # the demo issuer named in policies/*.yaml
 
 
@@ -24,7 +24,7 @@ def example_policies(tmp: Path, issuer: str) -> Path:
     """The shipped example policies, pointed at this test's issuer."""
     target = tmp / "policies"
     target.mkdir()
-    for source in sorted((REPO / "policies").glob("*.yaml")):
+    for source in sorted(POLICIES.glob("*.yaml")):
         (target / source.name).write_text(source.read_text().replace(EXAMPLE_ISSUER, issuer))
     return target
 

@@ -19,11 +19,14 @@ from typing import Any
 
 import jwt
 
-from tests.broker_stack import (  # noqa: F401  (fixtures)
+from tests.harness.broker import (  # noqa: F401  (fixtures)
     CREDENTIALS_PATH, BrokerStack, broker_stack, make_broker_stack, worker_env,
 )
+from tests.harness.paths import HARNESS
 
-WORKER = Path(__file__).resolve().parents[1] / "boto3_worker.py"
+# Run by path with -P: the script's folder (the harness, whose moto.py and envoy.py would shadow the real
+# packages) stays off the worker's sys.path.
+WORKER = HARNESS / "boto3_worker.py"
 
 
 class Worker:
@@ -56,7 +59,7 @@ async def test_boto3_gets_credentials_from_idgate_and_uses_them_on_moto(broker_s
     env = worker_env(tmp_path, f"{broker_stack.credentials_url}?role=etl", token_file, moto.url)
 
     process = await asyncio.create_subprocess_exec(
-        sys.executable, str(WORKER), "orders", "svc-etl-7", env=env, cwd=tmp_path,
+        sys.executable, "-P", str(WORKER), "orders", "svc-etl-7", env=env, cwd=tmp_path,
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     worker = Worker(process)
     try:

@@ -11,7 +11,7 @@ from pathlib import Path
 from proxy.audit import AuditLog
 from proxy.config import AuditConfig
 from proxy.metrics import Metrics
-from tests.servers import write_config
+from tests.harness.servers import write_config
 
 REPO = Path(__file__).resolve().parents[2]
 ISSUER = "http://127.0.0.1:9400"

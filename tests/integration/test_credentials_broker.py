@@ -16,8 +16,8 @@ from botocore.credentials import ContainerProvider
 from botocore.exceptions import CredentialRetrievalError
 from botocore.utils import ContainerMetadataFetcher
 
-from tests.aws_moto import ACCOUNT
-from tests.broker_stack import BrokerFactory, BrokerStack, broker_stack, make_broker_stack  # noqa: F401
+from tests.harness.moto import ACCOUNT
+from tests.harness.broker import BrokerFactory, BrokerStack, broker_stack, make_broker_stack  # noqa: F401
 
 ORDERS_POLICY = {
     "Version": "2012-10-17",

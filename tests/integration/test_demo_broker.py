@@ -9,10 +9,10 @@ from pathlib import Path
 
 from proxy.dev import local_aws
 from proxy.dev.local_aws import LocalAws
-from tests.broker_stack import write_broker_config
-from tests.servers import running_idgate
-from tests.servers import HOST, free_port, local_issuer
-from tests.stack import example_policies
+from tests.harness.broker import write_broker_config
+from tests.harness.servers import running_idgate
+from tests.harness.servers import HOST, free_port, local_issuer
+from tests.harness.stack import example_policies
 
 
 async def test_the_printed_one_liner_reads_the_demo_table_through_idgate(tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ from proxy.dev.demo import ISSUER_PORT, PROXY_PORT, instructions, write_demo_con
 from proxy.dev.issuer import require_loopback
 from proxy.core.errors import ConfigError
 from proxy.policy.store import compile_directory
-from tests.servers import local_issuer
+from tests.harness.servers import local_issuer
 
 REPO = Path(__file__).resolve().parents[2]
 

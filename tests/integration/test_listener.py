@@ -18,7 +18,7 @@ from proxy.config import load_config
 from proxy.core.errors import IdgateError
 from proxy.services import running_services
 
-from tests.servers import HOST, write_config
+from tests.harness.servers import HOST, write_config
 
 REPO = Path(__file__).resolve().parents[2]
 

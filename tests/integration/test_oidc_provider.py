@@ -16,7 +16,7 @@ from proxy.core.errors import AuthenticationError, DependencyError
 from proxy.metrics import Metrics
 from proxy.oidc import TokenVerifier
 from tests.factories import FakeClock
-from tests.oidc_op import OidcProvider
+from tests.harness.oidc_provider import OidcProvider
 
 ORDERS = "https://orders.internal"
 BILLING = "https://billing.internal"

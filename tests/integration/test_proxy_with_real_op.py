@@ -9,7 +9,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.servers import RecordingUpstream, RunningIdgate, running_idgate, serve_app, write_config
+from tests.harness.servers import RecordingUpstream, RunningIdgate, running_idgate, serve_app, write_config
 
 RESOURCE = "https://orders.internal"
 

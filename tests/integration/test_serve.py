@@ -12,8 +12,8 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.servers import HOST, LocalIssuer, free_port, local_issuer, write_config
-from tests.stack import example_policies
+from tests.harness.servers import HOST, LocalIssuer, free_port, local_issuer, write_config
+from tests.harness.stack import example_policies
 
 DEADLINE = 20.0
 

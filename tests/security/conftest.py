@@ -1,1 +1,1 @@
-from tests.stack import make_stack, stack  # noqa: F401  (fixtures)
+from tests.harness.stack import make_stack, stack  # noqa: F401  (fixtures)

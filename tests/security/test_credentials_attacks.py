@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from tests.broker_stack import Answer, BrokerFactory, BrokerStack, broker_stack, make_broker_stack  # noqa: F401
-from tests.fake_sts import FakeSts, fake_sts
-from tests.servers import local_issuer, refused_port
+from tests.harness.broker import Answer, BrokerFactory, BrokerStack, broker_stack, make_broker_stack  # noqa: F401
+from tests.harness.fake_sts import FakeSts, fake_sts
+from tests.harness.servers import local_issuer, refused_port
 
 CREDENTIAL_FIELDS = {"AccessKeyId", "SecretAccessKey", "Token", "Expiration"}
 

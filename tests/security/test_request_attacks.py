@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from tests.security.attack_cases import OVERRIDE_HEADERS, OVERSIZED_HEADER, PATH_TRICKS, SPOOFED_IDENTITY_HEADERS, PathTrick
-from tests.stack import Stack
-from tests.servers import raw_http
+from tests.harness.stack import Stack
+from tests.harness.servers import raw_http
 
 def raw(stack: Stack, target: str, *, token: str | None = None, extra: str = "", method: str = "GET",
         host: str = "orders.internal") -> bytes:

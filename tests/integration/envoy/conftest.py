@@ -17,11 +17,11 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from tests.envoy_harness import MODES, HOST, RunningEnvoy, load_deploy_config, render, running_envoy
-from tests.servers import (
+from tests.harness.envoy import MODES, HOST, RunningEnvoy, load_deploy_config, render, running_envoy
+from tests.harness.servers import (
     RecordingUpstream, local_issuer, running_idgate, serve_app, write_config,
 )
-from tests.stack import Stack, example_policies
+from tests.harness.stack import Stack, example_policies
 
 AUDIENCE = "orders-api"
 

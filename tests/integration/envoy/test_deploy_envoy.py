@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from proxy.config import load_config
-from tests.envoy_harness import (
+from tests.harness.envoy import (
     DEPLOY_ENVOY, MODES, REPO, ext_authz_filter, http_connection_manager, load_deploy_config, render, validate,
 )
 

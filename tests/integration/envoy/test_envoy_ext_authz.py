@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 
 from proxy.dev.issuer import DemoIdentity, DevIssuer
-from tests.servers import raw_http, refused_port
+from tests.harness.servers import raw_http, refused_port
 
 
 async def test_allowed_request_reaches_the_upstream_with_identity(envoy_stack):

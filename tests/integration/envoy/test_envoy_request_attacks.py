@@ -8,7 +8,7 @@ import pytest
 
 from tests.integration.envoy.conftest import EnvoyStack
 from tests.security.attack_cases import OVERRIDE_HEADERS, OVERSIZED_HEADER, PATH_TRICKS, SPOOFED_IDENTITY_HEADERS, PathTrick
-from tests.servers import raw_http
+from tests.harness.servers import raw_http
 
 
 def raw(s: EnvoyStack, target: str, *, token: str | None = None, extra: str = "") -> bytes:
