@@ -12,14 +12,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
 
 from proxy import logs
 from proxy.config import Config, load_config
-from proxy.core.errors import ConfigError, ConfigProblem, IdgateError
+from proxy.core.errors import AuthenticationError, ConfigError, ConfigProblem, IdgateError
 from proxy.core.model import Identity
+from proxy.core.reasons import Reason
 from proxy.policy.engine import CompiledPolicy
 
 log = logging.getLogger("idgate")
@@ -80,18 +80,25 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def identity_from_claims(config: Config, claims: dict[str, Any]) -> Identity:
+def explained_identity(config: Config, claims: dict[str, Any]) -> Identity:
+    """The Identity the server would build from these (already verified) claims: the issuer selected by
+    `iss` and the server's own subject, client and groups mapping.  Time and audience are not checked:
+    `check` explains the policy for a token, whatever its validity window."""
+    from proxy.oidc.claims import mapped_identity
+
     issuer = next((i for i in config.issuers if i.issuer == claims.get("iss")), None)
-    groups_claim = issuer.groups_claim if issuer else "groups"
-    groups = claims.get(groups_claim, [])
-    audience = claims.get("aud", [])
-    return Identity(
-        issuer=str(claims.get("iss", "")), subject=str(claims.get("sub", "")),
-        audience=tuple(audience) if isinstance(audience, list) else (str(audience),),
-        client_id=claims.get("azp") or claims.get("client_id"),
-        groups=tuple(g for g in groups if isinstance(g, str)) if isinstance(groups, list) else (),
-        expires_at=float(claims.get("exp", time.time() + 300)), claims=MappingProxyType(dict(claims)),
-    )
+    if issuer is None:
+        raise AuthenticationError("the token's iss is not a configured issuer", reason=Reason.UNKNOWN_ISSUER)
+    aud = claims.get("aud")
+    audience = (aud,) if isinstance(aud, str) else tuple(a for a in aud if isinstance(a, str)) if isinstance(aud, list) else ()
+    exp = claims.get("exp")
+    expires_at = float(exp) if isinstance(exp, int | float) and not isinstance(exp, bool) else time.time() + 300
+    return mapped_identity(claims, issuer, audience, expires_at)
+
+
+def _print_refusal(err: IdgateError) -> int:
+    print(json.dumps({"decision": "deny", "rule": None, "reasons": [err.reason], "message": err.message}, indent=2))
+    return EXIT_FAILED
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -112,13 +119,12 @@ def cmd_check(args: argparse.Namespace) -> int:
     target = url.path or "/"
     if url.query:
         target += "?" + url.query
-    identity = identity_from_claims(config, claims)
     try:
+        identity = explained_identity(config, claims)
         raw_path, _ = split_target(target)
         path = normalize_path(raw_path)
     except IdgateError as err:
-        print(json.dumps({"decision": "deny", "rule": None, "reasons": [err.reason], "message": err.message}, indent=2))
-        return EXIT_FAILED
+        return _print_refusal(err)
     explanation = policy.explain_http(identity, args.method.upper(), (url.hostname or "").lower(), path)
     decision = explanation.decision
     rule = policy.rule(decision.rule_id) if decision.rule_id else None

@@ -36,20 +36,25 @@ def identity_from_claims(header: Mapping[str, Any], claims: dict[str, Any], issu
             raise AuthenticationError("token has no issue time", reason=Reason.MISSING_CLAIM)
         if now - leeway > iat + issuer.max_age:
             raise AuthenticationError("token is older than the accepted maximum age", reason=Reason.TOKEN_TOO_OLD)
-    audience = _audience(claims, issuer)
+    return mapped_identity(claims, issuer, _audience(claims, issuer), float(exp))
+
+
+def mapped_identity(claims: Mapping[str, Any], issuer: IssuerConfig, audience: tuple[str, ...],
+                    expires_at: float) -> Identity:
+    """Subject, client and groups as policy sees them, from claims already checked for signature, type,
+    time and audience: the one mapping, shared by the verifier and `idgate check`."""
     subject = claims.get("sub")
     if subject is None:
         raise AuthenticationError("token has no subject", reason=Reason.MISSING_CLAIM)
     if not isinstance(subject, str) or not subject:
         raise AuthenticationError("token subject is not a non-empty string", reason=Reason.INVALID_CLAIM)
-    client_id = _client_id(claims, issuer)
     return Identity(
         issuer=issuer.issuer,
         subject=subject,
         audience=audience,
-        client_id=client_id,
+        client_id=_client_id(claims, issuer),
         groups=_groups(claims.get(issuer.groups_claim)),
-        expires_at=float(exp),
+        expires_at=expires_at,
         claims=MappingProxyType(claims),
     )
 

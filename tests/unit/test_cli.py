@@ -1,0 +1,66 @@
+"""`idgate check` builds the identity it explains with the server's own claim mapping, so a decision it
+prints is the decision the server would make for the same verified claims."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from proxy.cli import explained_identity
+from proxy.config import Config, IssuerConfig
+from proxy.core.errors import AuthenticationError
+from proxy.oidc.claims import MAX_GROUPS, identity_from_claims
+
+ISSUER = "http://127.0.0.1:9400"
+OTHER = "https://login.example.com"
+
+
+def config() -> Config:
+    return Config(source=Path("idgate.yaml"), policies_dir=Path("policies"), issuers=(
+        IssuerConfig(issuer=ISSUER, audiences=("idgate-demo",)),
+        IssuerConfig(issuer=OTHER, audiences=("api",), groups_claim="roles"),
+    ))
+
+
+def server_identity(claims: dict[str, object]):
+    issuer = next(i for i in config().issuers if i.issuer == claims["iss"])
+    now = time.time()
+    return identity_from_claims({}, {"aud": issuer.audiences[0], "exp": now + 300, **claims}, issuer, now)
+
+
+@pytest.mark.parametrize("claims", [
+    {"iss": ISSUER, "sub": "svc-etl-7", "groups": ["data-eng", "ops"]},
+    {"iss": ISSUER, "sub": "svc-etl-7", "groups": "data-eng"},             # a string is one group, not none
+    {"iss": ISSUER, "sub": "svc-etl-7", "groups": ["data-eng", 7]},        # not all strings: no groups at all
+    {"iss": ISSUER, "sub": "svc-etl-7"},
+    {"iss": OTHER, "sub": "alice", "roles": ["admins"], "groups": ["ignored"]},   # the issuer's groups_claim
+    {"iss": ISSUER, "sub": "svc-etl-7", "azp": "etl-client"},
+    {"iss": ISSUER, "sub": "svc-etl-7", "client_id": "etl-client"},
+], ids=["list", "string", "mixed", "none", "groups-claim", "azp", "client-id"])
+def test_check_maps_claims_exactly_as_the_server(claims):
+    explained, served = explained_identity(config(), dict(claims)), server_identity(dict(claims))
+    assert (explained.issuer, explained.subject, explained.client_id, explained.groups) == \
+           (served.issuer, served.subject, served.client_id, served.groups)
+
+
+def test_a_string_groups_claim_is_one_group():
+    assert explained_identity(config(), {"iss": ISSUER, "sub": "s", "groups": "data-eng"}).groups == ("data-eng",)
+
+
+@pytest.mark.parametrize("claims, reason", [
+    ({"iss": "https://unknown.example", "sub": "s"}, "unknown_issuer"),
+    ({"iss": ISSUER}, "missing_claim"),
+    ({"iss": ISSUER, "sub": ""}, "invalid_claim"),
+    ({"iss": ISSUER, "sub": "s", "groups": [f"g{i}" for i in range(MAX_GROUPS + 1)]}, "too_many_groups"),
+    ({"iss": ISSUER, "sub": "s", "azp": "a", "client_id": "b"}, "invalid_claim"),
+])
+def test_check_refuses_what_the_server_refuses(claims, reason):
+    with pytest.raises(AuthenticationError) as explained:
+        explained_identity(config(), claims)
+    assert explained.value.reason == reason
+    if reason != "unknown_issuer":
+        with pytest.raises(AuthenticationError) as served:
+            server_identity(claims)
+        assert served.value.reason == reason
