@@ -57,7 +57,7 @@ test: $(VENV)/.test $(OP_DIR)/node_modules/.package-lock.json $(ENVOY_STAMP)
 	$(BIN)/python -m pytest -q
 
 test-airflow: $(VENV)/.test $(OP_DIR)/node_modules/.package-lock.json $(AIRFLOW_STAMP)
-	$(BIN)/python -m pytest -q tests/airflow_dag_check.py
+	$(BIN)/python -m pytest -q tests/integration/airflow_dag_check.py
 
 bench: $(VENV)/.test $(ENVOY_STAMP)
 	$(BIN)/python bench/run.py

@@ -1,5 +1,7 @@
 """Fixtures shared by every test directory.  Keep each fixture small and say which real component
-it starts; directory-specific fixtures belong in that directory's conftest.py."""
+it starts; directory-specific fixtures belong in that directory's conftest.py.  The stacks' fixtures
+(stack, make_stack, broker_stack, make_broker_stack) are defined beside their stacks in tests/harness and
+registered here once as plugins, so no test module imports a fixture to make pytest see it."""
 
 from __future__ import annotations
 
@@ -9,6 +11,8 @@ import pytest
 
 from tests.harness.moto import MotoServer
 from tests.harness.oidc_provider import OidcProvider
+
+pytest_plugins = ["tests.harness.stack", "tests.harness.broker"]
 
 
 @pytest.fixture(scope="session")

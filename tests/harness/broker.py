@@ -1,6 +1,6 @@
 """A credential-broker stack per test: the real OpenID Provider and a development issuer for tokens, moto
 as STS (and IAM, DynamoDB), idgate in-process with the credentials endpoint on.  Fixtures for the
-integration and security tests of the broker."""
+integration and security tests of the broker, registered by tests/conftest.py (pytest_plugins)."""
 
 from __future__ import annotations
 

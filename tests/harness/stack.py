@@ -1,5 +1,5 @@
 """A full stack per test: development issuer, recording upstream, idgate with the example policies.
-Imported as fixtures by the integration and security conftests."""
+Its fixtures are registered for every test by tests/conftest.py (pytest_plugins)."""
 
 from __future__ import annotations
 

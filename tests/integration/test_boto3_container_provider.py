@@ -6,7 +6,7 @@ is shown to present the new token.
 
 This is also the code path of Airflow's AwsBaseHook with no connection (aws_conn_id=None): the hook
 builds a plain boto3 session and the default credential chain finds the container provider.  The
-example DAG's DynamoDBHook itself runs against moto in tests/airflow_dag_check.py (`make test-airflow`).
+example DAG's DynamoDBHook itself runs against moto in tests/integration/airflow_dag_check.py (`make test-airflow`).
 """
 
 from __future__ import annotations
@@ -19,9 +19,7 @@ from typing import Any
 
 import jwt
 
-from tests.harness.broker import (  # noqa: F401  (fixtures)
-    CREDENTIALS_PATH, BrokerStack, broker_stack, make_broker_stack, worker_env,
-)
+from tests.harness.broker import CREDENTIALS_PATH, BrokerStack, worker_env
 from tests.harness.paths import HARNESS
 
 # Run by path with -P: the script's folder (the harness, whose moto.py and envoy.py would shadow the real

@@ -16,8 +16,8 @@ from botocore.credentials import ContainerProvider
 from botocore.exceptions import CredentialRetrievalError
 from botocore.utils import ContainerMetadataFetcher
 
+from tests.harness.broker import BrokerFactory, BrokerStack
 from tests.harness.moto import ACCOUNT
-from tests.harness.broker import BrokerFactory, BrokerStack, broker_stack, make_broker_stack  # noqa: F401
 
 ORDERS_POLICY = {
     "Version": "2012-10-17",

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.harness.broker import Answer, BrokerFactory, BrokerStack, broker_stack, make_broker_stack  # noqa: F401
+from tests.harness.broker import Answer, BrokerFactory, BrokerStack
 from tests.harness.fake_sts import FakeSts, fake_sts
 from tests.harness.servers import local_issuer, refused_port
 

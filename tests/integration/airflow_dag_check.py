@@ -15,14 +15,13 @@ import json
 import os
 from pathlib import Path
 
-from tests.harness.broker import BrokerStack, broker_stack, make_broker_stack, worker_env  # noqa: F401
+from tests.harness.broker import BrokerStack, worker_env
+from tests.harness.paths import DEPLOY, REPO
 
-REPO = Path(__file__).resolve().parents[1]
 AIRFLOW_PYTHON = Path(os.environ.get("IDGATE_AIRFLOW_PYTHON", REPO / ".venv-airflow" / "bin" / "python"))
-DAGS = REPO / "deploy" / "airflow" / "dags"
+DAGS = DEPLOY / "airflow" / "dags"
 RUN_TASK = """
-import json, sys
-sys.path.insert(0, sys.argv[1])
+import json
 import orders_via_idgate
 item = orders_via_idgate.record_order(partition="svc-etl-7", table="orders")
 print(json.dumps(item))
@@ -39,9 +38,10 @@ async def test_the_example_dags_dynamodb_hook_runs_on_broker_credentials(broker_
     token_file.write_text(broker_stack.op_token("svc-etl-7"))
     env = worker_env(tmp_path, f"{broker_stack.credentials_url}?role=etl", token_file, moto.url)
     env["AIRFLOW_HOME"] = str(tmp_path / "airflow")
+    env["PYTHONPATH"] = str(DAGS)   # the DAG folder on the import path, as an Airflow worker has it
 
     process = await asyncio.create_subprocess_exec(
-        str(AIRFLOW_PYTHON), "-c", RUN_TASK, str(DAGS), env=env, cwd=tmp_path,
+        str(AIRFLOW_PYTHON), "-c", RUN_TASK, env=env, cwd=tmp_path,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     async with asyncio.timeout(120):
         stdout, stderr = await process.communicate()
