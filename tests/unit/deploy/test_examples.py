@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import trustme
 from cryptography.hazmat.primitives import serialization
@@ -11,9 +10,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from proxy.cli import _parser
 from proxy.config import load_config
+from tests.harness.paths import DEPLOY, POLICIES
 
-REPO = Path(__file__).resolve().parents[2]
-DEPLOY = REPO / "deploy"
 
 
 def test_example_config_loads_when_its_files_exist(tmp_path):
@@ -25,7 +23,7 @@ def test_example_config_loads_when_its_files_exist(tmp_path):
     key = ec.generate_private_key(ec.SECP256R1())
     (tmp_path / "assertion-key.pem").write_bytes(key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-    shutil.copytree(REPO / "policies", tmp_path / "policies")
+    shutil.copytree(POLICIES, tmp_path / "policies")
     text = (DEPLOY / "config" / "idgate.yaml").read_text()
     text = text.replace("/etc/idgate/", f"{tmp_path}/").replace("/var/lib/idgate/", f"{tmp_path}/")
     (tmp_path / "idgate.yaml").write_text(text)

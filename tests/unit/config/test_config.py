@@ -19,9 +19,9 @@ from proxy.config import Config, IssuerConfig, check_config, load_config
 from proxy.config.schema import ENV_ASSERTION_KEY_FILE, ENV_AUDIT_PATH
 from proxy.core.hosts import is_loopback
 from proxy.core.errors import ConfigError, ConfigProblem
+from tests.harness.paths import POLICIES, TEST_DATA
 
-DATA = Path(__file__).parent.parent / "data" / "config"
-REPO = Path(__file__).parent.parent.parent
+DATA = TEST_DATA / "config"
 _MARK = re.compile(r"ERROR(?:\(([^)]*)\))?:\s*(.*?)\s*(?=ERROR|$)")
 
 
@@ -70,7 +70,7 @@ def test_full_example_loads_with_every_value(monkeypatch: pytest.MonkeyPatch) ->
         max_stale=86400.0)
     assert prod.jwks_uri == "https://login.example.com/realms/prod/protocol/openid-connect/certs"
     assert prod.algorithms == ("PS256", "EdDSA") and prod.max_age is None
-    assert config.policies_dir.resolve() == (REPO / "policies").resolve()
+    assert config.policies_dir.resolve() == POLICIES.resolve()
     orders, reports = config.routes
     assert orders.hosts == ("orders.internal",)   # lower-cased
     assert (orders.upstream, orders.path_prefix, orders.connect_timeout) == ("http://127.0.0.1:8001", "/v1/orders", 5.0)

@@ -19,9 +19,10 @@ import pytest
 from proxy.core.errors import ConfigError, ConfigProblem
 from proxy.policy.loader import load_policies, path_pattern_problem, policy_files
 from proxy.policy.rules import AwsGrant, DynamoDbGrant, Effect, HttpGrant, Rule, Who
+from tests.harness.paths import POLICIES, TEST_DATA
 
-DATA = Path(__file__).parent.parent / "data" / "policies"
-SHIPPED = Path(__file__).parent.parent.parent / "policies"
+DATA = TEST_DATA / "policies"
+SHIPPED = POLICIES
 DEMO_ISSUER = "http://127.0.0.1:9400"
 _MARK = re.compile(r"ERROR(?:\(([^)]*)\))?:\s*(.*?)\s*(?=ERROR|$)")
 

@@ -21,6 +21,7 @@ from proxy.policy.session_policy import (
     rule_problems,
 )
 from proxy.policy.store import compile_directory
+from tests.harness.paths import POLICIES
 
 ROLE = "arn:aws:iam::123456789012:role/etl"
 
@@ -192,5 +193,5 @@ def test_check_config_path_reports_aws_problems_with_file_line_and_rule(tmp_path
 
 
 def test_shipped_example_policies_compile() -> None:
-    policy = CompiledPolicy.compile(compile_directory(Path(__file__).resolve().parents[2] / "policies").rules)
+    policy = CompiledPolicy.compile(compile_directory(POLICIES).rules)
     assert policy.rule("etl-orders-table") is not None

@@ -14,8 +14,9 @@ from proxy.config import Config, load_config
 from proxy.policy.session_policy import choose_role, render_session_policy
 from proxy.policy.store import compile_directory
 from tests.factories import make_identity
+from tests.harness.paths import DEPLOY
 
-AIRFLOW = Path(__file__).resolve().parents[2] / "deploy" / "airflow"
+AIRFLOW = DEPLOY / "airflow"
 STATIC_KEY_VARIABLES = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
                         "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_CONTAINER_AUTHORIZATION_TOKEN"}
 
