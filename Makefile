@@ -60,7 +60,7 @@ test-airflow: $(VENV)/.test $(OP_DIR)/node_modules/.package-lock.json $(AIRFLOW_
 	$(BIN)/python -m pytest -q tests/integration/airflow_dag_check.py
 
 bench: $(VENV)/.test $(ENVOY_STAMP)
-	$(BIN)/python bench/run.py
+	$(BIN)/python -m bench.run
 
 check-config: $(VENV)/.runtime
 	$(BIN)/idgate check-config --config $(or $(CONFIG),idgate.yaml)

@@ -28,7 +28,7 @@ import yaml
 HOST = "127.0.0.1"
 BENCH = Path(__file__).resolve().parent
 RESULTS = BENCH / "results"
-SERVERS = BENCH / "_servers.py"
+SERVERS = (sys.executable, "-m", "bench._servers")   # run from the repository root (cwd below)
 AUDIENCE = "bench-api"
 BENCH_SUBJECT = "svc-etl-7"          # a DevIssuer demo identity: groups [data-eng], tenant acme
 PROXY_HOST = "orders.internal"
@@ -156,14 +156,14 @@ def wait_ready(proc: Proc, url: str, ok: Sequence[int] = (200,)) -> None:
 
 def start_echo(procs: Processes, name: str) -> tuple[Proc, int]:
     port = free_port()
-    proc = procs.start(name, [sys.executable, str(SERVERS), "echo", str(port)])
+    proc = procs.start(name, [*SERVERS, "echo", str(port)])
     wait_ready(proc, f"http://{HOST}:{port}/")
     return proc, port
 
 
 def start_issuer(procs: Processes) -> tuple[Proc, str]:
     port = free_port()
-    proc = procs.start("issuer", [sys.executable, str(SERVERS), "issuer", str(port), AUDIENCE])
+    proc = procs.start("issuer", [*SERVERS, "issuer", str(port), AUDIENCE])
     url = f"http://{HOST}:{port}"
     wait_ready(proc, url + "/.well-known/openid-configuration")
     return proc, url

@@ -1,7 +1,7 @@
 """Benchmark: durable audit appends (write + fsync, group commit) for 1, 16 and 256 concurrent
 appenders.  Prints records/s, records per fsync and append latency; writes bench/results/audit.json.
 
-Run: .venv/bin/python bench/bench_audit.py [--seconds 2] [--concurrency 1 16 256] [--dir DIR]
+Run: .venv/bin/python -m bench.bench_audit [--seconds 2] [--concurrency 1 16 256] [--dir DIR]
 The directory must be on the disk you care about: fsync on tmpfs costs nothing.
 """
 

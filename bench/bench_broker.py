@@ -5,7 +5,7 @@ and when 100 distinct identities do (target: 100).  Writes bench/results/broker.
 idgate runs as `idgate serve` (one process, audit fsync on) with 100 generated HTTP rules plus the broker
 rule; moto_server plays STS.  STS calls are read from idgate's own counter (idgate_sts_calls_total).
 
-Run: .venv/bin/python bench/bench_broker.py [--quick] [--connections 32] [--duration 3] [--rounds 3]
+Run: .venv/bin/python -m bench.bench_broker [--quick] [--connections 32] [--duration 3] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -23,11 +23,11 @@ from typing import Any
 
 import aiohttp
 import yaml
-from _stack import (
+
+from bench._stack import (
     AUDIENCE, HOST, PROXY_HOST, PROXY_PATH, Idgate, Processes, WrkSettings, exit_code, free_port, http_get,
     metric_values, run_wrk, sigterm_as_interrupt, wait_ready, warm_up, workdir, write_policies, write_result,
 )
-
 from proxy.dev.issuer import DemoIdentity, DevIssuer
 
 ISSUER = "https://bench-issuer.invalid"          # tokens are minted here; idgate reads the key from a file

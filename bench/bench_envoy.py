@@ -3,7 +3,7 @@ answering directly): Envoy alone; Envoy's own jwt_authn + rbac (the native basel
 ext_authz; Envoy + idgate gRPC ext_authz.  Prints req/s, p99 and each ratio to Envoy alone and to the
 native baseline; writes bench/results/envoy.json.
 
-Run: .venv/bin/python bench/bench_envoy.py [--quick] [--connections 32] [--duration 10]
+Run: .venv/bin/python -m bench.bench_envoy [--quick] [--connections 32] [--duration 10]
 """
 
 from __future__ import annotations
@@ -17,18 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import _profile
 import yaml
-from _stack import (
+
+from bench import _profile
+from bench._stack import (
     HOST, PROXY_HOST, PROXY_PATH, RESULTS, Proc, Processes, WrkSettings, cpu_seconds, exit_code, free_port, http_get,
     metric_values, mint_token, run_wrk, sigterm_as_interrupt, start_issuer, wait_ready, warm_up, workdir,
     write_policies, wrk_path, write_result,
 )
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.harness.envoy import (  # noqa: E402  (the repo root is importable only from here on)
-    envoy_binary, ext_authz_filter, http_connection_manager, load_deploy_config, render,
-)
+from tests.harness.envoy import envoy_binary, http_connection_manager, load_deploy_config, render
 
 RULES = 100
 AUDIENCE = "bench-api"

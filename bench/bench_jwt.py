@@ -1,7 +1,7 @@
 """Micro-benchmark of TokenVerifier.verify(): cold (first verification of a fresh token: parse, checks,
 ES256 signature) and warm (verified-token cache hit), in-process; writes bench/results/jwt.json.
 
-Run: .venv/bin/python bench/bench_jwt.py [--quick] [--cold 2000] [--warm 200000]
+Run: .venv/bin/python -m bench.bench_jwt [--quick] [--cold 2000] [--warm 200000]
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from _stack import AUDIENCE, HOST, exit_code, free_port, write_result
+from bench._stack import AUDIENCE, HOST, exit_code, free_port, write_result
 from proxy.config import IssuerConfig
 from proxy.dev.issuer import DEMO_IDENTITIES, DevIssuer
 from proxy.metrics import Metrics

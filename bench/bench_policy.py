@@ -1,7 +1,7 @@
 """Benchmark: policy decisions against 10,000 generated rules, and request-path normalization.
 Prints p50/p99 per call in µs and writes bench/results/policy.json.
 
-Run: .venv/bin/python bench/bench_policy.py [--rules 10000] [--requests 50000] [--seed 7]
+Run: .venv/bin/python -m bench.bench_policy [--rules 10000] [--requests 50000] [--seed 7]
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 idgate's forward-auth check, and a no-op aiohttp pass-through proxy (the stack's own proxying ceiling),
 in interleaved rounds; writes bench/results/proxy.json.
 
-Run: .venv/bin/python bench/bench_proxy.py [--quick] [--connections 32] [--duration 5] [--rounds 3] [--profile]
+Run: .venv/bin/python -m bench.bench_proxy [--quick] [--connections 32] [--duration 5] [--rounds 3] [--profile]
 (--profile samples idgate with py-spy and prints its hottest frames; results go to proxy-profiled.json)
 """
 
@@ -16,13 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import _profile
-from _stack import (
+from bench import _profile
+from bench._servers import SMALL_BODY
+from bench._stack import (
     HOST, PROXY_HOST, PROXY_PATH, RESULTS, SERVERS, Idgate, Proc, Processes, WrkSettings, cpu_seconds, exit_code,
     free_port, http_get, metric_values, mint_token, run_wrk, sigterm_as_interrupt, start_echo, start_idgate,
     start_issuer, wait_ready, warm_up, workdir, wrk_path, write_result,
 )
-from _servers import SMALL_BODY
 
 RULES = 100
 
@@ -122,7 +122,7 @@ def run(settings: WrkSettings, profile_dir: Path | None) -> dict[str, Any]:
             token = mint_token(issuer_url)  # minted once: every request presents the same cached token
 
             passthrough_port = free_port()
-            passthrough = procs.start("passthrough", [sys.executable, str(SERVERS), "passthrough",
+            passthrough = procs.start("passthrough", [*SERVERS, "passthrough",
                                                       str(passthrough_port), str(upstream_port)])
             wait_ready(passthrough, f"http://{HOST}:{passthrough_port}/")
 

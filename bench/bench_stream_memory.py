@@ -3,7 +3,7 @@ proxy, upload and download, at a small and a large size: flat means the peak doe
 body.  Peak RSS is VmHWM from /proc/<pid>/status, reset before each transfer; writes
 bench/results/stream_memory.json.
 
-Run: .venv/bin/python bench/bench_stream_memory.py [--quick]
+Run: .venv/bin/python -m bench.bench_stream_memory [--quick]
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 
 import aiohttp
 
-from _stack import (
+from bench._stack import (
     STREAM_HOST, Processes, exit_code, mint_token, proc_status_kib, reset_peak_rss, sigterm_as_interrupt,
     start_echo, start_idgate, start_issuer, workdir, write_result,
 )

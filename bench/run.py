@@ -1,7 +1,7 @@
 """Runs every benchmark in bench/ in one sitting, each as its own process, prints one table against
 the targets and writes bench/results/summary.json.
 
-Run: .venv/bin/python bench/run.py [--quick] [--check]    (or `make bench`)
+Run: .venv/bin/python -m bench.run [--quick] [--check]    (or `make bench`)
 """
 
 from __future__ import annotations
@@ -29,19 +29,19 @@ BUSY_LOAD = 0.5       # 1-minute load average above which the machine is not qui
 @dataclass(frozen=True)
 class Bench:
     name: str                    # also the stem of the JSON it writes in bench/results/
-    script: str
+    module: str                  # bench/<module>.py, run as `python -m bench.<module>`
     quick_args: tuple[str, ...]  # used with --quick, if the script's --help names the first of them
     needs_wrk: bool = False
 
 
 BENCHES = (
-    Bench("proxy", "bench_proxy.py", ("--quick",), needs_wrk=True),
-    Bench("envoy", "bench_envoy.py", ("--quick",), needs_wrk=True),
-    Bench("broker", "bench_broker.py", ("--quick",), needs_wrk=True),
-    Bench("stream_memory", "bench_stream_memory.py", ("--quick",)),
-    Bench("jwt", "bench_jwt.py", ("--quick",)),
-    Bench("policy", "bench_policy.py", ("--requests", "10000")),
-    Bench("audit", "bench_audit.py", ("--seconds", "1")),
+    Bench("proxy", "bench_proxy", ("--quick",), needs_wrk=True),
+    Bench("envoy", "bench_envoy", ("--quick",), needs_wrk=True),
+    Bench("broker", "bench_broker", ("--quick",), needs_wrk=True),
+    Bench("stream_memory", "bench_stream_memory", ("--quick",)),
+    Bench("jwt", "bench_jwt", ("--quick",)),
+    Bench("policy", "bench_policy", ("--requests", "10000")),
+    Bench("audit", "bench_audit", ("--seconds", "1")),
 )
 
 # (what, how it is judged) — the issue's targets for one worker process.
@@ -91,10 +91,15 @@ def _wrk_version() -> str | None:
     return first[0] if first else "unknown"
 
 
-def _accepts(script: Path, flag: str) -> bool:
+def _command(bench: Bench, *args: str) -> list[str]:
+    return [sys.executable, "-m", f"bench.{bench.module}", *args]
+
+
+def _accepts(bench: Bench, flag: str) -> bool:
     """Another helper's script may not take our quick-run flag: ask its --help rather than guess."""
     try:
-        done = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=60)
+        done = subprocess.run(_command(bench, "--help"), capture_output=True, text=True, timeout=60,
+                              cwd=BENCH.parent)
     except subprocess.TimeoutExpired:
         return False
     return done.returncode == 0 and flag in done.stdout
@@ -102,16 +107,15 @@ def _accepts(script: Path, flag: str) -> bool:
 
 def run_bench(bench: Bench, quick: bool) -> tuple[str, dict[str, Any] | None]:
     """Run one script with its output shown live; its fresh JSON result, or why there is none."""
-    script = BENCH / bench.script
-    if not script.exists():
+    if not (BENCH / f"{bench.module}.py").exists():
         return "not present", None
     args = list(bench.quick_args) if quick else []
-    if args and not _accepts(script, args[0]):
+    if args and not _accepts(bench, args[0]):
         args = []
     result_path = RESULTS / f"{bench.name}.json"
     started = time.time()
-    print(f"\n== {bench.script} {' '.join(args)}".rstrip(), flush=True)
-    child = subprocess.Popen([sys.executable, str(script), *args], cwd=BENCH.parent)
+    print(f"\n== bench.{bench.module} {' '.join(args)}".rstrip(), flush=True)
+    child = subprocess.Popen(_command(bench, *args), cwd=BENCH.parent)
     try:
         status = child.wait(timeout=SCRIPT_TIMEOUT)
     except KeyboardInterrupt:
