@@ -11,8 +11,8 @@ import aiohttp
 from aiohttp import web
 
 from proxy.dev.issuer import DevIssuer
+from tests.harness.processes import HOST
 
-HOST = "127.0.0.1"
 SMALL_BODY = b"Hello, World!"
 CHUNK = 64 * 1024
 

@@ -1,20 +1,18 @@
-"""Shared benchmark plumbing: start servers as separate processes on free loopback ports, poll them
-ready, write an idgate config with a generated 100-rule policy, run wrk and parse what it prints."""
+"""Shared benchmark plumbing: start servers as separate processes (the tests' harness processes) on free
+loopback ports, poll them ready, write an idgate config with a generated 100-rule policy, run wrk and
+parse what it prints."""
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import random
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
@@ -25,8 +23,10 @@ from typing import Any
 
 import yaml
 
-HOST = "127.0.0.1"
+from tests.harness.processes import HOST, ProcessGroup, ServerProcess, free_port
+
 BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
 RESULTS = BENCH / "results"
 SERVERS = (sys.executable, "-m", "bench._servers")   # run from the repository root (cwd below)
 AUDIENCE = "bench-api"
@@ -34,68 +34,12 @@ BENCH_SUBJECT = "svc-etl-7"          # a DevIssuer demo identity: groups [data-e
 PROXY_HOST = "orders.internal"
 STREAM_HOST = "stream.internal"
 PROXY_PATH = "/v1/orders/7"
-READY_TIMEOUT = 30.0
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
-def _die_with_parent() -> None:
-    # Runs in the child before exec: if the benchmark script is killed outright (no finally),
-    # the kernel still sends its servers SIGTERM.  PR_SET_PDEATHSIG = 1.
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
-
-
-@dataclass
-class Proc:
-    name: str
-    popen: subprocess.Popen[bytes]
-    log: Path
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def check_alive(self) -> None:
-        if self.popen.poll() is not None:
-            tail = self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
-            raise RuntimeError(f"{self.name} exited with status {self.popen.returncode}:\n{tail}")
-
-
-class Processes:
-    """Every process the benchmark starts, stopped in reverse order by stop_all() (also on Ctrl-C)."""
-
-    def __init__(self, workdir: Path) -> None:
-        self._workdir = workdir
-        self._procs: list[Proc] = []
-
-    def start(self, name: str, argv: Sequence[str]) -> Proc:
-        log = self._workdir / f"{name}.log"
-        with open(log, "wb") as out:
-            # Own session: a Ctrl-C reaches only the benchmark script, which then stops its servers in order.
-            popen = subprocess.Popen(list(argv), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     start_new_session=True, preexec_fn=_die_with_parent, cwd=BENCH.parent)
-        proc = Proc(name, popen, log)
-        self._procs.append(proc)
-        return proc
-
-    def stop(self, proc: Proc) -> None:
-        if proc.popen.poll() is None:
-            proc.popen.send_signal(signal.SIGTERM)
-            try:
-                proc.popen.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.popen.kill()
-                proc.popen.wait()
-        if proc in self._procs:
-            self._procs.remove(proc)
-
-    def stop_all(self) -> None:
-        for proc in reversed(list(self._procs)):
-            self.stop(proc)
+def server_group(workdir: Path) -> ProcessGroup:
+    """The benchmark's servers, logging into `workdir` and started from the repository root (which
+    `python -m bench._servers` needs)."""
+    return ProcessGroup(workdir, cwd=REPO)
 
 
 @contextmanager
@@ -137,31 +81,22 @@ def http_get(url: str, headers: dict[str, str] | None = None, timeout: float = 2
         return int(err.code), err.read()
 
 
-def wait_ready(proc: Proc, url: str, ok: Sequence[int] = (200,)) -> None:
-    """Poll `url` until it answers one of `ok`; fail early if the process died."""
-    deadline = time.monotonic() + READY_TIMEOUT
-    last = "no answer"
-    while time.monotonic() < deadline:
-        proc.check_alive()
-        try:
-            status, _ = http_get(url, timeout=1.0)
-            if status in ok:
-                return
-            last = f"HTTP {status}"
-        except (OSError, urllib.error.URLError) as exc:
-            last = type(exc).__name__
-        time.sleep(0.05)  # polling interval, not a synchronization sleep
-    raise RuntimeError(f"{proc.name} not ready at {url} after {READY_TIMEOUT:.0f}s ({last})")
+def wait_ready(proc: ServerProcess, url: str, ok: Sequence[int] = (200,)) -> None:
+    """Poll `url` until it answers one of `ok`; fail early, with the server's log tail, if it exits."""
+    def answered() -> bool | None:
+        status, _ = http_get(url, timeout=1.0)
+        return True if status in ok else None
+    proc.wait_until(answered, f"ready at {url}")
 
 
-def start_echo(procs: Processes, name: str) -> tuple[Proc, int]:
+def start_echo(procs: ProcessGroup, name: str) -> tuple[ServerProcess, int]:
     port = free_port()
     proc = procs.start(name, [*SERVERS, "echo", str(port)])
     wait_ready(proc, f"http://{HOST}:{port}/")
     return proc, port
 
 
-def start_issuer(procs: Processes) -> tuple[Proc, str]:
+def start_issuer(procs: ProcessGroup) -> tuple[ServerProcess, str]:
     port = free_port()
     proc = procs.start("issuer", [*SERVERS, "issuer", str(port), AUDIENCE])
     url = f"http://{HOST}:{port}"
@@ -226,7 +161,7 @@ def write_policies(directory: Path, issuer: str, count: int = 100, seed: int = 1
 
 @dataclass
 class Idgate:
-    proc: Proc
+    proc: ServerProcess
     port: int
     admin_port: int
     audit_path: Path
@@ -240,7 +175,7 @@ class Idgate:
         return f"http://{HOST}:{self.admin_port}"
 
 
-def start_idgate(procs: Processes, workdir: Path, issuer_url: str, upstream_port: int, *,
+def start_idgate(procs: ProcessGroup, workdir: Path, issuer_url: str, upstream_port: int, *,
                  name: str = "idgate", rules: int = 100, audit: dict[str, Any] | None = None) -> Idgate:
     """`idgate serve` (one worker process) with audit on, fsync true unless `audit` overrides it, and
     forward auth for loopback."""

@@ -25,10 +25,11 @@ import aiohttp
 import yaml
 
 from bench._stack import (
-    AUDIENCE, HOST, PROXY_HOST, PROXY_PATH, Idgate, Processes, WrkSettings, exit_code, free_port, http_get,
-    metric_values, run_wrk, sigterm_as_interrupt, wait_ready, warm_up, workdir, write_policies, write_result,
+    AUDIENCE, PROXY_HOST, PROXY_PATH, Idgate, WrkSettings, exit_code, http_get, metric_values, run_wrk,
+    server_group, sigterm_as_interrupt, wait_ready, warm_up, workdir, write_policies, write_result,
 )
 from proxy.dev.issuer import DemoIdentity, DevIssuer
+from tests.harness.processes import HOST, ProcessGroup, free_port
 
 ISSUER = "https://bench-issuer.invalid"          # tokens are minted here; idgate reads the key from a file
 CREDENTIALS_PATH = "/.idgate/credentials"
@@ -56,7 +57,7 @@ class Stack:
         return sum(v for k, v in values.items() if k.startswith("idgate_sts_calls_total{"))
 
 
-def start_moto(procs: Processes) -> str:
+def start_moto(procs: ProcessGroup) -> str:
     moto = Path(sys.executable).parent / "moto_server"
     port = free_port()
     proc = procs.start("moto", [str(moto), "-H", HOST, "-p", str(port)])
@@ -64,7 +65,7 @@ def start_moto(procs: Processes) -> str:
     return f"http://{HOST}:{port}"
 
 
-def start_broker_idgate(procs: Processes, home: Path, moto_url: str, issuer: DevIssuer) -> Idgate:
+def start_broker_idgate(procs: ProcessGroup, home: Path, moto_url: str, issuer: DevIssuer) -> Idgate:
     policies = home / "policies"
     write_policies(policies, ISSUER, 100)
     (policies / "broker.yaml").write_text(yaml.safe_dump({"rules": [BROKER_RULE]}, sort_keys=False))
@@ -166,7 +167,7 @@ def main() -> int:
     issuer = DevIssuer(ISSUER, AUDIENCE)
     results: dict[str, Any] = {}
     with sigterm_as_interrupt(), workdir("idgate-bench-broker-") as home:
-        procs = Processes(home)
+        procs = server_group(home)
         try:
             stack = Stack(start_broker_idgate(procs, home, start_moto(procs), issuer), issuer)
             for connections in (1, args.connections):

@@ -21,11 +21,12 @@ import yaml
 
 from bench import _profile
 from bench._stack import (
-    HOST, PROXY_HOST, PROXY_PATH, RESULTS, Proc, Processes, WrkSettings, cpu_seconds, exit_code, free_port, http_get,
-    metric_values, mint_token, run_wrk, sigterm_as_interrupt, start_issuer, wait_ready, warm_up, workdir,
-    write_policies, wrk_path, write_result,
+    PROXY_HOST, PROXY_PATH, RESULTS, WrkSettings, cpu_seconds, exit_code, http_get, metric_values, mint_token,
+    run_wrk, server_group, sigterm_as_interrupt, start_issuer, wait_ready, warm_up, workdir, write_policies,
+    write_result, wrk_path,
 )
 from tests.harness.envoy import envoy_binary, http_connection_manager, load_deploy_config, render
+from tests.harness.processes import HOST, ProcessGroup, ServerProcess, free_port
 
 RULES = 100
 AUDIENCE = "bench-api"
@@ -130,12 +131,12 @@ def _upstream_config(port: int, admin_port: int) -> dict[str, Any]:
 
 @dataclass
 class Envoy:
-    proc: Proc
+    proc: ServerProcess
     port: int
     admin_port: int
 
 
-def _start_envoy(procs: Processes, tmp: Path, name: str, config: dict[str, Any], listen_port: int, admin_port: int) -> Envoy:
+def _start_envoy(procs: ProcessGroup, tmp: Path, name: str, config: dict[str, Any], listen_port: int, admin_port: int) -> Envoy:
     path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     proc = procs.start(name, [str(envoy_binary()), "-c", str(path), "--concurrency", "1", "--disable-hot-restart",
@@ -144,7 +145,7 @@ def _start_envoy(procs: Processes, tmp: Path, name: str, config: dict[str, Any],
     return Envoy(proc, listen_port, admin_port)
 
 
-def _start_idgate(procs: Processes, tmp: Path, issuer_url: str, upstream_port: int) -> tuple[Proc, int, int, int]:
+def _start_idgate(procs: ProcessGroup, tmp: Path, issuer_url: str, upstream_port: int) -> tuple[ServerProcess, int, int, int]:
     home = tmp / "idgate"
     write_policies(home / "policies", issuer_url, RULES)
     port, admin_port, grpc_port = free_port(), free_port(), free_port()
@@ -165,7 +166,7 @@ def _start_idgate(procs: Processes, tmp: Path, issuer_url: str, upstream_port: i
     return proc, port, admin_port, grpc_port
 
 
-def _measure(name: str, url: str, headers: dict[str, str], settings: WrkSettings, watched: dict[str, Proc],
+def _measure(name: str, url: str, headers: dict[str, str], settings: WrkSettings, watched: dict[str, ServerProcess],
              profile_dir: Path | None) -> dict[str, Any]:
     status, body = http_get(url, headers)
     if status != 200 or body != BODY:
@@ -189,7 +190,7 @@ def _measure(name: str, url: str, headers: dict[str, str], settings: WrkSettings
 
 def run(settings: WrkSettings, profile_dir: Path | None) -> dict[str, Any]:
     with workdir("idgate-bench-envoy-") as tmp:
-        procs = Processes(tmp)
+        procs = server_group(tmp)
         try:
             upstream_port, upstream_admin = free_port(), free_port()
             upstream = _start_envoy(procs, tmp, "upstream", _upstream_config(upstream_port, upstream_admin),

@@ -16,11 +16,12 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from bench._stack import AUDIENCE, HOST, exit_code, free_port, write_result
+from bench._stack import AUDIENCE, exit_code, write_result
 from proxy.config import IssuerConfig
 from proxy.dev.issuer import DEMO_IDENTITIES, DevIssuer
 from proxy.metrics import Metrics
 from proxy.oidc import TokenVerifier
+from tests.harness.processes import HOST, free_port
 
 WARM_TARGET_US = 20.0
 

@@ -19,10 +19,11 @@ from typing import Any
 from bench import _profile
 from bench._servers import SMALL_BODY
 from bench._stack import (
-    HOST, PROXY_HOST, PROXY_PATH, RESULTS, SERVERS, Idgate, Proc, Processes, WrkSettings, cpu_seconds, exit_code,
-    free_port, http_get, metric_values, mint_token, run_wrk, sigterm_as_interrupt, start_echo, start_idgate,
-    start_issuer, wait_ready, warm_up, workdir, wrk_path, write_result,
+    PROXY_HOST, PROXY_PATH, RESULTS, SERVERS, Idgate, WrkSettings, cpu_seconds, exit_code, http_get, metric_values,
+    mint_token, run_wrk, server_group, sigterm_as_interrupt, start_echo, start_idgate, start_issuer, wait_ready,
+    warm_up, workdir, write_result, wrk_path,
 )
+from tests.harness.processes import HOST, ServerProcess, free_port
 
 RULES = 100
 
@@ -33,8 +34,8 @@ class Target:
     url: str
     headers: dict[str, str]
     body: bytes | None            # the expected answer body (None: any)
-    watched: dict[str, Proc]      # server processes whose CPU use is reported
-    profile: Proc | None = None   # the process py-spy samples with --profile
+    watched: dict[str, ServerProcess]      # server processes whose CPU use is reported
+    profile: ServerProcess | None = None   # the process py-spy samples with --profile
 
 
 def _expect(target: Target) -> None:
@@ -113,7 +114,7 @@ def _audit_stats(idgate: Idgate) -> dict[str, Any]:
 
 def run(settings: WrkSettings, profile_dir: Path | None) -> dict[str, Any]:
     with workdir("idgate-bench-") as tmp:
-        procs = Processes(tmp)
+        procs = server_group(tmp)
         try:
             bare, bare_port = start_echo(procs, "bare")
             upstream, upstream_port = start_echo(procs, "upstream")

@@ -18,7 +18,7 @@ from typing import Any
 import aiohttp
 
 from bench._stack import (
-    STREAM_HOST, Processes, exit_code, mint_token, proc_status_kib, reset_peak_rss, sigterm_as_interrupt,
+    STREAM_HOST, exit_code, mint_token, proc_status_kib, reset_peak_rss, server_group, sigterm_as_interrupt,
     start_echo, start_idgate, start_issuer, workdir, write_result,
 )
 
@@ -87,7 +87,7 @@ async def _transfers(pid: int, url: str, token: str, sizes: list[int]) -> tuple[
 
 def run(sizes: list[int]) -> dict[str, Any]:
     with workdir("idgate-bench-stream-") as tmp:
-        procs = Processes(tmp)
+        procs = server_group(tmp)
         try:
             _, upstream_port = start_echo(procs, "upstream")
             _, issuer_url = start_issuer(procs)

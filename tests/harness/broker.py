@@ -19,7 +19,8 @@ import yaml
 from proxy.aws.sts import StsClientFactory
 from tests.harness.moto import ACCOUNT, REGION, MotoServer, sts_client_factory
 from tests.harness.oidc_provider import OidcProvider
-from tests.harness.servers import HOST, LocalIssuer, RunningIdgate, local_issuer, running_idgate
+from tests.harness.processes import HOST
+from tests.harness.servers import LocalIssuer, RunningIdgate, local_issuer, running_idgate
 
 OP_AUDIENCE = "https://orders.internal"     # a resource of tests/harness/oidc_provider_node/clients.json
 DEV_AUDIENCE = "broker-api"

@@ -18,11 +18,11 @@ import aiohttp
 import yaml
 
 from tests.harness.paths import DEPLOY, REPO
+from tests.harness.processes import HOST
 
 DEPLOY_ENVOY = DEPLOY / "envoy"
 ENV_BINARY = "IDGATE_ENVOY"            # override the binary; default: the one `make test` installs
 READY_TIMEOUT = 20.0
-HOST = "127.0.0.1"
 MODES = ("http", "grpc")
 
 

@@ -12,7 +12,8 @@ from urllib.parse import parse_qs
 
 from aiohttp import web
 
-from tests.harness.servers import HOST, serve_app
+from tests.harness.processes import HOST
+from tests.harness.servers import serve_app
 
 _NS = "https://sts.amazonaws.com/doc/2011-06-15/"
 

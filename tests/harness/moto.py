@@ -17,8 +17,7 @@ from urllib.parse import parse_qs
 import boto3
 from botocore.config import Config as BotoConfig
 
-from tests.harness.processes import ManagedServer, ServerProcess
-from tests.harness.servers import HOST, free_port
+from tests.harness.processes import HOST, ManagedServer, ServerProcess, free_port
 
 ACCOUNT = "123456789012"            # moto's default account
 REGION = "us-east-1"

@@ -1,8 +1,12 @@
-"""A server subprocess for tests: its output in a log in its own temp dir, readiness polled against a
-deadline (failing with the log tail if it exits or stalls), stopped with terminate, then kill."""
+"""Server subprocesses for the tests and the benchmarks: each in its own session with its output in a log,
+readiness polled against a deadline (failing with the log tail if it exits or stalls), stopped with
+terminate, then kill, and killed by the kernel if whoever started it dies without stopping it."""
 
 from __future__ import annotations
 
+import ctypes
+import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -11,22 +15,52 @@ from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
 
+HOST = "127.0.0.1"
+POLL_INTERVAL = 0.02
+STOP_TIMEOUT = 10.0
+PR_SET_PDEATHSIG = 1
 T = TypeVar("T")
 S = TypeVar("S", bound="ManagedServer")
-POLL_INTERVAL = 0.02
+
+# Looked up before any fork: the child, between fork and exec, should only make the call.
+_prctl = ctypes.CDLL(None, use_errno=True).prctl
+
+
+def free_port() -> int:
+    """A loopback port free at the moment of asking, for servers that cannot bind port 0 and report it."""
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def _die_with_parent() -> None:
+    # Runs in the child before exec: if the test run or benchmark is killed outright (no finally), the
+    # kernel still sends its servers SIGTERM.  (It fires when the starting thread ends: start servers
+    # from the main thread.)
+    _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class ServerError(RuntimeError):
+    """A server could not be started; the message carries its log tail."""
 
 
 class ServerProcess:
-    def __init__(self, name: str, error: type[Exception], *, startup_timeout: float = 30.0) -> None:
+    """One server subprocess.  Its log and whatever else it writes go to `workdir`: the directory given,
+    or a temp dir of its own that stop() removes."""
+
+    def __init__(self, name: str, error: type[Exception] = ServerError, *, startup_timeout: float = 30.0,
+                 workdir: Path | None = None) -> None:
         self.name = name
         self._error = error
         self._startup_timeout = startup_timeout
+        self._given_workdir = workdir
         self._process: subprocess.Popen[bytes] | None = None
         self._dir: tempfile.TemporaryDirectory[str] | None = None
 
     @property
     def workdir(self) -> Path:
-        """A temp dir that lives as long as the process: its log, and whatever the server writes."""
+        if self._given_workdir is not None:
+            return self._given_workdir
         if self._dir is None:
             self._dir = tempfile.TemporaryDirectory(prefix=f"{self.name}-")
         return Path(self._dir.name)
@@ -35,10 +69,19 @@ class ServerProcess:
     def log_path(self) -> Path:
         return self.workdir / f"{self.name}.log"
 
-    def start(self, argv: Sequence[str], *, env: Mapping[str, str], cwd: Path | None = None) -> None:
+    @property
+    def pid(self) -> int:
+        assert self._process is not None, "start() first"
+        return self._process.pid
+
+    def start(self, argv: Sequence[str], *, env: Mapping[str, str] | None = None, cwd: Path | None = None) -> None:
+        """Start `argv` (environment: `env`, or this process's own) in `cwd`, or the workdir."""
         with open(self.log_path, "wb") as log:
-            self._process = subprocess.Popen(list(argv), env=dict(env), cwd=cwd or self.workdir,
-                                             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+            # Own session: a Ctrl-C reaches only the test run or benchmark, which then stops its servers in order.
+            self._process = subprocess.Popen(list(argv), env=None if env is None else dict(env),
+                                             cwd=cwd or self.workdir, stdin=subprocess.DEVNULL, stdout=log,
+                                             stderr=subprocess.STDOUT, start_new_session=True,
+                                             preexec_fn=_die_with_parent)
 
     def wait_until(self, ready: Callable[[], T | None], what: str) -> T:
         """Poll `ready` (None or an OSError = not yet) until it answers, the process exits, or the
@@ -51,22 +94,25 @@ class ServerProcess:
                 answer = None
             if answer is not None:
                 return answer
-            assert self._process is not None, "start() first"
-            if self._process.poll() is not None:
-                raise self._error(f"{self.name} exited with {self._process.returncode}:\n{self.log_tail()}")
+            self.check_alive()
             if time.monotonic() > deadline:
                 raise self._error(f"{self.name} not {what} in {self._startup_timeout}s:\n{self.log_tail()}")
             time.sleep(POLL_INTERVAL)  # polling another process for readiness, bounded by the deadline
+
+    def check_alive(self) -> None:
+        assert self._process is not None, "start() first"
+        if self._process.poll() is not None:
+            raise self._error(f"{self.name} exited with {self._process.returncode}:\n{self.log_tail()}")
 
     def stop(self) -> None:
         process, self._process = self._process, None
         if process is not None and process.poll() is None:
             process.terminate()
             try:
-                process.wait(timeout=10)
+                process.wait(timeout=STOP_TIMEOUT)
             except subprocess.TimeoutExpired:
                 process.kill()
-                process.wait(timeout=10)
+                process.wait(timeout=STOP_TIMEOUT)
         if self._dir is not None:
             self._dir.cleanup()
             self._dir = None
@@ -76,6 +122,31 @@ class ServerProcess:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return "(no log)"
+
+
+class ProcessGroup:
+    """Every server a benchmark starts, logging into one workdir and started in one cwd; stop_all()
+    stops them in reverse order (also on Ctrl-C, from the caller's finally)."""
+
+    def __init__(self, workdir: Path, *, cwd: Path | None = None) -> None:
+        self._workdir = workdir
+        self._cwd = cwd
+        self._processes: list[ServerProcess] = []
+
+    def start(self, name: str, argv: Sequence[str]) -> ServerProcess:
+        process = ServerProcess(name, workdir=self._workdir)
+        process.start(argv, cwd=self._cwd)
+        self._processes.append(process)
+        return process
+
+    def stop(self, process: ServerProcess) -> None:
+        process.stop()
+        if process in self._processes:
+            self._processes.remove(process)
+
+    def stop_all(self) -> None:
+        for process in reversed(list(self._processes)):
+            self.stop(process)
 
 
 class ManagedServer:
@@ -94,3 +165,4 @@ class ManagedServer:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  traceback: TracebackType | None) -> None:
         self.stop()
+

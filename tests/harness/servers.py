@@ -19,14 +19,7 @@ from proxy.config import load_config
 from proxy.dev.issuer import DemoIdentity, DevIssuer
 from proxy.services import Services, running_services
 from proxy.app.listeners import Listeners
-
-HOST = "127.0.0.1"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
+from tests.harness.processes import HOST, free_port
 
 
 @contextmanager

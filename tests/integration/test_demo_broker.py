@@ -10,8 +10,8 @@ from pathlib import Path
 from proxy.dev import local_aws
 from proxy.dev.local_aws import LocalAws
 from tests.harness.broker import write_broker_config
-from tests.harness.servers import running_idgate
-from tests.harness.servers import HOST, free_port, local_issuer
+from tests.harness.processes import HOST, free_port
+from tests.harness.servers import local_issuer, running_idgate
 from tests.harness.stack import example_policies
 
 

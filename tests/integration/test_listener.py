@@ -18,7 +18,8 @@ from proxy.config import load_config
 from proxy.core.errors import IdgateError
 from proxy.services import running_services
 
-from tests.harness.servers import HOST, write_config
+from tests.harness.processes import HOST
+from tests.harness.servers import write_config
 
 REPO = Path(__file__).resolve().parents[2]
 

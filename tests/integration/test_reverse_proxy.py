@@ -7,7 +7,8 @@ import asyncio
 import aiohttp
 import jwt
 
-from tests.harness.servers import HOST, refused_port
+from tests.harness.processes import HOST
+from tests.harness.servers import refused_port
 
 
 async def test_allowed_request_reaches_upstream_with_identity_and_is_audited(make_stack):

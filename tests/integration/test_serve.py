@@ -12,7 +12,8 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.harness.servers import HOST, LocalIssuer, free_port, local_issuer, write_config
+from tests.harness.processes import HOST, free_port
+from tests.harness.servers import LocalIssuer, local_issuer, write_config
 from tests.harness.stack import example_policies
 
 DEADLINE = 20.0

@@ -17,7 +17,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from tests.harness.envoy import MODES, HOST, RunningEnvoy, load_deploy_config, render, running_envoy
+from tests.harness.envoy import MODES, RunningEnvoy, load_deploy_config, render, running_envoy
+from tests.harness.processes import HOST
 from tests.harness.servers import (
     RecordingUpstream, local_issuer, running_idgate, serve_app, write_config,
 )

@@ -14,7 +14,8 @@ import grpc
 import pytest
 from envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
 
-from tests.harness.servers import HOST, RunningIdgate, local_issuer, raw_http, running_idgate, write_config
+from tests.harness.processes import HOST
+from tests.harness.servers import RunningIdgate, local_issuer, raw_http, running_idgate, write_config
 from tests.harness.stack import example_policies
 
 CHECK = "/envoy.service.auth.v3.Authorization/Check"
