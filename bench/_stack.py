@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from tests.harness.processes import HOST, ProcessGroup, ServerProcess, free_port
+from tests.harness.processes import HOST, ProcessGroup, ServerProcess, ServerUrls, free_port
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
@@ -160,19 +160,11 @@ def write_policies(directory: Path, issuer: str, count: int = 100, seed: int = 1
 
 
 @dataclass
-class Idgate:
+class Idgate(ServerUrls):
     proc: ServerProcess
     port: int
     admin_port: int
     audit_path: Path
-
-    @property
-    def url(self) -> str:
-        return f"http://{HOST}:{self.port}"
-
-    @property
-    def admin_url(self) -> str:
-        return f"http://{HOST}:{self.admin_port}"
 
 
 def start_idgate(procs: ProcessGroup, workdir: Path, issuer_url: str, upstream_port: int, *,

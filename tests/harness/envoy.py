@@ -18,7 +18,7 @@ import aiohttp
 import yaml
 
 from tests.harness.paths import DEPLOY, REPO
-from tests.harness.processes import HOST
+from tests.harness.processes import HOST, ServerUrls
 
 DEPLOY_ENVOY = DEPLOY / "envoy"
 ENV_BINARY = "IDGATE_ENVOY"            # override the binary; default: the one `make test` installs
@@ -88,20 +88,12 @@ def validate(config_path: Path) -> subprocess.CompletedProcess[str]:
 
 
 @dataclass
-class RunningEnvoy:
+class RunningEnvoy(ServerUrls):
     process: asyncio.subprocess.Process
     port: int
     admin_port: int
     log: Path
     output: EnvoyOutput
-
-    @property
-    def url(self) -> str:
-        return f"http://{HOST}:{self.port}"
-
-    @property
-    def admin_url(self) -> str:
-        return f"http://{HOST}:{self.admin_port}"
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")

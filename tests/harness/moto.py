@@ -53,17 +53,8 @@ class MotoServer(ManagedServer):
         env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
         env["MOTO_RECORDER_FILEPATH"] = str(self._server.workdir / "recording.jsonl")
         self._server.start([str(binary), "-H", HOST, "-p", str(self.port)], env=env)
-        try:
+        with self._stopped_on_failure():
             self._server.wait_until(lambda: self._request("GET", "/moto-api/data.json"), "serving")
-        except BaseException:
-            self.stop()
-            raise
-
-    def stop(self) -> None:
-        self._server.stop()
-
-    def log_tail(self, lines: int = 40) -> str:
-        return self._server.log_tail(lines)
 
     # -- state --------------------------------------------------------------------------------
 

@@ -55,18 +55,9 @@ class OidcProvider(ManagedServer):
         # between our choosing and its binding.
         self._server.start([node, "server.mjs", "--port", "0", "--config", str(self._config_path)], env=env,
                            cwd=OP_DIR)
-        try:
+        with self._stopped_on_failure():
             self.port = self._server.wait_until(self._reported_port, "listening")
             self._server.wait_until(self._serves_discovery, "serving discovery")
-        except BaseException:
-            self.stop()
-            raise
-
-    def stop(self) -> None:
-        self._server.stop()
-
-    def log_tail(self, lines: int = 40) -> str:
-        return self._server.log_tail(lines)
 
     def _reported_port(self) -> int | None:
         for line in self._server.log_path.read_text(errors="replace").splitlines():

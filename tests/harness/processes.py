@@ -10,7 +10,8 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
@@ -150,13 +151,27 @@ class ProcessGroup:
 
 
 class ManagedServer:
-    """A harness around one ServerProcess: use as a context manager, or call start() and stop()."""
+    """A harness around one ServerProcess (`_server`): use as a context manager, or call start() and stop()."""
+
+    _server: ServerProcess
 
     def start(self) -> None:
         raise NotImplementedError
 
     def stop(self) -> None:
-        raise NotImplementedError
+        self._server.stop()
+
+    def log_tail(self, lines: int = 40) -> str:
+        return self._server.log_tail(lines)
+
+    @contextmanager
+    def _stopped_on_failure(self) -> Iterator[None]:
+        """Around start()'s readiness waits: a server that does not come up is not left running."""
+        try:
+            yield
+        except BaseException:
+            self.stop()
+            raise
 
     def __enter__(self: S) -> S:
         self.start()
@@ -166,3 +181,19 @@ class ManagedServer:
                  traceback: TracebackType | None) -> None:
         self.stop()
 
+
+
+class ServerUrls:
+    """`url` and `admin_url` of a server whose main and admin listeners are on HOST at `port` and
+    `admin_port` (fields or properties of the class that mixes this in)."""
+
+    port: int
+    admin_port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://{HOST}:{self.admin_port}"

@@ -19,7 +19,7 @@ from proxy.config import load_config
 from proxy.dev.issuer import DemoIdentity, DevIssuer
 from proxy.services import Services, running_services
 from proxy.app.listeners import Listeners
-from tests.harness.processes import HOST, free_port
+from tests.harness.processes import HOST, ServerUrls, free_port
 
 
 @contextmanager
@@ -106,7 +106,7 @@ class RecordingUpstream:
 
 
 @dataclass
-class RunningIdgate:
+class RunningIdgate(ServerUrls):
     services: Services
     listeners: Listeners
     config_path: Path
@@ -123,14 +123,6 @@ class RunningIdgate:
         """Every request has left its handler and every audit record it queued is on disk."""
         await self.listeners.in_flight.idle()
         await self.services.audit.flush()
-
-    @property
-    def url(self) -> str:
-        return f"http://{HOST}:{self.port}"
-
-    @property
-    def admin_url(self) -> str:
-        return f"http://{HOST}:{self.admin_port}"
 
     async def audit_records(self) -> list[dict[str, Any]]:
         await self.settled()
