@@ -17,9 +17,24 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from proxy.core.errors import ConfigError, ConfigProblem
-from proxy.core.model import Identity
+from proxy.core.model import Identity, Surface
 
 ASSERTION_ISSUER = "idgate"
+
+# An assertion's `aud` names what the decision was about, namespaced by the kind of surface that made it:
+# a route's name and a host name can be equal, and an assertion minted where one was decided must never
+# be accepted where the other is expected.
+_AUDIENCE_KINDS = {
+    Surface.PROXY: "route",                  # the route's name: the reverse proxy forwards to that route only
+    Surface.FORWARD_AUTH: "forward-auth",    # the host the fronting proxy asked about
+    Surface.EXT_AUTHZ_HTTP: "ext-authz",     # the host Envoy asked about (both transports decide alike)
+    Surface.EXT_AUTHZ_GRPC: "ext-authz",
+}
+
+
+def audience(surface: Surface, name: str) -> str:
+    """The `aud` of an X-Idgate-Assertion: `route:<route>`, `forward-auth:<host>` or `ext-authz:<host>`."""
+    return f"{_AUDIENCE_KINDS[surface]}:{name}"
 
 
 def _b64url_uint(value: int, length: int) -> str:

@@ -19,10 +19,9 @@ from proxy.services import SERVICES, Services
 # middleware and gets an audited 431; only grossly oversized heads are cut off by the parser.
 _PARSER_HEADROOM = 2
 
-# The surface each route serves (the reverse proxy is the rest), known before its handler runs.
+# The surface each route serves, known before its handler runs (the reverse proxy is the rest).
 _ROUTE_SURFACES: dict[object, Surface] = {
-    forward_auth.handle: Surface.FORWARD_AUTH, ext_authz_http.handle: Surface.EXT_AUTHZ_HTTP,
-    credentials.handle: Surface.CREDENTIALS,
+    edge.handle: edge.SURFACE for edge in (forward_auth, ext_authz_http, credentials, reverse_proxy)
 }
 
 

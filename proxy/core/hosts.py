@@ -5,6 +5,9 @@ from __future__ import annotations
 import ipaddress
 import re
 
+from proxy.core.errors import BadRequest
+from proxy.core.reasons import Reason
+
 _LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
 _HOST_NAME = re.compile(rf"(?=.{{1,253}}\Z){_LABEL}(?:\.{_LABEL})*")
 
@@ -21,3 +24,15 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+_HOST = re.compile(r"(?P<name>[a-z0-9](?:[a-z0-9.-]{0,251}[a-z0-9])?|\[[0-9a-f:.]{2,45}\])(?::(?P<port>[0-9]{1,5}))?")
+
+
+def parse_host(value: str) -> str:
+    """A Host header value → lower-case host without port, or BadRequest."""
+    match = _HOST.fullmatch(value.strip().lower().rstrip("."))
+    port = match.group("port") if match is not None else None
+    if match is None or (port is not None and int(port) > 65535):
+        raise BadRequest("invalid Host header", reason=Reason.BAD_HOST)
+    return match.group("name")

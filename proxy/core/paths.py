@@ -11,8 +11,10 @@ Normalization, in order (RFC 3986 §6.2.2 plus idgate's refusals):
     literal, never a path parameter); an escaped escape (`%25` + two hex digits, also when it only
     appears after decoding) is refused, because an upstream that decodes twice would see another path;
   * the fully decoded path must be valid UTF-8 (so overlong forms such as `%C0%AF` are refused);
-  * `.` and `..` segments are resolved after decoding (so `%2e%2e` and `.%2E` count), a `..` above the
-    root is refused, `//` runs are merged, and a trailing slash is kept.
+  * `.` and `..` segments are resolved after decoding (so `%2e%2e` and `.%2E` count) with RFC 3986
+    `remove_dot_segments` semantics: an empty segment is a segment, so `/a//../b` is `/a/b` as an
+    upstream resolves it, never `/b`; a `..` above the root is refused; only then are `//` runs merged,
+    and a trailing slash is kept.
 """
 
 from __future__ import annotations
@@ -67,24 +69,23 @@ def normalize_path(raw_path: str) -> str:
     stack: list[str] = []
     raw_segments = raw_path.split("/")
     last = len(raw_segments) - 1
-    trailing_slash = False
-    for index, raw_segment in enumerate(raw_segments):
+    for index, raw_segment in enumerate(raw_segments[1:], start=1):
         segment = _decode_segment(raw_segment) if "%" in raw_segment else raw_segment
-        if segment == "" or segment == ".":
-            # `//` merges; `/a/.` and `/a/` both end in a directory.
-            trailing_slash = index == last and index > 0
+        if segment == ".":
+            if index == last:
+                stack.append("")          # `/a/.` ends in a directory, as `/a/` does
         elif segment == "..":
             if not stack:
                 raise BadRequest("path climbs above the root", reason=Reason.PATH_TRAVERSAL)
-            stack.pop()
-            trailing_slash = index == last
+            stack.pop()                   # an empty segment too: `/a//..` is `/a/`
+            if index == last:
+                stack.append("")
         else:
-            stack.append(segment)
-            trailing_slash = False
-
-    if not stack:
+            stack.append(segment)         # "" included: `//` is merged only once dots are resolved
+    merged = [segment for segment in stack if segment]
+    if not merged:
         return "/"
-    return "/" + "/".join(stack) + ("/" if trailing_slash else "")
+    return "/" + "/".join(merged) + ("/" if stack[-1] == "" else "")
 
 
 def _canonical_raw_characters(raw_path: str) -> str:

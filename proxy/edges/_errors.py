@@ -8,12 +8,11 @@ from typing import Any
 
 from aiohttp import web
 
-from proxy.config import LimitsConfig
-from proxy.core.errors import BadRequest, HeadersTooLarge, IdgateError, NotFound
+from proxy.core.errors import BadRequest, IdgateError, NotFound
 from proxy.core.headers import request_id
 from proxy.core.model import Surface
 from proxy.core.reasons import Reason
-from proxy.edges._http import REQUEST_ID, RESPONSE_STARTED, SURFACE, client_addr, rejected_target
+from proxy.edges._http import REQUEST_ID, REQUEST_SURFACE, RESPONSE_STARTED, client_addr, rejected_target
 from proxy.edges._in_flight import InFlight
 from proxy.services import Services
 
@@ -41,29 +40,18 @@ def _from_aiohttp(exc: web.HTTPException) -> IdgateError:
     return BadRequest("this request target is not accepted", reason=Reason.BAD_TARGET)
 
 
-def check_head_limits(request: web.Request, limits: LimitsConfig) -> None:
-    if len(request.raw_headers) > limits.max_headers:
-        raise HeadersTooLarge("too many request headers", reason=Reason.TOO_MANY_HEADERS)
-    for name, value in request.raw_headers:
-        if len(name) + len(value) > limits.max_header_bytes:
-            raise HeadersTooLarge("a request header is too large", reason=Reason.HEADER_TOO_LARGE)
-
-
 def guard_middleware(services: Services, in_flight: InFlight, surfaces: Mapping[object, Surface]) -> Any:
     """The one place an aiohttp surface's IdgateError becomes its answer: audited (unless the pipeline
     already did), failing closed to 503 when the audit cannot be written, and counted.  `surfaces` maps
-    a route's handler to the surface it serves, so a head refused before the handler runs is audited
-    under the surface it was sent to."""
-    limits = services.config.limits
+    a route's handler to the surface it serves, for the metric and for a refusal raised outside admission."""
 
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         rid = request_id(request.headers.get("X-Request-Id"), trusted_peer=client_addr(request) in services.trusted)
         request[REQUEST_ID] = rid
-        request[SURFACE] = surfaces.get(request.match_info.handler, Surface.PROXY)
+        request[REQUEST_SURFACE] = surfaces.get(request.match_info.handler, Surface.PROXY)
         in_flight.enter()
         try:
-            check_head_limits(request, limits)
             try:
                 response = await handler(request)
             except web.HTTPException as exc:
@@ -77,7 +65,7 @@ def guard_middleware(services: Services, in_flight: InFlight, surfaces: Mapping[
         finally:
             in_flight.leave()
         metrics = services.metrics
-        metrics.child(metrics.requests, request[SURFACE].value, "allow" if response.status < 400 else "deny",
+        metrics.child(metrics.requests, request[REQUEST_SURFACE].value, "allow" if response.status < 400 else "deny",
                       str(response.status)).inc()
         if not response.prepared:
             response.headers["X-Request-Id"] = rid

@@ -9,34 +9,20 @@ import re
 
 from aiohttp import web
 
-from proxy.core.hosts import is_loopback
-from proxy.core.reasons import Reason
-from proxy.edges._http import REQUEST_ID, SURFACE, client_addr, request_host
 from proxy.core.errors import AccessDenied, BadRequest, DependencyError
-from proxy.core.model import AccessRequest, Surface
-from proxy.oidc import bearer_token
+from proxy.core.hosts import is_loopback
+from proxy.core.model import Surface
+from proxy.core.reasons import Reason
+from proxy.edges._admission import Gate, TokenForm, admit
+from proxy.edges._http import client_addr, received
 from proxy.services import SERVICES
 
-# A compact JWS as botocore sends it (no scheme); the verifier checks the shape strictly afterwards.
-_RAW_TOKEN = re.compile(r"[A-Za-z0-9_.\-]+", re.ASCII)
+SURFACE = Surface.CREDENTIALS
+GATE = Gate(SURFACE, token_form=TokenForm.CONTAINER, methods=frozenset({"GET"}))
+
 # A role name (the ARN's last path segment) or a whole role ARN.
 _ROLE = re.compile(r"[\w+=,.@:/-]{1,600}", re.ASCII)
 _is_loopback = functools.lru_cache(maxsize=1024)(is_loopback)   # parses an IP address: once per peer
-
-
-def container_token(values: list[str]) -> str | None:
-    """The token of the one Authorization header: botocore sends the token file verbatim, other
-    clients send `Bearer <token>`."""
-    if not values:
-        return None
-    if len(values) > 1:
-        raise BadRequest("exactly one Authorization header is allowed", reason=Reason.MALFORMED_AUTHORIZATION)
-    value = values[0]
-    if " " in value:
-        return bearer_token(value)
-    if not _RAW_TOKEN.fullmatch(value):
-        raise BadRequest("malformed Authorization header", reason=Reason.MALFORMED_AUTHORIZATION)
-    return value
 
 
 def requested_role(request: web.Request) -> str | None:
@@ -49,23 +35,15 @@ def requested_role(request: web.Request) -> str | None:
 
 
 async def handle(request: web.Request) -> web.Response:
-    request[SURFACE] = Surface.CREDENTIALS
     services = request.app[SERVICES]
-    peer = client_addr(request)
-    if services.config.listen.tls is None and not _is_loopback(peer):
+    if services.config.listen.tls is None and not _is_loopback(client_addr(request)):
         # botocore itself only sends plain http to loopback: anything else here would put a secret on the wire.
         raise AccessDenied("credentials are served over plain http to loopback clients only", reason=Reason.INSECURE_TRANSPORT)
-    if request.method != "GET":
-        raise BadRequest("the credentials endpoint answers GET only", reason=Reason.METHOD_NOT_ALLOWED)
+    admitted = await admit(services, GATE, received(request))
     broker = services.broker
     if broker is None:
         raise DependencyError("the credential broker is not running", reason=Reason.BROKER_UNAVAILABLE)
     role = requested_role(request)
-    access = AccessRequest(
-        surface=Surface.CREDENTIALS, request_id=request[REQUEST_ID], method="GET", host=request_host(request),
-        path=services.config.credentials.path, client_addr=peer,
-    )
-    token = container_token(request.headers.getall("Authorization", []))
-    _, credentials = await services.pipeline.authorize_aws(access, token, role, broker)
+    _, credentials = await services.pipeline.authorize_aws(admitted.access, admitted.token, role, broker)
     return web.Response(body=credentials.container_body(), content_type="application/json",
                         headers={"Cache-Control": "no-store"})

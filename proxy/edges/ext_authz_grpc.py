@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from envoy.config.core.v3.base_pb2 import HeaderValue, HeaderValueOption
 from envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse, DeniedHttpResponse, OkHttpResponse
@@ -17,7 +17,8 @@ from google.rpc.status_pb2 import Status
 
 from proxy.core.reasons import Reason
 from proxy.edges import _ext_authz
-from proxy.core.errors import AccessDenied, BadRequest, IdgateError
+from proxy.edges._admission import Gate, Received
+from proxy.core.errors import BadRequest, IdgateError
 from proxy.core.headers import request_id
 from proxy.core.model import Surface
 from proxy.pipeline import RejectedTarget
@@ -27,6 +28,8 @@ from proxy.edges._in_flight import InFlight
 
 log = logging.getLogger("idgate.ext_authz_grpc")
 
+SURFACE = Surface.EXT_AUTHZ_GRPC
+GATE = Gate(SURFACE, trusted_peers_only=True, forwarded_by_peer=True)
 SERVICE = "envoy.service.auth.v3.Authorization"
 METHOD = "Check"
 
@@ -36,7 +39,9 @@ _GRPC_CODE = {400: 3, 401: 16, 403: 7, 431: 3, 503: 14}
 _PERMISSION_DENIED = 7
 
 
-def _check_of(message: CheckRequest, rid: str) -> _ext_authz.EnvoyCheck:
+def _check_of(message: CheckRequest, rid: str, peer: str) -> tuple[Received, Callable[[Received], Received]]:
+    """The check as received, and how to read the rest of Envoy's account of the original request (its
+    headers and the client address Envoy saw), which admission does only once the peer is trusted."""
     attributes = message.attributes
     if not attributes.request.HasField("http"):
         raise BadRequest("the check request carries no HTTP request attributes", reason=Reason.NOT_HTTP_CHECK)
@@ -45,21 +50,24 @@ def _check_of(message: CheckRequest, rid: str) -> _ext_authz.EnvoyCheck:
         raise BadRequest("the check request has no :path", reason=Reason.MISSING_PATH)
     if not http.method or not http.host:
         raise BadRequest("the check request has no :method or :authority", reason=Reason.MISSING_ATTRIBUTES)
-    if http.header_map.headers:
-        # encode_raw_headers: true sends values as bytes; a header that is not text is not a header we accept.
-        try:
-            pairs = [(h.key, h.raw_value.decode("ascii") if h.raw_value else h.value) for h in http.header_map.headers]
-        except UnicodeDecodeError as exc:
-            raise BadRequest("a request header is not ASCII", reason=Reason.BAD_HEADER) from exc
-    else:
-        pairs = list(http.headers.items())
-    # Pseudo-headers repeat method, path and authority, which come from their own fields.
-    headers = [(name, value) for name, value in pairs if not name.startswith(":")]
-    source = attributes.source.address.socket_address.address
-    return _ext_authz.EnvoyCheck(
-        surface=Surface.EXT_AUTHZ_GRPC, request_id=rid, method=http.method, authority=http.host,
-        target=http.path, headers=headers, client_addr=source or "unknown",
-    )
+
+    def original(check: Received) -> Received:
+        if http.header_map.headers:
+            # encode_raw_headers: true sends values as bytes; a header that is not text is not a header we accept.
+            try:
+                pairs = [(h.key, h.raw_value.decode("ascii") if h.raw_value else h.value) for h in http.header_map.headers]
+            except UnicodeDecodeError as exc:
+                raise BadRequest("a request header is not ASCII", reason=Reason.BAD_HEADER) from exc
+        else:
+            pairs = list(http.headers.items())
+        # Pseudo-headers repeat method, path and authority, which come from their own fields.
+        headers = [(name, value) for name, value in pairs if not name.startswith(":")]
+        source = attributes.source.address.socket_address.address
+        return dataclasses.replace(check, headers=headers, client_addr=source or peer)
+
+    received = Received(request_id=rid, peer=peer, client_addr=peer, method=http.method, hosts=(http.host,),
+                        target=http.path, headers=())
+    return received, original
 
 
 def _header_options(pairs: Sequence[tuple[str, str]]) -> list[HeaderValueOption]:
@@ -109,9 +117,8 @@ class CheckHandler:
     def __init__(self, services: Services, in_flight: InFlight) -> None:
         self._services = services
         self._in_flight = in_flight
-        self._allowed_count = services.metrics.requests.labels(Surface.EXT_AUTHZ_GRPC.value, "allow", "200")
+        self._allowed_count = services.metrics.requests.labels(SURFACE.value, "allow", "200")
         self._allow_cache: LRUCache[tuple[object, ...], bytes] = LRUCache(maxsize=_ALLOW_CACHE_SIZE)
-        self._trusted: dict[str, bool] = {}     # peer address -> trusted: one entry per Envoy, looked up per call
 
     async def check(self, raw: bytes, peer: str) -> bytes:
         """A serialized CheckRequest from `peer` (an IP address) → a serialized CheckResponse.  Never raises."""
@@ -121,31 +128,21 @@ class CheckHandler:
         finally:
             self._in_flight.leave()
 
-    def _is_trusted(self, peer: str) -> bool:
-        trusted = self._trusted.get(peer)
-        if trusted is None:
-            if len(self._trusted) >= 1024:   # bounded all the same
-                self._trusted.clear()
-            trusted = self._trusted[peer] = peer in self._services.trusted
-        return trusted
-
     async def _answer(self, raw: bytes, peer: str) -> bytes:
         services = self._services
-        trusted = self._is_trusted(peer)
-        target = RejectedTarget(Surface.EXT_AUTHZ_GRPC, "", peer, "", "", "")
+        target = RejectedTarget(SURFACE, "", peer, "", "", "")
         try:
-            if not trusted:
-                raise AccessDenied("ext_authz answers trusted proxies only", reason=Reason.UNTRUSTED_PEER)
             try:
                 message = CheckRequest.FromString(raw)
             except DecodeError as exc:
                 raise BadRequest("the check request is not a valid CheckRequest", reason=Reason.MALFORMED_CHECK) from exc
             http = message.attributes.request.http
             # Envoy's x-request-id (http.id is its stream number), so the audit joins Envoy's access log;
-            # believed because the peer is a trusted Envoy by now.
-            rid = request_id(http.headers.get("x-request-id") or http.id or None, trusted_peer=True)
-            target = RejectedTarget(Surface.EXT_AUTHZ_GRPC, rid, peer, http.method, http.host, http.path.split("?", 1)[0])
-            allowed = await _ext_authz.authorize(services, _check_of(message, rid))
+            # believed from a trusted Envoy only.
+            rid = request_id(http.headers.get("x-request-id") or http.id or None, trusted_peer=peer in services.trusted)
+            target = RejectedTarget(SURFACE, rid, peer, http.method, http.host, http.path.split("?", 1)[0])
+            received, original = _check_of(message, rid, peer)
+            allowed = await _ext_authz.authorize(services, GATE, received, original)
         except IdgateError as err:
             return await self._deny(err, target)
         except Exception:  # noqa: BLE001 - a bug must still answer Envoy with a denial, never an allow
@@ -162,5 +159,5 @@ class CheckHandler:
     async def _deny(self, err: IdgateError, target: RejectedTarget) -> bytes:
         rid = target.request_id or request_id(None, trusted_peer=False)
         err = await self._services.pipeline.refuse(dataclasses.replace(target, request_id=rid), err)
-        self._services.metrics.requests.labels(Surface.EXT_AUTHZ_GRPC.value, "deny", str(err.status)).inc()
+        self._services.metrics.requests.labels(SURFACE.value, "deny", str(err.status)).inc()
         return bytes(deny_response(err, rid).SerializeToString())

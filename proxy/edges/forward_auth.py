@@ -1,27 +1,31 @@
 """Forward-auth surface for nginx `auth_request` (X-Original-URI/-Method) and Traefik forwardAuth
-(X-Forwarded-Method/-Uri/-Host): 200 with identity headers, or the audited 401/403."""
+(X-Forwarded-Method/-Uri/-Host): 200 with identity headers, or the audited 401/403.
+
+The fronting proxy forwards its own copy of the request, so idgate decides on exactly the target it
+was shown (a target that is not canonical is refused), and the assertion it mints vouches for that one
+host: the fronting proxy must pin the host it asks about (deploy/nginx, deploy/traefik)."""
 
 from __future__ import annotations
 
-import re
+from collections.abc import Sequence
 
 from aiohttp import web
 
+from proxy.assertion import audience
+from proxy.core.errors import BadRequest
+from proxy.core.model import Surface
 from proxy.core.reasons import Reason
-from proxy.edges._http import (
-    ORIGINAL_TARGET, REQUEST_ID, OriginalTarget, SURFACE, authorization_token, client_addr, identity_headers, parse_host, request_host,
-)
-from proxy.core.errors import AccessDenied, BadRequest
-from proxy.core.model import AccessRequest, Surface
-from proxy.core.paths import normalize_path, split_target
+from proxy.edges._admission import Gate, Received, admit
+from proxy.edges._http import identity_headers, received
 from proxy.services import SERVICES
 
-_METHOD = re.compile(r"[A-Z]{1,16}")
+SURFACE = Surface.FORWARD_AUTH
+GATE = Gate(SURFACE, trusted_peers_only=True, forwarded_by_peer=True)
 
 
-def _one(request: web.Request, *names: str) -> str | None:
+def _one(headers: Sequence[tuple[str, str]], *names: str) -> str | None:
     """The value of the first of `names` present, refusing duplicates and conflicting sources."""
-    found = [v for name in names for v in request.headers.getall(name, [])]
+    found = [value for name, value in headers if name.lower() in names]
     if not found:
         return None
     if len(set(found)) != 1:
@@ -29,32 +33,25 @@ def _one(request: web.Request, *names: str) -> str | None:
     return found[0]
 
 
-async def handle(request: web.Request) -> web.Response:
-    request[SURFACE] = Surface.FORWARD_AUTH
-    services = request.app[SERVICES]
-    peer = client_addr(request)
-    if peer not in services.trusted:
-        # The original-request headers are claims about someone else's request: only a configured
-        # proxy may make them.
-        raise AccessDenied("forward-auth answers trusted proxies only", reason=Reason.UNTRUSTED_PEER)
-    method = _one(request, "X-Original-Method", "X-Forwarded-Method")
-    uri = _one(request, "X-Original-URI", "X-Forwarded-Uri")
-    forwarded_host = _one(request, "X-Forwarded-Host")
-    # From here on a refusal is about the original request, and is audited as such.
-    request[ORIGINAL_TARGET] = OriginalTarget(method or "", forwarded_host or request.headers.get("Host") or "", uri or "")
+def original_request(subrequest: Received) -> Received:
+    """The request the fronting proxy asks about, from the headers it set (believed from a trusted peer only)."""
+    headers = subrequest.headers
+    method = _one(headers, "x-original-method", "x-forwarded-method")
+    uri = _one(headers, "x-original-uri", "x-forwarded-uri")
+    forwarded_host = _one(headers, "x-forwarded-host")
     if method is None or uri is None:
         raise BadRequest("the original method and URI are required", reason=Reason.MISSING_ORIGINAL_REQUEST)
-    if not _METHOD.fullmatch(method):
-        raise BadRequest("invalid original method", reason=Reason.BAD_METHOD)
-    host = parse_host(forwarded_host) if forwarded_host is not None else request_host(request)
-    raw_path, _query = split_target(uri)
-    access = AccessRequest(
-        surface=Surface.FORWARD_AUTH, request_id=request[REQUEST_ID], method=method, host=host,
-        path=normalize_path(raw_path), client_addr=peer,
-    )
-    decision = await services.pipeline.authorize(access, authorization_token(request))
+    return Received(request_id=subrequest.request_id, peer=subrequest.peer, client_addr=subrequest.client_addr,
+                    method=method, hosts=(forwarded_host,) if forwarded_host is not None else subrequest.hosts,
+                    target=uri, headers=headers)
+
+
+async def handle(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    admitted = await admit(services, GATE, received(request), original_request)
+    access = admitted.access
+    decision = await services.pipeline.authorize(access, admitted.token)
     response = web.Response(status=200)
-    for name, value in identity_headers(services, decision, host):
+    for name, value in identity_headers(services, decision, audience(SURFACE, access.host)):
         response.headers[name] = value
-    response.headers["X-Idgate-Path"] = access.path
     return response

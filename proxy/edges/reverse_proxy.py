@@ -11,18 +11,20 @@ import aiohttp
 from aiohttp import web
 from yarl import URL
 
+from proxy.assertion import audience
 from proxy.config import RouteConfig
-from proxy.core.reasons import Reason
-from proxy.edges._http import (
-    REQUEST_ID, RESPONSE_STARTED, SURFACE, authorization_token, client_addr, identity_headers, request_host,
-)
-from proxy.edges._websocket import relay
 from proxy.core.errors import BadRequest, IdgateError, RequestTimeout, RequestTooLarge, UpstreamError, UpstreamTimeout
-from proxy.core.headers import OVERRIDE_HEADERS, clean_request_headers, clean_response_headers, forwarded_for, normalized_name
+from proxy.core.headers import clean_request_headers, clean_response_headers, forwarded_for
 from proxy.core.model import AccessRequest, Decision, Surface
-from proxy.core.paths import normalize_path, split_target
+from proxy.core.reasons import Reason
+from proxy.edges._admission import Gate, admit
+from proxy.edges._http import RESPONSE_STARTED, identity_headers, received
 from proxy.edges._routes import RouteTable
+from proxy.edges._websocket import relay
 from proxy.services import SERVICES, Services
+
+SURFACE = Surface.PROXY
+GATE = Gate(SURFACE)
 
 CHUNK = 64 * 1024
 ROUTES: web.AppKey[RouteTable] = web.AppKey("idgate_routes", RouteTable)
@@ -56,12 +58,6 @@ class _BodyCounter:
             yield chunk
 
 
-def _reject_override_headers(request: web.Request) -> None:
-    for name in request.headers:
-        if normalized_name(name) in OVERRIDE_HEADERS:
-            raise BadRequest("method or URL override headers are not accepted", reason=Reason.OVERRIDE_HEADER)
-
-
 def _check_declared_length(request: web.Request, route: RouteConfig) -> None:
     if request.content_length is not None and request.content_length > route.max_body_bytes:
         raise RequestTooLarge("request body exceeds the route limit", reason=Reason.BODY_TOO_LARGE)
@@ -90,7 +86,7 @@ def _upstream_headers(services: Services, request: web.Request, route: RouteConf
         ("X-Forwarded-Host", access.host),
         ("X-Request-Id", access.request_id),
     ]
-    headers += identity_headers(services, decision, route.name)
+    headers += identity_headers(services, decision, audience(SURFACE, route.name))
     return headers
 
 
@@ -112,21 +108,15 @@ def _response_headers(upstream: aiohttp.ClientResponse, route: RouteConfig, requ
 
 
 async def handle(request: web.Request) -> web.StreamResponse:
-    request[SURFACE] = Surface.PROXY
     services = request.app[SERVICES]
-    raw_path, query = split_target(request.raw_path)
-    path = normalize_path(raw_path)
-    host = request_host(request)
-    route = request.app[ROUTES].match(host, path)
-    _reject_override_headers(request)
+    admitted = await admit(services, GATE, received(request))
+    access = admitted.access
+    route = request.app[ROUTES].match(access.host, access.path)
     _check_declared_length(request, route)
     websocket = _wants_websocket(request, route)
-    access = AccessRequest(
-        surface=Surface.PROXY, request_id=request[REQUEST_ID], method=request.method, host=host, path=path,
-        client_addr=client_addr(request),
-    )
-    decision = await services.pipeline.authorize(access, authorization_token(request))
-    url = URL(route.upstream.rstrip("/") + path + (f"?{query}" if query else ""), encoded=True)
+    decision = await services.pipeline.authorize(access, admitted.token)
+    # The path idgate decided on is the path it sends: normalized, never the client's spelling.
+    url = URL(route.upstream.rstrip("/") + access.path + (f"?{admitted.query}" if admitted.query else ""), encoded=True)
     headers = _upstream_headers(services, request, route, access, decision)
     if websocket:
         return await relay(request, services, access, decision, url, headers, route)

@@ -25,7 +25,7 @@ async def test_allowed_request_reaches_upstream_with_identity_and_is_audited(mak
     # The assertion verifies with the JWKS on the admin listener, for this route only.
     async with stack.http.get(stack.idgate.admin_url + "/.well-known/jwks.json") as jwks_response:
         key = jwt.PyJWK((await jwks_response.json())["keys"][0]).key
-    claims = jwt.decode(received.header("X-Idgate-Assertion")[0], key, algorithms=["ES256"], audience="orders")
+    claims = jwt.decode(received.header("X-Idgate-Assertion")[0], key, algorithms=["ES256"], audience="route:orders")
     assert claims["sub"] == "svc-etl-7"
     records = await stack.idgate.audit_records()
     assert [r["event"] for r in records] == ["decision", "outcome"]

@@ -9,20 +9,29 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class PathTrick:
     target: str           # the request target exactly as the client sends it
-    status: int
+    status: int           # where idgate forwards the request itself (reverse proxy): it decides on the normalized path
     reason: str           # the reason code of the audited denial
+    # Where another proxy forwards its own copy (forward auth, ext_authz), a target that normalizes to
+    # another path is refused before any decision: idgate cannot change what the upstream receives.
+    non_canonical: bool = False
 
     def __str__(self) -> str:
         return self.target
 
+    def forwarded_by_peer(self) -> tuple[int, str]:
+        """The status and reason when a fronting proxy forwards the target as the client sent it."""
+        return (400, "non_canonical_path") if self.non_canonical else (self.status, self.reason)
+
 
 PATH_TRICKS = (
-    PathTrick("/v1/orders/../../admin", 403, "denied_by_rule"),        # resolves to /admin: the deny rule catches it
-    PathTrick("/v1/orders/%2e%2e/%2e%2e/admin/x", 403, "denied_by_rule"),
+    PathTrick("/v1/orders/../../admin", 403, "denied_by_rule", True),   # resolves to /admin: the deny rule catches it
+    PathTrick("/v1/orders/%2e%2e/%2e%2e/admin/x", 403, "denied_by_rule", True),
     PathTrick("/v1/orders%2F..%2Fadmin", 400, "encoded_slash"),
     PathTrick("/v1/orders/%5C..%5Cadmin", 400, "encoded_backslash"),
     PathTrick("/v1/orders/%2e%2e%5cadmin", 400, "encoded_backslash"),
-    PathTrick("//admin/x", 403, "denied_by_rule"),
+    PathTrick("//admin/x", 403, "denied_by_rule", True),
+    # RFC 3986: the first `..` removes the empty segment, so this is /v1/admin (no rule), never /admin.
+    PathTrick("/v1/orders//../../admin", 403, "no_matching_rule", True),
     PathTrick("/admin;x/users", 400, "path_params"),
     PathTrick("/../v1/orders", 400, "path_traversal"),
     PathTrick("/v1/orders/%00", 400, "nul"),

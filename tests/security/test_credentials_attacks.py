@@ -140,7 +140,7 @@ async def test_two_authorization_headers(broker_stack: BrokerStack) -> None:
     async with broker_stack.http.get(broker_stack.credentials_url,
                                      headers=[("Authorization", token), ("Authorization", token)]) as response:
         answer = Answer(response.status, await response.json(), "", dict(response.headers))
-    await assert_denied(broker_stack, answer, 400, "malformed_authorization")
+    await assert_denied(broker_stack, answer, 400, "duplicate_authorization")
 
 
 async def test_post_is_refused(broker_stack: BrokerStack) -> None:

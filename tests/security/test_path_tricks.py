@@ -95,8 +95,17 @@ def test_single_dot_segments_vanish() -> None:
 
 def test_double_slash_is_merged() -> None:
     assert canonical("//admin") == "/admin"
-    assert canonical("/public//..//admin") == "/admin"
     assert decide("//admin/users").rule_id == "nobody-touches-admin"
+
+
+def test_an_empty_segment_is_a_segment_when_dots_are_resolved() -> None:
+    """RFC 3986 remove_dot_segments: `..` after `//` removes the empty segment, as an upstream resolving the
+    raw path does; merging `//` first would decide on /admin while the upstream serves /public/admin."""
+    assert canonical("/public//..//admin") == "/public/admin"
+    assert canonical("/public//../admin") == "/public/admin"
+    assert canonical("/a/b//../../c") == "/a/c"
+    assert canonical("/a//..") == "/a/"
+    assert decide("/public//../admin/users").rule_id == "public-read"
 
 
 def test_encoded_semicolon_stays_a_literal() -> None:

@@ -69,3 +69,16 @@ def test_cached_assertion_never_speaks_for_another_token_of_the_same_subject():
     second = verify(signer, signer.sign(ui, "orders"), "orders")
     assert first["client_id"] == "etl-batch" and second["client_id"] == "billing-ui"
     assert second["exp"] <= int(ui.expires_at)
+
+
+def test_audiences_of_different_surfaces_never_collide():
+    """A route and a host can share a name: an assertion minted by forward auth for host `orders` must not
+    verify where the reverse proxy's route `orders` is expected, nor an ext_authz one where either is."""
+    from proxy.assertion import audience
+    from proxy.core.model import Surface
+
+    minted = {surface: audience(surface, "orders") for surface in Surface if surface is not Surface.CREDENTIALS}
+    assert minted[Surface.PROXY] == "route:orders"
+    assert minted[Surface.FORWARD_AUTH] == "forward-auth:orders"
+    assert minted[Surface.EXT_AUTHZ_HTTP] == minted[Surface.EXT_AUTHZ_GRPC] == "ext-authz:orders"
+    assert len({minted[Surface.PROXY], minted[Surface.FORWARD_AUTH], minted[Surface.EXT_AUTHZ_HTTP]}) == 3

@@ -1,6 +1,7 @@
 """The spine's request-level attack cases (tests/security/attack_cases.py), sent through a real Envoy
-asking idgate over HTTP and gRPC ext_authz: the same status and the same audited reason as the
-reverse proxy gives, and nothing reaches the upstream that idgate did not vouch for."""
+asking idgate over HTTP and gRPC ext_authz: the same admission as the reverse proxy (a target Envoy
+would forward in a spelling idgate did not decide on is refused first), the same audited reasons, and
+nothing reaches the upstream that idgate did not vouch for."""
 
 from __future__ import annotations
 
@@ -47,10 +48,10 @@ async def test_spoofed_identity_headers_without_an_idgate_counterpart_are_remove
 
 
 @pytest.mark.parametrize("trick", PATH_TRICKS, ids=str)
-async def test_path_tricks_are_refused_as_by_the_reverse_proxy(envoy_stack, trick: PathTrick):
+async def test_path_tricks_are_refused_before_a_decision_on_a_spelling_envoy_forwards(envoy_stack, trick: PathTrick):
     s = envoy_stack
     response = await raw_http(s.envoy.port, raw(s, trick.target, token=s.etl_token()))
-    await assert_refused_and_audited(s, response.status, trick.status, trick.reason)
+    await assert_refused_and_audited(s, response.status, *trick.forwarded_by_peer())
 
 
 @pytest.mark.parametrize("header", OVERRIDE_HEADERS)
@@ -75,15 +76,14 @@ async def test_query_does_not_take_part_in_path_matching(envoy_stack):
 
 async def test_a_path_idgate_would_rewrite_is_refused_not_passed_on(envoy_stack):
     """The reverse proxy forwards the canonical path; through Envoy the upstream would get the spelling
-    the client sent, which idgate did not authorize: refused, with the decision and its outcome audited."""
+    the client sent, which idgate did not authorize: refused at admission, before any token is looked at."""
     s = envoy_stack
     response = await raw_http(s.envoy.port, raw(s, "/v1/orders/./7/../8//%7Eitem", token=s.etl_token()))
     assert response.status == 400
     assert s.upstream.received == []
-    records = await s.idgate.audit_records()
-    decision, outcome = records
-    assert decision["target"]["path"] == "/v1/orders/8/~item" and decision["decision"] == "allow"
-    assert outcome["event"] == "outcome" and outcome["status"] == 400 and outcome["error"] == "non_canonical_path"
+    [record] = await s.idgate.audit_records()
+    assert record["decision"] == "deny" and record["reasons"] == ["non_canonical_path"]
+    assert record["identity"] is None and record["target"]["raw_path"] == "/v1/orders/./7/../8//%7Eitem"
 
 
 async def test_duplicate_authorization_headers_are_refused(envoy_stack):

@@ -1,4 +1,4 @@
-"""The container-credentials edge's own checks, before the pipeline: how the token and the role are read,
+"""The container-credentials edge's own checks, before the pipeline: how the role is read,
 and plain http served to loopback peers only (a peer address the integration tests cannot have)."""
 
 from __future__ import annotations
@@ -15,28 +15,10 @@ from aiohttp.test_utils import make_mocked_request
 from proxy.config import Config, ListenerConfig, TlsConfig
 from proxy.edges import credentials
 from proxy.edges._http import REQUEST_ID
-from proxy.core.errors import AccessDenied, AuthenticationError, BadRequest, DependencyError
+from proxy.core.errors import AccessDenied, BadRequest, DependencyError
 from proxy.services import SERVICES
 
 JWT = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln"
-
-
-def test_raw_and_bearer_tokens_are_both_accepted() -> None:
-    assert credentials.container_token([JWT]) == JWT
-    assert credentials.container_token([f"Bearer {JWT}"]) == JWT
-    assert credentials.container_token([]) is None
-
-
-@pytest.mark.parametrize(("values", "error"), [
-    ([JWT, JWT], BadRequest),
-    (["Basic dXNlcjpwYXNz"], AuthenticationError),
-    ([JWT + "\x00"], BadRequest),
-    (['{"json": true}'], BadRequest),
-    (["a<b>c"], BadRequest),
-])
-def test_malformed_authorization(values: list[str], error: type[Exception]) -> None:
-    with pytest.raises(error):
-        credentials.container_token(values)
 
 
 def request_with(path: str, *, peer: str = "127.0.0.1", tls: bool = False, method: str = "GET") -> web.Request:
