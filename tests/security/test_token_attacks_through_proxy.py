@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.factories import SigningKey, access_claims, forge_token, hmac_token, jwks_for, make_rsa_key, sign_token
+from tests.factories import access_claims, forge_token, hmac_token, jwks_for, make_rsa_key, sign_token
 
 KEY = make_rsa_key("rsa-proxy")
 

@@ -8,7 +8,6 @@ import ast
 import sys
 from pathlib import Path
 
-import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "proxy"
 MAX_ROOT_MODULES = 12
