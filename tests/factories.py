@@ -119,13 +119,14 @@ def sign_token(
     headers: dict[str, Any] | None = None,
 ) -> str:
     """A token signed by `key` over the JSON of `claims`, whatever it holds (PyJWS, so no claim checks:
-    non-string `iss`, `Infinity`, arrays all get signed).  `typ=None` leaves typ out (ID-token shaped);
-    `kid=None` leaves the kid out, the default "" uses the key's own kid."""
+    non-string `iss`, `Infinity`, arrays all get signed; bytes are signed as they are, for JSON that no
+    encoder writes).  `typ=None` leaves typ out (ID-token shaped); `kid=None` leaves the kid out, the
+    default "" uses the key's own kid."""
     header: dict[str, Any] = {"typ": typ}  # None makes PyJWT drop typ instead of adding "JWT"
     if kid is not None:
         header["kid"] = key.kid if kid == "" else kid
     header.update(headers or {})
-    payload = json.dumps(claims, separators=(",", ":")).encode()
+    payload = claims if isinstance(claims, bytes) else json.dumps(claims, separators=(",", ":")).encode()
     return jwt.PyJWS().encode(payload, key.private_key, algorithm=alg or key.alg, headers=header)
 
 

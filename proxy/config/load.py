@@ -113,7 +113,8 @@ def _check_issuer(issuer: IssuerConfig, spot: Spot) -> IssuerConfig:
         spot.report(f"must be between 0 and {MAX_LEEWAY:g} seconds", "leeway")
     if issuer.max_stale < 0:
         spot.report("must not be negative", "max_stale")
-    _check_positive(issuer, spot, "max_token_bytes", "max_age", "refresh_interval", "unknown_kid_min_interval")
+    _check_positive(issuer, spot, "max_token_bytes", "max_age", "max_lifetime", "refresh_interval",
+                    "unknown_kid_min_interval")
     return issuer
 
 

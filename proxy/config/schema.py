@@ -51,7 +51,8 @@ class IssuerConfig:
     allowed_client_ids: tuple[str, ...] = ()      # checked against `azp` or `client_id` when non-empty
     groups_claim: str = "groups"
     max_token_bytes: int = 8192
-    max_age: float | None = None                  # refuse tokens whose `iat` is older than this
+    max_age: float | None = None                  # refuse tokens issued (`iat`) longer ago than this; requires iat
+    max_lifetime: float = 86400.0                 # refuse tokens valid for longer than this (exp - iat, or exp - now)
     refresh_interval: float = 300.0               # background JWKS refresh
     unknown_kid_min_interval: float = 60.0        # at most one refetch per interval on an unknown kid
     max_stale: float = 86400.0                    # serve last-good keys this long while the issuer is down

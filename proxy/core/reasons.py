@@ -76,7 +76,8 @@ class Reason(StrEnum):
     TOKEN_EXPIRED = "token_expired"
     TOKEN_NOT_YET_VALID = "token_not_yet_valid"
     ISSUED_IN_FUTURE = "issued_in_future"
-    TOKEN_TOO_OLD = "token_too_old"
+    TOKEN_TOO_OLD = "token_too_old"                       # issued longer ago than the issuer's max_age
+    TOKEN_LIFETIME_TOO_LONG = "token_lifetime_too_long"   # exp - iat over the issuer's max_lifetime
     TOO_MANY_GROUPS = "too_many_groups"
     ISSUER_UNAVAILABLE = "issuer_unavailable"
 

@@ -13,6 +13,9 @@ from proxy.core.model import Identity
 from proxy.core.reasons import Reason
 
 MAX_GROUPS = 256
+# A NumericDate idgate believes: from the epoch to the end of year 9999.  Beyond it, a huge integer would
+# overflow a float (a 500) and a huge float would make a token that never expires.
+MAX_NUMERIC_DATE = 253402300799
 
 
 def identity_from_claims(header: Mapping[str, Any], claims: dict[str, Any], issuer: IssuerConfig,
@@ -36,6 +39,10 @@ def identity_from_claims(header: Mapping[str, Any], claims: dict[str, Any], issu
             raise AuthenticationError("token has no issue time", reason=Reason.MISSING_CLAIM)
         if now - leeway > iat + issuer.max_age:
             raise AuthenticationError("token is older than the accepted maximum age", reason=Reason.TOKEN_TOO_OLD)
+    # A token that stays valid for longer than the issuer's tokens should (a leaked long-lived token, an
+    # issuer misconfigured): its lifetime from issue, or from now when it does not say when it was issued.
+    if exp - (iat if iat is not None else now) > issuer.max_lifetime + leeway:
+        raise AuthenticationError("token lifetime exceeds the accepted maximum", reason=Reason.TOKEN_LIFETIME_TOO_LONG)
     return mapped_identity(claims, issuer, _audience(claims, issuer), float(exp))
 
 
@@ -80,6 +87,8 @@ def _time_claim(claims: Mapping[str, Any], name: str) -> int | float | None:
     # bool is an int subclass and a numeric string is what PyJWT would quietly accept: neither is a time.
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise AuthenticationError(f"token {name} claim is not a number", reason=Reason.INVALID_CLAIM)
+    if not 0 <= value <= MAX_NUMERIC_DATE:   # also false for NaN
+        raise AuthenticationError(f"token {name} claim is not a sane time", reason=Reason.INVALID_CLAIM)
     return value
 
 

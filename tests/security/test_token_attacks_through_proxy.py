@@ -4,6 +4,7 @@ challenge, the upstream sees nothing, and the denial is on the audit log with it
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 
 import pytest
@@ -11,6 +12,14 @@ import pytest
 from tests.factories import access_claims, forge_token, hmac_token, jwks_for, make_rsa_key, sign_token
 
 KEY = make_rsa_key("rsa-proxy")
+DAY = 86400
+
+
+def with_exp(iss: str, literal: str, claim: str = "exp") -> bytes:
+    """Valid claims whose `claim` is the JSON number literal given, exactly as written."""
+    claims = access_claims(issuer=iss, groups=["data-eng"], tenant="acme")
+    claims[claim] = "@"
+    return json.dumps(claims, separators=(",", ":")).encode().replace(b'"@"', literal.encode())
 
 Attack = Callable[[str], str]  # issuer URL -> token
 
@@ -31,6 +40,24 @@ ATTACKS: dict[str, tuple[Attack, str]] = {
     "malformed_base64": (lambda iss: "e30.e30.abc+def", "malformed_token"),
     "not_a_token68": (lambda iss: "e30.e30.***", "malformed_authorization"),
     "payload_not_json": (lambda iss: forge_token({"alg": "RS256"}, "not json"), "malformed_token"),
+    # Numeric claims: a literal beyond a double is malformed; an integer or a time beyond year 9999 (or
+    # before the epoch) is an invalid claim, never a 500 and never a token that does not expire.
+    "exp_overflows_a_double": (lambda iss: sign_token(with_exp(iss, "1e400"), KEY), "malformed_token"),
+    "exp_negative_overflow": (lambda iss: sign_token(with_exp(iss, "-1e400"), KEY), "malformed_token"),
+    "exp_huge_integer": (lambda iss: sign_token(with_exp(iss, "9" * 400), KEY), "invalid_claim"),
+    "exp_past_year_9999": (lambda iss: sign_token(with_exp(iss, "1e300"), KEY), "invalid_claim"),
+    "nbf_huge_integer": (lambda iss: sign_token(with_exp(iss, "1" + "0" * 30, "nbf"), KEY), "invalid_claim"),
+    "iat_before_the_epoch": (lambda iss: sign_token(with_exp(iss, "-5", "iat"), KEY), "invalid_claim"),
+    "iat_overflows_a_double": (lambda iss: sign_token(with_exp(iss, "1.5e999", "iat"), KEY), "malformed_token"),
+    "exp_nan": (lambda iss: sign_token(with_exp(iss, "NaN"), KEY), "malformed_token"),
+    # A default maximum lifetime (24 h, `max_lifetime` per issuer): from iat, or from now without one.
+    "lifetime_over_a_day": (lambda iss: sign_token(access_claims(issuer=iss, expires_in=2 * DAY), KEY),
+                            "token_lifetime_too_long"),
+    "lifetime_over_a_day_without_iat": (lambda iss: sign_token(access_claims(issuer=iss, expires_in=2 * DAY, iat=None),
+                                                               KEY), "token_lifetime_too_long"),
+    "issued_a_year_ago_valid_for_a_year_more": (
+        lambda iss: sign_token(access_claims(issuer=iss, now=time.time() - 365 * DAY, expires_in=730 * DAY), KEY),
+        "token_lifetime_too_long"),
 }
 
 

@@ -198,6 +198,50 @@ def test_time_claims_must_be_numbers(name: str, value: Any) -> None:
     assert reason_of(excinfo) == "invalid_claim"
 
 
+@pytest.mark.parametrize("name", ["exp", "nbf", "iat"])
+@pytest.mark.parametrize("value", [-1, 10**400, 1e300, float("inf"), float("nan"), 253402300800],
+                         ids=["before-epoch", "10**400", "1e300", "inf", "nan", "year-10000"])
+def test_time_claims_must_be_sane_times(name: str, value: Any) -> None:
+    """Before the epoch or past year 9999: an invalid claim, never an overflow or a token that never expires."""
+    token_claims = claims()
+    token_claims[name] = value
+    with pytest.raises(AuthenticationError) as excinfo:
+        check(token_claims)
+    assert reason_of(excinfo) == "invalid_claim"
+
+
+@pytest.mark.parametrize("literal", [b"1e400", b"-1e400", b"1.5E+309", b"NaN", b"Infinity", b"-Infinity"])
+def test_number_literals_beyond_a_double_are_malformed(literal: bytes) -> None:
+    payload = b'{"exp":' + literal + b"}"
+    token = f"{b64url({'alg': 'RS256'})}.{b64url(payload)}.{b64url(b'sig')}"
+    with pytest.raises(AuthenticationError) as excinfo:
+        parse_compact_jws(token)
+    assert reason_of(excinfo) == "malformed_token"
+
+
+@pytest.mark.parametrize("lifetime, iat, ok", [
+    (86400, True, True), (86400 + 30, True, True), (86400 + 31, True, False), (2 * 86400, False, False),
+    (3600, False, True),
+])
+def test_tokens_live_no_longer_than_the_issuers_max_lifetime(lifetime: int, iat: bool, ok: bool) -> None:
+    token_claims = claims(expires_in=lifetime, iat=int(NOW) if iat else None)
+    if ok:
+        check(token_claims)
+    else:
+        with pytest.raises(AuthenticationError) as excinfo:
+            check(token_claims)
+        assert reason_of(excinfo) == "token_lifetime_too_long"
+
+
+def test_max_lifetime_is_per_issuer() -> None:
+    short = replace(ISSUER, max_lifetime=600.0)
+    check(claims(expires_in=600), short)
+    with pytest.raises(AuthenticationError) as excinfo:
+        check(claims(expires_in=900), short)
+    assert reason_of(excinfo) == "token_lifetime_too_long"
+    check(claims(expires_in=7 * 86400), replace(ISSUER, max_lifetime=7 * 86400.0))
+
+
 def test_max_age_refuses_old_tokens_and_needs_iat() -> None:
     issuer = replace(ISSUER, max_age=600.0)
     check(claims(iat=int(NOW - 600)), issuer)
