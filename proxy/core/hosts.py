@@ -26,12 +26,14 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-_HOST = re.compile(r"(?P<name>[a-z0-9](?:[a-z0-9.-]{0,251}[a-z0-9])?|\[[0-9a-f:.]{2,45}\])(?::(?P<port>[0-9]{1,5}))?")
+# A name or a bracketed IP literal, one optional trailing dot (the root), an optional port.
+_HOST = re.compile(rf"(?P<name>(?=[^:]{{1,253}}(?:\.?(?::|\Z))){_LABEL}(?:\.{_LABEL})*|\[[0-9a-f:.]{{2,45}}\])"
+                   r"\.?(?::(?P<port>[0-9]{1,5}))?")
 
 
 def parse_host(value: str) -> str:
-    """A Host header value → lower-case host without port, or BadRequest."""
-    match = _HOST.fullmatch(value.strip().lower().rstrip("."))
+    """A Host header value → its canonical host: lower case, no trailing dot, no port; or BadRequest."""
+    match = _HOST.fullmatch(value.strip().lower())
     port = match.group("port") if match is not None else None
     if match is None or (port is not None and int(port) > 65535):
         raise BadRequest("invalid Host header", reason=Reason.BAD_HOST)

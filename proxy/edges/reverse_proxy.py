@@ -79,7 +79,7 @@ def _upstream_headers(services: Services, request: web.Request, route: RouteConf
     trusted = access.client_addr in services.trusted
     headers = clean_request_headers(list(request.headers.items()), trusted_peer=trusted, keep_authorization=route.forward_token)
     headers += [
-        ("Host", request.headers["Host"]),
+        ("Host", access.host),          # the host decided on, never the client's spelling of it
         ("X-Forwarded-For", forwarded_for(request.headers.getall("X-Forwarded-For", []), access.client_addr,
                                           trusted_peer=trusted)),
         ("X-Forwarded-Proto", request.scheme),

@@ -37,7 +37,7 @@ _GLOB_CHARS = frozenset("*?[")
 class WhoMatcher:
     """A `Who` with its globs compiled once.  Empty fields do not constrain; `any` alone matches all."""
 
-    __slots__ = ("_issuers", "_subjects", "_subject_globs", "_groups", "_client_ids", "_claims")
+    __slots__ = ("_issuers", "_subjects", "_subject_globs", "_groups", "_client_ids", "_claims", "_claims_contain")
 
     def __init__(self, who: Who) -> None:
         self._issuers = frozenset(who.issuers) or None
@@ -49,6 +49,7 @@ class WhoMatcher:
         self._groups = frozenset(who.groups) or None
         self._client_ids = frozenset(who.client_ids) or None
         self._claims = tuple((name, frozenset(values)) for name, values in who.claims.items())
+        self._claims_contain = tuple((name, frozenset(values)) for name, values in who.claims_contain.items())
 
     def matches(self, identity: Identity) -> bool:
         if self._issuers is not None and identity.issuer not in self._issuers:
@@ -61,18 +62,16 @@ class WhoMatcher:
         if self._client_ids is not None and identity.client_id not in self._client_ids:
             return False
         for name, allowed in self._claims:
-            if not _claim_matches(identity.claims.get(name), allowed):
+            value = identity.claims.get(name)
+            # Exact: a string, no coercion (`true` in a policy never equals a JSON boolean claim), and never
+            # a list that merely holds the value (tenant: [acme, globex] is not tenant: acme).
+            if not isinstance(value, str) or value not in allowed:
+                return False
+        for name, allowed in self._claims_contain:
+            value = identity.claims.get(name)
+            if not isinstance(value, list | tuple) or not any(isinstance(v, str) and v in allowed for v in value):
                 return False
         return True
-
-
-def _claim_matches(value: Any, allowed: frozenset[str]) -> bool:
-    """Exact string comparison, no coercion: `true` in a policy never equals a JSON boolean claim."""
-    if isinstance(value, str):
-        return value in allowed
-    if isinstance(value, (list, tuple)):
-        return any(isinstance(item, str) and item in allowed for item in value)
-    return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,12 +218,13 @@ def _pattern_segments(pattern: str) -> tuple[tuple[str, ...], str | None]:
 
 
 def _constrains(who: Who) -> bool:
-    return who.any or bool(who.issuers or who.subjects or who.groups or who.client_ids or who.claims)
+    return who.any or who.has_conditions()
 
 
 def _who_key(who: Who) -> tuple[Any, ...]:
     claims = tuple(sorted((name, tuple(values)) for name, values in who.claims.items()))
-    return (who.any, who.issuers, who.subjects, who.groups, who.client_ids, claims)
+    contain = tuple(sorted((name, tuple(values)) for name, values in who.claims_contain.items()))
+    return (who.any, who.issuers, who.subjects, who.groups, who.client_ids, claims, contain)
 
 
 def _problem(rule: Rule, message: str) -> ConfigProblem:

@@ -65,11 +65,12 @@ def host_pattern_problem(host: str) -> str | None:
 
 
 def _check_who(who: Who, spot: Spot) -> Who:
-    conditions = who.issuers or who.subjects or who.groups or who.client_ids or who.claims
+    conditions = who.has_conditions()
     if who.any and conditions:
         spot.report("'any: true' together with other conditions is ambiguous; use one or the other")
     elif not who.any and not conditions:
-        spot.report("needs at least one condition (issuer, subject, groups, client_id, claims) or 'any: true'")
+        spot.report("needs at least one condition (issuer, subject, groups, client_id, claims, claims_contain) "
+                    "or 'any: true'")
     return who
 
 
@@ -127,7 +128,7 @@ def _check_rule(rule: Rule, spot: Spot) -> Rule:
 _SCHEMA = Schema(
     keys=MappingProxyType({Who: MappingProxyType(
         {"issuers": "issuer", "subjects": "subject", "client_ids": "client_id"})}),
-    one_or_many=frozenset((Who, f) for f in ("issuers", "subjects", "groups", "client_ids", "claims")),
+    one_or_many=frozenset((Who, f) for f in ("issuers", "subjects", "groups", "client_ids", "claims", "claims_contain")),
     internal=frozenset({(Rule, "file"), (Rule, "line")}),
     validators=MappingProxyType({
         Who: _check_who, HttpGrant: _check_http, AwsGrant: _check_aws,

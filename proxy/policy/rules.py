@@ -25,7 +25,14 @@ class Who:
     subjects: tuple[str, ...] = ()          # fnmatch-style globs, case-sensitive
     groups: tuple[str, ...] = ()            # identity has at least one
     client_ids: tuple[str, ...] = ()
+    # A string claim equal to one of the values: exact, so a list claim never matches here ...
     claims: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: MappingProxyType({}))
+    # ... a list claim holding at least one of the values, only where a rule says so.
+    claims_contain: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: MappingProxyType({}))
+
+    def has_conditions(self) -> bool:
+        return bool(self.issuers or self.subjects or self.groups or self.client_ids or self.claims
+                    or self.claims_contain)
 
 
 @dataclass(frozen=True, slots=True)

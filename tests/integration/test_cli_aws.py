@@ -42,11 +42,25 @@ def test_check_shows_the_role_and_the_session_policy_it_would_send(tmp_path: Pat
 
 
 def test_check_shows_why_the_broker_would_refuse(tmp_path: Path) -> None:
-    shown = check(config_for(tmp_path, REPO / "policies"),
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "tenants.yaml").write_text(
+        "rules:\n  - id: any-of-my-tenants\n    who: {issuer: '" + ISSUER + "', claims_contain: {tenant: [acme]}}\n"
+        "    aws: {role_arn: 'arn:aws:iam::123456789012:role/etl', dynamodb: [{table: orders, actions: [GetItem],"
+        " leading_keys: ['${claims.tenant}']}]}\n")
+    shown = check(config_for(tmp_path, policies),
                   {"iss": ISSUER, "sub": "svc-etl-9", "groups": ["data-eng"], "tenant": ["acme"]})
-    # `who` requires tenant acme: a list claim containing it matches, but cannot fill the template.
+    # The rule matches a list claim holding acme (claims_contain), but a list cannot fill the template.
     [role] = shown["aws"]  # type: ignore[misc]
     assert role["denied"]["reason"] == "claim_not_string" and "session_policy" not in role
+
+
+def test_a_list_claim_does_not_pass_an_exact_claim_rule(tmp_path: Path) -> None:
+    """policies/orders.yaml says `claims: {tenant: acme}`: a token whose tenant is [acme, globex] speaks for
+    two tenants, so it gets neither the HTTP rule nor the AWS role."""
+    shown = check(config_for(tmp_path, REPO / "policies"),
+                  {"iss": ISSUER, "sub": "svc-etl-9", "groups": ["data-eng"], "tenant": ["acme", "globex"]})
+    assert "aws" not in shown and shown["decision"] == "deny"
 
 
 def test_check_has_no_aws_section_without_aws_rules(tmp_path: Path) -> None:

@@ -51,6 +51,21 @@ async def test_forwarded_headers_from_untrusted_peer_are_ignored(stack):
     assert (await stack.decisions())[0]["client"]["addr"] == "127.0.0.1"
 
 
+@pytest.mark.parametrize("spelling", ["ORDERS.INTERNAL", "orders.internal.", "Orders.Internal.:8443", "orders.internal:80"])
+async def test_the_upstream_gets_the_host_that_was_decided_not_the_clients_spelling(stack, spelling):
+    response = await raw_http(stack.idgate.port, raw(stack, "/v1/orders/7", token=stack.etl_token(), host=spelling))
+    assert response.status == 200
+    [received] = stack.upstream.received
+    assert received.header("Host") == ["orders.internal"] and received.header("X-Forwarded-Host") == ["orders.internal"]
+    assert (await stack.decisions())[0]["target"]["host"] == "orders.internal"
+
+
+@pytest.mark.parametrize("spelling", ["orders.internal..", "orders.internal:65536", "orders..internal", "[::1"])
+async def test_malformed_host_spellings_are_refused(stack, spelling):
+    response = await raw_http(stack.idgate.port, raw(stack, "/v1/orders/7", token=stack.etl_token(), host=spelling))
+    await assert_refused_and_audited(stack, response.status, 400, "bad_host")
+
+
 @pytest.mark.parametrize("trick", PATH_TRICKS, ids=str)
 async def test_path_tricks_are_normalized_or_refused(stack, trick: PathTrick):
     response = await raw_http(stack.idgate.port, raw(stack, trick.target, token=stack.etl_token()))

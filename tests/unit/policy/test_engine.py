@@ -157,25 +157,32 @@ def test_client_ids_are_any_of() -> None:
 
 
 @pytest.mark.parametrize(
-    ("claim", "expected"),
+    ("claim", "exact", "contains"),
     [
-        ("acme", True),
-        ("globex", True),
-        ("ACME", False),
-        (["other", "acme"], True),
-        (["other"], False),
-        ([], False),
-        ([["acme"]], False),
-        (None, False),
-        (True, False),
-        (7, False),
-        ({"acme": 1}, False),
+        ("acme", True, False),
+        ("globex", True, False),
+        ("ACME", False, False),
+        (["other", "acme"], False, True),     # a list holding the value is not the value
+        (["acme"], False, True),
+        (["other"], False, False),
+        ([], False, False),
+        ([["acme"]], False, False),
+        (None, False, False),
+        (True, False, False),
+        (7, False, False),
+        ({"acme": 1}, False, False),
     ],
 )
-def test_claims_match_exact_strings_or_any_list_element(claim: Any, expected: bool) -> None:
-    policy = CompiledPolicy.compile((allow("r", Who(claims=claims(tenant=("acme", "globex"))), grant("/**")),))
+def test_claims_are_exact_and_claims_contain_reads_lists(claim: Any, exact: bool, contains: bool) -> None:
+    """`claims: {tenant: acme}` is an exact match: a token whose tenant is [acme, globex] speaks for two
+    tenants and must not pass a rule for one.  A rule that means a list says `claims_contain`."""
     extra = {} if claim is None else {"tenant": claim}
-    assert allowed(policy, make_identity(claims=extra), "/") is expected
+    identity = make_identity(claims=extra)
+    exact_policy = CompiledPolicy.compile((allow("r", Who(claims=claims(tenant=("acme", "globex"))), grant("/**")),))
+    contain_policy = CompiledPolicy.compile((allow("r", Who(claims_contain=claims(tenant=("acme", "globex"))),
+                                                   grant("/**")),))
+    assert allowed(exact_policy, identity, "/") is exact
+    assert allowed(contain_policy, identity, "/") is contains
 
 
 def test_boolean_claims_are_not_coerced_to_strings() -> None:
@@ -463,8 +470,11 @@ def _reference_grant(g: HttpGrant, method: str, host: str, path: str) -> bool:
 def _reference_who(who: Who, identity: Identity) -> bool:
     def claim_ok(name: str, values: tuple[str, ...]) -> bool:
         value = identity.claims.get(name)
-        items = value if isinstance(value, list) else [value]
-        return any(isinstance(v, str) and v in values for v in items)
+        return isinstance(value, str) and value in values
+
+    def contains_ok(name: str, values: tuple[str, ...]) -> bool:
+        value = identity.claims.get(name)
+        return isinstance(value, list) and any(isinstance(v, str) and v in values for v in value)
 
     return (
         (not who.issuers or identity.issuer in who.issuers)
@@ -472,6 +482,7 @@ def _reference_who(who: Who, identity: Identity) -> bool:
         and (not who.groups or bool(set(who.groups) & set(identity.groups)))
         and (not who.client_ids or identity.client_id in who.client_ids)
         and all(claim_ok(n, v) for n, v in who.claims.items())
+        and all(contains_ok(n, v) for n, v in who.claims_contain.items())
     )
 
 
@@ -503,7 +514,9 @@ def test_compiled_index_agrees_with_brute_force_on_generated_policies() -> None:
             return Who(subjects=(rng.choice(["svc-*", "svc-1", "job-?"]),))
         if roll < 0.8:
             return Who(groups=(rng.choice(["g1", "g2", "g3"]),))
-        return Who(claims=claims(tenant=(rng.choice(["t1", "t2"]),)))
+        if roll < 0.9:
+            return Who(claims=claims(tenant=(rng.choice(["t1", "t2"]),)))
+        return Who(claims_contain=claims(tenant=(rng.choice(["t1", "t3"]),)))
 
     rules: list[Rule] = []
     for n in range(80):

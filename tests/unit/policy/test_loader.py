@@ -204,6 +204,17 @@ def test_who_takes_a_string_or_a_list(tmp_path: Path) -> None:
     assert rule.effect is Effect.ALLOW and rule.line == 3
 
 
+def test_claims_contain_is_its_own_condition(tmp_path: Path) -> None:
+    write(tmp_path, "p.yaml", """
+        rules:
+          - id: any-of-my-tenants
+            who: {claims_contain: {tenants: [acme, globex]}}
+            http: [{paths: ["/"]}]
+    """)
+    (rule,) = load_policies(tmp_path)
+    assert rule.who == Who(claims_contain={"tenants": ("acme", "globex")}) and rule.who.has_conditions()
+
+
 def test_hosts_are_lower_cased_and_wildcards_allowed(tmp_path: Path) -> None:
     write(tmp_path, "p.yaml", """
         rules:
