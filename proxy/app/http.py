@@ -41,19 +41,19 @@ def build_main_app(services: Services, in_flight: InFlight) -> web.Application:
 
 
 def build_admin_app(services: Services) -> web.Application:
-    app = web.Application()
+    app = web.Application(middlewares=[admin.guard])
     app[SERVICES] = services
     admin.add_routes(app)
     return app
 
 
 def runner_args(limits: LimitsConfig) -> dict[str, Any]:
-    """aiohttp server arguments.  aiohttp has no separate header-read timeout: its idle timer also
-    closes a connection whose request head has not completed, so it bounds slow-header clients."""
+    """aiohttp server arguments: its parser's own limits (above idgate's), and its idle timer for
+    keep-alive connections between requests."""
     return {
         "max_line_size": limits.max_line_bytes,
         "max_field_size": limits.max_header_bytes * _PARSER_HEADROOM,
         "max_headers": limits.max_headers * _PARSER_HEADROOM,
-        "keepalive_timeout": min(limits.header_timeout, limits.keepalive_timeout),
+        "keepalive_timeout": limits.keepalive_timeout,   # heads have their own deadline (proxy.app.protocol)
         "access_log": None,
     }

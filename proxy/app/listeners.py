@@ -8,6 +8,7 @@ from typing import Any
 from aiohttp import web
 
 from proxy.app.http import build_admin_app, build_main_app, runner_args
+from proxy.app.protocol import ConnectionBounds, GuardedAppRunner
 from proxy.config import Config
 from proxy.edges._in_flight import InFlight
 from proxy.services import Services
@@ -29,8 +30,16 @@ class Listeners:
     def __init__(self, services: Services) -> None:
         self._services = services
         self.in_flight = InFlight()
-        self._main = web.AppRunner(build_main_app(services, self.in_flight), **runner_args(services.config.limits))
-        self._admin = web.AppRunner(build_admin_app(services), access_log=None)
+        limits = services.config.limits
+        bounds = ConnectionBounds.of(limits)
+        trusted = services.trusted.__contains__
+        metrics = services.metrics
+        self._main = GuardedAppRunner(build_main_app(services, self.in_flight), bounds, trusted,
+                                      lambda reason: metrics.child(metrics.http_refused, "main", reason).inc(),
+                                      **runner_args(limits))
+        self._admin = GuardedAppRunner(build_admin_app(services), bounds, trusted,
+                                       lambda reason: metrics.child(metrics.http_refused, "admin", reason).inc(),
+                                       **runner_args(limits))
         self._grpc: Any = None    # proxy.app.grpc.GrpcListener: imported only when configured (optional extra)
         self.main_port = 0
         self.admin_port = 0

@@ -88,6 +88,10 @@ def _check_tls(tls: TlsConfig, spot: Spot) -> TlsConfig:
 
 def _check_limits(limits: LimitsConfig, spot: Spot) -> LimitsConfig:
     _check_positive(limits, spot, *(f.name for f in fields(limits)))
+    if limits.max_head_bytes < limits.max_line_bytes:
+        spot.report("must be at least max_line_bytes: a head holds its request line", "max_head_bytes")
+    if limits.max_connections_per_peer > limits.max_connections:
+        spot.report("must not exceed max_connections", "max_connections_per_peer")
     return limits
 
 

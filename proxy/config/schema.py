@@ -37,6 +37,9 @@ class LimitsConfig:
     max_headers: int = 100               # number of header fields
     header_timeout: float = 10.0         # seconds a client may take to send the request head
     keepalive_timeout: float = 75.0
+    max_head_bytes: int = 65536          # a whole request head, bounded while it is read
+    max_connections: int = 4096          # open connections per listener (main, admin)
+    max_connections_per_peer: int = 1024 # per client address; trusted proxies count towards the total only
 
 
 @dataclass(frozen=True, slots=True)

@@ -52,6 +52,7 @@ class Reason(StrEnum):
     # --- the request body ---
     BODY_TOO_LARGE = "body_too_large"
     BODY_TIMEOUT = "body_timeout"
+    MALFORMED_BODY = "malformed_body"                     # a chunked body whose framing the parser refused
 
     # --- Envoy's CheckRequest (proxy.edges.ext_authz_grpc) ---
     MALFORMED_CHECK = "malformed_check"

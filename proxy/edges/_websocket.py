@@ -58,6 +58,7 @@ async def relay(request: web.Request, services: Services, access: AccessRequest,
     inbound: asyncio.Task[int] | None = None
     outbound: asyncio.Task[int] | None = None
     client = web.WebSocketResponse(protocols=(upstream.protocol,) if upstream.protocol else (), max_msg_size=_MAX_MESSAGE)
+    client.headers["Server"] = "idgate"   # not aiohttp's version string
     try:
         request[RESPONSE_STARTED] = True
         await client.prepare(request)

@@ -3,10 +3,15 @@ verifies X-Idgate-Assertion."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from proxy.core.headers import request_id
 from proxy.services import SERVICES
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -34,6 +39,21 @@ async def metrics(request: web.Request) -> web.Response:
 
 async def jwks(request: web.Request) -> web.Response:
     return web.json_response(request.app[SERVICES].signer.jwks(), headers={"Cache-Control": "max-age=300"})
+
+
+@web.middleware
+async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The admin listener answers like the main one: JSON errors, idgate's Server header."""
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        rid = request_id(None, trusted_peer=False)
+        response = web.json_response({"code": "not_found" if exc.status == 404 else "bad_request",
+                                      "message": exc.reason, "request_id": rid},
+                                     status=exc.status, headers={"X-Request-Id": rid})
+    if not response.prepared:
+        response.headers["Server"] = "idgate"
+    return response
 
 
 def add_routes(app: web.Application) -> None:

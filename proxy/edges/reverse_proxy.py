@@ -49,6 +49,9 @@ class _BodyCounter:
             except TimeoutError:
                 self.failure = RequestTimeout("the request body stopped arriving", reason=Reason.BODY_TIMEOUT)
                 raise self.failure from None
+            except IdgateError as err:   # the connection's parser refused the body's framing
+                self.failure = err
+                raise
             if not chunk:
                 return
             self.count += len(chunk)

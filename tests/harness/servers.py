@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +61,8 @@ class RecordingUpstream:
     port: int = 0
     # Requests whose path contains "__hang" wait on this (set at teardown): a slow upstream without sleeps.
     release: asyncio.Event = field(default_factory=asyncio.Event)
+    # Set when a request's head has arrived, before its body is read: idgate has allowed and forwarded it.
+    started: asyncio.Event = field(default_factory=asyncio.Event)
 
     def app(self) -> web.Application:
         async def big(request: web.Request) -> web.StreamResponse:
@@ -86,6 +88,7 @@ class RecordingUpstream:
             return socket_
 
         async def echo(request: web.Request) -> web.StreamResponse:
+            self.started.set()
             if request.headers.get("Upgrade", "").lower() == "websocket":
                 return await ws(request)
             if "__big" in request.raw_path:
@@ -191,14 +194,20 @@ class RawResponse:
     body: bytes
 
 
-async def raw_http(port: int, request: bytes, *, timeout: float = 10.0) -> RawResponse:
+async def raw_http(port: int, request: bytes, *, timeout: float = 10.0,
+                   then: Callable[[], Awaitable[object]] | None = None, rest: bytes = b"") -> RawResponse:
     """Send bytes exactly as given (for clients that misbehave on purpose); read one response: its
-    head, then Content-Length bytes, or everything until the server closes."""
+    head, then Content-Length bytes, or everything until the server closes.  With `then`, send
+    `request`, wait for `then()` (an event the test needs first), and only then send `rest`."""
     reader, writer = await asyncio.open_connection(HOST, port)
     try:
         writer.write(request)
         await writer.drain()
         async with asyncio.timeout(timeout):
+            if then is not None:
+                await then()
+                writer.write(rest)
+                await writer.drain()
             try:
                 head = await reader.readuntil(b"\r\n\r\n")
             except asyncio.IncompleteReadError as closed:

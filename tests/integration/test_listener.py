@@ -56,9 +56,12 @@ async def test_slow_request_head_is_cut_off(make_stack):
     data = await asyncio.wait_for(reader.read(), timeout=10)  # returns at EOF: idgate closed the socket
     elapsed = time.monotonic() - started
     writer.close()
-    assert data == b""
+    assert data.startswith(b"HTTP/1.1 408 ") and b'"code":"request_timeout"' in data   # told why, then closed
     assert elapsed < 5
-    assert stack.upstream.received == []
+    assert stack.upstream.received == [] and await stack.decisions() == []
+    [refused] = [s for m in stack.idgate.services.metrics.http_refused.collect() for s in m.samples
+                 if s.name.endswith("_total")]
+    assert (refused.labels["reason"], refused.value) == ("head_timeout", 1)
 
 
 

@@ -179,3 +179,27 @@ async def test_client_that_stops_sending_its_body_is_cut_off(make_stack):
     assert response.status == 408
     outcome = [r for r in await stack.idgate.audit_records() if r["event"] == "outcome"][-1]
     assert outcome["error"] == "body_timeout" and outcome["status"] == 408
+
+
+# After the first, well-formed chunk: the head is allowed and forwarded, then the framing goes wrong.
+@pytest.mark.parametrize("rest", [
+    b"zz\r\nhello\r\n0\r\n\r\n",                  # chunk size not hex
+    b"XYZ\r\n",                                    # size line garbage
+    b"5;ext\x00=1\r\nhello\r\n0\r\n\r\n",          # control character in an extension
+    b"-5\r\nhello\r\n0\r\n\r\n",                   # negative size
+    b"5\r\nhelloEXTRA\r\n0\r\n\r\n",               # chunk longer than it said
+])
+async def test_a_malformed_chunked_body_fails_fast_with_400(make_stack, rest):
+    """A framing error after an authorized head is noticed at once, not by the idle timer: 400, the
+    outcome says why, the upstream request is aborted, and nothing of the body is echoed back."""
+    stack = await make_stack(orders_route={"read_timeout": 30})
+    head = raw(stack, "/v1/orders/7", token=stack.etl_token(), extra="Transfer-Encoding: chunked\r\n")
+    response = await raw_http(stack.idgate.port, head + b"5\r\nfirst\r\n", timeout=5,
+                              then=stack.upstream.started.wait, rest=rest)
+    assert response.status == 400 and response.head.count("HTTP/1.1") == 1
+    assert b"hello" not in response.body and b"aiohttp" not in response.head.encode()
+    assert stack.upstream.received == []       # it never got a complete request
+    decision, outcome = await stack.idgate.audit_records()
+    assert decision["decision"] == "allow"
+    assert (outcome["event"], outcome["status"], outcome["error"]) == ("outcome", 400, "malformed_body")
+    assert outcome["duration_ms"] < 5000
