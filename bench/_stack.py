@@ -168,7 +168,8 @@ class Idgate(ServerUrls):
 
 
 def start_idgate(procs: ProcessGroup, workdir: Path, issuer_url: str, upstream_port: int, *,
-                 name: str = "idgate", rules: int = 100, audit: dict[str, Any] | None = None) -> Idgate:
+                 name: str = "idgate", rules: int = 100, audit: dict[str, Any] | None = None,
+                 limits: dict[str, Any] | None = None) -> Idgate:
     """`idgate serve` (one worker process) with audit on, fsync true unless `audit` overrides it, and
     forward auth for loopback."""
     home = workdir / name
@@ -189,6 +190,7 @@ def start_idgate(procs: ProcessGroup, workdir: Path, issuer_url: str, upstream_p
              "max_body_bytes": 4 * 1024 ** 3, "read_timeout": 600},
         ],
         "audit": {"path": str(audit_path), "fsync": True, **(audit or {})},
+        **({"limits": limits} if limits else {}),
     }
     config_path = home / "idgate.yaml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))

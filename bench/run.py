@@ -39,6 +39,7 @@ BENCHES = (
     Bench("envoy", "bench_envoy", ("--quick",), needs_wrk=True),
     Bench("broker", "bench_broker", ("--quick",), needs_wrk=True),
     Bench("stream_memory", "bench_stream_memory", ("--quick",)),
+    Bench("head_flood", "bench_head_flood", ("--quick",)),
     Bench("jwt", "bench_jwt", ("--quick",)),
     Bench("policy", "bench_policy", ("--requests", "10000")),
     Bench("audit", "bench_audit", ("--seconds", "1")),

@@ -160,3 +160,18 @@ async def test_a_handler_crash_is_a_logged_crash_not_a_parser_refusal(caplog):
     assert refused == []
     [record] = [r for r in caplog.records if r.name == "idgate.http"]
     assert record.levelno == logging.ERROR and record.exc_info is not None and "a bug" in str(record.exc_info[1])
+
+
+@pytest.mark.parametrize("trusted", [True, False])
+async def test_the_grpc_listener_echoes_nothing_either(make_stack, trusted):
+    stack = await make_stack(ext_authz={"grpc": {"host": HOST, "port": 0}},
+                             trusted_proxies=["127.0.0.1/32"] if trusted else [])
+    reader, writer = await asyncio.open_connection(HOST, stack.idgate.listeners.grpc_port)
+    try:
+        writer.write(PARSER_REFUSALS["space_before_colon"].encode())
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), 5)     # GOAWAY (or a plain close), then EOF
+    finally:
+        writer.close()
+    assert SECRET.encode() not in answer and b"eyJ" not in answer
+    assert b"aiohttp" not in answer and b"Python" not in answer and b"HTTP/1.1" not in answer
