@@ -49,6 +49,9 @@ class Metrics:
         self.grpc_refused = Counter(
             "idgate_grpc_refused_total", "gRPC ext_authz connections refused at connect (untrusted peer, connection "
             "caps) or closed for misbehaving (rapid reset, floods, deadlines), by reason.", ["reason"], registry=r)
+        self.upstream_busy = Counter(
+            "idgate_upstream_busy_total", "Requests answered 503 because the route's upstream connections were all "
+            "in use for its pool_timeout, by route.", ["route"], registry=r)
         self.http_refused = Counter(
             "idgate_http_refused_total", "HTTP connections and requests refused before any handler: connection "
             "caps, request heads too large or too slow, and what the HTTP parser refused, by listener and reason.",

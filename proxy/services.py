@@ -58,7 +58,8 @@ SERVICES: web.AppKey[Services] = web.AppKey("idgate_services", Services)
 def _upstream_session(config: Config) -> aiohttp.ClientSession:
     # Pooled keep-alive connections; bodies pass through byte for byte (no decompression, no
     # default headers the client did not send).
-    connector = aiohttp.TCPConnector(limit=1000, limit_per_host=0, keepalive_timeout=30, enable_cleanup_closed=True)
+    # No limit of its own: each route bounds its connections (edges._routes.RouteSlots), with a bounded wait.
+    connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=30, enable_cleanup_closed=True)
     return aiohttp.ClientSession(
         connector=connector,
         auto_decompress=False,

@@ -12,7 +12,7 @@ from proxy.core.model import Surface
 from proxy.edges import admin, credentials, ext_authz_http, forward_auth, reverse_proxy
 from proxy.edges._errors import guard_middleware
 from proxy.edges._in_flight import InFlight
-from proxy.edges._routes import RouteTable
+from proxy.edges._routes import RouteSlots, RouteTable
 from proxy.services import SERVICES, Services
 
 # aiohttp's own parser limits sit above idgate's, so an oversized head normally reaches the
@@ -29,6 +29,7 @@ def build_main_app(services: Services, in_flight: InFlight) -> web.Application:
     app = web.Application(middlewares=[guard_middleware(services, in_flight, _ROUTE_SURFACES)], client_max_size=1024)
     app[SERVICES] = services
     app[reverse_proxy.ROUTES] = RouteTable(services.config.routes)
+    app[reverse_proxy.SLOTS] = RouteSlots(services.config.routes)
     if services.config.forward_auth.enabled:
         app.router.add_route("*", services.config.forward_auth.path, forward_auth.handle)
     if services.config.credentials.enabled:

@@ -141,7 +141,8 @@ def _check_route(route: RouteConfig, spot: Spot) -> RouteConfig:
             spot.report(f"'{host}' is not a valid host name (no port, no wildcard)", "hosts", i)
     if why := _path_prefix_problem(route.path_prefix):
         spot.report(why, "path_prefix")
-    _check_positive(route, spot, "connect_timeout", "read_timeout", "max_body_bytes")
+    _check_positive(route, spot, "connect_timeout", "read_timeout", "max_body_bytes", "max_connections", "pool_timeout",
+                    "websocket_idle_timeout", "websocket_max_lifetime")
     return replace(route, hosts=hosts)
 
 

@@ -72,6 +72,10 @@ class RouteConfig:
     max_body_bytes: int = 10 * 1024 * 1024
     websocket: bool = False
     forward_token: bool = False                   # pass the caller's Authorization upstream
+    max_connections: int = 256                    # upstream connections this route may hold (WebSockets included)
+    pool_timeout: float = 5.0                     # wait this long for one of them, then 503 upstream_busy
+    websocket_idle_timeout: float = 300.0         # close a WebSocket with no message either way for this long
+    websocket_max_lifetime: float = 3600.0        # ... and at this age, or when the caller's token expires
 
 
 @dataclass(frozen=True, slots=True)

@@ -115,6 +115,10 @@ class Reason(StrEnum):
     # --- acting on an allow ---
     UPSTREAM_FAILED = "upstream_failed"
     UPSTREAM_TIMEOUT = "upstream_timeout"
+    UPSTREAM_BUSY = "upstream_busy"                       # the route's connections were all in use for pool_timeout
+    WEBSOCKET_IDLE = "websocket_idle"                     # outcomes: why idgate closed a WebSocket
+    WEBSOCKET_TOKEN_EXPIRED = "websocket_token_expired"
+    WEBSOCKET_MAX_LIFETIME = "websocket_max_lifetime"
     CLIENT_DISCONNECTED = "client_disconnected"           # an outcome, never a denial
 
     # --- idgate itself ---

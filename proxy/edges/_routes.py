@@ -1,12 +1,14 @@
-"""Pick the upstream route for a host and normalized path: host-specific routes before catch-all
-ones, then the longest path prefix on a segment boundary.  Pure."""
+"""Routes: the upstream route for a host and normalized path (host-specific routes before catch-all
+ones, then the longest path prefix on a segment boundary), and the connections each route may hold."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 
 from proxy.config import RouteConfig
-from proxy.core.errors import NotFound
+from proxy.core.errors import DependencyError, NotFound
 from proxy.core.reasons import Reason
 
 
@@ -29,3 +31,25 @@ class RouteTable:
             if _prefix_matches(route.path_prefix, path):
                 return route
         raise NotFound("no route for this host and path", reason=Reason.NO_ROUTE)
+
+
+class RouteSlots:
+    """The upstream connections each route may hold: a request holds one from before it is forwarded
+    until its answer (or its WebSocket) ends, so one route, or one identity's idle WebSockets on it,
+    cannot take every connection, and a request that cannot get one in time is answered, not parked."""
+
+    def __init__(self, routes: Sequence[RouteConfig]) -> None:
+        self._slots = {route.name: asyncio.Semaphore(route.max_connections) for route in routes}
+
+    @asynccontextmanager
+    async def hold(self, route: RouteConfig) -> AsyncIterator[None]:
+        slots = self._slots[route.name]
+        try:
+            async with asyncio.timeout(route.pool_timeout):
+                await slots.acquire()
+        except TimeoutError:
+            raise DependencyError("the upstream is busy; try again", reason=Reason.UPSTREAM_BUSY) from None
+        try:
+            yield
+        finally:
+            slots.release()

@@ -1,5 +1,6 @@
-"""WebSocket relay for the reverse proxy: authorized once at the upgrade, then frames pass both
-ways until either side closes."""
+"""WebSocket relay for the reverse proxy: authorized once at the upgrade, then frames pass both ways
+until either side closes, or idgate closes it: when the token that authorized it expires, at the
+route's maximum lifetime, or when it goes idle.  The outcome record says which."""
 
 from __future__ import annotations
 
@@ -20,10 +21,18 @@ from proxy.services import Services
 _MAX_MESSAGE = 4 * 1024 * 1024
 
 
+class _Activity:
+    """When a message last crossed the relay, either way (for the idle timeout)."""
+
+    def __init__(self) -> None:
+        self.last = time.monotonic()
+
+
 async def _pump(source: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
-                sink: web.WebSocketResponse | aiohttp.ClientWebSocketResponse) -> int:
+                sink: web.WebSocketResponse | aiohttp.ClientWebSocketResponse, activity: _Activity) -> int:
     moved = 0
     async for message in source:
+        activity.last = time.monotonic()
         if message.type == WSMsgType.TEXT:
             moved += len(message.data)
             await sink.send_str(message.data)
@@ -33,6 +42,30 @@ async def _pump(source: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
         else:  # CLOSE / ERROR: stop relaying; the other direction is closed by the caller
             break
     return moved
+
+
+async def _until_done_or_due(pumps: set[asyncio.Task[int]], activity: _Activity, route: RouteConfig,
+                             token_expires_at: float) -> Reason | None:
+    """Wait until either side closes (None), or until idgate must close the relay, and why: the token
+    that authorized it expired, it reached the route's maximum lifetime, or it went idle."""
+    started = time.monotonic()
+    expires = started + (token_expires_at - time.time())
+    end_of_life = started + route.websocket_max_lifetime
+    while True:
+        now = time.monotonic()
+        idle_until = activity.last + route.websocket_idle_timeout
+        due = min(expires, end_of_life, idle_until)
+        if now >= due:
+            if due == expires:
+                return Reason.WEBSOCKET_TOKEN_EXPIRED
+            return Reason.WEBSOCKET_MAX_LIFETIME if due == end_of_life else Reason.WEBSOCKET_IDLE
+        done, _ = await asyncio.wait(pumps, timeout=due - now, return_when=asyncio.FIRST_COMPLETED)
+        if done:
+            return None
+
+
+# Close codes (RFC 6455 §7.4.1): a token that expired ends the session by policy; the rest go away.
+_CLOSE_CODES = {Reason.WEBSOCKET_TOKEN_EXPIRED: 1008, Reason.WEBSOCKET_MAX_LIFETIME: 1001, Reason.WEBSOCKET_IDLE: 1001}
 
 
 def _moved(task: asyncio.Task[int]) -> int:
@@ -57,22 +90,26 @@ async def relay(request: web.Request, services: Services, access: AccessRequest,
         raise failure from exc
     inbound: asyncio.Task[int] | None = None
     outbound: asyncio.Task[int] | None = None
+    closed_by: Reason | None = None
     client = web.WebSocketResponse(protocols=(upstream.protocol,) if upstream.protocol else (), max_msg_size=_MAX_MESSAGE)
     client.headers["Server"] = "idgate"   # not aiohttp's version string
     try:
         request[RESPONSE_STARTED] = True
         await client.prepare(request)
-        inbound = asyncio.create_task(_pump(client, upstream))
-        outbound = asyncio.create_task(_pump(upstream, client))
-        await asyncio.wait({inbound, outbound}, return_when=asyncio.FIRST_COMPLETED)
+        activity = _Activity()
+        inbound = asyncio.create_task(_pump(client, upstream, activity))
+        outbound = asyncio.create_task(_pump(upstream, client, activity))
+        assert decision.identity is not None, "an allow decision always carries its identity"
+        closed_by = await _until_done_or_due({inbound, outbound}, activity, route, decision.identity.expires_at)
     finally:
-        await upstream.close()
-        await client.close()
+        code = _CLOSE_CODES[closed_by] if closed_by else 1000
+        await upstream.close(code=code)
+        await client.close(code=code, message=closed_by.value.encode() if closed_by else b"")
         tasks = [t for t in (inbound, outbound) if t is not None]
         await asyncio.gather(*tasks, return_exceptions=True)
         services.pipeline.record_outcome(
             access, decision, status=101,
             bytes_in=_moved(inbound) if inbound else 0, bytes_out=_moved(outbound) if outbound else 0,
-            duration=time.perf_counter() - started,
+            duration=time.perf_counter() - started, error=closed_by,
         )
     return client

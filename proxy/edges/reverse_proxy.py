@@ -13,13 +13,13 @@ from yarl import URL
 
 from proxy.assertion import audience
 from proxy.config import RouteConfig
-from proxy.core.errors import BadRequest, IdgateError, RequestTimeout, RequestTooLarge, UpstreamError, UpstreamTimeout
+from proxy.core.errors import BadRequest, DependencyError, IdgateError, RequestTimeout, RequestTooLarge, UpstreamError, UpstreamTimeout
 from proxy.core.headers import clean_request_headers, clean_response_headers, forwarded_for
 from proxy.core.model import AccessRequest, Decision, Surface
 from proxy.core.reasons import Reason
 from proxy.edges._admission import Gate, admit
 from proxy.edges._http import RESPONSE_STARTED, identity_headers, received
-from proxy.edges._routes import RouteTable
+from proxy.edges._routes import RouteSlots, RouteTable
 from proxy.edges._websocket import relay
 from proxy.services import SERVICES, Services
 
@@ -28,6 +28,7 @@ GATE = Gate(SURFACE)
 
 CHUNK = 64 * 1024
 ROUTES: web.AppKey[RouteTable] = web.AppKey("idgate_routes", RouteTable)
+SLOTS: web.AppKey[RouteSlots] = web.AppKey("idgate_route_slots", RouteSlots)
 
 
 class _BodyCounter:
@@ -121,9 +122,16 @@ async def handle(request: web.Request) -> web.StreamResponse:
     # The path idgate decided on is the path it sends: normalized, never the client's spelling.
     url = URL(route.upstream.rstrip("/") + access.path + (f"?{admitted.query}" if admitted.query else ""), encoded=True)
     headers = _upstream_headers(services, request, route, access, decision)
-    if websocket:
-        return await relay(request, services, access, decision, url, headers, route)
-    return await _forward(request, services, access, decision, route, url, headers)
+    try:
+        async with request.app[SLOTS].hold(route):
+            if websocket:
+                return await relay(request, services, access, decision, url, headers, route)
+            return await _forward(request, services, access, decision, route, url, headers)
+    except DependencyError as busy:
+        if busy.reason is Reason.UPSTREAM_BUSY:
+            services.metrics.child(services.metrics.upstream_busy, route.name).inc()
+            services.pipeline.record_failure(access, decision, busy)
+        raise
 
 
 async def _forward(request: web.Request, services: Services, access: AccessRequest, decision: Decision,
