@@ -38,10 +38,16 @@ PATH_TRICKS = (
     PathTrick("/v1/orders/%FF", 400, "invalid_utf8"),
 )
 
-# Headers a client sends to pass itself off as someone: none may reach the upstream.
+# Headers a client sends to pass itself off as someone: none may reach the upstream.  idgate's own
+# (X-Idgate-*, in any case, and one idgate never sets), those of other auth proxies and CGI-style
+# servers, and underscore spellings that some servers read as the dashed name.
 SPOOFED_IDENTITY_HEADERS = (
     "X-Idgate-Subject: admin", "x-idgate-subject: admin", "X_Idgate_Subject: admin", "X-IDGATE-GROUPS: root",
     "X-Forwarded-User: admin", "X-Auth-Request-User: admin", "X-Idgate-Assertion: forged",
+    "x-IdGaTe-rUlE: allow-all", "X-Idgate-Tenant: evil", "X_IDGATE_GROUPS: root",
+    "X-Forwarded-Email: root@example.com", "X-Forwarded-Groups: admins", "X-Forwarded-Preferred-Username: root",
+    "X-Auth-Request-Email: root@example.com", "X-Auth-Request-Groups: admins", "X-Remote-User: root",
+    "Remote-User: root", "X_Forwarded_User: admin", "Remote_User: root",
 )
 
 # Frameworks that honour these would run another method or path than the one idgate authorized:

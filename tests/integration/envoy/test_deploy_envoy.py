@@ -58,7 +58,26 @@ def test_shipped_config_fails_closed_and_trusts_only_its_own_view(mode):
     assert health["match"] == {"path": "/healthz"}        # exact: never a prefix
     assert health["typed_per_filter_config"]["envoy.filters.http.ext_authz"]["disabled"] is True
     assert "typed_per_filter_config" not in catch_all
-    assert hcm["http_filters"][0]["name"] == "envoy.filters.http.ext_authz"
+    assert [f["name"] for f in hcm["http_filters"]] == [
+        "envoy.filters.http.header_mutation", "envoy.filters.http.ext_authz", "envoy.filters.http.router"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_shipped_config_strips_client_identity_headers_on_every_route(mode):
+    """Before ext_authz (which then adds idgate's own), never disabled per route or virtual host, and
+    underscore spellings refused; tests/integration/envoy/test_envoy_identity_headers.py shows it."""
+    hcm = http_connection_manager(load_deploy_config(mode))
+    assert hcm["common_http_protocol_options"]["headers_with_underscores_action"] == "REJECT_REQUEST"
+    [strip] = [f for f in hcm["http_filters"] if f["name"] == "envoy.filters.http.header_mutation"]
+    assert "disabled" not in strip
+    removed = [m["remove_on_match"]["key_matcher"] for m in strip["typed_config"]["mutations"]["request_mutations"]]
+    assert all(m.pop("ignore_case") is True for m in removed)
+    assert removed == [{"prefix": "x-idgate-"}, {"prefix": "x-auth-request-"}] + [{"exact": name} for name in (
+        "x-forwarded-user", "x-forwarded-email", "x-forwarded-groups", "x-forwarded-preferred-username",
+        "x-remote-user", "remote-user")]
+    [virtual_host] = hcm["route_config"]["virtual_hosts"]
+    for scope in [hcm["route_config"], virtual_host, *virtual_host["routes"]]:
+        assert strip["name"] not in scope.get("typed_per_filter_config", {})
 
 
 def test_http_mode_passes_only_idgate_headers_upstream():
