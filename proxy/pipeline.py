@@ -14,6 +14,7 @@ from typing import Any, Protocol
 from cachetools import TLRUCache
 
 from proxy.aws.credentials import AwsCredentials, Vended
+from proxy.core import caps
 from proxy.core.errors import AccessDenied, AuthenticationError, DependencyError, IdgateError
 from proxy.core.reasons import Reason
 from proxy.metrics import Metrics
@@ -55,10 +56,6 @@ class RejectedTarget:
     method: str
     host: str
     raw_path: str
-
-
-# A rejected path is attacker-controlled: keep enough to investigate, not enough to flood the log.
-_MAX_RAW_PATH_IN_AUDIT = 512
 
 
 class Pipeline:
@@ -148,7 +145,7 @@ class Pipeline:
         """After acting: what actually happened.  Not awaited: the decision record already made the request durable."""
         record = {
             "event": "outcome",
-            "request_id": request.request_id,
+            "request_id": caps.capped(request.request_id, caps.REQUEST_ID),
             "surface": request.surface.value,
             "rule": decision.rule_id,
             "status": status,
@@ -170,34 +167,35 @@ class Pipeline:
 
 
 def _rejection_record(target: RejectedTarget, err: IdgateError) -> dict[str, Any]:
+    """Every string here may be the attacker's, as received: each is capped (proxy.core.caps)."""
     return {
         "event": "decision",
-        "request_id": target.request_id,
+        "request_id": caps.capped(target.request_id, caps.REQUEST_ID),
         "surface": target.surface.value,
         "decision": "deny",
         "rule": None,
         "reasons": [err.reason],
         "identity": None,
-        "client": {"addr": target.client_addr},
-        "target": {"method": target.method[:16], "host": target.host[:255], "raw_path": target.raw_path[:_MAX_RAW_PATH_IN_AUDIT]},
+        "client": {"addr": caps.capped(target.client_addr, caps.CLIENT_ADDR)},
+        "target": {"method": caps.capped(target.method, caps.METHOD), "host": caps.capped(target.host, caps.HOST),
+                   "raw_path": caps.capped(target.raw_path, caps.PATH)},
     }
 
 
 def _decision_record(request: AccessRequest, decision: Decision) -> dict[str, Any]:
     return {
         "event": "decision",
-        "request_id": request.request_id,
+        "request_id": caps.capped(request.request_id, caps.REQUEST_ID),
         "surface": request.surface.value,
         "decision": "allow" if decision.allowed else "deny",
         "rule": decision.rule_id,
         "reasons": list(decision.reasons),
-        "identity": decision.identity.audit_view() if decision.identity else None,
-        "client": {"addr": request.client_addr},
+        "identity": decision.identity.audit_view() if decision.identity else None,   # verified identities only
+        "client": {"addr": caps.capped(request.client_addr, caps.CLIENT_ADDR)},
         "target": request.audit_target(),
     }
 
 
-_MAX_JTI_IN_AUDIT = 128
 _AWS_PLAN_CACHE_SIZE = 10000
 
 
@@ -214,7 +212,7 @@ def _aws_record(request: AccessRequest, decision: Decision, requested_role: str 
     """A credential decision: which role and session policy (by hash), and for a vend the access key id and
     expiry.  Never the secret or the session token."""
     record = _decision_record(request, decision)
-    record["target"]["role"] = requested_role
+    record["target"]["role"] = caps.capped_optional(requested_role, caps.ROLE)
     aws: dict[str, Any] = {}
     if choice is not None:
         aws.update(role_arn=choice.role_arn, rules=list(choice.rule_ids), web_identity=choice.web_identity)
@@ -224,7 +222,7 @@ def _aws_record(request: AccessRequest, decision: Decision, requested_role: str 
         aws.update(access_key_id=vended.credentials.access_key_id,
                    expiration=vended.credentials.expiration_iso(), source=vended.source)
     jti = decision.identity.claims.get("jti") if decision.identity else None
-    if isinstance(jti, str) and len(jti) <= _MAX_JTI_IN_AUDIT:
-        aws["token_jti"] = jti          # which token obtained these credentials (an id, not the token)
+    if isinstance(jti, str):
+        aws["token_jti"] = caps.capped(jti, caps.JTI)   # which token obtained these credentials (an id, not the token)
     record["aws"] = aws
     return record

@@ -9,6 +9,7 @@ from enum import Enum
 from types import MappingProxyType
 from typing import Any
 
+from proxy.core import caps
 from proxy.core.reasons import Reason
 
 EMPTY_CLAIMS: Mapping[str, Any] = MappingProxyType({})
@@ -35,10 +36,19 @@ class Identity:
     groups: tuple[str, ...]
     expires_at: float
     claims: Mapping[str, Any] = field(default_factory=lambda: EMPTY_CLAIMS)
+    # Built once per identity, not once per record: the verifier keeps an identity per token.
+    _audit_view: dict[str, Any] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_audit_view", {
+            "iss": caps.capped(self.issuer, caps.CLAIM), "sub": caps.capped(self.subject, caps.CLAIM),
+            "client_id": caps.capped_optional(self.client_id, caps.CLAIM),
+            "groups": caps.capped_list(self.groups, caps.GROUPS, caps.GROUP)})
 
     def audit_view(self) -> dict[str, Any]:
-        """What the audit log may hold about an identity: never the raw claims."""
-        return {"iss": self.issuer, "sub": self.subject, "client_id": self.client_id, "groups": list(self.groups)}
+        """What the audit log may hold about an identity: never the raw claims, and each value capped.
+        Every record of this identity shares the one dict: never mutate it."""
+        return self._audit_view
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +67,8 @@ class AccessRequest:
     client_addr: str
 
     def audit_target(self) -> dict[str, Any]:
-        return {"method": self.method, "host": self.host, "path": self.path}
+        return {"method": caps.capped(self.method, caps.METHOD), "host": caps.capped(self.host, caps.HOST),
+                "path": caps.capped(self.path, caps.PATH)}
 
 
 @dataclass(frozen=True, slots=True)

@@ -211,3 +211,25 @@ async def test_audit_down_means_503_not_an_allow(direct):
     await direct.idgate.services.audit.close()
     response = await direct.check(check_request(direct.token))
     assert denied(response) == 503 and response.status.code == 14      # UNAVAILABLE
+
+
+async def test_the_largest_check_a_trusted_caller_can_send_adds_at_most_2kb_to_the_audit(direct):
+    """Attack class 4 on the gRPC surface: method, host, path and client address of a check are Envoy's
+    copies of what the client sent; each is capped, so one refusal stays within 2 KB of audit."""
+    huge = "\U0001f600" * 4000                                   # 16 KB on the wire, 48 KB as JSON escapes
+    request = check_request(None, path="/" + huge)
+    request.attributes.request.http.method = huge
+    request.attributes.request.http.host = huge
+    request.attributes.source.address.socket_address.address = "a" * 8000
+    audit = direct.idgate.services.config.audit.path
+    await direct.idgate.settled()
+    before = audit.stat().st_size
+    assert denied(await direct.check(request)) == 400
+    await direct.idgate.settled()
+    added = audit.read_bytes()[before:]
+    assert added.count(b"\n") == 1 and len(added) <= 2048, f"{len(added)} audit bytes for one refusal"
+    [record] = await direct.decisions()
+    assert record["reasons"] == ["bad_method"] and record["identity"] is None
+    for value in (record["target"]["method"], record["target"]["host"], record["target"]["raw_path"],
+                  record["client"]["addr"]):
+        assert isinstance(value, dict) and value["capped"] is True and value["chars"] >= 4000
