@@ -32,6 +32,12 @@ class Metrics:
             buckets=_LATENCY_BUCKETS, registry=r)
         self.audit_failures = Counter(
             "idgate_audit_failures_total", "Audit records that could not be made durable.", registry=r)
+        self.audit_bytes_written = Counter(
+            "idgate_audit_bytes_written_total", "Bytes of audit records written to the audit log (made durable "
+            "when fsync is on).", registry=r)
+        self.audit_free_bytes = Gauge(
+            "idgate_audit_free_bytes", "Bytes available on the audit log's filesystem, read at scrape time "
+            "(NaN when it cannot be read).", registry=r)
         self.audit_batch_records = Histogram(
             "idgate_audit_batch_records", "Records made durable per fsync (group commit).",
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=r)

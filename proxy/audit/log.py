@@ -20,6 +20,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from proxy.audit.chain import RESERVED, ChainState, seal
@@ -49,9 +50,14 @@ class AuditLog:
 
     def __init__(self, config: AuditConfig, metrics: Metrics, *, clock: Callable[[], float] = time.time,
                  write: Callable[[int, bytes], int] = os.write, fsync: Callable[[int], None] = os.fsync,
+                 statvfs: Callable[[Path], os.statvfs_result] = os.statvfs,
                  max_pending: int = _MAX_PENDING) -> None:
         self._max_delay = config.group_commit_max_delay
         self._metrics = metrics
+        self._directory = config.path.parent
+        self._statvfs = statvfs
+        # At scrape time: one statfs syscall per scrape costs nothing on the write path.
+        metrics.audit_free_bytes.set_function(self._free_bytes)
         self._clock = clock
         self._max_pending = max_pending
         self._sink = SegmentSink(config.path, rotate_bytes=config.rotate_bytes, fsync_enabled=config.fsync,
@@ -212,8 +218,9 @@ class AuditLog:
             state = next_state
         if not sealed:
             return
+        data = b"".join(lines)
         try:
-            self._sink.write_batch(b"".join(lines))
+            self._sink.write_batch(data)
             if self._sink.sync_needed:
                 await loop.run_in_executor(self._executor, self._sink.sync)
         except OSError as exc:
@@ -223,6 +230,7 @@ class AuditLog:
             return
         self._state = state
         self._healthy = True
+        self._metrics.audit_bytes_written.inc(len(data))
         self._metrics.audit_batch_records.observe(len(sealed))
         durable = loop.time()
         for item in sealed:
@@ -234,6 +242,13 @@ class AuditLog:
                 await loop.run_in_executor(self._executor, self._sink.rotate, state.seq)
             except OSError as exc:
                 _log.warning("audit rotation failed; retrying after the next batch: %s", exc)
+
+    def _free_bytes(self) -> float:
+        try:
+            st = self._statvfs(self._directory)
+        except OSError:
+            return float("nan")
+        return float(st.f_bavail * st.f_frsize)
 
     def _fail(self, items: list[_Pending]) -> None:
         self._metrics.audit_failures.inc(len(items))

@@ -26,3 +26,15 @@ async def test_admin_is_not_on_the_main_listener(stack):
     response = await stack.get("/metrics", token=stack.etl_token())
     assert response.status in (403, 404)
     assert "idgate_requests_total" not in await response.text()
+
+
+async def test_metrics_show_audit_bytes_written_and_free_space(stack):
+    await stack.get("/v1/orders/7", token=stack.etl_token())
+    await stack.get("/v1/orders/" + "a" * 5000)              # a refusal: capped, so a small record
+    await stack.idgate.settled()
+    async with stack.http.get(stack.idgate.admin_url + "/metrics") as response:
+        text = await response.text()
+    samples = dict(line.rsplit(" ", 1) for line in text.splitlines() if line.startswith("idgate_audit_"))
+    audit = stack.idgate.services.config.audit.path
+    assert float(samples["idgate_audit_bytes_written_total"]) == audit.stat().st_size
+    assert float(samples["idgate_audit_free_bytes"]) > 0

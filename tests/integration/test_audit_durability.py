@@ -222,6 +222,22 @@ async def test_enospc_fails_the_batch_closed_and_the_log_recovers(tmp_path: Path
     assert verify_files([path]).ok
 
 
+async def test_bytes_written_counts_durable_records_only(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    metrics, write = Metrics(), FailingWrite()
+    log = make_log(path, metrics, write=write)
+    await log.open()
+    await log.append({"event": "decision", "i": 0})
+    assert sample(metrics, "idgate_audit_bytes_written_total") == path.stat().st_size
+    write.error, write.partial = errno.ENOSPC, 37
+    with pytest.raises(DependencyError):
+        await log.append({"event": "decision", "lost": 1})
+    write.error = None
+    await log.append({"event": "decision", "i": 2})
+    await log.close()
+    assert sample(metrics, "idgate_audit_bytes_written_total") == path.stat().st_size
+
+
 async def test_a_failed_fsync_is_rolled_back_even_when_the_retry_fsync_fails_too(tmp_path: Path) -> None:
     path = tmp_path / "audit.jsonl"
     metrics = Metrics()

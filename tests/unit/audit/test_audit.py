@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import math
 import os
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -416,3 +418,44 @@ async def test_flush_waits_for_records_queued_without_waiting(tmp_path):
         assert len((tmp_path / "a.jsonl").read_text().splitlines()) == 50
     finally:
         await log.close()
+
+
+# --- metrics -----------------------------------------------------------------------------------
+
+class Statvfs:
+    """os.statvfs for the audit directory: fixed figures, or an error."""
+
+    def __init__(self, available_blocks: int, block_size: int = 4096) -> None:
+        self.result = SimpleNamespace(f_bavail=available_blocks, f_frsize=block_size)
+        self.error: OSError | None = None
+        self.asked: list[Path] = []
+
+    def __call__(self, path: Path) -> SimpleNamespace:
+        self.asked.append(path)
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+async def test_free_bytes_on_the_audit_filesystem_are_read_at_scrape_time(tmp_path: Path) -> None:
+    metrics, statvfs = Metrics(), Statvfs(10)
+    log = make_log(tmp_path / "audit" / "audit.jsonl", metrics=metrics, statvfs=statvfs)
+    await log.open()
+    assert statvfs.asked == []                 # nothing on the write path
+    await log.append({"event": "decision"})
+    assert statvfs.asked == []
+    assert metrics.registry.get_sample_value("idgate_audit_free_bytes") == 40960
+    assert statvfs.asked == [tmp_path / "audit"]
+    statvfs.error = OSError(5, "I/O error")
+    assert math.isnan(metrics.registry.get_sample_value("idgate_audit_free_bytes"))
+    await log.close()
+
+
+async def test_free_bytes_come_from_the_real_filesystem(tmp_path: Path) -> None:
+    metrics = Metrics()
+    log = make_log(tmp_path / "audit.jsonl", metrics=metrics)
+    await log.open()
+    st = os.statvfs(tmp_path)
+    free = metrics.registry.get_sample_value("idgate_audit_free_bytes")
+    assert abs(free - st.f_bavail * st.f_frsize) < 256 << 20   # other writers on this disk meanwhile
+    await log.close()
