@@ -176,7 +176,9 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     for problem in report.problems:
         print(problem, file=sys.stderr)
     status = "ok" if report.ok else "FAILED"
-    print(f"audit verify: {status}: {report.records} record(s) in {report.files} file(s)")
+    since = f", from seq {report.starts_after + 1} (earlier segments deleted by retention)" \
+        if report.starts_after else ""
+    print(f"audit verify: {status}: {report.records} record(s) in {report.files} file(s){since}")
     return EXIT_OK if report.ok else EXIT_FAILED
 
 

@@ -38,6 +38,9 @@ class Metrics:
         self.audit_free_bytes = Gauge(
             "idgate_audit_free_bytes", "Bytes available on the audit log's filesystem, read at scrape time "
             "(NaN when it cannot be read).", registry=r)
+        self.audit_segments_deleted = Counter(
+            "idgate_audit_segments_deleted_total", "Rotated audit segments deleted by retention "
+            "(audit.max_segments, audit.max_bytes).", registry=r)
         self.audit_batch_records = Histogram(
             "idgate_audit_batch_records", "Records made durable per fsync (group commit).",
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=r)

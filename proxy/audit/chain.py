@@ -14,6 +14,10 @@ Format (one line per record, `\\n`-terminated, pure ASCII):
 always the last 76 bytes before the newline, a third party can verify without re-serializing:
 take the line, cut `,"hash":"<64 hex>"}`, append "}", and hash `prev` + those bytes.
 
+Retention (retention.py) deletes the oldest segments only after a `retention` record naming their
+last record (through_seq, through_hash) is in the chain; a file set whose first record is not the
+genesis verifies only when such a record accounts for where it starts.
+
 The chain detects an edited, deleted, inserted or reordered record and a missing segment.  It is
 unkeyed, so someone who can rewrite the whole tail can recompute it, and dropping the newest
 records leaves no trace in the files themselves: anchor the latest `hash` elsewhere for that.
@@ -54,6 +58,7 @@ class VerifyReport:
     records: int
     files: int
     problems: tuple[str, ...]
+    starts_after: int = 0          # the last seq retention deleted before the first file (0: from the genesis)
 
 
 def canonical(record: dict[str, Any]) -> bytes:
@@ -134,6 +139,8 @@ def verify_files(paths: Sequence[Path]) -> VerifyReport:
     expected = ChainState()
     records = 0
     previous_file: Path | None = None
+    start: tuple[int, str, dict[str, Any]] | None = None    # a first record after the genesis (problem index, where)
+    deleted_through: list[ChainState] = []                  # what intact retention records say they deleted
     for path in paths:
         first_in_file = True
         try:
@@ -153,21 +160,51 @@ def verify_files(paths: Sequence[Path]) -> VerifyReport:
             records += 1
             if not intact:
                 problems.append(f"{where}: hash mismatch: record seq {record['seq']} was edited")
-            problems.extend(_link_problems(where, record, expected, first_in_file, previous_file))
+            elif (announced := _retention_through(record)) is not None:
+                deleted_through.append(announced)
+            if expected.seq == 0 and (record["seq"], record["prev"]) != (1, GENESIS):
+                start = (len(problems), where, record)       # judged once every retention record is known
+            else:
+                problems.extend(_link_problems(where, record, expected, first_in_file, previous_file))
             expected = ChainState(record["seq"], record["hash"])
             first_in_file = False
         previous_file = path
-    return VerifyReport(not problems, records, len(paths), tuple(problems))
+    starts_after = 0
+    if start is not None:
+        index, where, record = start
+        if any(_accounts_for(record, through) for through in deleted_through):
+            starts_after = record["seq"] - 1
+        else:
+            problems.insert(index, f"{where}: the chain does not start here (seq {record['seq']}, prev not the "
+                                   "genesis): earlier records or segments are missing")
+    return VerifyReport(not problems, records, len(paths), tuple(problems), starts_after)
+
+
+def _retention_through(record: dict[str, Any]) -> ChainState | None:
+    if record.get("event") != "retention":
+        return None
+    seq, digest = record.get("through_seq"), record.get("through_hash")
+    if isinstance(seq, int) and not isinstance(seq, bool) and seq >= 1 and isinstance(digest, str) \
+            and _HEX64.match(digest):
+        return ChainState(seq, digest)
+    return None
+
+
+def _accounts_for(first: dict[str, Any], through: ChainState) -> bool:
+    """Whether a retention record that deleted everything up to `through` explains a chain starting at
+    `first`: right after it (and linked to its hash), or inside the deleted range when a deletion was
+    interrupted (those records were going anyway; their own links are still checked)."""
+    seq: int = first["seq"]
+    prev: str = first["prev"]
+    if seq == through.seq + 1:
+        return prev == through.prev
+    return 2 <= seq <= through.seq
 
 
 def _link_problems(where: str, record: dict[str, Any], expected: ChainState,
                    first_in_file: bool, previous_file: Path | None) -> Iterable[str]:
     seq, prev = record["seq"], record["prev"]
     if seq == expected.seq + 1 and prev == expected.prev:
-        return
-    if expected.seq == 0:
-        yield (f"{where}: the chain does not start here (seq {seq}, prev not the genesis): "
-               "earlier records or segments are missing")
         return
     if first_in_file and previous_file is not None:
         yield (f"{where}: does not follow the last record of {previous_file} (seq {expected.seq}): "

@@ -8,6 +8,9 @@ arrive meanwhile form the next batch.  That natural batching is the main mechani
 may also wait for companions until the oldest queued record is that old, but only while waiting
 pays: after a wait that gathered nobody (a lone appender, or closed-loop callers who are all in the
 batch already) it writes straight away for the next 1, 2, 4, ... _MAX_SKIP batches before trying again.
+
+Rotation, and the retention it sets off (audit.max_segments / max_bytes: plan, announce in the chain,
+then delete; retention.py), run in the writer thread after a batch's callers have been answered.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from proxy.audit.chain import RESERVED, ChainState, seal
+from proxy.audit.retention import EVENT as RETENTION_EVENT
+from proxy.audit.retention import Retention, RetentionPlan, delete_segments, plan_retention
 from proxy.audit.sink import SegmentSink
 from proxy.config import AuditConfig
 from proxy.core.errors import DependencyError
@@ -62,6 +67,11 @@ class AuditLog:
         self._max_pending = max_pending
         self._sink = SegmentSink(config.path, rotate_bytes=config.rotate_bytes, fsync_enabled=config.fsync,
                                  write=write, fsync=fsync, clock=clock)
+        self._retention = Retention(config.max_segments, config.max_bytes) \
+            if config.max_segments is not None or config.max_bytes is not None else None
+        # A deletion whose retention record is queued: the segments go once that record is durable.
+        self._retention_due: tuple[RetentionPlan, asyncio.Future[None]] | None = None
+        self._maintaining = False     # from a rotation until the retention it sets off is done: for flush()
         self._pending: deque[_Pending] = deque()
         self._wakeup: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -127,10 +137,12 @@ class AuditLog:
             _log.error("audit record (event %s) dropped: %s", record.get("event"), err.message)
 
     async def flush(self) -> None:
-        """Wait until every record queued before this call is written or has failed (for shutdown
-        and for tests that read the file after an `append_nowait`)."""
+        """Wait until every record queued before this call is written or has failed, and a rotation
+        it set off is done with its retention (for shutdown and for tests that read the files after
+        an `append_nowait`)."""
         target = self._enqueued
-        while self._settled < target:
+        while self._settled < target or (self._maintaining and self._writer is not None
+                                         and not self._writer.done()):
             await self._progress.wait()
 
     def _enqueue(self, record: dict[str, Any], future: asyncio.Future[None] | None) -> None:
@@ -172,8 +184,16 @@ class AuditLog:
                 self._healthy = False
                 self._fail(batch)
             self._settled += len(batch)
-            self._progress.set()
-            self._progress = asyncio.Event()
+            self._signal_progress()
+            if self._retention_due is not None and self._retention_due[1].done():
+                try:
+                    await self._delete_announced(loop)
+                except Exception:
+                    _log.exception("audit retention failed")     # the writer must outlive it too
+
+    def _signal_progress(self) -> None:
+        self._progress.set()
+        self._progress = asyncio.Event()
 
     async def _gather_companions(self, loop: asyncio.AbstractEventLoop, wakeup: asyncio.Event) -> None:
         if self._max_delay <= 0:
@@ -237,11 +257,55 @@ class AuditLog:
             self._metrics.audit_append_seconds.observe(durable - item.enqueued)
             if item.future is not None and not item.future.done():
                 item.future.set_result(None)
-        if self._sink.needs_rotation():
+        # A batch of retention records alone never rotates: retention then cannot keep itself going.
+        if self._sink.needs_rotation() and any(item.fields["event"] != RETENTION_EVENT for item in sealed):
+            self._maintaining = True
             try:
                 await loop.run_in_executor(self._executor, self._sink.rotate, state.seq)
             except OSError as exc:
                 _log.warning("audit rotation failed; retrying after the next batch: %s", exc)
+            else:
+                await self._announce_retention(loop)
+            finally:
+                self._maintenance_step_done()
+
+    def _maintenance_step_done(self) -> None:
+        if self._retention_due is None:
+            self._maintaining = False
+            self._signal_progress()
+
+    async def _announce_retention(self, loop: asyncio.AbstractEventLoop) -> None:
+        """After a rotation: plan what retention deletes, off the loop, and queue the record that
+        announces it; the deletion waits until that record is durable (write-ahead, retention.py)."""
+        if self._retention is None or self._retention_due is not None or self._closing:
+            return
+        try:
+            plan = await loop.run_in_executor(self._executor, plan_retention, self._sink.path, self._retention)
+        except OSError as exc:
+            _log.warning("audit retention skipped; retrying after the next rotation: %s", exc)
+            return
+        if plan is None:
+            return
+        future: asyncio.Future[None] = loop.create_future()
+        try:
+            self._enqueue(plan.record(), future)
+        except DependencyError:
+            return                       # overloaded: the next rotation plans again
+        self._retention_due = (plan, future)
+
+    async def _delete_announced(self, loop: asyncio.AbstractEventLoop) -> None:
+        assert self._retention_due is not None
+        (plan, future), self._retention_due = self._retention_due, None
+        try:
+            if future.cancelled() or future.exception() is not None:
+                return                   # not on the chain: delete nothing (the next rotation plans again)
+            deleted = await loop.run_in_executor(self._executor, delete_segments, plan, self._sink.sync_directory)
+            self._metrics.audit_segments_deleted.inc(deleted)
+            _log.info("audit retention deleted %d segment(s) through seq %d", deleted, plan.through.seq)
+            # Rotations while this deletion was due planned nothing (one deletion at a time): plan again now.
+            await self._announce_retention(loop)
+        finally:
+            self._maintenance_step_done()
 
     def _free_bytes(self) -> float:
         try:

@@ -123,6 +123,10 @@ class SegmentSink:
             self._roll_back(before)
             raise
 
+    @property
+    def path(self) -> Path:
+        return self._path
+
     def needs_rotation(self) -> bool:
         return self._good is not None and self._good.size > self._rotate_bytes
 
@@ -160,7 +164,7 @@ class SegmentSink:
             os.close(fd)
             raise
         if created:
-            self._sync_dir()
+            self.sync_directory()
         self._fd = fd
         self._good = _Good(st.st_dev, st.st_ino, st.st_size)
 
@@ -213,8 +217,8 @@ class SegmentSink:
             self._fsync(self._fd)
         self._good = _Good(self._good.dev, self._good.ino, size)
 
-    def _sync_dir(self) -> None:
-        """A rename or create is durable only once the directory entry is."""
+    def sync_directory(self) -> None:
+        """A rename, create or delete is durable only once the directory entry is."""
         if not self._fsync_enabled:
             return
         dfd = os.open(self._path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)

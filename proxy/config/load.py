@@ -171,7 +171,11 @@ def _check_ext_authz_grpc(grpc: ExtAuthzGrpcConfig, spot: Spot) -> ExtAuthzGrpcC
 
 
 def _check_audit(audit: AuditConfig, spot: Spot) -> AuditConfig:
-    _check_positive(audit, spot, "rotate_bytes")
+    _check_positive(audit, spot, "rotate_bytes", "max_segments", "max_bytes")
+    if audit.max_bytes is not None and 0 < audit.max_bytes < audit.rotate_bytes:
+        # Each rotated segment is a little over rotate_bytes: every one would be deleted as it is rotated.
+        spot.report(f"must be at least rotate_bytes ({audit.rotate_bytes}): a smaller budget cannot keep even "
+                    "one rotated segment", "max_bytes")
     if not 0 <= audit.group_commit_max_delay <= 1:
         spot.report("must be between 0 and 1 second", "group_commit_max_delay")
     return audit

@@ -111,6 +111,11 @@ class AuditConfig:
     rotate_bytes: int = 100 * 1024 * 1024
     fsync: bool = True                            # False only for benchmarks / throwaway demos
     group_commit_max_delay: float = 0.002         # seconds a record may wait for companions
+    # Retention of rotated segments (the live one is never deleted): after a rotation, the oldest are
+    # deleted until at most max_segments remain and they total at most max_bytes.  None: keep them all,
+    # so nothing is deleted unless configured (a full disk then fails closed, as without retention).
+    max_segments: int | None = None
+    max_bytes: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -92,3 +92,25 @@ def test_audit_verify_detects_an_edited_line(tmp_path):
     result = idgate("audit", "verify", str(log))
     assert result.returncode == 1
     assert f"{log.name}:3" in result.stderr or f"{log}:3" in result.stderr
+
+
+def test_audit_verify_accepts_what_retention_left_and_nothing_less(tmp_path):
+    log = tmp_path / "audit.jsonl"
+
+    async def write() -> None:
+        audit = AuditLog(AuditConfig(path=log, rotate_bytes=450, max_segments=2, fsync=False), Metrics())
+        await audit.open()
+        for i in range(30):
+            await audit.append({"event": "decision", "decision": "allow", "n": i})
+        await audit.flush()
+        await audit.close()
+
+    asyncio.run(write())
+    segments = sorted(tmp_path.glob("audit.*.jsonl"))
+    assert len(segments) == 2
+    result = idgate("audit", "verify", str(log))
+    assert result.returncode == 0, result.stderr
+    assert "audit verify: ok:" in result.stdout and "(earlier segments deleted by retention)" in result.stdout
+    segments[0].unlink()                       # a deletion no retention record accounts for
+    result = idgate("audit", "verify", str(log))
+    assert result.returncode == 1 and "the chain does not start here" in result.stderr

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from proxy.audit import segment_files, verify_files
 from proxy.config import LimitsConfig
 from tests.harness.servers import raw_http
 from tests.harness.stack import Stack
@@ -187,3 +188,21 @@ async def test_an_authenticated_callers_claims_are_capped_too(stack):
     assert_visibly_capped(record["identity"]["sub"], subject.encode())
     listed = record["identity"]["groups"]
     assert listed["capped"] is True and listed["count"] == len(groups) and listed["first"] == list(groups[:64])
+
+
+async def test_retention_bounds_the_audit_on_disk_under_a_flood(make_stack, tmp_path):
+    """With retention configured, a flood of refusals costs at most max_segments rotated segments plus
+    the live one, and what remains still verifies."""
+    audit_path = tmp_path / "flooded" / "audit.jsonl"
+    stack = await make_stack(audit={"path": str(audit_path), "rotate_bytes": 16384, "max_segments": 3})
+    for _ in range(150):                                   # about 1 KB each: nine rotations or so
+        assert (await raw_http(stack.idgate.port, request(LONG_QUOTES))).status == 401
+    await stack.idgate.settled()
+    files = segment_files(audit_path)
+    assert len(files) <= 4 and files[-1] == audit_path
+    assert sum(f.stat().st_size for f in files) <= 4 * (16384 + RECORD_BUDGET)
+    report = verify_files(files)
+    assert report.ok, report.problems
+    assert report.starts_after > 0
+    metrics = stack.idgate.services.metrics.registry
+    assert metrics.get_sample_value("idgate_audit_segments_deleted_total") >= 5
