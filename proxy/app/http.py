@@ -12,6 +12,7 @@ from proxy.core.model import Surface
 from proxy.edges import admin, credentials, ext_authz_http, forward_auth, reverse_proxy
 from proxy.edges._errors import guard_middleware
 from proxy.edges._in_flight import InFlight
+from proxy.app.protocol import deferred_expect, idgate_server_header
 from proxy.edges._routes import RouteSlots, RouteTable
 from proxy.services import SERVICES, Services
 
@@ -31,20 +32,23 @@ def build_main_app(services: Services, in_flight: InFlight) -> web.Application:
     app[reverse_proxy.ROUTES] = RouteTable(services.config.routes)
     app[reverse_proxy.SLOTS] = RouteSlots(services.config.routes)
     if services.config.forward_auth.enabled:
-        app.router.add_route("*", services.config.forward_auth.path, forward_auth.handle)
+        app.router.add_route("*", services.config.forward_auth.path, forward_auth.handle, expect_handler=deferred_expect)
     if services.config.credentials.enabled:
-        app.router.add_route("*", services.config.credentials.path, credentials.handle)
+        app.router.add_route("*", services.config.credentials.path, credentials.handle, expect_handler=deferred_expect)
     if services.config.ext_authz.http is not None:
         # Everything under the prefix, also a target without '/', so none of it falls through to the proxy.
-        app.router.add_route("*", services.config.ext_authz.http.path_prefix + "{tail:.*}", ext_authz_http.handle)
-    app.router.add_route("*", "/{tail:.*}", reverse_proxy.handle)
+        app.router.add_route("*", services.config.ext_authz.http.path_prefix + "{tail:.*}", ext_authz_http.handle,
+                             expect_handler=deferred_expect)
+    app.router.add_route("*", "/{tail:.*}", reverse_proxy.handle, expect_handler=deferred_expect)
+    app.on_response_prepare.append(idgate_server_header)
     return app
 
 
 def build_admin_app(services: Services) -> web.Application:
     app = web.Application(middlewares=[admin.guard])
     app[SERVICES] = services
-    admin.add_routes(app)
+    admin.add_routes(app, expect_handler=deferred_expect)
+    app.on_response_prepare.append(idgate_server_header)
     return app
 
 

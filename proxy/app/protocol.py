@@ -37,7 +37,8 @@ from proxy.core.reasons import Reason
 
 log = logging.getLogger("idgate.http")
 
-_STATUS_CODES = {400: "bad_request", 408: "request_timeout", 413: "too_large", 431: "headers_too_large",
+_STATUS_CODES = {400: "bad_request", 408: "request_timeout", 413: "too_large", 417: "expectation_failed",
+                 431: "headers_too_large",
                  500: "internal", 503: "unavailable", 504: "gateway_timeout"}
 
 
@@ -134,8 +135,9 @@ class GuardedRequestHandler(RequestHandler):
     def data_received(self, data: bytes) -> None:
         if self._peer is None or self._discarding:
             return
-        reading_head = (self._current_request is None and not self._messages and self._payload_parser is None
-                        and (self._body is None or self._body.is_eof()))
+        # Once the last request's body is complete, whatever arrives belongs to the next head, also while
+        # that request is still being answered (a pipelined head is bounded like any other).
+        reading_head = self._payload_parser is None and (self._body is None or self._body.is_eof())
         request = self._current_request
         queued = len(self._messages)
         super().data_received(data)
@@ -165,11 +167,9 @@ class GuardedRequestHandler(RequestHandler):
 
     def _head_timed_out(self) -> None:
         self._head_deadline = None
-        if self._current_request is not None or self._messages:
-            return
         if self._head_bytes:
             self._refuse_head(408, "head_timeout", "the request head did not arrive in time")
-        elif self._request_count == 0:
+        elif self._request_count == 0 and self._current_request is None and not self._messages:
             self._guard.on_refusal("idle_connection")    # connected and said nothing
             self.force_close()
 
@@ -183,6 +183,12 @@ class GuardedRequestHandler(RequestHandler):
         self._guard.on_refusal(reason)
         log.info("request head refused", extra={"peer": self._peer, "reason": reason})
         if self.transport is None:
+            return
+        if self._current_request is not None or self._messages:
+            # A request on this connection is still being answered: no answer can go in front of its
+            # response, so drop what arrives (buffering nothing) and close once it is done.
+            self._discarding = True
+            self.close()
             return
         _answer(self.transport, status, message, request_id(None, trusted_peer=False))
         self._discarding = True
@@ -220,6 +226,16 @@ def _answer(transport: asyncio.BaseTransport, status: int, message: str, rid: st
             f"Content-Length: {len(body)}\r\nX-Request-Id: {rid}\r\nConnection: close\r\n\r\n").encode()
     assert isinstance(transport, asyncio.WriteTransport)
     transport.write(head + body)
+
+
+async def deferred_expect(request: web.Request) -> None:
+    """aiohttp answers `Expect` before any middleware runs, with its own page for an unknown value and a
+    `100 Continue` for anyone.  idgate answers neither here: admission refuses an unknown value like any
+    other bad header, and a surface that reads a body sends `100 Continue` once the request is allowed."""
+
+
+async def idgate_server_header(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers["Server"] = "idgate"   # every response, also ones aiohttp makes: never its version
 
 
 class GuardedAppRunner(web.AppRunner):

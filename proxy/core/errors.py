@@ -5,6 +5,7 @@
     ├── BadRequest                   400  bad_request       malformed request, path trick, malformed Authorization header
     │   ├── RequestTooLarge          413  too_large         body over the route limit
     │   ├── RequestTimeout           408  request_timeout   client stopped sending its body
+    │   ├── ExpectationFailed        417  expectation_failed  an Expect other than 100-continue
     │   └── HeadersTooLarge          431  headers_too_large
     ├── AuthenticationError          401  unauthenticated   no / malformed / invalid / expired token (RFC 6750 invalid_token)
     ├── AccessDenied                 403  forbidden         policy says no (or no rule matched)
@@ -62,6 +63,7 @@ class ConfigError(IdgateError):
 class BadRequest(IdgateError): status, code = 400, "bad_request"
 class RequestTooLarge(BadRequest): status, code = 413, "too_large"
 class RequestTimeout(BadRequest): status, code = 408, "request_timeout"
+class ExpectationFailed(BadRequest): status, code = 417, "expectation_failed"
 class HeadersTooLarge(BadRequest): status, code = 431, "headers_too_large"
 class AuthenticationError(IdgateError): status, code = 401, "unauthenticated"
 class AccessDenied(IdgateError): status, code = 403, "forbidden"

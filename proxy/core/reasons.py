@@ -40,6 +40,8 @@ class Reason(StrEnum):
     TOO_MANY_HEADERS = "too_many_headers"
     HEADER_TOO_LARGE = "header_too_large"
     OVERRIDE_HEADER = "override_header"                   # X-HTTP-Method-Override and friends
+    UNSUPPORTED_EXPECT = "unsupported_expect"             # an Expect other than 100-continue
+    UNSUPPORTED_TRANSFER_ENCODING = "unsupported_transfer_encoding"   # anything but a plain `chunked`
     DUPLICATE_AUTHORIZATION = "duplicate_authorization"
     MALFORMED_AUTHORIZATION = "malformed_authorization"
     UNSUPPORTED_SCHEME = "unsupported_scheme"

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from proxy.config import LimitsConfig
-from proxy.core.errors import AccessDenied, BadRequest, HeadersTooLarge, IdgateError
+from proxy.core.errors import AccessDenied, BadRequest, ExpectationFailed, HeadersTooLarge, IdgateError
 from proxy.core.headers import OVERRIDE_HEADERS, is_identity_header
 from proxy.core.hosts import parse_host
 from proxy.core.model import AccessRequest, Surface
@@ -136,6 +136,11 @@ def _scan(headers: Sequence[tuple[str, str]], limits: LimitsConfig) -> tuple[str
             authorization = value
             continue
         norm = lower.replace("_", "-")   # some servers (and CGI) read both spellings as one header
+        if norm == "expect" and value.strip().lower() != "100-continue":
+            raise ExpectationFailed("only Expect: 100-continue is supported", reason=Reason.UNSUPPORTED_EXPECT)
+        if norm == "transfer-encoding" and value.strip().lower() != "chunked":
+            # idgate re-frames the body itself: a coding it would drop (gzip, chunked) must not pass.
+            raise BadRequest("only Transfer-Encoding: chunked is accepted", reason=Reason.UNSUPPORTED_TRANSFER_ENCODING)
         if norm in OVERRIDE_HEADERS:
             raise BadRequest("method or URL override headers are not accepted", reason=Reason.OVERRIDE_HEADER)
         if is_identity_header(norm):

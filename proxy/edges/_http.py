@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 
 from proxy.core.headers import groups_header
 from proxy.core.model import Decision, Surface
@@ -36,6 +36,14 @@ def rejected_target(request: web.BaseRequest) -> RejectedTarget:
     """A request refused outside admission (no route, a bad WebSocket handshake, a target aiohttp's router
     refused), described as it was received."""
     return rejected(request.get(REQUEST_SURFACE, Surface.PROXY), received(request))
+
+
+async def continue_if_expected(request: web.BaseRequest) -> None:
+    """For a surface about to read an allowed request's body: the `100 Continue` the client waits for
+    (sent only now, so an unauthenticated client is never asked for its body)."""
+    if request.version == HttpVersion11 and request.headers.get("Expect", "").lower() == "100-continue":
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0   # the response itself has not started
 
 
 _HEADER_SAFE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) != "%")

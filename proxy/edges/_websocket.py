@@ -22,29 +22,29 @@ _MAX_MESSAGE = 4 * 1024 * 1024
 
 
 class _Activity:
-    """When a message last crossed the relay, either way (for the idle timeout)."""
+    """When a message last crossed the relay, either way (for the idle timeout), and the bytes that did:
+    kept here, not in the pumps' results, so a pump cancelled at the end still counts."""
 
     def __init__(self) -> None:
         self.last = time.monotonic()
+        self.moved = [0, 0]                  # client -> upstream, upstream -> client
 
 
 async def _pump(source: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
-                sink: web.WebSocketResponse | aiohttp.ClientWebSocketResponse, activity: _Activity) -> int:
-    moved = 0
+                sink: web.WebSocketResponse | aiohttp.ClientWebSocketResponse, activity: _Activity, way: int) -> None:
     async for message in source:
         activity.last = time.monotonic()
         if message.type == WSMsgType.TEXT:
-            moved += len(message.data)
+            activity.moved[way] += len(message.data)
             await sink.send_str(message.data)
         elif message.type == WSMsgType.BINARY:
-            moved += len(message.data)
+            activity.moved[way] += len(message.data)
             await sink.send_bytes(message.data)
         else:  # CLOSE / ERROR: stop relaying; the other direction is closed by the caller
             break
-    return moved
 
 
-async def _until_done_or_due(pumps: set[asyncio.Task[int]], activity: _Activity, route: RouteConfig,
+async def _until_done_or_due(pumps: set[asyncio.Task[None]], activity: _Activity, route: RouteConfig,
                              token_expires_at: float) -> Reason | None:
     """Wait until either side closes (None), or until idgate must close the relay, and why: the token
     that authorized it expired, it reached the route's maximum lifetime, or it went idle."""
@@ -88,28 +88,35 @@ async def relay(request: web.Request, services: Services, access: AccessRequest,
         failure = UpstreamError("the upstream refused the WebSocket upgrade", reason=Reason.UPSTREAM_FAILED)
         services.pipeline.record_failure(access, decision, failure, duration=time.perf_counter() - started)
         raise failure from exc
-    inbound: asyncio.Task[int] | None = None
-    outbound: asyncio.Task[int] | None = None
+    inbound: asyncio.Task[None] | None = None
+    outbound: asyncio.Task[None] | None = None
+    activity = _Activity()
     closed_by: Reason | None = None
     client = web.WebSocketResponse(protocols=(upstream.protocol,) if upstream.protocol else (), max_msg_size=_MAX_MESSAGE)
     client.headers["Server"] = "idgate"   # not aiohttp's version string
     try:
         request[RESPONSE_STARTED] = True
         await client.prepare(request)
-        activity = _Activity()
-        inbound = asyncio.create_task(_pump(client, upstream, activity))
-        outbound = asyncio.create_task(_pump(upstream, client, activity))
+        inbound = asyncio.create_task(_pump(client, upstream, activity, 0))
+        outbound = asyncio.create_task(_pump(upstream, client, activity, 1))
         assert decision.identity is not None, "an allow decision always carries its identity"
         closed_by = await _until_done_or_due({inbound, outbound}, activity, route, decision.identity.expires_at)
     finally:
         code = _CLOSE_CODES[closed_by] if closed_by else 1000
-        await upstream.close(code=code)
-        await client.close(code=code, message=closed_by.value.encode() if closed_by else b"")
+        try:
+            async with asyncio.timeout(route.connect_timeout):
+                await upstream.close(code=code)
+                await client.close(code=code, message=closed_by.value.encode() if closed_by else b"")
+        except TimeoutError:
+            # A client that does not read would hold the close, and the route's connection, forever.
+            if request.transport is not None:
+                request.transport.abort()
         tasks = [t for t in (inbound, outbound) if t is not None]
+        for task in tasks:
+            task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         services.pipeline.record_outcome(
-            access, decision, status=101,
-            bytes_in=_moved(inbound) if inbound else 0, bytes_out=_moved(outbound) if outbound else 0,
+            access, decision, status=101, bytes_in=activity.moved[0], bytes_out=activity.moved[1],
             duration=time.perf_counter() - started, error=closed_by,
         )
     return client

@@ -4,6 +4,7 @@ verifies X-Idgate-Assertion."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -56,8 +57,7 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     return response
 
 
-def add_routes(app: web.Application) -> None:
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics)
-    app.router.add_get("/.well-known/jwks.json", jwks)
+def add_routes(app: web.Application, **route_args: Any) -> None:
+    for path, handler in (("/healthz", healthz), ("/readyz", readyz), ("/metrics", metrics),
+                          ("/.well-known/jwks.json", jwks)):
+        app.router.add_get(path, handler, **route_args)

@@ -18,7 +18,7 @@ from proxy.core.headers import clean_request_headers, clean_response_headers, fo
 from proxy.core.model import AccessRequest, Decision, Surface
 from proxy.core.reasons import Reason
 from proxy.edges._admission import Gate, admit
-from proxy.edges._http import RESPONSE_STARTED, identity_headers, received
+from proxy.edges._http import RESPONSE_STARTED, continue_if_expected, identity_headers, received
 from proxy.edges._routes import RouteSlots, RouteTable
 from proxy.edges._websocket import relay
 from proxy.services import SERVICES, Services
@@ -81,7 +81,11 @@ def _wants_websocket(request: web.Request, route: RouteConfig) -> bool:
 def _upstream_headers(services: Services, request: web.Request, route: RouteConfig, access: AccessRequest,
                       decision: Decision) -> list[tuple[str, str]]:
     trusted = access.client_addr in services.trusted
-    headers = clean_request_headers(list(request.headers.items()), trusted_peer=trusted, keep_authorization=route.forward_token)
+    headers = [(name, value) for name, value in
+               clean_request_headers(list(request.headers.items()), trusted_peer=trusted, keep_authorization=route.forward_token)
+               if name.lower() != "content-length"]
+    if request.content_length is not None:   # the length as parsed, never the client's spelling (002, +2)
+        headers.append(("Content-Length", str(request.content_length)))
     headers += [
         ("Host", access.host),          # the host decided on, never the client's spelling of it
         ("X-Forwarded-For", forwarded_for(request.headers.getall("X-Forwarded-For", []), access.client_addr,
@@ -126,6 +130,8 @@ async def handle(request: web.Request) -> web.StreamResponse:
         async with request.app[SLOTS].hold(route):
             if websocket:
                 return await relay(request, services, access, decision, url, headers, route)
+            if request.body_exists:
+                await continue_if_expected(request)
             return await _forward(request, services, access, decision, route, url, headers)
     except DependencyError as busy:
         if busy.reason is Reason.UPSTREAM_BUSY:

@@ -118,10 +118,13 @@ def _client_id(claims: Mapping[str, Any], issuer: IssuerConfig) -> str | None:
 
 
 def _groups(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
     if isinstance(value, str):
         return (value,)
+    # Dropping what is not a string (or the whole claim) could drop the very group a deny rule names.
     if not isinstance(value, list) or not all(isinstance(g, str) for g in value):
-        return ()
+        raise AuthenticationError("token groups claim is not a string or a list of strings", reason=Reason.INVALID_CLAIM)
     if len(value) > MAX_GROUPS:
         # Truncating could drop the very group a deny rule names: refuse instead.
         raise AuthenticationError("token carries too many groups", reason=Reason.TOO_MANY_GROUPS)

@@ -175,3 +175,66 @@ async def test_the_grpc_listener_echoes_nothing_either(make_stack, trusted):
         writer.close()
     assert SECRET.encode() not in answer and b"eyJ" not in answer
     assert b"aiohttp" not in answer and b"Python" not in answer and b"HTTP/1.1" not in answer
+
+
+async def test_a_head_pipelined_behind_a_request_in_flight_is_bounded_too(make_stack):
+    """While one request is being answered, the next head on the connection is still counted: over
+    max_head_bytes, idgate reads no more, answers the first request, and closes."""
+    stack = await make_stack(limits={"max_head_bytes": 16384})
+    reader, writer = await asyncio.open_connection(HOST, stack.idgate.port)
+    try:
+        writer.write(f"GET /v1/orders/__hang/1 HTTP/1.1\r\nHost: orders.internal\r\n"
+                     f"Authorization: Bearer {stack.etl_token()}\r\n\r\n".encode())
+        await stack.upstream.started.wait()           # the first request is in flight
+        writer.write(b"GET /v1/orders HTTP/1.1\r\nHost: orders.internal\r\n")
+        for i in range(40):
+            writer.write(f"X-Pad-{i}: {'p' * 1000}\r\n".encode())
+        await writer.drain()
+        stack.upstream.release.set()
+        answer = await asyncio.wait_for(reader.read(), 5)   # the first response, then the close
+    finally:
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 200 ") and answer.count(b"HTTP/1.1 ") == 1
+    assert refusals(stack, "main") == {"head_too_large": 1}
+
+
+@pytest.mark.parametrize("expect", ["foo", "100-continue, foo", "200-ok"])
+async def test_an_unknown_expect_is_an_audited_refusal_not_aiohttps_page(stack, expect):
+    request = (f"POST /v1/orders HTTP/1.1\r\nHost: orders.internal\r\nExpect: {expect}\r\n"
+               f"Content-Length: 2\r\nConnection: close\r\n\r\nab").encode()
+    response = await raw_http(stack.idgate.port, request)
+    body = assert_idgate_answer(response, 417)
+    assert body["code"] == "expectation_failed" and expect.encode() not in response.body
+    [record] = await stack.decisions()
+    assert record["reasons"] == ["unsupported_expect"]
+
+
+@pytest.mark.parametrize("port", ["port", "admin_port"])
+async def test_no_response_names_the_framework(stack, port):
+    """A backstop on every response either listener prepares, whoever built it."""
+    for request in (b"GET /v1/orders/7 HTTP/1.1\r\nHost: orders.internal\r\nConnection: close\r\n\r\n",
+                    b"GET /healthz HTTP/1.1\r\nHost: a\r\nExpect: foo\r\nConnection: close\r\n\r\n"):
+        response = await raw_http(getattr(stack.idgate, port), request)
+        assert "server: idgate" in response.head.lower() and "aiohttp" not in response.head.lower()
+
+
+async def test_100_continue_is_sent_only_once_the_request_is_allowed(stack):
+    """An unauthenticated client is never invited to send its body: its 401 comes first."""
+    reader, writer = await asyncio.open_connection(HOST, stack.idgate.port)
+    try:
+        writer.write(b"POST /v1/orders HTTP/1.1\r\nHost: orders.internal\r\nExpect: 100-continue\r\n"
+                     b"Content-Length: 5\r\n\r\n")
+        await writer.drain()
+        first = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    finally:
+        writer.close()
+    assert first.startswith(b"HTTP/1.1 401 ")
+
+
+@pytest.mark.parametrize("coding", ["gzip, chunked", "chunked, chunked", "deflate,chunked"])
+async def test_only_a_plain_chunked_transfer_encoding_is_forwarded(stack, coding):
+    request = (f"POST /v1/orders HTTP/1.1\r\nHost: orders.internal\r\nAuthorization: Bearer {stack.etl_token()}\r\n"
+               f"Transfer-Encoding: {coding}\r\nConnection: close\r\n\r\n2\r\nab\r\n0\r\n\r\n").encode()
+    response = await raw_http(stack.idgate.port, request)
+    assert response.status == 400
+    assert stack.upstream.received == []

@@ -203,3 +203,13 @@ async def test_a_malformed_chunked_body_fails_fast_with_400(make_stack, rest):
     assert decision["decision"] == "allow"
     assert (outcome["event"], outcome["status"], outcome["error"]) == ("outcome", 400, "malformed_body")
     assert outcome["duration_ms"] < 5000
+
+
+
+async def test_the_upstream_gets_the_content_length_idgate_parsed(stack):
+    """idgate re-frames the body itself: an odd spelling of the length must not reach an upstream parser."""
+    response = await raw_http(stack.idgate.port, raw(stack, "/v1/orders/7", token=stack.etl_token(),
+                                                     extra="Content-Length: 002\r\n") + b"ab")
+    assert response.status == 200
+    [received] = stack.upstream.received
+    assert received.header("Content-Length") == ["2"]

@@ -105,3 +105,4 @@ async def test_a_websocket_that_cannot_get_a_connection_is_refused(make_stack):
         except aiohttp.WSServerHandshakeError as err:
             assert err.status == 503
     assert (await outcomes(stack))[0]["error"] == "upstream_busy"
+

@@ -278,10 +278,19 @@ def test_subject_is_a_non_empty_string(sub: Any, reason: str) -> None:
 
 
 @pytest.mark.parametrize("value, groups", [
-    (["a", "b"], ("a", "b")), ("solo", ("solo",)), (["a", 1], ()), ({"a": 1}, ()), (7, ()), (None, ()),
+    (["a", "b"], ("a", "b")), ("solo", ("solo",)), (None, ()), ([], ()),
 ])
 def test_groups_shapes(value: Any, groups: tuple[str, ...]) -> None:
     assert check(claims(groups=value)).groups == groups
+
+
+@pytest.mark.parametrize("value", [["contractors", 1], [None], {"a": 1}, 7, True, [["nested"]]])
+def test_a_malformed_groups_claim_is_refused_not_emptied(value: Any) -> None:
+    """Emptying it would drop the very group a deny rule names (groups: [contractors]) while a
+    subject-based allow rule still matched."""
+    with pytest.raises(AuthenticationError) as excinfo:
+        check(claims(groups=value))
+    assert reason_of(excinfo) == "invalid_claim"
 
 
 def test_too_many_groups_is_refused_not_truncated() -> None:
