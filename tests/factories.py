@@ -7,9 +7,11 @@ import hashlib
 import hmac
 import json
 import secrets
+import textwrap
 import time
 from dataclasses import dataclass
 from types import MappingProxyType
+from pathlib import Path
 from typing import Any
 
 import jwt
@@ -161,3 +163,12 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+def minimal_config(tmp_path: Path, body: str) -> Path:
+    """An idgate.yaml with one issuer and an empty policies directory, plus `body` (dedented)."""
+    (tmp_path / "policies").mkdir(exist_ok=True)
+    path = tmp_path / "idgate.yaml"
+    path.write_text("issuers: [{issuer: http://127.0.0.1:9400, audiences: [orders-api]}]\n"
+                    "policies_dir: policies\n" + textwrap.dedent(body))
+    return path

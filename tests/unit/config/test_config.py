@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from proxy.config.schema import ENV_ASSERTION_KEY_FILE, ENV_AUDIT_PATH
 from proxy.core.hosts import is_loopback
 from proxy.core.errors import ConfigError, ConfigProblem
 from tests.harness.paths import POLICIES, TEST_DATA
+from tests.factories import minimal_config as write_config
 
 DATA = TEST_DATA / "config"
 _MARK = re.compile(r"ERROR(?:\(([^)]*)\))?:\s*(.*?)\s*(?=ERROR|$)")
@@ -44,13 +44,6 @@ def assert_exactly(problems: tuple[ConfigProblem, ...], path: Path) -> None:
         remaining.remove(match)
     assert remaining == [], f"unexpected problems: {remaining}"
 
-
-def write_config(tmp_path: Path, body: str) -> Path:
-    (tmp_path / "policies").mkdir(exist_ok=True)
-    path = tmp_path / "idgate.yaml"
-    path.write_text("issuers: [{issuer: http://127.0.0.1:9400, audiences: [orders-api]}]\n"
-                    "policies_dir: policies\n" + textwrap.dedent(body))
-    return path
 
 
 def test_full_example_loads_with_every_value(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -167,6 +160,14 @@ def test_tls_files_must_exist_and_be_readable(tmp_path: Path) -> None:
     ("routes: [{name: r, upstream: 'http://127.0.0.1:80?x=1'}]", 3, "routes[0].upstream: must be scheme://host"),
     ("routes: [{name: r, upstream: 'http://127.0.0.1:99999'}]", 3, "routes[0].upstream: is not a valid URL"),
     ("routes: [{name: r, upstream: 'http://h', hosts: ['*.example.com']}]", 3, "not a valid host name"),
+    ("audit: {max_segments: 0}", 3, "audit.max_segments: must be greater than 0"),
+    ("audit: {max_segments: -2}", 3, "audit.max_segments: must be greater than 0"),
+    ("audit: {max_bytes: 0}", 3, "audit.max_bytes: must be greater than 0"),
+    ("audit:\n  rotate_bytes: 1000\n  max_bytes: 999", 5, "audit.max_bytes: must be at least rotate_bytes (1000)"),
+    ("audit: {max_segments: many}", 3, "audit.max_segments: expected"),
+    ("audit: {max_bytes: 1.5e9}", 3, "audit.max_bytes: expected"),
+    ("audit: {max_segments: true}", 3, "audit.max_segments: expected"),
+    ("audit: {keep_segments: 3}", 3, "keep_segments"),
 ])
 def test_single_bad_value_is_reported_at_its_line(tmp_path: Path, body: str, line: int, message: str) -> None:
     path = write_config(tmp_path, body)
@@ -174,6 +175,8 @@ def test_single_bad_value_is_reported_at_its_line(tmp_path: Path, body: str, lin
         load_config(path, env={})
     assert [(p.file, p.line) for p in info.value.problems] == [(str(path), line)]
     assert message in info.value.problems[0].message
+    [printed] = check_config(path, env={})             # what `idgate check-config` prints
+    assert printed.startswith(f"{path}:{line}: ") and message in printed
 
 
 def test_at_least_one_issuer_is_required(tmp_path: Path) -> None:

@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 
 import pytest
 
 from proxy.config import AwsConfig, CredentialsConfig, load_config
 from proxy.core.errors import ConfigError
+from tests.factories import minimal_config as write
 
-
-def write(tmp_path: Path, body: str) -> Path:
-    (tmp_path / "policies").mkdir(exist_ok=True)
-    path = tmp_path / "idgate.yaml"
-    path.write_text("issuers: [{issuer: http://127.0.0.1:9400, audiences: [orders-api]}]\n"
-                    "policies_dir: policies\n" + textwrap.dedent(body))
-    return path
 
 
 def test_broker_is_off_by_default_with_safe_aws_defaults(tmp_path: Path) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -10,14 +9,8 @@ import pytest
 from proxy.config import load as config_module
 from proxy.config import ExtAuthzGrpcConfig, ExtAuthzHttpConfig, load_config
 from proxy.core.errors import ConfigError
+from tests.factories import minimal_config as write
 
-
-def write(tmp_path: Path, body: str) -> Path:
-    (tmp_path / "policies").mkdir(exist_ok=True)
-    path = tmp_path / "idgate.yaml"
-    path.write_text("issuers: [{issuer: http://127.0.0.1:9400, audiences: [orders-api]}]\n"
-                    "policies_dir: policies\n" + textwrap.dedent(body))
-    return path
 
 
 def problems(path: Path) -> list[str]:
