@@ -142,6 +142,7 @@ def _check_route(route: RouteConfig, spot: Spot) -> RouteConfig:
     if why := _path_prefix_problem(route.path_prefix):
         spot.report(why, "path_prefix")
     _check_positive(route, spot, "connect_timeout", "read_timeout", "max_body_bytes", "max_connections", "pool_timeout",
+                    "max_connections_per_identity",
                     "websocket_idle_timeout", "websocket_max_lifetime")
     return replace(route, hosts=hosts)
 

@@ -73,6 +73,7 @@ class RouteConfig:
     websocket: bool = False
     forward_token: bool = False                   # pass the caller's Authorization upstream
     max_connections: int = 256                    # upstream connections this route may hold (WebSockets included)
+    max_connections_per_identity: int = 64        # ... of which one caller (issuer, subject) may hold this many
     pool_timeout: float = 5.0                     # wait this long for one of them, then 503 upstream_busy
     websocket_idle_timeout: float = 300.0         # close a WebSocket with no message either way for this long
     websocket_max_lifetime: float = 3600.0        # ... and at this age, or when the caller's token expires

@@ -118,6 +118,7 @@ class Reason(StrEnum):
     UPSTREAM_FAILED = "upstream_failed"
     UPSTREAM_TIMEOUT = "upstream_timeout"
     UPSTREAM_BUSY = "upstream_busy"                       # the route's connections were all in use for pool_timeout
+    IDENTITY_BUSY = "identity_busy"                       # the caller holds its share of the route's connections
     WEBSOCKET_IDLE = "websocket_idle"                     # outcomes: why idgate closed a WebSocket
     WEBSOCKET_TOKEN_EXPIRED = "websocket_token_expired"
     WEBSOCKET_MAX_LIFETIME = "websocket_max_lifetime"

@@ -4,6 +4,7 @@ ones, then the longest path prefix on a segment boundary), and the connections e
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
@@ -35,21 +36,33 @@ class RouteTable:
 
 class RouteSlots:
     """The upstream connections each route may hold: a request holds one from before it is forwarded
-    until its answer (or its WebSocket) ends, so one route, or one identity's idle WebSockets on it,
-    cannot take every connection, and a request that cannot get one in time is answered, not parked."""
+    until its answer (or its WebSocket) ends, so one route cannot take every connection, one caller
+    (slow bodies, idle WebSockets) cannot take a route's, and a request that cannot get one in time is
+    answered, not parked."""
 
     def __init__(self, routes: Sequence[RouteConfig]) -> None:
         self._slots = {route.name: asyncio.Semaphore(route.max_connections) for route in routes}
+        self._held: Counter[tuple[str, object]] = Counter()     # (route, caller) -> connections held
 
     @asynccontextmanager
-    async def hold(self, route: RouteConfig) -> AsyncIterator[None]:
+    async def hold(self, route: RouteConfig, caller: object) -> AsyncIterator[None]:
+        key = (route.name, caller)
+        if self._held[key] >= route.max_connections_per_identity:
+            raise DependencyError("this caller holds its share of the upstream's connections; try again",
+                                  reason=Reason.IDENTITY_BUSY)
         slots = self._slots[route.name]
+        self._held[key] += 1
         try:
-            async with asyncio.timeout(route.pool_timeout):
-                await slots.acquire()
-        except TimeoutError:
-            raise DependencyError("the upstream is busy; try again", reason=Reason.UPSTREAM_BUSY) from None
-        try:
-            yield
+            try:
+                async with asyncio.timeout(route.pool_timeout):
+                    await slots.acquire()
+            except TimeoutError:
+                raise DependencyError("the upstream is busy; try again", reason=Reason.UPSTREAM_BUSY) from None
+            try:
+                yield
+            finally:
+                slots.release()
         finally:
-            slots.release()
+            self._held[key] -= 1
+            if self._held[key] <= 0:
+                del self._held[key]

@@ -127,14 +127,15 @@ async def handle(request: web.Request) -> web.StreamResponse:
     url = URL(route.upstream.rstrip("/") + access.path + (f"?{admitted.query}" if admitted.query else ""), encoded=True)
     headers = _upstream_headers(services, request, route, access, decision)
     try:
-        async with request.app[SLOTS].hold(route):
+        assert decision.identity is not None, "an allow decision always carries its identity"
+        async with request.app[SLOTS].hold(route, (decision.identity.issuer, decision.identity.subject)):
             if websocket:
                 return await relay(request, services, access, decision, url, headers, route)
             if request.body_exists:
                 await continue_if_expected(request)
             return await _forward(request, services, access, decision, route, url, headers)
     except DependencyError as busy:
-        if busy.reason is Reason.UPSTREAM_BUSY:
+        if busy.reason in (Reason.UPSTREAM_BUSY, Reason.IDENTITY_BUSY):
             services.metrics.child(services.metrics.upstream_busy, route.name).inc()
             services.pipeline.record_failure(access, decision, busy)
         raise

@@ -106,3 +106,21 @@ async def test_a_websocket_that_cannot_get_a_connection_is_refused(make_stack):
             assert err.status == 503
     assert (await outcomes(stack))[0]["error"] == "upstream_busy"
 
+
+
+async def test_one_caller_cannot_take_a_routes_connections_from_the_others(make_stack):
+    """A caller holding its share (slow bodies, idle WebSockets, a slow path) is refused more at once,
+    while another caller on the same route is still served."""
+    stack = await make_stack(orders_route={"max_connections": 4, "max_connections_per_identity": 1,
+                                           "pool_timeout": 5})
+    hog = stack.etl_token()
+    hanging = asyncio.create_task(stack.get("/v1/orders/__hang/1", token=hog))
+    await stack.upstream.started.wait()
+    started = time.monotonic()
+    response = await stack.get("/v1/orders/7", token=hog)
+    assert response.status == 503 and time.monotonic() - started < 2    # at once, not after pool_timeout
+    other = stack.issuer.token("svc-etl-9", ("data-eng",), tenant="acme")
+    assert (await stack.get("/v1/orders/7", token=other)).status == 200
+    stack.upstream.release.set()
+    assert (await hanging).status == 200
+    assert [r["error"] for r in await outcomes(stack) if r["status"] == 503] == ["identity_busy"]
