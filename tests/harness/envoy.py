@@ -18,7 +18,7 @@ import aiohttp
 import yaml
 
 from tests.harness.paths import DEPLOY, REPO
-from tests.harness.processes import HOST, ServerUrls
+from tests.harness.processes import HOST, POLL_INTERVAL, ServerUrls
 
 DEPLOY_ENVOY = DEPLOY / "envoy"
 ENV_BINARY = "IDGATE_ENVOY"            # override the binary; default: the one `make test` installs
@@ -145,7 +145,7 @@ async def _wait_ready(process: asyncio.subprocess.Process, admin_file: Path, log
                                 return int(socket["port_value"]), admin_port
                 except aiohttp.ClientError:
                     pass
-            await asyncio.sleep(0.01)   # polling Envoy's admin /ready (DESIGN §8: readiness is polled)
+            await asyncio.sleep(POLL_INTERVAL)   # polling Envoy's admin /ready against the deadline (DESIGN §8)
     raise RuntimeError(f"envoy not ready after {READY_TIMEOUT:.0f}s:\n{log.read_text(errors='replace')[-3000:]}")
 
 
