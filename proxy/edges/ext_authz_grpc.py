@@ -63,7 +63,7 @@ def _check_of(message: CheckRequest, rid: str, peer: str) -> tuple[Received, Cal
         # Pseudo-headers repeat method, path and authority, which come from their own fields.
         headers = [(name, value) for name, value in pairs if not name.startswith(":")]
         source = attributes.source.address.socket_address.address
-        return dataclasses.replace(check, headers=headers, client_addr=source or peer)
+        return check._replace(headers=headers, client_addr=source or peer)
 
     received = Received(request_id=rid, peer=peer, client_addr=peer, method=http.method, hosts=(http.host,),
                         target=http.path, headers=())

@@ -3,7 +3,6 @@ query; an exact 200 with identity headers allows, anything else is the audited d
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 
 from aiohttp import web
@@ -27,8 +26,8 @@ def original_request(path_prefix: str, check: Received) -> Received:
     target = check.target[len(path_prefix):]
     if not check.target.startswith(path_prefix) or not target.startswith("/"):
         raise BadRequest("the check path must be path_prefix + the original path", reason=Reason.NOT_ORIGIN_FORM)
-    return dataclasses.replace(check, target=target,
-                               client_addr=_ext_authz.envoy_client_addr(check.headers) or check.peer)
+    return check._replace(target=target,
+                          client_addr=_ext_authz.envoy_client_addr(check.headers) or check.peer)
 
 
 async def handle(request: web.Request) -> web.Response:

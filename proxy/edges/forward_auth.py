@@ -23,27 +23,36 @@ SURFACE = Surface.FORWARD_AUTH
 GATE = Gate(SURFACE, trusted_peers_only=True, forwarded_by_peer=True)
 
 
-def _one(headers: Sequence[tuple[str, str]], *names: str) -> str | None:
-    """The value of the first of `names` present, refusing duplicates and conflicting sources."""
-    found = [value for name, value in headers if name.lower() in names]
-    if not found:
-        return None
-    if len(set(found)) != 1:
-        raise BadRequest(f"conflicting {'/'.join(names)} headers", reason=Reason.AMBIGUOUS_ORIGINAL_REQUEST)
-    return found[0]
+_ORIGINAL_HEADERS = {
+    "x-original-method": "method", "x-forwarded-method": "method",
+    "x-original-uri": "uri", "x-forwarded-uri": "uri",
+    "x-forwarded-host": "host",
+}
+_NAMES = {"method": "X-Original-Method/X-Forwarded-Method", "uri": "X-Original-URI/X-Forwarded-Uri",
+          "host": "X-Forwarded-Host"}
+
+
+def _original_headers(headers: Sequence[tuple[str, str]]) -> dict[str, str]:
+    """The original request's method, URI and host from one pass over the head, refusing duplicates and
+    conflicting sources (nginx's X-Original-* beside Traefik's X-Forwarded-* that disagree)."""
+    found: dict[str, str] = {}
+    for name, value in headers:
+        part = _ORIGINAL_HEADERS.get(name.lower())
+        if part is None:
+            continue
+        if found.setdefault(part, value) != value:
+            raise BadRequest(f"conflicting {_NAMES[part]} headers", reason=Reason.AMBIGUOUS_ORIGINAL_REQUEST)
+    return found
 
 
 def original_request(subrequest: Received) -> Received:
     """The request the fronting proxy asks about, from the headers it set (believed from a trusted peer only)."""
-    headers = subrequest.headers
-    method = _one(headers, "x-original-method", "x-forwarded-method")
-    uri = _one(headers, "x-original-uri", "x-forwarded-uri")
-    forwarded_host = _one(headers, "x-forwarded-host")
+    found = _original_headers(subrequest.headers)
+    method, uri, forwarded_host = found.get("method"), found.get("uri"), found.get("host")
     if method is None or uri is None:
         raise BadRequest("the original method and URI are required", reason=Reason.MISSING_ORIGINAL_REQUEST)
-    return Received(request_id=subrequest.request_id, peer=subrequest.peer, client_addr=subrequest.client_addr,
-                    method=method, hosts=(forwarded_host,) if forwarded_host is not None else subrequest.hosts,
-                    target=uri, headers=headers)
+    return subrequest._replace(method=method, hosts=(forwarded_host,) if forwarded_host is not None else subrequest.hosts,
+                               target=uri)
 
 
 async def handle(request: web.Request) -> web.Response:

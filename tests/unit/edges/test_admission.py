@@ -3,7 +3,6 @@ reason, for every surface's gate, and the AccessRequest it builds."""
 
 from __future__ import annotations
 
-from dataclasses import replace
 
 import pytest
 
@@ -21,7 +20,7 @@ BASE = Received(request_id="rid-1", peer="127.0.0.1", client_addr="127.0.0.1", m
 
 
 def admitted(gate: Gate, **changes: object) -> Admitted:
-    return check(gate, replace(BASE, **changes), LimitsConfig())
+    return check(gate, BASE._replace(**changes), LimitsConfig())
 
 
 def refusal(gate: Gate, **changes: object) -> IdgateError:
