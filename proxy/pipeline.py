@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 import weakref
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from cachetools import TLRUCache
 
@@ -46,8 +46,7 @@ class CredentialSource(Protocol):
                           policy: SessionPolicy) -> Vended: ...
 
 
-@dataclass(frozen=True, slots=True)
-class RejectedTarget:
+class RejectedTarget(NamedTuple):
     """What an edge knows about a request it could not turn into an AccessRequest (e.g. a path trick)."""
 
     surface: Surface

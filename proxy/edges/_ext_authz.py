@@ -3,13 +3,14 @@ request, the pipeline call, and the headers an allow sets on and removes from it
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from proxy.assertion import audience
 from proxy.core.model import AccessRequest, Decision
 from proxy.edges._admission import Gate, Received, admit
-from proxy.edges._http import identity_headers
+from proxy.edges._http import IDENTITY_HEADER_NAMES, identity_headers
 from proxy.services import Services
 
 # Identity headers some upstream framework or auth proxy trusts: removed from every allowed request
@@ -18,8 +19,7 @@ ALWAYS_REMOVED = ("x-forwarded-user", "x-forwarded-email", "x-forwarded-groups",
                   "x-forwarded-preferred-username", "x-remote-user", "remote-user")
 
 
-@dataclass(frozen=True, slots=True)
-class Allowed:
+class Allowed(NamedTuple):
     decision: Decision
     access: AccessRequest
     set_headers: tuple[tuple[str, str], ...]    # overwrite on the upstream request (lower-case names)
@@ -43,7 +43,12 @@ def envoy_client_addr(headers: Sequence[tuple[str, str]]) -> str | None:
     return last or None
 
 
-def _remove(identity: tuple[str, ...], set_names: frozenset[str], forward_token: bool) -> tuple[str, ...]:
+_SET_NAMES = frozenset(name.lower() for name in IDENTITY_HEADER_NAMES)
+
+
+@functools.lru_cache(maxsize=256)     # nearly always the same: no identity headers were sent
+def _remove(identity: tuple[str, ...], forward_token: bool) -> tuple[str, ...]:
+    set_names = _SET_NAMES
     remove = [] if forward_token else ["authorization"]
     remove += [n for n in ALWAYS_REMOVED if n not in set_names]
     remove += [n for n in identity if n not in set_names and n not in remove]
@@ -58,6 +63,5 @@ async def authorize(services: Services, gate: Gate, received: Received,
     decision = await services.pipeline.authorize(access, admitted.token)
     set_headers = tuple((name.lower(), value)
                         for name, value in identity_headers(services, decision, audience(gate.surface, access.host)))
-    set_names = frozenset(name for name, _ in set_headers)
     return Allowed(decision, access, set_headers,
-                   _remove(admitted.identity_headers, set_names, services.config.ext_authz.forward_token))
+                   _remove(admitted.identity_headers, services.config.ext_authz.forward_token))

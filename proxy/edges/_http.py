@@ -58,6 +58,9 @@ def header_safe(value: str) -> str:
     return quote(value, safe=_HEADER_SAFE)
 
 
+IDENTITY_HEADER_NAMES = ("X-Idgate-Subject", "X-Idgate-Issuer", "X-Idgate-Groups", "X-Idgate-Rule", "X-Idgate-Assertion")
+
+
 @functools.lru_cache(maxsize=4096)
 def _identity_values(subject: str, issuer: str, groups: tuple[str, ...]) -> tuple[str, str, str]:
     """The header spellings of an identity: the same few identities ask again and again."""
@@ -67,11 +70,6 @@ def _identity_values(subject: str, issuer: str, groups: tuple[str, ...]) -> tupl
 def identity_headers(services: Services, decision: Decision, audience: str) -> list[tuple[str, str]]:
     identity = decision.identity
     assert identity is not None, "an allow decision always carries its identity"
-    subject, issuer, groups = _identity_values(identity.subject, identity.issuer, identity.groups)
-    return [
-        ("X-Idgate-Subject", subject),
-        ("X-Idgate-Issuer", issuer),
-        ("X-Idgate-Groups", groups),
-        ("X-Idgate-Rule", decision.rule_id or ""),
-        ("X-Idgate-Assertion", services.signer.sign(identity, audience)),
-    ]
+    values = (*_identity_values(identity.subject, identity.issuer, identity.groups), decision.rule_id or "",
+              services.signer.sign(identity, audience))
+    return list(zip(IDENTITY_HEADER_NAMES, values))

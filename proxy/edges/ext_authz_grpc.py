@@ -3,10 +3,10 @@ CheckResponse bytes out; every failure, malformed input included, becomes an aud
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from envoy.config.core.v3.base_pb2 import HeaderValue, HeaderValueOption
 from envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse, DeniedHttpResponse, OkHttpResponse
@@ -111,6 +111,13 @@ def deny_response(err: IdgateError, rid: str) -> CheckResponse:
     return response
 
 
+def _rejected(peer: str, rid: str, http: Any) -> RejectedTarget:
+    """A refused check as received: as much of it as was decoded (built only for a refusal)."""
+    if http is None:
+        return RejectedTarget(SURFACE, rid, peer, "", "", "")
+    return RejectedTarget(SURFACE, rid, peer, http.method, http.host, http.path.split("?", 1)[0])
+
+
 class CheckHandler:
     """The Check method: bytes in, bytes out, so that a malformed message is ours to answer."""
 
@@ -130,7 +137,8 @@ class CheckHandler:
 
     async def _answer(self, raw: bytes, peer: str) -> bytes:
         services = self._services
-        target = RejectedTarget(SURFACE, "", peer, "", "", "")
+        rid = ""
+        http: Any = None       # the message's HttpRequest attributes, once decoded
         try:
             try:
                 message = CheckRequest.FromString(raw)
@@ -140,14 +148,13 @@ class CheckHandler:
             # Envoy's x-request-id (http.id is its stream number), so the audit joins Envoy's access log;
             # believed from a trusted Envoy only.
             rid = request_id(http.headers.get("x-request-id") or http.id or None, trusted_peer=peer in services.trusted)
-            target = RejectedTarget(SURFACE, rid, peer, http.method, http.host, http.path.split("?", 1)[0])
             received, original = _check_of(message, rid, peer)
             allowed = await _ext_authz.authorize(services, GATE, received, original)
         except IdgateError as err:
-            return await self._deny(err, target)
+            return await self._deny(err, _rejected(peer, rid, http))
         except Exception:  # noqa: BLE001 - a bug must still answer Envoy with a denial, never an allow
             log.exception("ext_authz gRPC check failed")
-            return await self._deny(IdgateError("internal error", reason=Reason.INTERNAL), target)
+            return await self._deny(IdgateError("internal error", reason=Reason.INTERNAL), _rejected(peer, rid, http))
         self._allowed_count.inc()
         identity = allowed.decision.identity
         key = (allowed.set_headers, allowed.remove_headers, allowed.decision.rule_id, identity.subject if identity else None)
@@ -158,6 +165,6 @@ class CheckHandler:
 
     async def _deny(self, err: IdgateError, target: RejectedTarget) -> bytes:
         rid = target.request_id or request_id(None, trusted_peer=False)
-        err = await self._services.pipeline.refuse(dataclasses.replace(target, request_id=rid), err)
+        err = await self._services.pipeline.refuse(target._replace(request_id=rid), err)
         self._services.metrics.requests.labels(SURFACE.value, "deny", str(err.status)).inc()
         return bytes(deny_response(err, rid).SerializeToString())

@@ -24,7 +24,7 @@ def test_envoy_client_addr(headers, expected):
 
 def test_remove_lists_the_credential_and_every_client_identity_header_idgate_does_not_set():
     identity = ("x-idgate-subject", "x_idgate_subject", "x-auth-request-user", "x-idgate-tenant")
-    removed = _ext_authz._remove(identity, frozenset({"x-idgate-subject"}), forward_token=False)
+    removed = _ext_authz._remove(identity, forward_token=False)
     assert removed[0] == "authorization"
     assert {"x_idgate_subject", "x-auth-request-user", "x-idgate-tenant", "x-forwarded-user", "remote-user"} <= set(removed)
     assert "x-idgate-subject" not in removed          # idgate overwrites it instead
@@ -32,7 +32,7 @@ def test_remove_lists_the_credential_and_every_client_identity_header_idgate_doe
 
 
 def test_forward_token_keeps_authorization():
-    assert "authorization" not in _ext_authz._remove((), frozenset(), forward_token=True)
+    assert "authorization" not in _ext_authz._remove((), forward_token=True)
 
 
 def test_check_of_takes_envoys_fields_and_drops_pseudo_headers():
