@@ -1,38 +1,137 @@
 """Prometheus collectors for one idgate process, on their own registry so tests and several
-apps in one process never collide.  A leaf module: it imports nothing from idgate."""
+apps in one process never collide.  A leaf module: it imports nothing from idgate.
+
+The metrics every request updates are LoopCounter and LoopHistogram: plain numbers updated on the event
+loop, read at scrape time (on the loop too).  prometheus-client's own take a lock per value and check
+observability per call: ~1.4 µs per counter increment and ~2.6 µs per histogram observation here, four
+or five of them per request."""
 
 from __future__ import annotations
 
+from bisect import bisect_left
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 _LATENCY_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+
+
+class _CounterValue:
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0.0
+
+    def inc(self, amount: float = 1.0) -> None:
+        self.value += amount
+
+
+class _HistogramValue:
+    __slots__ = ("_bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self._bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)      # the last one is +Inf
+        self.sum = 0.0
+
+    def observe(self, amount: float) -> None:
+        self.counts[bisect_left(self._bounds, amount)] += 1   # a bucket's bound is inclusive (le)
+        self.sum += amount
+
+
+class _LoopMetric(Collector):
+    """A labelled family of values that only the event loop thread updates (no locks)."""
+
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str], registry: CollectorRegistry) -> None:
+        self._name = name
+        self._documentation = documentation
+        self._labelnames = tuple(labelnames)
+        self._children: dict[tuple[str, ...], Any] = {}
+        registry.register(self)
+
+    def _new(self) -> Any:
+        raise NotImplementedError
+
+    def labels(self, *values: str) -> Any:
+        if len(values) != len(self._labelnames):
+            raise ValueError(f"{self._name} takes labels {self._labelnames}")
+        found = self._children.get(values)
+        if found is None:
+            found = self._children[values] = self._new()
+        return found
+
+
+class LoopCounter(_LoopMetric):
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str] = (), *,
+                 registry: CollectorRegistry) -> None:
+        super().__init__(name.removesuffix("_total"), documentation, labelnames, registry)
+        self._plain = self.labels() if not labelnames else None
+
+    def _new(self) -> _CounterValue:
+        return _CounterValue()
+
+    def inc(self, amount: float = 1.0) -> None:
+        assert self._plain is not None, "a labelled counter is incremented through labels()"
+        self._plain.inc(amount)
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(self._name, self._documentation, labels=self._labelnames)
+        for labels, child in list(self._children.items()):
+            family.add_metric(labels, child.value)
+        yield family
+
+
+class LoopHistogram(_LoopMetric):
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str] = (), *,
+                 buckets: Sequence[float], registry: CollectorRegistry) -> None:
+        self._bounds = tuple(sorted(buckets))
+        super().__init__(name, documentation, labelnames, registry)
+        self._plain = self.labels() if not labelnames else None
+
+    def _new(self) -> _HistogramValue:
+        return _HistogramValue(self._bounds)
+
+    def observe(self, amount: float) -> None:
+        assert self._plain is not None, "a labelled histogram is observed through labels()"
+        self._plain.observe(amount)
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily(self._name, self._documentation, labels=self._labelnames)
+        for labels, child in list(self._children.items()):
+            cumulative, buckets = 0, []
+            for bound, count in zip((*self._bounds, float("inf")), child.counts):
+                cumulative += count
+                buckets.append(("+Inf" if bound == float("inf") else repr(float(bound)), cumulative))
+            family.add_metric(labels, buckets, child.sum)
+        yield family
 
 
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.requests = Counter(
+        self.requests = LoopCounter(
             "idgate_requests_total", "Requests answered, by surface, decision and HTTP status.",
             ["surface", "decision", "status"], registry=r)
-        self.decision_seconds = Histogram(
+        self.decision_seconds = LoopHistogram(
             "idgate_decision_seconds", "Time to authenticate, authorize and durably audit a request.",
             ["surface"], buckets=_LATENCY_BUCKETS, registry=r)
-        self.token_cache = Counter(
+        self.token_cache = LoopCounter(
             "idgate_token_cache_total", "Verified-token cache lookups.", ["result"], registry=r)
         self.jwks_fetches = Counter(
             "idgate_jwks_fetches_total", "JWKS / discovery fetches by issuer and result.",
             ["issuer", "result"], registry=r)
         self.jwks_keys = Gauge(
             "idgate_jwks_keys", "Signing keys currently held per issuer.", ["issuer"], registry=r)
-        self.audit_append_seconds = Histogram(
+        self.audit_append_seconds = LoopHistogram(
             "idgate_audit_append_seconds", "Time from audit append to durable (fsynced) record.",
             buckets=_LATENCY_BUCKETS, registry=r)
         self.audit_failures = Counter(
             "idgate_audit_failures_total", "Audit records that could not be made durable.", registry=r)
-        self.audit_bytes_written = Counter(
+        self.audit_bytes_written = LoopCounter(
             "idgate_audit_bytes_written_total", "Bytes of audit records written to the audit log (made durable "
             "when fsync is on).", registry=r)
         self.audit_free_bytes = Gauge(
@@ -41,10 +140,10 @@ class Metrics:
         self.audit_segments_deleted = Counter(
             "idgate_audit_segments_deleted_total", "Rotated audit segments deleted by retention "
             "(audit.max_segments, audit.max_bytes).", registry=r)
-        self.audit_batch_records = Histogram(
+        self.audit_batch_records = LoopHistogram(
             "idgate_audit_batch_records", "Records made durable per fsync (group commit).",
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=r)
-        self.upstream_seconds = Histogram(
+        self.upstream_seconds = LoopHistogram(
             "idgate_upstream_seconds", "Time to the upstream's response head, by route.",
             ["route"], buckets=_LATENCY_BUCKETS, registry=r)
         self.policy_reloads = Counter(
