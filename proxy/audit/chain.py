@@ -29,6 +29,7 @@ import functools
 import hashlib
 import json
 import re
+from _json import encode_basestring_ascii, make_encoder
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -61,10 +62,21 @@ class VerifyReport:
     starts_after: int = 0          # the last seq retention deleted before the first file (0: from the genesis)
 
 
+# What json.dumps(sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False) runs, built
+# once: json.dumps with arguments builds a JSONEncoder and this C encoder on every call (a third of
+# its cost).  No circular-reference markers: a cyclic record fails with RecursionError instead of
+# ValueError, and a reused markers dict would keep stale entries after a failed record.
+_encode_chunks = make_encoder(None, json.JSONEncoder().default, encode_basestring_ascii, None,
+                              ":", ",", True, False, False)
+
+
+def _canonical_text(record: dict[str, Any]) -> str:
+    return "".join(_encode_chunks(record, 0))
+
+
 def canonical(record: dict[str, Any]) -> bytes:
     """The bytes a record's hash covers (see the module docstring)."""
-    return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
-                      allow_nan=False).encode("ascii")
+    return _canonical_text(record).encode("ascii")
 
 
 @functools.lru_cache(maxsize=4)
@@ -81,14 +93,39 @@ def format_ts(epoch: float) -> str:
     return f"{_second_prefix(second)}.{micro:06d}Z"
 
 
-def seal(fields: dict[str, Any], state: ChainState, epoch: float) -> tuple[bytes, ChainState]:
-    """One record as its line, and the chain state after it.  Raises TypeError/ValueError when the
-    fields are not JSON-serializable; the caller's state is then untouched."""
-    body = {**fields, "v": VERSION, "seq": state.seq + 1, "ts": format_ts(epoch), "prev": state.prev}
-    c = canonical(body)
-    digest = hashlib.sha256(state.prev.encode("ascii") + c).hexdigest()
-    line = b"%s,\"hash\":\"%s\"}\n" % (c[:-1], digest.encode("ascii"))
-    return line, ChainState(state.seq + 1, digest)
+def unsealed(fields: dict[str, Any]) -> dict[str, Any]:
+    """A copy of the caller's fields with the chain's members in it, for SealedBatch.add to fill in
+    (done when a record is queued, so the caller may reuse its dict)."""
+    return {**fields, "v": VERSION, "seq": 0, "ts": "", "prev": ""}
+
+
+class SealedBatch:
+    """Records sealed onto the chain one after another, all with one timestamp: their lines, and the
+    chain state after the last of them."""
+
+    __slots__ = ("_parts", "_prev", "_seq", "_ts")
+
+    def __init__(self, state: ChainState, epoch: float) -> None:
+        self._seq, self._prev = state.seq, state.prev
+        self._ts = format_ts(epoch)
+        self._parts: list[str] = []
+
+    def add(self, record: dict[str, Any]) -> None:
+        """Seal one record from `unsealed` (its chain members are overwritten).  Raises TypeError,
+        ValueError or RecursionError when it is not JSON-serializable; the batch is then unchanged."""
+        prev, seq = self._prev, self._seq + 1
+        record["seq"], record["ts"], record["prev"] = seq, self._ts, prev
+        text = _canonical_text(record)
+        digest = hashlib.sha256((prev + text).encode("ascii")).hexdigest()
+        self._parts += (text[:-1], ',"hash":"', digest, '"}\n')
+        self._seq, self._prev = seq, digest
+
+    def data(self) -> bytes:
+        return "".join(self._parts).encode("ascii")
+
+    @property
+    def state(self) -> ChainState:
+        return ChainState(self._seq, self._prev)
 
 
 class LineError(ValueError):

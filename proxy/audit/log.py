@@ -1,16 +1,23 @@
 """AuditLog: hash-chained records made durable by group commit before `append` returns; a caller's
 cancellation never stops or tears a write, and a record that cannot be made durable fails closed.
 
-One writer task takes everything queued (up to _MAX_BATCH), seals it into the chain in order,
-appends it with one write on the loop (page cache, microseconds) and hands one fsync to a dedicated
-thread (a thread handoff costs ~40 us of CPU here, so there is none when fsync is off); records that
-arrive meanwhile form the next batch.  That natural batching is the main mechanism.  With `group_commit_max_delay` > 0 the writer
-may also wait for companions until the oldest queued record is that old, but only while waiting
-pays: after a wait that gathered nobody (a lone appender, or closed-loop callers who are all in the
-batch already) it writes straight away for the next 1, 2, 4, ... _MAX_SKIP batches before trying again.
+Group commit waits only while an fsync is in flight.  A record queued while the log is idle starts
+a batch in the next loop iteration (so the records queued in one iteration share it); the batch is
+everything queued (up to _MAX_BATCH), sealed into the chain in order on the loop, then written and
+fsynced in one call on the log's file thread, which reports back with one call_soon_threadsafe.
+Whatever arrives meanwhile forms the next batch, started as soon as that report comes.  With fsync
+off the write happens on the loop and no thread is involved.  Awaiting callers each hold a future
+(the least a task can wait on, and what lets one caller's cancellation leave the others alone);
+`append_nowait` records hold none.
+
+With `group_commit_max_delay` > 0 (fewer fsyncs for more latency, on disks that charge per
+operation) a batch may also wait for companions until its oldest record is that old, but only while
+waiting pays: after a wait that gathered nobody it writes straight away for the next 1, 2, 4, ...
+_MAX_SKIP batches before trying again.
 
 Rotation, and the retention it sets off (audit.max_segments / max_bytes: plan, announce in the chain,
-then delete; retention.py), run in the writer thread after a batch's callers have been answered.
+then delete; retention.py), run on the file thread after a batch's callers have been answered and
+before the next batch starts.
 """
 
 from __future__ import annotations
@@ -19,14 +26,17 @@ import asyncio
 import logging
 import os
 import time
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from proxy.audit.chain import RESERVED, ChainState, seal
+from prometheus_client import Histogram
+
+from proxy.audit.chain import RESERVED, ChainState, SealedBatch, unsealed
+from proxy.audit.file_thread import FileThread
 from proxy.audit.retention import EVENT as RETENTION_EVENT
 from proxy.audit.retention import Retention, RetentionPlan, delete_segments, plan_retention
 from proxy.audit.sink import SegmentSink
@@ -41,12 +51,10 @@ _MAX_BATCH = 1024
 _MAX_PENDING = 10_000
 _MAX_SKIP = 1024
 
-
-@dataclass(slots=True)
-class _Pending:
-    fields: dict[str, Any]
-    enqueued: float                            # loop time, for the append latency metric
-    future: asyncio.Future[None] | None        # None for append_nowait
+# A queued record: its fields as `unsealed` made them, when it was queued (loop time, for the append
+# latency metric), and the future its caller awaits (None for append_nowait).  A tuple: one is built
+# per record on the hot path.
+_Pending = tuple[dict[str, Any], float, "asyncio.Future[None] | None"]
 
 
 class AuditLog:
@@ -73,19 +81,22 @@ class AuditLog:
         self._retention_due: tuple[RetentionPlan, asyncio.Future[None]] | None = None
         self._maintaining = False     # from a rotation until the retention it sets off is done: for flush()
         self._pending: deque[_Pending] = deque()
-        self._wakeup: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: FileThread | None = None
         self._state = ChainState()
-        self._writer: asyncio.Task[None] | None = None
-        # Its own thread, so audit fsyncs never queue behind STS calls in the default executor.
-        self._executor: ThreadPoolExecutor | None = None
-        self._closing = False
-        self._healthy = False
+        # From the moment a batch is scheduled until no batch, wait or maintenance is left: a record
+        # queued while busy is picked up by what runs, one queued while idle schedules a batch.
+        self._busy = False
+        self._maintenance: asyncio.Task[None] | None = None
+        self._companion_timer: asyncio.Handle | None = None   # the wait's end, or its cut short
+        self._waited_with = 0         # records queued when the companion wait began (0: not waiting)
         self._skip_waits = 0          # batches to write without waiting for companions
         self._skip_next = 1           # how many to skip after the next fruitless wait
+        self._closing = False
+        self._healthy = False
         self._enqueued = 0            # records ever queued / settled (written or failed): for flush()
         self._settled = 0
-        self._progress = asyncio.Event()
+        self._progress: list[asyncio.Future[None]] = []     # flush() and close() waiting for a batch
 
     @property
     def healthy(self) -> bool:
@@ -93,32 +104,32 @@ class AuditLog:
         return self._healthy
 
     async def open(self) -> None:
-        if self._writer is not None:
+        if self._thread is not None:
             raise RuntimeError("the audit log is already open")
         loop = asyncio.get_running_loop()
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="idgate-audit")
+        # Its own thread, so audit fsyncs never queue behind STS calls in the default executor.
+        thread = FileThread(loop, "idgate-audit")
         try:
-            self._state = await loop.run_in_executor(executor, self._sink.open)
+            self._state = await thread.run(self._sink.open)
         except OSError as exc:
-            executor.shutdown(wait=False)
+            thread.stop()
             _log.error("audit log cannot be opened: %s", exc)
             raise DependencyError(f"the audit log cannot be opened: {exc}", reason=Reason.AUDIT_UNAVAILABLE) from exc
-        self._executor, self._loop, self._wakeup = executor, loop, asyncio.Event()
+        self._loop, self._thread = loop, thread
         self._closing = False
         self._healthy = True
-        self._writer = asyncio.create_task(self._run(), name="idgate-audit-writer")
 
     async def close(self) -> None:
-        """Write everything already queued, then stop the writer and close the file."""
-        if self._writer is None or self._executor is None:
+        """Write everything already queued, then stop the file thread and close the file."""
+        if self._thread is None:
             return
         self._closing = True
-        assert self._wakeup is not None
-        self._wakeup.set()
-        await asyncio.shield(self._writer)
-        await asyncio.get_running_loop().run_in_executor(self._executor, self._sink.close)
-        self._executor.shutdown(wait=False)
-        self._writer = self._executor = None
+        self._stop_waiting_for_companions()
+        while self._busy:
+            await self._next_progress()
+        await self._thread.run(self._sink.close)
+        self._thread.stop()
+        self._thread = None
         self._healthy = False
 
     async def append(self, record: dict[str, Any]) -> None:
@@ -141,169 +152,223 @@ class AuditLog:
         it set off is done with its retention (for shutdown and for tests that read the files after
         an `append_nowait`)."""
         target = self._enqueued
-        while self._settled < target or (self._maintaining and self._writer is not None
-                                         and not self._writer.done()):
-            await self._progress.wait()
+        while self._settled < target or (self._maintaining and self._thread is not None):
+            await self._next_progress()
 
     def _enqueue(self, record: dict[str, Any], future: asyncio.Future[None] | None) -> None:
-        reserved = RESERVED.intersection(record)
-        if reserved:
-            raise ValueError(f"audit record fields {sorted(reserved)} are set by the audit log")
+        if not RESERVED.isdisjoint(record):
+            raise ValueError(f"audit record fields {sorted(RESERVED.intersection(record))} are set by the audit log")
         if "event" not in record:
             raise ValueError("an audit record needs an event")
-        if self._writer is None or self._loop is None or self._wakeup is None or self._closing \
-                or self._writer.done():
+        if self._thread is None or self._loop is None or self._closing:
             problem = "the audit log is not open"
         elif len(self._pending) >= self._max_pending:
             problem = "the audit log is overloaded"
         else:
-            self._pending.append(_Pending(dict(record), self._loop.time(), future))
+            self._pending.append((unsealed(record), self._loop.time(), future))
             self._enqueued += 1
-            if len(self._pending) == 1 or len(self._pending) >= _MAX_BATCH:
-                self._wakeup.set()
+            if not self._busy:
+                self._busy = True
+                self._loop.call_soon(self._commit)
+            elif len(self._pending) >= _MAX_BATCH:
+                self._stop_waiting_for_companions()
             return
         self._metrics.audit_failures.inc()
         raise DependencyError(problem, reason=Reason.AUDIT_UNAVAILABLE)
 
-    async def _run(self) -> None:
-        loop, wakeup = asyncio.get_running_loop(), self._wakeup
-        assert wakeup is not None
-        while True:
-            while not self._pending:
-                if self._closing:
-                    return
-                wakeup.clear()
-                await wakeup.wait()
-            await self._gather_companions(loop, wakeup)
-            batch = [self._pending.popleft() for _ in range(min(len(self._pending), _MAX_BATCH))]
-            try:
-                await self._commit(batch, loop)
-            except Exception:
-                # The writer must outlive a bug: if it died, every later append would wait forever.
-                _log.exception("audit writer failed on a batch of %d record(s)", len(batch))
-                self._healthy = False
-                self._fail(batch)
-            self._settled += len(batch)
+    # --- the batch cycle: _commit → (file thread) → _written → _commit ... all on the loop ---------
+
+    def _commit(self) -> None:
+        """Seal and write the next batch, or go idle when nothing is queued."""
+        self._companion_timer = None
+        if not self._pending:
+            self._busy = False
             self._signal_progress()
-            if self._retention_due is not None and self._retention_due[1].done():
-                try:
-                    await self._delete_announced(loop)
-                except Exception:
-                    _log.exception("audit retention failed")     # the writer must outlive it too
-
-    def _signal_progress(self) -> None:
-        self._progress.set()
-        self._progress = asyncio.Event()
-
-    async def _gather_companions(self, loop: asyncio.AbstractEventLoop, wakeup: asyncio.Event) -> None:
-        if self._max_delay <= 0:
             return
-        if self._skip_waits:
-            self._skip_waits -= 1
+        if self._max_delay > 0 and self._wait_for_companions():
             return
-        before = len(self._pending)
-        deadline = self._pending[0].enqueued + self._max_delay
-        while len(self._pending) < _MAX_BATCH and not self._closing:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                break
-            wakeup.clear()
-            try:
-                async with asyncio.timeout(remaining):
-                    await wakeup.wait()
-            except TimeoutError:
-                break
-        if len(self._pending) > before:
-            self._skip_next = 1
-        else:
-            self._skip_waits, self._skip_next = self._skip_next, min(2 * self._skip_next, _MAX_SKIP)
-
-    async def _commit(self, batch: list[_Pending], loop: asyncio.AbstractEventLoop) -> None:
-        lines: list[bytes] = []
+        batch = [self._pending.popleft() for _ in range(min(len(self._pending), _MAX_BATCH))]
+        assert self._thread is not None and self._loop is not None
         sealed: list[_Pending] = []
-        state = self._state
-        now = self._clock()
+        state, data = self._state, b""
+        error: BaseException | None = None
+        try:
+            sealed, sealing = self._seal(batch)
+            if sealed:
+                state, data = sealing.state, sealing.data()
+                if self._sink.fsync_enabled:
+                    self._thread.submit(partial(self._sink.append, data),
+                                        partial(self._written, batch, sealed, state, data))
+                    return
+                self._sink.append(data)
+        except Exception as exc:
+            error = exc
+        # Answered from the loop's next iteration, as the file thread would: answering from here,
+        # the batch after it would start inside this call.
+        self._loop.call_soon(self._written, batch, sealed, state, data, None, error)
+
+    def _seal(self, batch: list[_Pending]) -> tuple[list[_Pending], SealedBatch]:
+        sealing = SealedBatch(self._state, self._clock())
+        sealed: list[_Pending] = []
         for item in batch:
             try:
-                line, next_state = seal(item.fields, state, now)
+                sealing.add(item[0])
             except (TypeError, ValueError, RecursionError) as exc:
                 # A bad record fails alone and takes no seq, so the chain has no gap.
                 self._metrics.audit_failures.inc()
-                _log.error("audit record (event %s) is not serializable: %s", item.fields.get("event"), exc)
-                if item.future is not None and not item.future.done():
-                    item.future.set_exception(exc)
+                _log.error("audit record (event %s) is not serializable: %s", item[0].get("event"), exc)
+                future = item[2]
+                if future is not None and not future.done():
+                    future.set_exception(exc)
                 continue
-            lines.append(line)
             sealed.append(item)
-            state = next_state
-        if not sealed:
-            return
-        data = b"".join(lines)
+        return sealed, sealing
+
+    def _written(self, batch: list[_Pending], sealed: list[_Pending], state: ChainState, data: bytes,
+                 _result: None, error: BaseException | None) -> None:
+        """A batch's write came back: answer its callers, then maintain or start the next batch."""
+        rotate = False
         try:
-            self._sink.write_batch(data)
-            if self._sink.sync_needed:
-                await loop.run_in_executor(self._executor, self._sink.sync)
-        except OSError as exc:
-            _log.error("audit batch of %d record(s) not written: %s", len(sealed), exc)
-            self._healthy = False
-            self._fail(sealed)
-            return
+            if isinstance(error, OSError):
+                _log.error("audit batch of %d record(s) not written: %s", len(sealed), error)
+                self._healthy = False
+                self._fail(sealed)
+            elif error is not None:
+                # The writer must outlive a bug: if it stopped, every later append would wait forever.
+                _log.error("audit writer failed on a batch of %d record(s)", len(batch), exc_info=error)
+                self._healthy = False
+                self._fail([item for item in batch if item[2] is None or not item[2].done()])
+            elif sealed:
+                self._durable(sealed, state, data)
+                # A batch of retention records alone never rotates: retention then cannot keep itself going.
+                rotate = self._sink.needs_rotation() and \
+                    any(item[0]["event"] != RETENTION_EVENT for item in sealed)
+        except Exception:
+            _log.exception("audit writer failed answering a batch of %d record(s)", len(batch))
+        self._settled += len(batch)
+        deletion_due = self._retention_due is not None and self._retention_due[1].done()
+        if rotate or deletion_due:
+            self._maintaining = self._maintaining or rotate     # before flush() hears of this batch
+            self._maintenance = asyncio.ensure_future(self._maintain(rotate))
+        self._signal_progress()
+        if self._maintenance is None:
+            self._commit_or_idle()
+
+    def _durable(self, sealed: list[_Pending], state: ChainState, data: bytes) -> None:
         self._state = state
         self._healthy = True
-        self._metrics.audit_bytes_written.inc(len(data))
-        self._metrics.audit_batch_records.observe(len(sealed))
-        durable = loop.time()
-        for item in sealed:
-            self._metrics.audit_append_seconds.observe(durable - item.enqueued)
-            if item.future is not None and not item.future.done():
-                item.future.set_result(None)
-        # A batch of retention records alone never rotates: retention then cannot keep itself going.
-        if self._sink.needs_rotation() and any(item.fields["event"] != RETENTION_EVENT for item in sealed):
-            self._maintaining = True
-            try:
-                await loop.run_in_executor(self._executor, self._sink.rotate, state.seq)
-            except OSError as exc:
-                _log.warning("audit rotation failed; retrying after the next batch: %s", exc)
+        assert self._loop is not None
+        durable = self._loop.time()
+        for _, _, future in sealed:
+            if future is not None and not future.done():
+                future.set_result(None)
+        metrics = self._metrics
+        metrics.audit_bytes_written.inc(len(data))
+        metrics.audit_batch_records.observe(len(sealed))
+        _observe_each(metrics.audit_append_seconds, [durable - enqueued for _, enqueued, _ in sealed])
+
+    def _commit_or_idle(self) -> None:
+        """Straight on with what arrived during the write (no wait), or idle until a record comes."""
+        if self._pending:
+            self._commit()
+        else:
+            self._busy = False
+            self._signal_progress()
+
+    def _wait_for_companions(self) -> bool:
+        """With group_commit_max_delay: whether to hold the batch back (a timer then starts it)."""
+        assert self._loop is not None
+        if self._waited_with:                       # the wait is over
+            if len(self._pending) > self._waited_with:
+                self._skip_next = 1
             else:
-                await self._announce_retention(loop)
-            finally:
-                self._maintenance_step_done()
+                self._skip_waits, self._skip_next = self._skip_next, min(2 * self._skip_next, _MAX_SKIP)
+            self._waited_with = 0
+            return False
+        if self._skip_waits:
+            self._skip_waits -= 1
+            return False
+        deadline = self._pending[0][1] + self._max_delay
+        if self._closing or len(self._pending) >= _MAX_BATCH or deadline <= self._loop.time():
+            return False
+        self._waited_with = len(self._pending)
+        self._companion_timer = self._loop.call_at(deadline, self._commit)
+        return True
+
+    def _stop_waiting_for_companions(self) -> None:
+        if self._companion_timer is not None and self._loop is not None:
+            self._companion_timer.cancel()
+            self._companion_timer = self._loop.call_soon(self._commit)
+
+    def _signal_progress(self) -> None:
+        waiters, self._progress = self._progress, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def _next_progress(self) -> None:
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._progress.append(waiter)
+        await waiter
+
+    # --- rotation and retention, between batches -------------------------------------------------
+
+    async def _maintain(self, rotate: bool) -> None:
+        assert self._thread is not None
+        try:
+            if rotate:
+                try:
+                    await self._thread.run(partial(self._sink.rotate, self._state.seq))
+                except OSError as exc:
+                    _log.warning("audit rotation failed; retrying after the next batch: %s", exc)
+                else:
+                    await self._announce_retention()
+                finally:
+                    self._maintenance_step_done()
+            if self._retention_due is not None and self._retention_due[1].done():
+                await self._delete_announced()
+        except Exception:
+            _log.exception("audit retention failed")     # the writer must outlive it too
+        finally:
+            self._maintenance = None
+            self._commit_or_idle()
 
     def _maintenance_step_done(self) -> None:
         if self._retention_due is None:
             self._maintaining = False
             self._signal_progress()
 
-    async def _announce_retention(self, loop: asyncio.AbstractEventLoop) -> None:
+    async def _announce_retention(self) -> None:
         """After a rotation: plan what retention deletes, off the loop, and queue the record that
         announces it; the deletion waits until that record is durable (write-ahead, retention.py)."""
         if self._retention is None or self._retention_due is not None or self._closing:
             return
+        assert self._thread is not None and self._loop is not None
         try:
-            plan = await loop.run_in_executor(self._executor, plan_retention, self._sink.path, self._retention)
+            plan = await self._thread.run(partial(plan_retention, self._sink.path, self._retention))
         except OSError as exc:
             _log.warning("audit retention skipped; retrying after the next rotation: %s", exc)
             return
         if plan is None:
             return
-        future: asyncio.Future[None] = loop.create_future()
+        future: asyncio.Future[None] = self._loop.create_future()
         try:
             self._enqueue(plan.record(), future)
         except DependencyError:
             return                       # overloaded: the next rotation plans again
         self._retention_due = (plan, future)
 
-    async def _delete_announced(self, loop: asyncio.AbstractEventLoop) -> None:
-        assert self._retention_due is not None
+    async def _delete_announced(self) -> None:
+        assert self._retention_due is not None and self._thread is not None
         (plan, future), self._retention_due = self._retention_due, None
         try:
             if future.cancelled() or future.exception() is not None:
                 return                   # not on the chain: delete nothing (the next rotation plans again)
-            deleted = await loop.run_in_executor(self._executor, delete_segments, plan, self._sink.sync_directory)
+            deleted = await self._thread.run(partial(delete_segments, plan, self._sink.sync_directory))
             self._metrics.audit_segments_deleted.inc(deleted)
             _log.info("audit retention deleted %d segment(s) through seq %d", deleted, plan.through.seq)
             # Rotations while this deletion was due planned nothing (one deletion at a time): plan again now.
-            await self._announce_retention(loop)
+            await self._announce_retention()
         finally:
             self._maintenance_step_done()
 
@@ -316,7 +381,23 @@ class AuditLog:
 
     def _fail(self, items: list[_Pending]) -> None:
         self._metrics.audit_failures.inc(len(items))
-        for item in items:
-            if item.future is not None and not item.future.done():
-                item.future.set_exception(DependencyError("the audit log is unavailable", reason=Reason.AUDIT_UNAVAILABLE))
+        for _, _, future in items:
+            if future is not None and not future.done():
+                future.set_exception(DependencyError("the audit log is unavailable", reason=Reason.AUDIT_UNAVAILABLE))
 
+
+def _observe_each(histogram: Histogram, values: list[float]) -> None:
+    """histogram.observe(value) for every value, with one locked increment per bucket hit and one for
+    the sum instead of two per value (prometheus_client has no observe-many; a test holds this to
+    the samples observe gives)."""
+    if len(values) == 1:
+        histogram.observe(values[0])
+        return
+    bounds = histogram._upper_bounds
+    hits = [0] * len(bounds)
+    for value in values:
+        hits[bisect_left(bounds, value)] += 1       # observe: the first bucket with value <= bound
+    histogram._sum.inc(sum(values))
+    for bucket, count in zip(histogram._buckets, hits):
+        if count:
+            bucket.inc(count)

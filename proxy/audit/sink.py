@@ -2,9 +2,10 @@
 make it durable with one fsync (cut back to the last durable length on failure), reopen after
 trouble, rotate.
 
-The AuditLog calls write_batch on the event loop (an append to the page cache costs about a
-microsecond; handing it to a thread costs ~40 us of CPU) and runs sync, rotate and close in its one
-writer thread.  It never overlaps two calls, so nothing here is concurrent.
+With fsync on, the AuditLog runs a batch's write and fsync as one call (`append`) in its one file
+thread, together with rotate and close; with fsync off it writes on the event loop (an append to the
+page cache costs microseconds, a thread handoff more).  It never overlaps two calls, so nothing here
+is concurrent.
 """
 
 from __future__ import annotations
@@ -106,9 +107,14 @@ class SegmentSink:
         self._unsynced = self._unsynced or good
         self._good = _Good(good.dev, good.ino, good.size + len(data))
 
+    def append(self, data: bytes) -> None:
+        """write_batch, then sync: `data` is durable when this returns, or none of it is in the file."""
+        self.write_batch(data)
+        self.sync()
+
     @property
-    def sync_needed(self) -> bool:
-        return self._fsync_enabled and self._unsynced is not None
+    def fsync_enabled(self) -> bool:
+        return self._fsync_enabled
 
     def sync(self) -> None:
         """fsync what write_batch appended; on failure cut the file back to its last durable length,
