@@ -4,18 +4,14 @@ meanwhile is the next batch, and a caller's cancellation touches neither the wri
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import random
 import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client import CollectorRegistry, Histogram
 
 from proxy.audit import AuditLog, verify_files
-from proxy.audit.log import _observe_each
 from proxy.config import AuditConfig
 from proxy.metrics import Metrics
 from tests.integration.test_audit_durability import GatedFsync
@@ -140,22 +136,3 @@ async def test_a_failed_batch_fails_its_callers_and_the_next_batch_goes_on(tmp_p
     assert type(results[0]).__name__ == "DependencyError" and results[1] is None
     assert [(r["seq"], r["i"]) for r in records([path])] == [(1, 1)]
     assert sample(metrics, "idgate_audit_failures_total") == 1
-
-
-def test_observing_a_batch_of_latencies_gives_the_samples_of_observing_each() -> None:
-    buckets = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.1, 1.0)
-    rng = random.Random(1)
-    values = [*buckets, 0.0, 5.0, *(rng.uniform(0, 2) ** 4 for _ in range(500))]
-    each = Histogram("h", "h", buckets=buckets, registry=(one := CollectorRegistry()))
-    for value in values:
-        each.observe(value)
-    batched = Histogram("h", "h", buckets=buckets, registry=(other := CollectorRegistry()))
-    for start in range(0, len(values), 37):
-        _observe_each(batched, values[start:start + 37])
-    _observe_each(batched, [])
-
-    def samples(registry: CollectorRegistry) -> list[tuple[str, str, float]]:
-        return [(s.name, json.dumps(s.labels), round(s.value, 9)) for m in registry.collect() for s in m.samples
-                if not s.name.endswith("_created")]
-
-    assert samples(other) == samples(one)
