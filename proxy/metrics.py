@@ -164,6 +164,9 @@ class Metrics:
             "idgate_http_refused_total", "HTTP connections and requests refused before any handler: connection "
             "caps, request heads too large or too slow, and what the HTTP parser refused, by listener and reason.",
             ["listener", "reason"], registry=r)
+        self.event_loop = Gauge(
+            "idgate_event_loop_info", "The event loop this process serves on (1 for the one in use): uvloop or "
+            "asyncio (`idgate serve --loop`).", ["loop"], registry=r)
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
 
     def child(self, metric: Any, *labels: str) -> Any:

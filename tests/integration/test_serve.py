@@ -1,29 +1,34 @@
-"""`idgate serve` as a process: signals, policy reload, several workers on one port."""
+"""`idgate serve` as a process: signals, policy reload, several workers on one port, the event loop it runs on."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import aiohttp
+import pytest
 
+from proxy.cli import _loop_name
 from tests.harness.processes import HOST, free_port
-from tests.harness.servers import LocalIssuer, local_issuer, write_config
+from tests.harness.servers import LocalIssuer, RecordingUpstream, local_issuer, serve_app, write_config
 from tests.harness.stack import example_policies
 
 DEADLINE = 20.0
 
 
 @asynccontextmanager
-async def serve(config: Path, *extra: str) -> AsyncIterator[tuple[asyncio.subprocess.Process, dict]]:
+async def serve(config: Path, *extra: str, env: dict[str, str] | None = None,
+                ) -> AsyncIterator[tuple[asyncio.subprocess.Process, dict]]:
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "proxy", "serve", "--config", str(config), *extra,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, env=env)
     try:
         started = None
         while started is None:
@@ -63,8 +68,9 @@ rules:
 """
 
 
-async def stack_config(tmp_path: Path, issuer: LocalIssuer, **top) -> Path:
-    return write_config(tmp_path, issuer=issuer.issuer.issuer_url, audience="orders-api", upstream_port=free_port(),
+async def stack_config(tmp_path: Path, issuer: LocalIssuer, upstream_port: int | None = None, **top) -> Path:
+    return write_config(tmp_path, issuer=issuer.issuer.issuer_url, audience="orders-api",
+                        upstream_port=upstream_port or free_port(),
                         policies=example_policies(tmp_path, issuer.issuer.issuer_url), **top)
 
 
@@ -99,3 +105,59 @@ async def test_two_workers_share_the_port(tmp_path):
         assert process.returncode == 0, (await process.stderr.read()).decode()[-3000:]
         segments = sorted(p.name for p in (tmp_path / "audit").glob("audit.w*.jsonl"))
         assert segments and set(segments) <= {"audit.w0.jsonl", "audit.w1.jsonl"}
+
+
+def without_uvloop(tmp_path: Path) -> dict[str, str]:
+    """An environment whose Python cannot import uvloop: a package of that name first on the path refuses."""
+    blocked = tmp_path / "no-uvloop" / "uvloop"
+    blocked.mkdir(parents=True)
+    (blocked / "__init__.py").write_text('raise ImportError("uvloop is kept out of this test")\n')
+    path = os.pathsep.join(filter(None, [str(blocked.parent), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path}
+
+
+async def proxied_on(config: Path, *extra: str, env: dict[str, str] | None = None, token: str) -> str:
+    """Serve `config`, make one allowed proxied request, and return the loop idgate says it runs on (its
+    startup log line and its metric must agree)."""
+    async with serve(config, *extra, env=env) as (_, started), aiohttp.ClientSession() as http:
+        assert await status_of(http, started["listen"], token) == 200
+        async with http.get(f"http://{started['admin']}/metrics") as metrics:
+            exposed = [line for line in (await metrics.text()).splitlines()
+                       if line.startswith("idgate_event_loop_info{")]
+    assert exposed == [f'idgate_event_loop_info{{loop="{started["loop"]}"}} 1.0']
+    return started["loop"]
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+async def test_each_loop_serves_a_proxied_request_and_says_which_it_is(tmp_path, loop):
+    upstream = RecordingUpstream()
+    async with local_issuer() as issuer, serve_app(upstream.app()) as upstream_port:
+        config = await stack_config(tmp_path, issuer, upstream_port)
+        token = issuer.token("svc-etl-7", ("data-eng",), tenant="acme")
+        assert await proxied_on(config, "--loop", loop, token=token) == loop
+    assert [r.raw_path for r in upstream.received] == ["/v1/orders/7"]
+
+
+async def test_auto_takes_uvloop_when_installed_and_asyncio_when_not(tmp_path):
+    upstream = RecordingUpstream()
+    async with local_issuer() as issuer, serve_app(upstream.app()) as upstream_port:
+        config = await stack_config(tmp_path, issuer, upstream_port)
+        token = issuer.token("svc-etl-7", ("data-eng",), tenant="acme")
+        assert await proxied_on(config, token=token) == "uvloop"     # the test extra installs idgate[fast]'s uvloop
+        assert await proxied_on(config, env=without_uvloop(tmp_path), token=token) == "asyncio"
+
+
+async def test_loop_uvloop_without_uvloop_is_one_line_and_a_usage_error(tmp_path):
+    async with local_issuer() as issuer:
+        config = await stack_config(tmp_path, issuer)
+    done = subprocess.run([sys.executable, "-m", "proxy", "serve", "--config", str(config), "--loop", "uvloop"],
+                          env=without_uvloop(tmp_path), capture_output=True, text=True, timeout=DEADLINE)
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        "idgate: --loop uvloop: uvloop cannot be imported (install it with pip install 'idgate[fast]')"]
+
+
+async def test_the_in_process_suite_runs_idgate_on_the_asyncio_loop():
+    # Every other test runs idgate in pytest's loop: that is what keeps the asyncio loop tested now that
+    # `idgate serve` takes uvloop by default.
+    assert _loop_name(asyncio.get_running_loop()) == "asyncio"
