@@ -24,7 +24,7 @@ import logging
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -224,8 +224,8 @@ def _answer(transport: asyncio.BaseTransport, status: int, message: str, rid: st
     reason = {408: "Request Timeout", 431: "Request Header Fields Too Large", 503: "Service Unavailable"}[status]
     head = (f"HTTP/1.1 {status} {reason}\r\nServer: idgate\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\nX-Request-Id: {rid}\r\nConnection: close\r\n\r\n").encode()
-    assert isinstance(transport, asyncio.WriteTransport)
-    transport.write(head + body)
+    # uvloop's transports implement asyncio.WriteTransport without subclassing it (no isinstance).
+    cast(asyncio.WriteTransport, transport).write(head + body)
 
 
 async def deferred_expect(request: web.Request) -> None:

@@ -13,11 +13,13 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import aiohttp
+import grpc
 import pytest
+from envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
 
 from proxy.cli import _loop_name
 from tests.harness.processes import HOST, free_port
-from tests.harness.servers import LocalIssuer, RecordingUpstream, local_issuer, serve_app, write_config
+from tests.harness.servers import LocalIssuer, RecordingUpstream, local_issuer, raw_http, serve_app, write_config
 from tests.harness.stack import example_policies
 
 DEADLINE = 20.0
@@ -116,35 +118,51 @@ def without_uvloop(tmp_path: Path) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": path}
 
 
-async def proxied_on(config: Path, *extra: str, env: dict[str, str] | None = None, token: str) -> str:
-    """Serve `config`, make one allowed proxied request, and return the loop idgate says it runs on (its
-    startup log line and its metric must agree)."""
-    async with serve(config, *extra, env=env) as (_, started), aiohttp.ClientSession() as http:
-        assert await status_of(http, started["listen"], token) == 200
-        async with http.get(f"http://{started['admin']}/metrics") as metrics:
-            exposed = [line for line in (await metrics.text()).splitlines()
-                       if line.startswith("idgate_event_loop_info{")]
+async def reported_loop(http: aiohttp.ClientSession, started: dict) -> str:
+    """The loop idgate says it serves on: its startup log line and its metric must agree."""
+    async with http.get(f"http://{started['admin']}/metrics") as metrics:
+        exposed = [line for line in (await metrics.text()).splitlines() if line.startswith("idgate_event_loop_info{")]
     assert exposed == [f'idgate_event_loop_info{{loop="{started["loop"]}"}} 1.0']
     return started["loop"]
 
 
+async def grpc_check_status(port: int, token: str) -> int:
+    request = CheckRequest()
+    http = request.attributes.request.http
+    http.method, http.host, http.path, http.id = "GET", "orders.internal", "/v1/orders/7", "req-loop"
+    http.headers["authorization"] = f"Bearer {token}"
+    async with grpc.aio.insecure_channel(f"{HOST}:{port}") as channel:
+        check = channel.unary_unary("/envoy.service.auth.v3.Authorization/Check")
+        answer = CheckResponse.FromString(await check(request.SerializeToString(), timeout=DEADLINE))
+    return answer.status.code
+
+
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
-async def test_each_loop_serves_a_proxied_request_and_says_which_it_is(tmp_path, loop):
-    upstream = RecordingUpstream()
+async def test_each_loop_serves_every_listener_and_says_which_it_is(tmp_path, loop):
+    # The in-process suite runs idgate on asyncio only: here each loop meets the reverse proxy, a head
+    # refused by idgate's own protocol code, and gRPC ext_authz on idgate's own HTTP/2 server.
+    upstream, grpc_port = RecordingUpstream(), free_port()
     async with local_issuer() as issuer, serve_app(upstream.app()) as upstream_port:
-        config = await stack_config(tmp_path, issuer, upstream_port)
+        config = await stack_config(tmp_path, issuer, upstream_port, trusted_proxies=[f"{HOST}/32"],
+                                    limits={"max_head_bytes": 16384},
+                                    ext_authz={"http": {}, "grpc": {"host": HOST, "port": grpc_port}})
         token = issuer.token("svc-etl-7", ("data-eng",), tenant="acme")
-        assert await proxied_on(config, "--loop", loop, token=token) == loop
+        async with serve(config, "--loop", loop) as (_, started), aiohttp.ClientSession() as http:
+            assert await reported_loop(http, started) == loop
+            assert await status_of(http, started["listen"], token) == 200
+            unfinished_head = b"GET /v1/orders/7 HTTP/1.1\r\nHost: orders.internal\r\n" + b"".join(
+                f"X-Pad-{i}: {'p' * 1000}\r\n".encode() for i in range(40))
+            assert (await raw_http(int(started["listen"].rsplit(":", 1)[1]), unfinished_head)).status == 431
+            assert await grpc_check_status(grpc_port, token) == 0
     assert [r.raw_path for r in upstream.received] == ["/v1/orders/7"]
 
 
 async def test_auto_takes_uvloop_when_installed_and_asyncio_when_not(tmp_path):
-    upstream = RecordingUpstream()
-    async with local_issuer() as issuer, serve_app(upstream.app()) as upstream_port:
-        config = await stack_config(tmp_path, issuer, upstream_port)
-        token = issuer.token("svc-etl-7", ("data-eng",), tenant="acme")
-        assert await proxied_on(config, token=token) == "uvloop"     # the test extra installs idgate[fast]'s uvloop
-        assert await proxied_on(config, env=without_uvloop(tmp_path), token=token) == "asyncio"
+    async with local_issuer() as issuer:
+        config = await stack_config(tmp_path, issuer)
+        for env, expected in ((None, "uvloop"), (without_uvloop(tmp_path), "asyncio")):  # the test extra has uvloop
+            async with serve(config, env=env) as (_, started), aiohttp.ClientSession() as http:
+                assert await reported_loop(http, started) == expected
 
 
 async def test_loop_uvloop_without_uvloop_is_one_line_and_a_usage_error(tmp_path):

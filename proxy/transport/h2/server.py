@@ -26,6 +26,7 @@ import struct
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import cast
 
 from hpack.exceptions import HPACKError
 
@@ -94,7 +95,8 @@ class H2GrpcProtocol(asyncio.Protocol):
     # -- connection ---------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # A stream transport: uvloop's implement asyncio.Transport without subclassing it (no isinstance).
+        transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self._peer = str(peer[0]) if isinstance(peer, tuple) and peer else "unknown"
         if not self._shared.admission.connect(self._peer):
