@@ -1,9 +1,10 @@
-"""The benchmark's helper servers, each run as its own process on a loopback port: `echo PORT` (bare
-handler and fast upstream), `passthrough PORT UPSTREAM_PORT` (the stack's proxying floor: aiohttp
-server + client, no checks) and `issuer PORT AUDIENCE` (development issuer)."""
+"""The benchmark's helper servers, each run as its own process on a loopback port: `echo PORT [LOOP]` (bare
+handler and fast upstream, on asyncio or uvloop), `passthrough PORT UPSTREAM_PORT` (the stack's proxying
+floor: aiohttp server + client, no checks) and `issuer PORT AUDIENCE` (development issuer)."""
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from collections.abc import AsyncIterator
 
@@ -85,8 +86,16 @@ def passthrough_app(upstream_port: int) -> web.Application:
     return app
 
 
+def _event_loop(name: str) -> asyncio.AbstractEventLoop:
+    if name == "uvloop":
+        import uvloop
+        return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
+
+
 def main(argv: list[str]) -> int:
     kind, port = argv[0], int(argv[1])
+    loop = _event_loop(argv[2] if kind == "echo" and len(argv) > 2 else "asyncio")
     if kind == "echo":
         app = echo_app()
     elif kind == "passthrough":
@@ -96,7 +105,7 @@ def main(argv: list[str]) -> int:
     else:
         print(f"unknown server kind {kind!r}", file=sys.stderr)
         return 2
-    web.run_app(app, host=HOST, port=port, access_log=None, print=None)
+    web.run_app(app, host=HOST, port=port, access_log=None, print=None, loop=loop)
     return 0
 
 

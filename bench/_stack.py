@@ -1,6 +1,6 @@
 """Shared benchmark plumbing: start servers as separate processes (the tests' harness processes) on free
-loopback ports, poll them ready, write an idgate config with a generated 100-rule policy, run wrk and
-parse what it prints."""
+loopback ports, poll them ready, write an idgate config with a generated 100-rule policy, read what
+/proc says about a process, run wrk and parse what it prints."""
 
 from __future__ import annotations
 
@@ -89,9 +89,10 @@ def wait_ready(proc: ServerProcess, url: str, ok: Sequence[int] = (200,)) -> Non
     proc.wait_until(answered, f"ready at {url}")
 
 
-def start_echo(procs: ProcessGroup, name: str) -> tuple[ServerProcess, int]:
+def start_echo(procs: ProcessGroup, name: str, loop: str = "asyncio") -> tuple[ServerProcess, int]:
+    """The bare aiohttp handler (also the benchmarks' fast upstream) on `loop`: asyncio or uvloop."""
     port = free_port()
-    proc = procs.start(name, [*SERVERS, "echo", str(port)])
+    proc = procs.start(name, [*SERVERS, "echo", str(port), loop])
     wait_ready(proc, f"http://{HOST}:{port}/")
     return proc, port
 
@@ -165,20 +166,24 @@ class Idgate(ServerUrls):
     port: int
     admin_port: int
     audit_path: Path
+    grpc_port: int | None = None     # the gRPC ext_authz listener, when asked for
 
 
 def start_idgate(procs: ProcessGroup, workdir: Path, issuer_url: str, upstream_port: int, *,
                  name: str = "idgate", rules: int = 100, audit: dict[str, Any] | None = None,
-                 limits: dict[str, Any] | None = None) -> Idgate:
-    """`idgate serve` (one worker process) with audit on, fsync true unless `audit` overrides it, and
-    forward auth for loopback."""
+                 limits: dict[str, Any] | None = None, loop: str = "asyncio", workers: int = 1,
+                 ext_authz: bool = False) -> Idgate:
+    """`idgate serve --loop LOOP --workers N` with audit on, fsync true unless `audit` overrides it, forward
+    auth for loopback and, with `ext_authz`, Envoy's HTTP and gRPC ext_authz surfaces.  Fails unless idgate
+    reports serving on `loop`: a row's label must say what ran."""
     home = workdir / name
     policies = home / "policies"
     write_policies(policies, issuer_url, rules)
     port, admin_port = free_port(), free_port()
+    grpc_port = free_port() if ext_authz else None
     upstream = f"http://{HOST}:{upstream_port}"
     audit_path = home / "audit" / "audit.jsonl"
-    config = {
+    config: dict[str, Any] = {
         "listen": {"host": HOST, "port": port},
         "admin": {"host": HOST, "port": admin_port},
         "issuers": [{"issuer": issuer_url, "audiences": [AUDIENCE], "require_typ": "at+jwt"}],
@@ -191,14 +196,37 @@ def start_idgate(procs: ProcessGroup, workdir: Path, issuer_url: str, upstream_p
         ],
         "audit": {"path": str(audit_path), "fsync": True, **(audit or {})},
         **({"limits": limits} if limits else {}),
+        **({"ext_authz": {"http": {}, "grpc": {"host": HOST, "port": grpc_port}}} if ext_authz else {}),
     }
     config_path = home / "idgate.yaml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     proc = procs.start(name, [sys.executable, "-m", "proxy", "serve", "--config", str(config_path),
-                              "--log-level", "warning"])
-    idgate = Idgate(proc, port, admin_port, audit_path)
+                              "--log-level", "warning", "--loop", loop, "--workers", str(workers)])
+    idgate = Idgate(proc, port, admin_port, audit_path, grpc_port)
     wait_ready(proc, idgate.admin_url + "/readyz")
+    serving_on = metric_values(idgate.admin_url).get(f'idgate_event_loop_info{{loop="{loop}"}}')
+    if serving_on != 1.0:
+        raise RuntimeError(f"{name}: asked for --loop {loop}, but idgate does not report serving on it")
     return idgate
+
+
+def audit_stats(idgate: Idgate) -> dict[str, Any]:
+    """What idgate's audit did during the sitting: records on disk, fsyncs, records per fsync, failures,
+    and the token cache (every request presents the same token, so all but one should be hits)."""
+    metrics = metric_values(idgate.admin_url)
+    batches = metrics.get("idgate_audit_batch_records_count", 0.0)
+    records = metrics.get("idgate_audit_batch_records_sum", 0.0)
+    with open(idgate.audit_path, "rb") as f:
+        lines = sum(1 for _ in f)
+    return {
+        "fsync": True,
+        "records_on_disk": lines,
+        "fsync_batches": int(batches),
+        "mean_records_per_fsync": round(records / batches, 1) if batches else None,
+        "failures": metrics.get("idgate_audit_failures_total", 0.0),
+        "token_cache_hits": metrics.get('idgate_token_cache_total{result="hit"}', 0.0),
+        "token_cache_misses": metrics.get('idgate_token_cache_total{result="miss"}', 0.0),
+    }
 
 
 def metric_values(admin_url: str) -> dict[str, float]:
@@ -234,9 +262,39 @@ def reset_peak_rss(pid: int) -> bool:
         return False
 
 
+def _descendants(pid: int) -> list[int]:
+    """`pid`'s child processes, theirs, and so on (from /proc/*/stat: this kernel has no task/*/children)."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            parents.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        children = parents.get(todo.pop(), [])
+        found += children
+        todo += children
+    return found
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its live descendants (the workers of `idgate serve --workers N`)."""
+    return [pid, *_descendants(pid)]
+
+
 def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time of `pid` and its live descendants."""
+    total = 0
+    for process in process_tree(pid):
+        try:
+            fields = Path(f"/proc/{process}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 # -- wrk ----------------------------------------------------------------------------------------
@@ -248,7 +306,7 @@ class WrkSettings:
     connections: int = 32
     duration: int = 10
     warmup: int = 2
-    rounds: int = 1       # interleaved repetitions of every target (bench_proxy.py takes the median)
+    cores: frozenset[int] | None = None    # the CPUs wrk runs on; None: this process's
 
 
 @dataclass(frozen=True)
@@ -309,16 +367,21 @@ def _wrk_command(url: str, headers: dict[str, str], settings: WrkSettings, secon
     return [*command, url]
 
 
+def _wrk(url: str, headers: dict[str, str], settings: WrkSettings, seconds: int) -> str:
+    cores = settings.cores
+    done = subprocess.run(_wrk_command(url, headers, settings, seconds), check=True, capture_output=True, text=True,
+                          preexec_fn=None if cores is None else lambda: os.sched_setaffinity(0, cores))
+    return done.stdout
+
+
 def warm_up(url: str, headers: dict[str, str], settings: WrkSettings) -> None:
     """A discarded run with the same settings: fills caches and connection pools."""
     if settings.warmup:
-        subprocess.run(_wrk_command(url, headers, settings, settings.warmup), check=True, capture_output=True)
+        _wrk(url, headers, settings, settings.warmup)
 
 
 def run_wrk(url: str, headers: dict[str, str], settings: WrkSettings) -> WrkResult:
-    done = subprocess.run(_wrk_command(url, headers, settings, settings.duration), check=True,
-                          capture_output=True, text=True)
-    return parse_wrk(done.stdout)
+    return parse_wrk(_wrk(url, headers, settings, settings.duration))
 
 
 def write_result(name: str, result: dict[str, Any]) -> Path:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
 import sys
 import time
@@ -20,6 +19,7 @@ from typing import Any
 
 import aiohttp
 
+from bench._sitting import bench_cores, machine, pin, stamped
 from bench._stack import (
     HOST, PROXY_HOST, PROXY_PATH, exit_code, mint_token, proc_status_kib, server_group, sigterm_as_interrupt,
     start_echo, start_issuer, start_idgate, workdir, write_result,
@@ -95,7 +95,7 @@ async def _sitting(pid: int, url: str, token: str, connections: int, seconds: fl
 
 def run(connections: int, seconds: float) -> dict[str, Any]:
     rows: dict[str, Any] = {}
-    cores = sorted(os.sched_getaffinity(0))
+    cores = bench_cores()
     with workdir("idgate-bench-flood-") as tmp:
         procs = server_group(tmp)
         try:
@@ -104,16 +104,14 @@ def run(connections: int, seconds: float) -> dict[str, Any]:
             token = mint_token(issuer_url)
             for name, limits in (("shipped limits", None), ("head cap lifted", UNCAPPED)):
                 idgate = start_idgate(procs, tmp, issuer_url, upstream_port, name=f"idgate-{len(rows)}", limits=limits)
-                if len(cores) > 1:   # idgate on one core, the flood and the client on the other
-                    os.sched_setaffinity(idgate.proc.pid, {cores[0]})
-                    os.sched_setaffinity(0, set(cores[1:]))
+                pin(idgate.proc.pid, cores.server)   # the flood and the client stay on the other core
                 rows[name] = asyncio.run(_sitting(idgate.proc.pid, idgate.url, token, connections, seconds))
                 procs.stop(idgate.proc)
         finally:
             procs.stop_all()
     shipped = rows["shipped limits"]
     met = shipped["peak_rss_mib"] < TARGET_PEAK_MIB and shipped["during_flood"]["served"] > 0
-    return {"benchmark": "head_flood", "connections": connections, "seconds": seconds, "loadavg": os.getloadavg(),
+    return {"benchmark": "head_flood", "connections": connections, "seconds": seconds, "pinning": cores.describe(),
             "rows": rows, "target_peak_mib": TARGET_PEAK_MIB, "met": met,
             "targets": {f"head flood ({connections} connections)": {
                 "target": f"peak RSS < {TARGET_PEAK_MIB} MiB, still serving",
@@ -130,8 +128,9 @@ def main() -> int:
     args = parser.parse_args()
     connections, seconds = (200, 4.0) if args.quick else (args.connections, args.seconds)
     print(f"{connections} connections sending unfinished heads for {seconds:g} s, a legitimate client alongside:")
+    at_start = machine()
     with sigterm_as_interrupt():
-        result = run(connections, seconds)
+        result = stamped(run(connections, seconds), at_start)
     print(f"{'':18}{'peak RSS':>10}{'flood conns':>13}{'flood MiB':>11}{'served':>8}{'failed':>8}{'p50 ms':>8}"
           f"{'p99 ms':>8}{'quiet p50':>11}")
     for name, row in result["rows"].items():
