@@ -85,6 +85,7 @@ class AuditLog:
         # queued while busy is picked up by what runs, one queued while idle schedules a batch.
         self._busy = False
         self._maintenance: asyncio.Task[None] | None = None
+        self._close_lock = asyncio.Lock()
         self._companion_timer: asyncio.Handle | None = None   # the wait's end, or its cut short
         self._waited_with = 0         # records queued when the companion wait began (0: not waiting)
         self._skip_waits = 0          # batches to write without waiting for companions
@@ -120,14 +121,17 @@ class AuditLog:
         """Write everything already queued, then stop the file thread and close the file."""
         if self._thread is None:
             return
-        self._closing = True
-        self._stop_waiting_for_companions()
-        while self._busy:
-            await self._next_progress()
-        await self._thread.run(self._sink.close)
-        self._thread.stop()
-        self._thread = None
-        self._healthy = False
+        async with self._close_lock:          # a second close() waits for the first, then finds it done
+            if self._thread is None:
+                return
+            self._closing = True
+            self._stop_waiting_for_companions()
+            while self._busy:
+                await self._next_progress()
+            await self._thread.run(self._sink.close)
+            self._thread.stop()
+            self._thread = None
+            self._healthy = False
 
     async def append(self, record: dict[str, Any]) -> None:
         """Return once the record is written and fsynced; DependencyError when it cannot be."""
@@ -191,6 +195,12 @@ class AuditLog:
         error: BaseException | None = None
         try:
             sealed, sealing = self._seal(batch)
+        except Exception as exc:
+            # The batch as a whole cannot be sealed (its timestamp, say): none of it was answered, so
+            # all of it fails, closed.
+            self._loop.call_soon(self._written, batch, batch, state, data, None, exc)
+            return
+        try:
             if sealed:
                 state, data = sealing.state, sealing.data()
                 if self._sink.fsync_enabled:
@@ -234,7 +244,7 @@ class AuditLog:
                 # The writer must outlive a bug: if it stopped, every later append would wait forever.
                 _log.error("audit writer failed on a batch of %d record(s)", len(batch), exc_info=error)
                 self._healthy = False
-                self._fail([item for item in batch if item[2] is None or not item[2].done()])
+                self._fail(sealed)          # a record that failed alone while sealing was answered then
             elif sealed:
                 self._durable(sealed, state, data)
                 # A batch of retention records alone never rotates: retention then cannot keep itself going.
@@ -247,6 +257,9 @@ class AuditLog:
         if rotate or deletion_due:
             self._maintaining = self._maintaining or rotate     # before flush() hears of this batch
             self._maintenance = asyncio.ensure_future(self._maintain(rotate))
+            # A callback, not the task's own `finally`: it runs even when the task is cancelled
+            # before its first step, so the batch cycle always goes on.
+            self._maintenance.add_done_callback(self._maintained)
         self._signal_progress()
         if self._maintenance is None:
             self._commit_or_idle()
@@ -328,9 +341,18 @@ class AuditLog:
                 await self._delete_announced()
         except Exception:
             _log.exception("audit retention failed")     # the writer must outlive it too
-        finally:
-            self._maintenance = None
+
+    def _maintained(self, task: asyncio.Task[None]) -> None:
+        self._maintenance = None
+        if not task.cancelled():
             self._commit_or_idle()
+            return
+        # Cancelled (before it started, or mid-way): a rotation it handed the file thread may still be
+        # running, so the next batch starts only once the thread has finished it (its jobs run in order).
+        self._maintaining = False
+        self._signal_progress()
+        assert self._thread is not None
+        self._thread.submit(lambda: None, lambda _result, _error: self._commit_or_idle())
 
     def _maintenance_step_done(self) -> None:
         if self._retention_due is None:

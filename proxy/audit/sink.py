@@ -207,6 +207,9 @@ class SegmentSink:
             os.ftruncate(self._fd, good.size)
             if self._fsync_enabled:
                 self._fsync(self._fd)
+            # The file ends where the last durable record does: the next write (and the next cut
+            # back) start there, never at the length the refused batch gave it.
+            self._good, self._unsynced = good, None
         except OSError as exc:
             # Keep `good` so the reopen before the next batch cuts the same file back first.
             _log.error("audit file %s could not be cut back to %d bytes (%s); reopening before the next write",

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import json
 import math
@@ -30,10 +31,15 @@ from tests.unit.audit.test_audit import EPOCH, fixed_clock
 from tests.unit.test_pipeline import Audit as Captured
 
 
+def reference_canonical(record: dict[str, Any]) -> bytes:
+    """The canonical form as it was spelled before sealing reused one encoder."""
+    return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode("ascii")
+
+
 def reference_seal(fields: dict[str, Any], state: ChainState, epoch: float) -> tuple[bytes, ChainState]:
-    """chain.seal as it was before sealing reused one encoder: the canonical form spelled out."""
+    """chain.seal as it was before sealing reused one encoder."""
     body = {**fields, "v": 1, "seq": state.seq + 1, "ts": format_ts(epoch), "prev": state.prev}
-    c = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode("ascii")
+    c = reference_canonical(body)
     digest = hashlib.sha256(state.prev.encode("ascii") + c).hexdigest()
     line = b"%s,\"hash\":\"%s\"}\n" % (c[:-1], digest.encode("ascii"))
     return line, ChainState(state.seq + 1, digest)
@@ -140,8 +146,7 @@ def test_canonical_is_exactly_what_json_dumps_gives() -> None:
     rng = random.Random(7)
     for _ in range(2000):
         record = random_record(rng)
-        assert canonical(record) == json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
-                                               allow_nan=False).encode("ascii")
+        assert canonical(record) == reference_canonical(record)
 
 
 def test_real_records_seal_byte_identically() -> None:
@@ -221,3 +226,40 @@ async def test_a_file_sealed_the_old_way_and_continued_by_the_new_writer_verifie
     assert files[0].read_bytes().startswith(data)
     assert idgate(["audit", "verify", str(path)]) == 0
     assert "audit verify: ok" in capsys.readouterr().out
+
+
+class _StrEnum(str, enum.Enum):
+    A = "a"
+
+
+class _IntEnum(enum.IntEnum):
+    X = 3
+
+
+class _OddFloat(float):
+    def __repr__(self) -> str:
+        return "not-a-number"
+
+
+# From a red-team review of the reused encoder: values where a hand-rolled encoder would differ.
+ADVERSARIAL = [
+    {"a": 10 ** 4000}, {"a": -(10 ** 4299)}, {"a": "\ud800x\udfff\u2028\x00\x7f"}, {1: 2, 3: 4}, {None: 1},
+    {True: 1, False: 2}, {1.5: 1, 2: 3}, {"a": {"hash": "0" * 64, "prev": "x", "seq": -1, "v": 2}},
+    {"a": 1e16, "b": -0.0, "c": 5e-324, "d": 1.7976931348623157e308, "e": 1e-7},
+    {"e": _StrEnum.A, "i": _IntEnum.X, "f": _OddFloat(1.5), _StrEnum.A: 1}, {"k": (1, 2), "l": [True, False, None, []]},
+    {"deep": [[[[[[[[[[{"x": [{}]}]]]]]]]]]]},
+]
+
+
+@pytest.mark.parametrize("record", ADVERSARIAL)
+def test_adversarial_values_are_byte_identical(record: dict[str, Any]) -> None:
+    assert canonical(record) == reference_canonical(record)
+
+
+@pytest.mark.parametrize("record", [{"a": float("nan")}, {"a": float("inf")}, {"a": -float("inf")},
+                                    {"a": object()}, {(1,): 1}, {"a": 10 ** 5000}, {1: 1, "a": 2}, {"a": b"x"}])
+def test_what_json_dumps_refuses_is_refused_alike(record: dict[str, Any]) -> None:
+    with pytest.raises((TypeError, ValueError)) as old:
+        reference_canonical(record)
+    with pytest.raises(old.type):
+        canonical(record)
