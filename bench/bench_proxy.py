@@ -54,6 +54,7 @@ def _workers(n: int) -> str:
 
 
 UPSTREAM_ALONE = "upstream alone"
+NO_FSYNC = "reverse proxy, audit fsync off (asyncio)"
 WHY_UNPINNED = ("two worker processes cannot share one core: both --workers rows let idgate, their upstream and "
                 "wrk use every core, so 2 vs 1 compares like with like (the --workers supervisor has known problems "
                 "tracked in another issue)")
@@ -92,6 +93,12 @@ def _targets(procs: ProcessGroup, tmp: Path, cores: Cores, settings: WrkSettings
             LoadTarget(_forward(loop), idgate.url + "/.idgate/auth", check, None, {"idgate": idgate.proc}, settings),
             LoadTarget(_one_connection(_reverse(loop)), idgate.url + PROXY_PATH, auth, SMALL_BODY, proxied, one),
         ]
+    # The same proxy with fsync off: what idgate's own code adds at one connection, without the disk's fsync.
+    no_fsync = start_idgate(procs, tmp, issuer_url, upstream_port, name="idgate-no-fsync", rules=RULES,
+                            loop="asyncio", audit={"fsync": False})
+    pin(no_fsync.proc.pid, cores.server)
+    targets.append(LoadTarget(_one_connection(NO_FSYNC), no_fsync.url + PROXY_PATH, auth, SMALL_BODY,
+                              {"idgate": no_fsync.proc, "upstream": upstream}, one))
     passthrough, passthrough_port = _start_passthrough(procs, upstream_port)
     pin(passthrough.pid, cores.server)
     plain = {"Host": PROXY_HOST}
@@ -120,6 +127,8 @@ def _judge(runs: Runs) -> dict[str, dict[str, Any]]:
                                                  runs[_one_connection(UPSTREAM_ALONE)])
     added_uvloop, rounds_uvloop = same_round_p50_difference_us(runs[_one_connection(_reverse("uvloop"))],
                                                                runs[_one_connection(UPSTREAM_ALONE)])
+    added_no_fsync, rounds_no_fsync = same_round_p50_difference_us(runs[_one_connection(NO_FSYNC)],
+                                                                   runs[_one_connection(UPSTREAM_ALONE)])
     return {
         "reverse proxy": ratio_verdict(runs, _reverse("asyncio"), _bare("asyncio"),
                                        f"≥ {REVERSE_PROXY_FLOOR:.2f} × bare aiohttp req/s (asyncio)", REVERSE_PROXY_FLOOR),
@@ -131,6 +140,9 @@ def _judge(runs: Runs) -> dict[str, dict[str, Any]]:
             clean(runs[_one_connection(_reverse("asyncio"))]) and added < ADDED_P50_LIMIT_US, rounds),
         "added latency on uvloop, 1 connection": verdict(None, f"p50 +{added_uvloop:.0f} µs", added_uvloop, None,
                                                          rounds_uvloop),
+        "added latency with audit fsync off, 1 connection": verdict(
+            None, f"p50 +{added_no_fsync:.0f} µs (idgate's code; the rest is one fsync)", added_no_fsync, None,
+            rounds_no_fsync),
         "reverse proxy on uvloop vs bare on uvloop": ratio_verdict(runs, _reverse("uvloop"), _bare("uvloop")),
         "reverse proxy on uvloop vs bare on asyncio": ratio_verdict(runs, _reverse("uvloop"), _bare("asyncio")),
         "forward auth on uvloop vs bare on asyncio": ratio_verdict(runs, _forward("uvloop"), _bare("asyncio")),
