@@ -6,9 +6,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 import aiohttp
 from aiohttp import web
@@ -17,12 +18,13 @@ from proxy.assertion import AssertionSigner, load_signing_key
 from proxy.audit import AuditLog
 from proxy.aws.broker import CredentialBroker, start_broker
 from proxy.aws.sts import StsClientFactory
-from proxy.config import Config
+from proxy.config import Config, RouteConfig
 from proxy.core.headers import TrustedProxies
 from proxy.metrics import Metrics
 from proxy.oidc import TokenVerifier
 from proxy.pipeline import Pipeline
 from proxy.policy.store import PolicyStore
+from proxy.transport import http1
 
 log = logging.getLogger("idgate")
 
@@ -38,7 +40,9 @@ class Services:
     audit: AuditLog
     signer: AssertionSigner
     pipeline: Pipeline
-    upstream: aiohttp.ClientSession
+    upstream: http1.Pool                        # the reverse proxy's HTTP/1.1 connections
+    origins: Mapping[str, http1.Origin]         # route name -> its upstream in that pool
+    websocket_session: aiohttp.ClientSession    # WebSocket relays only (aiohttp's client)
     trusted: TrustedProxies
     background: list[asyncio.Task[None]] = field(default_factory=list)
     broker: CredentialBroker | None = None      # when credentials.enabled
@@ -55,10 +59,30 @@ class Services:
 SERVICES: web.AppKey[Services] = web.AppKey("idgate_services", Services)
 
 
-def _upstream_session(config: Config) -> aiohttp.ClientSession:
-    # Pooled keep-alive connections; bodies pass through byte for byte (no decompression, no
-    # default headers the client did not send).
-    # No limit of its own: each route bounds its connections (edges._routes.RouteSlots), with a bounded wait.
+# Idle keep-alive connections are closed after this long (aiohttp's keepalive_timeout before).
+UPSTREAM_IDLE_SECONDS = 30.0
+
+
+def _upstream_tls(route: RouteConfig) -> http1.TlsSettings | None:
+    tls = route.tls
+    if tls is None:
+        return None
+    ca, cert, key = (None if path is None else str(path) for path in (tls.ca_file, tls.cert_file, tls.key_file))
+    return http1.TlsSettings(ca_file=ca, cert_file=cert, key_file=key, server_name=tls.server_name)
+
+
+def _upstream_pool(config: Config) -> tuple[http1.Pool, Mapping[str, http1.Origin]]:
+    """Pooled keep-alive connections; bodies pass through byte for byte (no decompression, no default
+    headers the client did not send).  No limit of its own: each route bounds its connections
+    (edges._routes.RouteSlots, with a bounded wait), and an origin keeps at most that many idle."""
+    pool = http1.Pool(idle_timeout=UPSTREAM_IDLE_SECONDS)
+    origins = {route.name: pool.origin(route.upstream, _upstream_tls(route), max_idle=route.max_connections)
+               for route in config.routes}
+    return pool, MappingProxyType(origins)
+
+
+def _websocket_session() -> aiohttp.ClientSession:
+    # Nothing added the client did not send, nothing decompressed, no proxy from the environment.
     connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=30, enable_cleanup_closed=True)
     return aiohttp.ClientSession(
         connector=connector,
@@ -83,7 +107,10 @@ async def running_services(config: Config, *, metrics: Metrics | None = None,
     async with AsyncExitStack() as stack:
         oidc_session = await stack.enter_async_context(
             aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10), trust_env=False))
-        upstream = await stack.enter_async_context(_upstream_session(config))
+        # TLS contexts are built here (reading CA bundles and keys), once per upstream.
+        upstream, origins = await asyncio.to_thread(_upstream_pool, config)
+        stack.push_async_callback(upstream.close)
+        websocket_session = await stack.enter_async_context(_websocket_session())
         verifier = TokenVerifier(config.issuers, oidc_session, metrics, cache_size=config.token_cache_size)
         stack.push_async_callback(verifier.close)
         audit = AuditLog(config.audit, metrics)
@@ -99,7 +126,8 @@ async def running_services(config: Config, *, metrics: Metrics | None = None,
         await verifier.start()
         services = Services(
             config=config, metrics=metrics, verifier=verifier, policy=policy, audit=audit, signer=signer,
-            pipeline=Pipeline(verifier, policy, audit, metrics), upstream=upstream,
+            pipeline=Pipeline(verifier, policy, audit, metrics), upstream=upstream, origins=origins,
+            websocket_session=websocket_session,
             trusted=TrustedProxies(config.trusted_proxies), background=background, broker=broker,
         )
         stack.push_async_callback(_stop_tasks, background)

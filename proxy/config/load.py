@@ -10,6 +10,7 @@ import importlib.util
 import ipaddress
 import os
 import re
+import ssl
 from collections.abc import Mapping
 from dataclasses import fields, replace
 from pathlib import Path
@@ -22,7 +23,7 @@ from proxy.config.schema import (
     ALLOWED_ALGORITHMS, ENV_ASSERTION_KEY_FILE, ENV_AUDIT_PATH, MAX_AWS_REGION_CHARS, MAX_BROKER_DURATION, MAX_LEEWAY,
     MIN_BROKER_DURATION, AdminConfig, AssertionConfig, AuditConfig, AwsConfig, Config, CredentialsConfig,
     ExtAuthzGrpcConfig, ExtAuthzHttpConfig, ForwardAuthConfig, IssuerConfig, LimitsConfig, ListenerConfig,
-    RouteConfig, TlsConfig,
+    RouteConfig, TlsConfig, UpstreamTlsConfig,
 )
 from proxy.core.errors import ConfigError, ConfigProblem
 from proxy.core.hosts import is_host_name, is_loopback
@@ -135,6 +136,8 @@ def _check_route(route: RouteConfig, spot: Spot) -> RouteConfig:
         spot.report("must match [A-Za-z0-9][A-Za-z0-9._-]{0,63}", "name")
     if why := _http_url_problem(route.upstream, bare=True):
         spot.report(why, "upstream")
+    elif route.tls is not None and not route.upstream.lower().startswith("https://"):
+        spot.report("only for an https:// upstream", "tls")
     hosts = tuple(h.lower() for h in route.hosts)   # host names are case-insensitive: compare lower-case
     for i, host in enumerate(hosts):
         if not is_host_name(host):
@@ -145,6 +148,42 @@ def _check_route(route: RouteConfig, spot: Spot) -> RouteConfig:
                     "max_connections_per_identity",
                     "websocket_idle_timeout", "websocket_max_lifetime")
     return replace(route, hosts=hosts)
+
+
+def _no_password() -> bytes:
+    raise ValueError("encrypted")
+
+
+def _check_upstream_tls(tls: UpstreamTlsConfig, spot: Spot) -> UpstreamTlsConfig:
+    """Each file readable (a problem names the file), then loaded as the proxy will load it, so that
+    `idgate check-config` finds a bundle that is no PEM or a key that is not the certificate's."""
+    readable = True
+    for name in ("ca_file", "cert_file", "key_file"):
+        path = getattr(tls, name)
+        if path is not None and (why := readable_file_problem(path)):
+            spot.report(f"{path}: {why}", name)
+            readable = False
+    if (tls.cert_file is None) != (tls.key_file is None):
+        spot.report("give cert_file and key_file together", "key_file" if tls.key_file is None else "cert_file")
+        readable = False
+    if tls.server_name is not None and not is_host_name(tls.server_name.lower()):
+        spot.report(f"'{tls.server_name}' is not a valid host name", "server_name")
+    if not readable:
+        return tls
+    if tls.ca_file is not None:
+        try:
+            ssl.create_default_context(cafile=str(tls.ca_file))
+        except ssl.SSLError as exc:
+            spot.report(f"{tls.ca_file}: not a PEM bundle of CA certificates ({exc.reason or exc})", "ca_file")
+    if tls.cert_file is not None and tls.key_file is not None:
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(tls.cert_file, tls.key_file, password=_no_password)
+        except ValueError:
+            spot.report(f"{tls.key_file}: an encrypted private key is not supported", "key_file")
+        except ssl.SSLError as exc:
+            spot.report(f"{tls.cert_file}, {tls.key_file}: not a PEM certificate chain and its private key "
+                        f"({exc.reason or exc})", "cert_file")
+    return replace(tls, server_name=tls.server_name.lower()) if tls.server_name else tls
 
 
 def _check_forward_auth(forward_auth: ForwardAuthConfig, spot: Spot) -> ForwardAuthConfig:
@@ -268,6 +307,7 @@ _SCHEMA = Schema(
     validators=MappingProxyType({
         ListenerConfig: _check_listener, AdminConfig: _check_admin, TlsConfig: _check_tls,
         LimitsConfig: _check_limits, IssuerConfig: _check_issuer, RouteConfig: _check_route,
+        UpstreamTlsConfig: _check_upstream_tls,
         ForwardAuthConfig: _check_forward_auth, AuditConfig: _check_audit,
         ExtAuthzHttpConfig: _check_ext_authz_http, ExtAuthzGrpcConfig: _check_ext_authz_grpc,
         AssertionConfig: _check_assertion, Config: _check_config,

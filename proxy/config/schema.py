@@ -62,6 +62,16 @@ class IssuerConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class UpstreamTlsConfig:
+    """How idgate verifies an https:// upstream, and the client certificate it presents (mTLS)."""
+
+    ca_file: Path | None = None                   # PEM bundle that verifies the upstream; default: the system CAs
+    cert_file: Path | None = None                 # client certificate chain (PEM), with key_file
+    key_file: Path | None = None                  # its private key (PEM, not encrypted)
+    server_name: str | None = None                # SNI and the name verified; default: the upstream URL's host
+
+
+@dataclass(frozen=True, slots=True)
 class RouteConfig:
     name: str
     upstream: str                                 # http(s)://host:port, no path
@@ -77,6 +87,7 @@ class RouteConfig:
     pool_timeout: float = 5.0                     # wait this long for one of them, then 503 upstream_busy
     websocket_idle_timeout: float = 300.0         # close a WebSocket with no message either way for this long
     websocket_max_lifetime: float = 3600.0        # ... and at this age, or when the caller's token expires
+    tls: UpstreamTlsConfig | None = None          # https:// upstreams only
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,7 @@
     ├── AccessDenied                 403  forbidden         policy says no (or no rule matched)
     ├── NotFound                     404  not_found         no route for host/path
     ├── DependencyError              503  unavailable       issuer keys, audit sink, STS unavailable
-    └── UpstreamError                502  bad_gateway       upstream refused / reset / protocol error
+    └── UpstreamError                502  bad_gateway       upstream refused / reset / malformed answer
         └── UpstreamTimeout          504  gateway_timeout
 
 Third-party exceptions are translated to these in the module that calls the library.  Messages are

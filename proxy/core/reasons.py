@@ -117,6 +117,7 @@ class Reason(StrEnum):
     # --- acting on an allow ---
     UPSTREAM_FAILED = "upstream_failed"
     UPSTREAM_TIMEOUT = "upstream_timeout"
+    UPSTREAM_BAD_RESPONSE = "upstream_bad_response"       # an answer that breaks HTTP/1.1 framing (smuggling, a broken upstream)
     UPSTREAM_BUSY = "upstream_busy"                       # the route's connections were all in use for pool_timeout
     IDENTITY_BUSY = "identity_busy"                       # the caller holds its share of the route's connections
     WEBSOCKET_IDLE = "websocket_idle"                     # outcomes: why idgate closed a WebSocket

@@ -79,10 +79,12 @@ async def relay(request: web.Request, services: Services, access: AccessRequest,
     offered = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()]
     # The client's handshake headers belong to the client<->idgate hop; aiohttp makes fresh ones.
     upstream_headers = [(n, v) for n, v in headers if not n.lower().startswith("sec-websocket-")]
+    origin = services.origins[route.name]      # the route's TLS settings, as the HTTP requests use them
     try:
-        upstream = await services.upstream.ws_connect(
+        upstream = await services.websocket_session.ws_connect(
             url, headers=upstream_headers, protocols=offered, max_msg_size=_MAX_MESSAGE,
             timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=route.connect_timeout),
+            ssl=origin.ssl if origin.ssl is not None else True, server_hostname=origin.server_hostname,
         )
     except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
         failure = UpstreamError("the upstream refused the WebSocket upgrade", reason=Reason.UPSTREAM_FAILED)

@@ -22,6 +22,7 @@ from proxy.edges._http import RESPONSE_STARTED, continue_if_expected, identity_h
 from proxy.edges._routes import RouteSlots, RouteTable
 from proxy.edges._websocket import relay
 from proxy.services import SERVICES, Services
+from proxy.transport import http1
 
 SURFACE = Surface.PROXY
 GATE = Gate(SURFACE)
@@ -98,13 +99,13 @@ def _upstream_headers(services: Services, request: web.Request, route: RouteConf
     return headers
 
 
-def _response_headers(upstream: aiohttp.ClientResponse, route: RouteConfig, request_id: str) -> list[tuple[str, str]]:
+def _response_headers(upstream: list[tuple[str, str]], route: RouteConfig, request_id: str) -> list[tuple[str, str]]:
     """The upstream's headers minus hop-by-hop ones, with redirects to the upstream's own address made
     relative and the upstream's Server header replaced: internal addresses and software versions are
     nobody's business."""
     base = route.upstream.rstrip("/")
     headers = []
-    for name, value in clean_response_headers(list(upstream.headers.items())):
+    for name, value in clean_response_headers(upstream):
         lowered = name.lower()
         if lowered in ("server", "x-request-id"):
             continue
@@ -123,17 +124,19 @@ async def handle(request: web.Request) -> web.StreamResponse:
     _check_declared_length(request, route)
     websocket = _wants_websocket(request, route)
     decision = await services.pipeline.authorize(access, admitted.token)
-    # The path idgate decided on is the path it sends: normalized, never the client's spelling.
-    url = URL(route.upstream.rstrip("/") + access.path + (f"?{admitted.query}" if admitted.query else ""), encoded=True)
+    # The path idgate decided on is the path it sends: normalized, never the client's spelling; the
+    # query as the client sent it.  Neither is re-encoded or resolved on the way.
+    target = access.path + (f"?{admitted.query}" if admitted.query else "")
     headers = _upstream_headers(services, request, route, access, decision)
     try:
         assert decision.identity is not None, "an allow decision always carries its identity"
         async with request.app[SLOTS].hold(route, (decision.identity.issuer, decision.identity.subject)):
             if websocket:
+                url = URL(route.upstream.rstrip("/") + target, encoded=True)
                 return await relay(request, services, access, decision, url, headers, route)
             if request.body_exists:
                 await continue_if_expected(request)
-            return await _forward(request, services, access, decision, route, url, headers)
+            return await _forward(request, services, access, decision, route, target, headers)
     except DependencyError as busy:
         if busy.reason in (Reason.UPSTREAM_BUSY, Reason.IDENTITY_BUSY):
             services.metrics.child(services.metrics.upstream_busy, route.name).inc()
@@ -141,39 +144,54 @@ async def handle(request: web.Request) -> web.StreamResponse:
         raise
 
 
+class _WithFirstChunk(web.StreamResponse):
+    """Holds the head back until the first body bytes (or the end), as aiohttp's web.Response does: one
+    write instead of two for an answer that arrived whole.  (aiohttp's own flag; if it went away, the
+    head would just go out on its own.)"""
+
+    _send_headers_immediately = False
+
+
 async def _forward(request: web.Request, services: Services, access: AccessRequest, decision: Decision,
-                   route: RouteConfig, url: URL, headers: list[tuple[str, str]]) -> web.StreamResponse:
+                   route: RouteConfig, target: str, headers: list[tuple[str, str]]) -> web.StreamResponse:
     started = time.perf_counter()
     body = _BodyCounter(request.content, route.max_body_bytes, route.read_timeout)
-    timeout = aiohttp.ClientTimeout(total=None, sock_connect=route.connect_timeout, sock_read=route.read_timeout)
     status, bytes_out = 502, 0
     failure: IdgateError | None = None
     error: Reason | None = None
     try:
         async with services.upstream.request(
-            request.method, url, headers=headers, data=body.chunks() if request.body_exists else None,
-            allow_redirects=False, timeout=timeout,
+            services.origins[route.name], request.method, target, headers,
+            body.chunks() if request.body_exists else None,
+            connect_timeout=route.connect_timeout, read_timeout=route.read_timeout,
         ) as upstream:
             metrics = services.metrics
             metrics.child(metrics.upstream_seconds, route.name).observe(time.perf_counter() - started)
-            response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-            for name, value in _response_headers(upstream, route, access.request_id):
-                response.headers.add(name, value)
+            # A body that is already here goes out with the head, in one write; otherwise the head goes
+            # at once (a client may act on it before the first byte of a slow body).
+            kind = _WithFirstChunk if upstream.ready() else web.StreamResponse
+            response = kind(status=upstream.status, reason=upstream.reason or None,
+                            headers=_response_headers(upstream.headers, route, access.request_id))
             status = upstream.status
             request[RESPONSE_STARTED] = True
             await response.prepare(request)
-            async for chunk in upstream.content.iter_chunked(CHUNK):
+            read = upstream.read
+            while chunk := await read():
                 bytes_out += len(chunk)
+                if upstream.at_end():
+                    await response.write_eof(chunk)     # the last bytes and the end of the body, in one write
+                    break
                 await response.write(chunk)
-            await response.write_eof()
+            else:
+                await response.write_eof()
             return response
     except ConnectionResetError:
-        # The client went away mid-response (aiohttp's ClientConnectionResetError is also a ClientError,
-        # so this comes first): not the upstream's fault, and nothing to answer.
+        # The client went away (mid-response, or mid-body: its body stream raises it): not the
+        # upstream's fault, and nothing to answer.
         error = Reason.CLIENT_DISCONNECTED
         raise
-    except (asyncio.TimeoutError, aiohttp.ClientError, IdgateError) as exc:
-        # aiohttp may wrap an exception raised by the body generator: the body's own verdict wins.
+    except (http1.ClientError, IdgateError) as exc:
+        # The body's own verdict (too large, too slow, malformed) wins over what it did to the exchange.
         failure = body.failure or _upstream_failure(exc)
         if failure is exc:
             raise
@@ -189,8 +207,15 @@ async def _forward(request: web.Request, services: Services, access: AccessReque
 
 
 def _upstream_failure(exc: BaseException) -> IdgateError:
+    """The transport's exceptions as idgate's (messages safe to show: no address, no upstream bytes)."""
     if isinstance(exc, IdgateError):
         return exc
-    if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
+    if isinstance(exc, http1.Timeout):
         return UpstreamTimeout("the upstream did not answer in time", reason=Reason.UPSTREAM_TIMEOUT)
+    if isinstance(exc, http1.BadResponse):
+        return UpstreamError("the upstream's answer was malformed", reason=Reason.UPSTREAM_BAD_RESPONSE)
+    if isinstance(exc, http1.BodyMismatch):
+        return BadRequest("the request body does not match its length", reason=Reason.MALFORMED_BODY)
+    if isinstance(exc, http1.InvalidRequest):
+        return BadRequest("the request cannot be forwarded", reason=Reason.BAD_HEADER)
     return UpstreamError("the upstream could not be reached", reason=Reason.UPSTREAM_FAILED)

@@ -1,6 +1,6 @@
 """The import layers of proxy/, enforced: imports flow one way (app -> edges -> pipeline -> services ->
-core), with no cycle, a core of the standard library only, a transport that imports nothing of idgate,
-and edges that share code only through their folder's `_`-prefixed modules."""
+core), with no cycle, a core of the standard library only, transports that import nothing of idgate (each
+used from its own layer up), and edges that share code only through their folder's `_`-prefixed modules."""
 
 from __future__ import annotations
 
@@ -145,10 +145,22 @@ def test_transport_imports_nothing_of_idgate():
     assert leaks == []
 
 
-def test_only_the_app_and_above_use_the_transport():
-    users = sorted(name for name, targets in GRAPH.items() if not name.startswith("proxy.transport")
-                   and any(t.startswith("proxy.transport") for t in targets))
-    assert all(rank(name) >= rank("proxy.app") for name in users), users
+# The lowest layer each transport may be used from: the HTTP/2 server by the listeners (the app), the
+# upstream HTTP/1.1 client by the services that own its pool and the edges that send through it.
+TRANSPORT_USERS = {"proxy.transport.h2": "proxy.app", "proxy.transport.http1": "proxy.services"}
+
+
+def test_each_transport_is_used_from_its_layer_and_above():
+    low = sorted(f"{name} uses {target}" for name, targets in GRAPH.items() if not name.startswith("proxy.transport")
+                 for target in targets if target.startswith("proxy.transport")
+                 for package, lowest in TRANSPORT_USERS.items()
+                 if (target == package or target.startswith(package + ".")) and rank(name) < rank(lowest))
+    assert low == []
+
+
+def test_every_transport_has_its_lowest_user_layer():
+    packages = {".".join(name.split(".")[:3]) for name in MODULES if name.startswith("proxy.transport.")}
+    assert packages == set(TRANSPORT_USERS)
 
 
 def test_services_import_no_edge_or_app():
