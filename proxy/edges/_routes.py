@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 
 from proxy.config import RouteConfig
 from proxy.core.errors import DependencyError, NotFound
@@ -44,25 +43,44 @@ class RouteSlots:
         self._slots = {route.name: asyncio.Semaphore(route.max_connections) for route in routes}
         self._held: Counter[tuple[str, object]] = Counter()     # (route, caller) -> connections held
 
-    @asynccontextmanager
-    async def hold(self, route: RouteConfig, caller: object) -> AsyncIterator[None]:
-        key = (route.name, caller)
-        if self._held[key] >= route.max_connections_per_identity:
+    def hold(self, route: RouteConfig, caller: object) -> _Slot:
+        """`async with slots.hold(route, caller):` one of the route's connections, for `caller`."""
+        return _Slot(self, route, caller)
+
+
+class _Slot:
+    """One held connection (a class, not an asynccontextmanager: this is on every proxied request)."""
+
+    __slots__ = ("_owner", "_route", "_key", "_semaphore")
+
+    def __init__(self, owner: RouteSlots, route: RouteConfig, caller: object) -> None:
+        self._owner, self._route, self._key = owner, route, (route.name, caller)
+        self._semaphore = owner._slots[route.name]
+
+    async def __aenter__(self) -> None:
+        held, key, route = self._owner._held, self._key, self._route
+        if held[key] >= route.max_connections_per_identity:
             raise DependencyError("this caller holds its share of the upstream's connections; try again",
                                   reason=Reason.IDENTITY_BUSY)
-        slots = self._slots[route.name]
-        self._held[key] += 1
+        held[key] += 1
         try:
-            try:
+            if self._semaphore.locked():      # only a wait needs its deadline (and its timer)
                 async with asyncio.timeout(route.pool_timeout):
-                    await slots.acquire()
-            except TimeoutError:
+                    await self._semaphore.acquire()
+            else:
+                await self._semaphore.acquire()
+        except BaseException as exc:
+            self._release_caller()
+            if isinstance(exc, TimeoutError):
                 raise DependencyError("the upstream is busy; try again", reason=Reason.UPSTREAM_BUSY) from None
-            try:
-                yield
-            finally:
-                slots.release()
-        finally:
-            self._held[key] -= 1
-            if self._held[key] <= 0:
-                del self._held[key]
+            raise
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._semaphore.release()
+        self._release_caller()
+
+    def _release_caller(self) -> None:
+        held, key = self._owner._held, self._key
+        held[key] -= 1
+        if held[key] <= 0:
+            del held[key]
