@@ -16,6 +16,9 @@ transport to drain (a slow upstream does not make idgate buffer a large upload).
 from __future__ import annotations
 
 import asyncio
+import functools
+import re
+import sys
 from collections.abc import AsyncIterable, Callable
 from dataclasses import dataclass
 from typing import Any, cast
@@ -53,15 +56,30 @@ def _expire(waiter: asyncio.Future[None]) -> None:
 # Control characters but HTAB (RFC 9110 §5.5): CR and LF count here too, so a head holds exactly the
 # ones of its own line ends.
 _CONTROL = bytes(range(0x09)) + bytes(range(0x0A, 0x20)) + b"\x7f"
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")      # RFC 9110 §5.6.2
+_TARGET = re.compile(r"/[\x21-\x7e]*")
+# What a buffered body piece costs beyond its bytes (the bytes object and its list slot): counted toward
+# high_water, so an upstream sending tiny chunks cannot make a paused connection hold many times that.
+_PIECE_OVERHEAD = sys.getsizeof(b"") + 8
+
+
+@functools.lru_cache(maxsize=1024)     # the same few names on every request
+def _is_token(value: str) -> bool:
+    return _TOKEN.fullmatch(value) is not None
 
 
 def request_head(method: str, target: str, headers: list[tuple[str, str]], has_body: bool) -> tuple[bytes, int | None]:
     """The request head as written, and the Content-Length the caller gave (None: chunked or no body).
     The headers go out as given, in order; the only one added is `Transfer-Encoding: chunked` for a body
     without a Content-Length."""
+    if not _is_token(method) or not _TARGET.fullmatch(target):
+        raise InvalidRequest("the method must be a token and the target an origin-form path of visible ASCII")
     parts = [method, " ", target, " HTTP/1.1\r\n"]
     length: int | None = None
     for name, value in headers:
+        if not _is_token(name):
+            # "Content-Length " or "Transfer-Encoding\t" would frame the body twice for a lenient upstream.
+            raise InvalidRequest("a header name that is not a token")
         parts.append(f"{name}: {value}\r\n")
         size = len(name)
         if size == 14 and name.lower() == "content-length":
@@ -93,6 +111,7 @@ class Connection(asyncio.Protocol):
         self._limits = limits
         self._on_lost = on_lost
         self.transport: asyncio.Transport | None = None
+        self._tls = False                  # over TLS: the end of the connection is no proof of a body's end
         self.closed = False
         self.pooled = False                # in its origin's idle list
         self.idle_since = 0.0
@@ -299,6 +318,7 @@ class Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # A stream transport: uvloop's implement asyncio.Transport without subclassing it (no isinstance).
         self.transport = cast(asyncio.Transport, transport)
+        self._tls = transport.get_extra_info("ssl_object") is not None
 
     def data_received(self, data: bytes) -> None:
         phase = self._phase
@@ -352,12 +372,17 @@ class Connection(asyncio.Protocol):
         if phase == DONE or self._complete or self._error is not None:
             self._spoiled = True
             return
-        if phase == BODY and self._until_close and exc is None:
+        if phase == BODY and self._until_close and exc is None and not self._tls:
             self._complete = True
             self._phase = DONE
             self._wake()
             return
-        if phase == BODY:
+        if phase == BODY and self._until_close and exc is None:
+            # asyncio reports the end of a TLS connection alike with and without close_notify, so a body
+            # that ends with the connection cannot be told from one an attacker on the path cut short.
+            self._fail(ConnectionClosed("a TLS upstream ended a body delimited by the connection's close: it may "
+                                        "have been cut short", answered=True))
+        elif phase == BODY:
             self._fail(ConnectionClosed("the upstream closed the connection before the end of the body", answered=True))
         else:
             self._fail(ConnectionClosed("the upstream closed the connection before answering" if not self.answered
@@ -499,7 +524,7 @@ class Connection(asyncio.Protocol):
         if not self._final:
             self._refuse(BadResponse("an interim (1xx) answer with a body"))
         self._chunks.append(body)
-        self._buffered += len(body)
+        self._buffered += len(body) + _PIECE_OVERHEAD
 
     def on_message_complete(self) -> None:
         if self._interim:
