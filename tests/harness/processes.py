@@ -4,6 +4,8 @@ terminate, then kill, and killed by the kernel if whoever started it dies withou
 
 from __future__ import annotations
 
+import asyncio
+
 import ctypes
 import signal
 import socket
@@ -197,3 +199,27 @@ class ServerUrls:
     @property
     def admin_url(self) -> str:
         return f"http://{HOST}:{self.admin_port}"
+
+
+async def eventually(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    """Poll `condition` on the test's loop until it holds (another task or process makes it true),
+    failing after `timeout`: the async counterpart of ServerProcess.wait_until."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not {what} within {timeout}s")
+        await asyncio.sleep(POLL_INTERVAL)   # polling a condition, bounded by the deadline
+
+
+async def steady(value: Callable[[], int], what: str, polls: int = 25, timeout: float = 10.0) -> int:
+    """The value once it has stopped changing for `polls` polls in a row (back-pressure holding), failing
+    after `timeout` if it never does."""
+    deadline = time.monotonic() + timeout
+    last, same = value(), 0
+    while same < polls:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} still changing after {timeout}s")
+        await asyncio.sleep(POLL_INTERVAL)   # polling a counter another task advances, bounded by the deadline
+        current = value()
+        last, same = current, same + 1 if current == last else 0
+    return last

@@ -79,6 +79,7 @@ class RawUpstream:
     closed: int = 0                               # connections that ended (either side)
     peer_certs: list[Any] = field(default_factory=list)   # over TLS: the client certificate of each connection
     written: int = 0                              # answer bytes the sockets have taken so far
+    body_bytes: int = 0                           # request body bytes read so far (every request)
     arrived: asyncio.Event = field(default_factory=asyncio.Event)   # set at each request head
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -100,7 +101,7 @@ class RawUpstream:
                 if steps and steps[0] is NO_BODY_READ:
                     steps = steps[1:]
                 else:
-                    request.body = await _read_body(reader, request)
+                    request.body = await self._read_body(reader, request)
                 for step in steps:
                     if isinstance(step, bytes):
                         writer.write(step)
@@ -118,21 +119,26 @@ class RawUpstream:
             self.closed += 1
             writer.close()
 
+    async def _read_body(self, reader: asyncio.StreamReader, request: RawRequest) -> bytes:
+        length = request.header("Content-Length")
+        if length:
+            body = await reader.readexactly(int(length[0]))
+            self.body_bytes += len(body)
+            return body
+        if [v.lower() for v in request.header("Transfer-Encoding")] == ["chunked"]:
+            body = b""
+            while True:
+                size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+                if size == 0:
+                    await reader.readuntil(b"\r\n")
+                    return body
+                chunk = await reader.readexactly(size)
+                self.body_bytes += len(chunk)
+                body += chunk
+                await reader.readexactly(2)
+        return b""
 
-async def _read_body(reader: asyncio.StreamReader, request: RawRequest) -> bytes:
-    length = request.header("Content-Length")
-    if length:
-        return await reader.readexactly(int(length[0]))
-    if [v.lower() for v in request.header("Transfer-Encoding")] == ["chunked"]:
-        body = b""
-        while True:
-            size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
-            if size == 0:
-                await reader.readuntil(b"\r\n")
-                return body
-            body += await reader.readexactly(size)
-            await reader.readexactly(2)
-    return b""
+
 
 
 @asynccontextmanager

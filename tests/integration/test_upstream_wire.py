@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import socket
 
-from tests.harness.processes import HOST
+from tests.harness.processes import HOST, eventually, steady
 from tests.harness.raw_upstream import CLOSE, HANG, NO_BODY_READ, RawRequest, Step, ok, raw_stack
 
 
@@ -76,10 +76,8 @@ async def test_a_slow_client_pauses_the_upstream_instead_of_filling_idgate(tmp_p
         await loop.sock_connect(client, (HOST, stack.idgate.port))
         await loop.sock_sendall(client, f"GET /v1/orders/big HTTP/1.1\r\nHost: orders.internal\r\n"
                                         f"Authorization: Bearer {stack.token}\r\n\r\n".encode())
-        await asyncio.sleep(1.5)                 # the client reads nothing
-        stalled = stack.upstream.written
-        await asyncio.sleep(0.5)
-        assert stack.upstream.written == stalled  # the upstream is held back, not drained into idgate
+        # The client reads nothing: the upstream's writes stop, held back, not drained into idgate.
+        stalled = await steady(lambda: stack.upstream.written, "the upstream's writes")
         assert stalled < 40 * 1024 * 1024, stalled   # socket buffers on both sides, not the 96 MiB body
         received = 0
         while received < size + len(head):
@@ -103,7 +101,7 @@ async def test_a_route_never_holds_more_upstream_connections_than_its_limit(tmp_
 async def test_a_connection_the_upstream_closed_while_idle_is_not_a_502(tmp_path):
     async with raw_stack(tmp_path, lambda r: [ok(), 0.02, CLOSE]) as stack:
         assert (await stack.request("/v1/orders/1"))[0] == 200
-        await asyncio.sleep(0.2)
+        await eventually(lambda: stack.idgate.services.upstream.idle_count() == 0, "the idle close seen by idgate")
         assert (await stack.request("/v1/orders/2", method="POST", data=b"not replayable"))[0] == 200
         assert stack.upstream.connections == 2
         assert [o["status"] for o in await stack.outcomes()] == [200, 200]
@@ -125,10 +123,9 @@ async def test_a_client_that_goes_away_mid_upload_never_completes_the_upstreams_
         writer.write(f"POST /v1/orders/1 HTTP/1.1\r\nHost: orders.internal\r\nAuthorization: Bearer {stack.token}\r\n"
                      f"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n".encode())
         await writer.drain()
-        await asyncio.wait_for(stack.upstream.arrived.wait(), 5)
-        await asyncio.sleep(0.1)
+        await eventually(lambda: stack.upstream.body_bytes == 5, "the first chunk upstream")
         writer.transport.abort()
-        await asyncio.sleep(0.2)
+        await eventually(lambda: stack.upstream.closed == 1, "the upstream connection dropped")
         [request] = stack.upstream.requests
         assert request.body == b""                   # its body never completed (it stops at "hello")
         assert stack.upstream.closed == 1            # idgate dropped the upstream connection

@@ -17,6 +17,7 @@ from proxy.config import AuditConfig
 from proxy.core.errors import DependencyError
 from proxy.metrics import Metrics
 from tests.integration.test_audit_durability import started
+from tests.unit.audit.test_group_commit import BatchWrites
 from tests.unit.audit.test_audit import fixed_clock, records
 
 
@@ -31,15 +32,6 @@ class FlakyFsync:
             self.fail -= 1
             raise OSError(errno.EIO, "injected fsync failure")
         os.fsync(fd)
-
-
-class BatchWrites:
-    def __init__(self) -> None:
-        self.batches: list[int] = []
-
-    def __call__(self, fd: int, data: bytes) -> int:
-        self.batches.append(data.count(b"\n"))
-        return os.write(fd, data)
 
 
 def _rec(who: str) -> dict[str, str]:
