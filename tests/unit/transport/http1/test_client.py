@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from proxy.transport import http1
-from tests.harness.processes import HOST
+from tests.harness.processes import HOST, eventually, steady
 from tests.harness.raw_upstream import CLOSE, HANG, NO_BODY_READ, RawRequest, Step, ok, raw_upstream
 
 HOST_HEADER = [("Host", "upstream.test")]
@@ -259,7 +259,8 @@ async def test_bytes_after_a_complete_answer_are_never_the_next_answer(pool, del
         origin = origin_of(pool, upstream.port)
         assert (await fetch(pool, origin))[2] == b"first"
         if delay:
-            await asyncio.sleep(delay * 3)        # the smuggled bytes reach the pooled connection
+            # The smuggled bytes reach the pooled connection, which then leaves the pool.
+            await eventually(lambda: pool.idle_count() == 0, "the spoiled connection dropped")
         assert (await fetch(pool, origin))[2] == b"honest"
     assert upstream.requests[-1].connection == 2
 
@@ -270,8 +271,7 @@ async def test_a_connection_the_upstream_closed_while_idle_is_not_used(pool):
     async with raw_upstream(lambda r: [ok(), 0.01, CLOSE]) as upstream:
         origin = origin_of(pool, upstream.port)
         await fetch(pool, origin)
-        await asyncio.sleep(0.1)
-        assert pool.idle_count() == 0
+        await eventually(lambda: pool.idle_count() == 0, "the idle close seen by the pool")
         status, _, _ = await fetch(pool, origin, "POST", body=chunks(b"not replayable"))
     assert status == 200 and upstream.connections == 2 and len(upstream.requests) == 2
 
@@ -406,7 +406,8 @@ async def test_a_slow_reader_pauses_the_upstream(pool):
     async with raw_upstream(lambda r: [head, *([piece] * (size // len(piece)))]) as upstream:
         origin = origin_of(pool, upstream.port)
         async with pool.request(origin, "GET", "/", HOST_HEADER, connect_timeout=2, read_timeout=5) as answer:
-            await asyncio.sleep(0.5)                 # the caller's client is slow: nothing is taken
+            # The caller's client is slow: nothing is taken, so the connection stops reading.
+            await eventually(lambda: any(conn._reading_paused for conn in pool._open), "reading paused")
             [conn] = pool._open
             assert conn._reading_paused and conn._buffered <= http1.Limits().high_water + 256 * 1024
             received = 0
@@ -427,7 +428,7 @@ async def test_a_chunked_upload_waits_for_a_slow_upstream(pool):
 
     async with raw_upstream(lambda r: [NO_BODY_READ, HANG]) as upstream:
         task = asyncio.ensure_future(fetch(pool, origin_of(pool, upstream.port), "POST", body=counted(), read_timeout=5))
-        await asyncio.sleep(0.5)
+        await steady(lambda: written, "the upload")
         assert written < 16 * 1024 * 1024            # socket buffers and one transport high-water, not the body
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
@@ -441,10 +442,8 @@ async def test_idle_connections_expire():
         async with raw_upstream(lambda r: [ok()]) as upstream:
             await fetch(pool, origin_of(pool, upstream.port))
             assert pool.idle_count() == 1
-            await asyncio.sleep(0.5)
-            assert pool.idle_count() == 0
-            await asyncio.sleep(0.05)
-            assert upstream.closed == 1
+            await eventually(lambda: pool.idle_count() == 0, "the idle connection expired")
+            await eventually(lambda: upstream.closed == 1, "the expired connection closed")
     finally:
         await pool.close()
 
