@@ -16,7 +16,7 @@ import trustme
 
 from proxy.transport import http1
 from proxy.transport.http1.connection import request_head
-from tests.harness.processes import HOST
+from tests.harness.processes import HOST, eventually, steady
 from tests.harness.raw_upstream import CLOSE, HANG, NO_BODY_READ, RawRequest, Step, ok, raw_stack, raw_upstream
 
 BOUND = 10.0          # a hang detector, never a synchronization
@@ -79,11 +79,7 @@ async def test_tiny_chunks_do_not_multiply_what_a_paused_connection_holds():
             before = tracemalloc.take_snapshot()
             async with pool.request(origin, "GET", "/", [("Host", "u")], connect_timeout=2, read_timeout=5):
                 # The caller reads nothing (a slow client): wait until the upstream is held back.
-                last = -1
-                async with asyncio.timeout(BOUND):
-                    while upstream.written != last:
-                        last = upstream.written
-                        await asyncio.sleep(0.3)   # polling for quiescence, bounded above
+                await steady(lambda: upstream.written, "the upstream's writes")
                 after = tracemalloc.take_snapshot()
                 held = sum(stat.size_diff for stat in after.filter_traces(
                     [tracemalloc.Filter(True, "*proxy/transport/http1/*")]).compare_to(
@@ -201,7 +197,9 @@ async def test_a_bodyless_answer_whose_body_comes_later_never_answers_another_re
 
     async with raw_stack(tmp_path, answer) as stack:
         assert (await stack.request("/v1/orders/1"))[0] in (204, 304)
-        await asyncio.sleep(0.4)      # let the late bytes arrive while the connection is idle
+        # The late bytes arrive while the connection is idle: it leaves the pool.
+        await eventually(lambda: stack.upstream.written > len(late), "the late body sent")
+        await eventually(lambda: stack.idgate.services.upstream.idle_count() == 0, "the spoiled connection dropped")
         assert await stack.request("/v1/orders/2") == (200, b"fresh")
 
 
