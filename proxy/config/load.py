@@ -21,9 +21,9 @@ from urllib.parse import urlsplit
 from proxy.config.decoder import Decoder, Schema, Spot, read_yaml, readable_file_problem
 from proxy.config.schema import (
     ALLOWED_ALGORITHMS, ENV_ASSERTION_KEY_FILE, ENV_AUDIT_PATH, MAX_AWS_REGION_CHARS, MAX_BROKER_DURATION, MAX_LEEWAY,
-    MIN_BROKER_DURATION, AdminConfig, AssertionConfig, AuditConfig, AwsConfig, Config, CredentialsConfig,
-    ExtAuthzGrpcConfig, ExtAuthzHttpConfig, ForwardAuthConfig, IssuerConfig, LimitsConfig, ListenerConfig,
-    RouteConfig, TlsConfig, UpstreamTlsConfig,
+    MIN_BROKER_DURATION, STALE_REFRESHES, AdminConfig, AssertionConfig, AuditConfig, AwsConfig, Config,
+    CredentialsConfig, ExtAuthzGrpcConfig, ExtAuthzHttpConfig, ForwardAuthConfig, IssuerConfig, LimitsConfig,
+    ListenerConfig, RouteConfig, TlsConfig, UpstreamTlsConfig,
 )
 from proxy.core.errors import ConfigError, ConfigProblem
 from proxy.core.hosts import is_host_name, is_loopback
@@ -118,6 +118,11 @@ def _check_issuer(issuer: IssuerConfig, spot: Spot) -> IssuerConfig:
         spot.report(f"must be between 0 and {MAX_LEEWAY:g} seconds", "leeway")
     if issuer.max_stale < 0:
         spot.report("must not be negative", "max_stale")
+    elif issuer.max_stale < STALE_REFRESHES * issuer.refresh_interval:
+        # Keys older than max_stale are refused: below this, a healthy issuer's keys go stale between two
+        # refreshes, or after one failed refresh, and valid tokens are refused.
+        spot.report(f"must be at least {STALE_REFRESHES} x refresh_interval ({issuer.refresh_interval:g} s), "
+                    "or valid tokens are refused while the issuer is healthy", "max_stale")
     _check_positive(issuer, spot, "max_token_bytes", "max_age", "max_lifetime", "refresh_interval",
                     "unknown_kid_min_interval")
     return issuer

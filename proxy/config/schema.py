@@ -181,6 +181,7 @@ class Config:
 ALLOWED_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
                                 "ES256", "ES384", "ES512", "EdDSA"})   # never `none`, never HMAC
 MAX_LEEWAY = 300.0                    # a larger clock leeway would quietly disable `exp`
+STALE_REFRESHES = 2                   # max_stale >= this x refresh_interval: one failed refresh refuses nobody
 MAX_AWS_REGION_CHARS = 20                        # the session-policy size check at policy load assumes this
 MIN_BROKER_DURATION, MAX_BROKER_DURATION = 2700, 43200   # vended credentials keep >= 30 minutes; STS max 12 h
 ENV_ASSERTION_KEY_FILE = "IDGATE_ASSERTION_KEY_FILE"
