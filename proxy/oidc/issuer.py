@@ -76,14 +76,18 @@ class IssuerKeys:
         await asyncio.shield(self._inflight)
 
     async def refresh_on_demand(self) -> None:
-        """A request needs keys we do not hold (unknown kid, none yet): refetch, but at most once per
-        unknown_kid_min_interval so that forged kids can never make us fetch per request."""
+        """A request needs keys we do not hold: refetch, one fetch at a time.  While usable keys are held
+        (an unknown kid) at most once per unknown_kid_min_interval, so forged kids can never make us fetch
+        per request; while none are (stale, or none yet) at most once per RETRY_MIN, so the first request
+        after the issuer is back ends the outage instead of waiting out an interval."""
         if self._inflight is not None and not self._inflight.done():
             await asyncio.shield(self._inflight)
             return
         now = self._clock()
         last = self._last_unknown_kid_fetch
-        if last is not None and now - last < self.config.unknown_kid_min_interval:
+        interval = self.config.unknown_kid_min_interval if self.usable_keys() is not None \
+            else min(RETRY_MIN, self.config.unknown_kid_min_interval)
+        if last is not None and now - last < interval:
             return
         self._last_unknown_kid_fetch = now
         await self.refresh()

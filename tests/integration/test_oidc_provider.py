@@ -146,6 +146,28 @@ async def test_outage_keeps_last_good_keys_until_max_stale(oidc_provider: OidcPr
     assert (await verifier.verify(oidc_provider.token("svc-etl-7", ORDERS))).subject == "svc-etl-7"
 
 
+async def test_stale_keys_recover_on_the_next_request_once_the_issuer_is_back(oidc_provider: OidcProvider,
+                                                                            make_verifier: Make) -> None:
+    """With no usable keys, a request refetches (single-flight, at most one attempt a second): recovery
+    takes one round trip, not the unknown-kid interval or the background refresh interval."""
+    clock, metrics = FakeClock(), Metrics()
+    issuer = oidc_provider.issuer
+    verifier = await make_verifier(clock, metrics, refresh_interval=200.0, max_stale=400.0,
+                                   unknown_kid_min_interval=60.0)
+    try:
+        oidc_provider.outage(True)
+        clock.advance(401)                       # the keys are stale (inside the OP tokens' 600 s life)
+        for _ in range(3):                       # three requests in one second: one fetch attempt
+            with pytest.raises(DependencyError):
+                await verifier.verify(oidc_provider.token("svc-etl-7", ORDERS))
+        assert jwks_fetches(metrics, issuer, "error") == 1
+    finally:
+        oidc_provider.outage(False)
+    clock.advance(2)                             # well inside unknown_kid_min_interval and refresh_interval
+    assert (await verifier.verify(oidc_provider.token("svc-etl-7", ORDERS))).subject == "svc-etl-7"
+    assert verifier.ready()
+
+
 async def test_issuer_down_at_start_is_reported_not_raised(oidc_provider: OidcProvider, make_verifier: Make) -> None:
     try:
         oidc_provider.outage(True)
