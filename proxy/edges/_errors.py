@@ -19,6 +19,10 @@ from proxy.services import Services
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+# idgate retries an unreachable issuer's keys on the next request at most once a second (proxy.oidc.issuer).
+ISSUER_RETRY_AFTER = "1"
+
+
 def error_parts(err: IdgateError, rid: str) -> tuple[dict[str, str], dict[str, str]]:
     """Headers and JSON body of a denial: the one mapping, also used by surfaces that answer in
     another wire format (Envoy's gRPC DeniedHttpResponse)."""
@@ -26,6 +30,8 @@ def error_parts(err: IdgateError, rid: str) -> tuple[dict[str, str], dict[str, s
     if err.status == 401:
         error = "invalid_request" if err.reason is Reason.MISSING_TOKEN else "invalid_token"
         headers["WWW-Authenticate"] = f'Bearer realm="idgate", error="{error}"'
+    elif err.reason is Reason.ISSUER_UNAVAILABLE:
+        headers["Retry-After"] = ISSUER_RETRY_AFTER
     return headers, {"code": err.code, "message": err.message, "request_id": rid}
 
 

@@ -58,6 +58,11 @@ class IssuerKeys:
             return None
         return self._keys
 
+    @property
+    def reachable(self) -> bool:
+        """Whether the last fetch succeeded: if not, a key we lack may be one we could not fetch."""
+        return self._failures == 0
+
     def status(self) -> dict[str, Any]:
         return {
             "ready": self.usable_keys() is not None,

@@ -141,6 +141,11 @@ class TokenVerifier:
             await keys.refresh_on_demand()
             key_set = keys.usable_keys()
             key = key_set.find(kid, alg) if key_set is not None else None
+        if key is None and not keys.reachable:
+            # The issuer cannot be asked: the kid may be a rotated key we could not fetch, so the token is
+            # not known to be bad (a client should retry, not discard it).
+            raise DependencyError("the token issuer cannot be reached for its signing keys",
+                                  reason=Reason.ISSUER_UNAVAILABLE)
         if key is None:
             raise AuthenticationError("token signing key is not known", reason=Reason.UNKNOWN_KID)
         return key

@@ -168,6 +168,26 @@ async def test_stale_keys_recover_on_the_next_request_once_the_issuer_is_back(oi
     assert verifier.ready()
 
 
+async def test_an_unknown_kid_while_the_issuer_is_down_is_unavailable_not_invalid(oidc_provider: OidcProvider,
+                                                                                 make_verifier: Make) -> None:
+    """A token signed by a key idgate could not fetch (rotated during an outage) is not known to be bad:
+    503 issuer_unavailable, so the client retries, and it verifies once the issuer is back."""
+    clock = FakeClock()
+    verifier = await make_verifier(clock, refresh_interval=3600.0, unknown_kid_min_interval=60.0)
+    await verifier.verify(oidc_provider.token("svc-etl-7", ORDERS))
+    oidc_provider.rotate_keys()
+    rotated = oidc_provider.token("svc-etl-7", ORDERS)
+    try:
+        oidc_provider.outage(True)
+        with pytest.raises(DependencyError) as excinfo:
+            await verifier.verify(rotated)
+        assert excinfo.value.reason == "issuer_unavailable"
+    finally:
+        oidc_provider.outage(False)
+    clock.advance(61)
+    assert (await verifier.verify(rotated)).subject == "svc-etl-7"
+
+
 async def test_issuer_down_at_start_is_reported_not_raised(oidc_provider: OidcProvider, make_verifier: Make) -> None:
     try:
         oidc_provider.outage(True)

@@ -100,3 +100,21 @@ async def test_issuer_outage_keeps_last_good_keys(op_stack, oidc_provider):
         oidc_provider.outage(False)
     assert status == 200
     assert upstream.received[0].header("X-Idgate-Subject") == ["svc-etl-7"]
+
+
+async def test_a_key_rotated_during_an_outage_is_a_503_to_retry_not_a_401(op_stack, oidc_provider):
+    idgate, upstream = op_stack
+    assert (await get(idgate, oidc_provider.token("svc-etl-7", RESOURCE, "orders:read")))[0] == 200
+    oidc_provider.rotate_keys()
+    rotated = oidc_provider.token("svc-etl-7", RESOURCE, "orders:read")
+    oidc_provider.outage(True)
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(idgate.url + "/v1/orders/7", headers={
+                    "Host": "orders.internal", "Authorization": f"Bearer {rotated}"}) as response:
+                status, retry_after, body = response.status, response.headers.get("Retry-After"), await response.json()
+    finally:
+        oidc_provider.outage(False)
+    assert (status, retry_after, body["code"]) == (503, "1", "unavailable")
+    assert (await last_decision(idgate))["reasons"] == ["issuer_unavailable"]
+    assert len(upstream.received) == 1                  # only the first request moved
