@@ -12,7 +12,7 @@ from bisect import bisect_left
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -50,6 +50,7 @@ class _LoopMetric(Collector):
         self._documentation = documentation
         self._labelnames = tuple(labelnames)
         self._children: dict[tuple[str, ...], Any] = {}
+        self._plain = self.labels() if not labelnames else None     # the one value of an unlabelled metric
         registry.register(self)
 
     def _new(self) -> Any:
@@ -68,7 +69,6 @@ class LoopCounter(_LoopMetric):
     def __init__(self, name: str, documentation: str, labelnames: Sequence[str] = (), *,
                  registry: CollectorRegistry) -> None:
         super().__init__(name.removesuffix("_total"), documentation, labelnames, registry)
-        self._plain = self.labels() if not labelnames else None
 
     def _new(self) -> _CounterValue:
         return _CounterValue()
@@ -89,7 +89,6 @@ class LoopHistogram(_LoopMetric):
                  buckets: Sequence[float], registry: CollectorRegistry) -> None:
         self._bounds = tuple(sorted(buckets))
         super().__init__(name, documentation, labelnames, registry)
-        self._plain = self.labels() if not labelnames else None
 
     def _new(self) -> _HistogramValue:
         return _HistogramValue(self._bounds)
