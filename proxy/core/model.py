@@ -27,6 +27,7 @@ class Surface(str, Enum):
     EXT_AUTHZ_HTTP = "ext_authz_http"
     EXT_AUTHZ_GRPC = "ext_authz_grpc"
     CREDENTIALS = "credentials"
+    DYNAMODB = "dynamodb"
 
 
 @dataclass(frozen=True, slots=True)

@@ -114,6 +114,41 @@ class Reason(StrEnum):
     STS_SHORT_LIVED = "sts_short_lived"
     STS_EXPIRED_CREDENTIALS = "sts_expired_credentials"
 
+    # --- the DynamoDB gateway: the client's SigV4 signature (proxy.aws.sigv4) ---
+    MISSING_SIGNATURE = "missing_signature"               # no `Authorization: AWS4-HMAC-SHA256 ...`
+    MALFORMED_SIGNATURE = "malformed_signature"           # an Authorization, X-Amz-Date or credential scope idgate cannot parse
+    UNSIGNED_HEADER = "unsigned_header"                   # host, x-amz-date, x-amz-security-token, x-amz-target or content-type not signed
+    DUPLICATE_SIGNED_HEADER = "duplicate_signed_header"   # a signed (or x-amz-*) header sent more than once
+    WRONG_SIGNATURE_SCOPE = "wrong_signature_scope"       # another region or service, or a scope date that is not X-Amz-Date's
+    SIGNATURE_EXPIRED = "signature_expired"               # X-Amz-Date outside the allowed clock skew (a replay)
+    PAYLOAD_HASH_MISMATCH = "payload_hash_mismatch"       # X-Amz-Content-SHA256 is not the body's (or is UNSIGNED-PAYLOAD)
+    SIGNATURE_MISMATCH = "signature_mismatch"
+    WRONG_GATEWAY_HOST = "wrong_gateway_host"             # signed for a host the gateway does not answer for
+
+    # --- gateway credentials (proxy.aws.gateway_tokens) ---
+    INVALID_GATEWAY_TOKEN = "invalid_gateway_token"       # forged, tampered, another key ring's, or not this access key id's
+    UNKNOWN_GATEWAY_KEY = "unknown_gateway_key"           # sealed with a key the ring no longer (or never) held
+    GATEWAY_TOKEN_EXPIRED = "gateway_token_expired"
+    GATEWAY_TOKEN_TOO_LARGE = "gateway_token_too_large"   # an identity the policy reads too much of to fit a header
+
+    # --- DynamoDB requests (proxy.aws.dynamodb) ---
+    UNKNOWN_OPERATION = "unknown_operation"               # an X-Amz-Target idgate does not know
+    MALFORMED_JSON = "malformed_json"
+    INVALID_DYNAMODB_REQUEST = "invalid_dynamodb_request" # a request idgate cannot decode into touches: denied
+    UNBOUNDED_STATEMENT = "unbounded_statement"           # PartiQL idgate cannot bound to one table
+    FOREIGN_TABLE = "foreign_table"                       # a table ARN of another partition, region or account
+    KEY_SCHEMA_UNAVAILABLE = "key_schema_unavailable"     # DescribeTable failed: no key, no decision
+
+    # --- DynamoDB authorization (proxy.policy.dynamodb) ---
+    ACTION_NOT_GRANTED = "action_not_granted"             # no rule grants this action on this table
+    INDEX_NOT_GRANTED = "index_not_granted"
+    LEADING_KEY_NOT_GRANTED = "leading_key_not_granted"   # a partition key outside the rule's leading_keys (or none: Scan)
+    UNMAPPED_INDEX = "unmapped_index"                     # an index keyed otherwise than the table, under leading_keys
+    ATTRIBUTE_NOT_GRANTED = "attribute_not_granted"
+    ALL_ATTRIBUTES = "all_attributes"                     # all attributes asked for (no projection, ALL_*) under an attribute list
+    WHOLE_ITEM_WRITE = "whole_item_write"                 # a put or delete of a whole item under an attribute list
+    NOT_GATEWAY_ROLE = "not_gateway_role"                 # the credentials' role is no longer granted in gateway mode
+
     # --- acting on an allow ---
     UPSTREAM_FAILED = "upstream_failed"
     UPSTREAM_TIMEOUT = "upstream_timeout"
