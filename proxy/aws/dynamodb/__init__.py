@@ -1,0 +1,1 @@
+"""The DynamoDB gateway's pure pieces: expressions and PartiQL statements read into what they touch."""
