@@ -4,15 +4,17 @@ case, and a nesting budget that keeps their recursive descent far from Python's 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import NoReturn, TypeVar
 
 from proxy.core.errors import BadRequest
 from proxy.core.reasons import Reason
 
 MAX_DEPTH = 32  # parentheses, NOT, function calls and collections, counted together
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,9 +92,23 @@ class Cursor:
             return True
         return False
 
-    def expect(self, text: str) -> None:
-        if not self.accept(text):
-            self.fail()
+    def expect(self, *texts: str) -> None:
+        for text in texts:
+            if not self.accept(text):
+                self.fail()
+
+    def one_of(self, *texts: str) -> str:
+        for text in texts:
+            if self.accept(text):
+                return text
+        self.fail()
+
+    def commas(self, read: Callable[[], T]) -> list[T]:
+        """`read` once, then again after each comma."""
+        items = [read()]
+        while self.accept(","):
+            items.append(read())
+        return items
 
     def take_kind(self, kind: str) -> Token:
         token = self.take()

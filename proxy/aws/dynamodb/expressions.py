@@ -26,7 +26,6 @@ _TOKENS = re.compile(r"""
 _PLACEHOLDER = re.compile(r"\#[A-Za-z0-9_]+", re.ASCII)
 # Grammar words, never an attribute: DynamoDB reserves them too, so refusing them loses no valid request.
 _KEYWORDS = frozenset({"and", "or", "not", "between", "in", "set", "remove", "add", "delete"})
-_CLAUSES = ("set", "remove", "add", "delete")
 _COMPARATORS = frozenset({"=", "<>", "<", "<=", ">", ">="})
 _KEY_COMPARATORS = _COMPARATORS - {"<>"}
 _CONDITION_FUNCTIONS = {  # name -> argument count; the first argument is always a path
@@ -73,9 +72,7 @@ def condition(text: str, names: Names) -> Used:
 
 def projection(text: str, names: Names) -> Used:
     parser = _Parser(text, names)
-    parser.path()
-    while parser.cursor.accept(","):
-        parser.path()
+    parser.cursor.commas(parser.path)
     return parser.finish()
 
 
@@ -200,11 +197,9 @@ class _Parser:
             return _Condition("between", (left, low, self._operand()))
         if keyword == "in":
             cursor.expect("(")
-            options = [left, self._operand()]
-            while cursor.accept(","):
-                options.append(self._operand())
+            options = cursor.commas(self._operand)
             cursor.expect(")")
-            return _Condition("in", tuple(options))
+            return _Condition("in", (left, *options))
         cursor.fail()
 
     def _operand(self) -> _Operand:
@@ -225,31 +220,29 @@ class _Parser:
 
     def update(self) -> None:
         cursor = self.cursor
+        actions = {"set": self._set, "remove": self.path, "add": self._add, "delete": self._add}
         seen: set[str] = set()
-        while True:
+        while True:  # each clause at most once, in any order
             token = cursor.take()
             clause = token.text.lower()
-            if token.kind != "word" or clause not in _CLAUSES or clause in seen:
+            if token.kind != "word" or clause not in actions or clause in seen:
                 cursor.fail()
             seen.add(clause)
-            while True:
-                self.path()
-                if clause == "set":
-                    cursor.expect("=")
-                    self._set_value()
-                elif clause != "remove":  # ADD and DELETE take a path and a value
-                    if cursor.peek().kind != "value":
-                        cursor.fail()
-                    self._value()
-                if not cursor.accept(","):
-                    break
+            cursor.commas(actions[clause])
             if cursor.at_end():
                 return
 
-    def _set_value(self) -> None:
+    def _set(self) -> None:
+        self.path()
+        self.cursor.expect("=")
         self._update_operand()
         if self.cursor.accept("+") or self.cursor.accept("-"):
             self._update_operand()
+
+    def _add(self) -> None:
+        """An ADD or a DELETE action: a path and a value."""
+        self.path()
+        self._value()
 
     def _update_operand(self) -> None:
         """A path, a ':value', if_not_exists(path, operand) or list_append(operand, operand)."""

@@ -3,6 +3,7 @@ idgate cannot read with certainty refused: undefined names, key-condition tricks
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 
 import pytest
@@ -406,3 +407,27 @@ def test_a_key_condition_reads_only_the_partition_key_it_is_given() -> None:
 
 def test_the_module_limits_match_dynamodb() -> None:
     assert expressions.MAX_BYTES == 4096
+
+
+@pytest.mark.parametrize("text", ["pk = :p OR sk = :s", "NOT pk = :p", "pk = :p AND NOT (sk = :s)"])
+def test_or_and_not_are_refused_in_a_key_condition_as_such(text: str) -> None:
+    assert "only use AND" in refused(lambda: key_condition(text, NAMES, "pk")).message
+
+
+def frames() -> int:
+    frame, count = sys._getframe(), 0
+    while frame is not None:
+        frame, count = frame.f_back, count + 1
+    return count
+
+
+def test_the_deepest_accepted_expression_needs_few_frames() -> None:
+    # The depth budget bounds the recursion, not Python's limit: 32 levels must fit in 200 frames.
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(frames() + 200)
+    try:
+        assert condition("(" * 32 + "a = :v" + ")" * 32, {}).attributes == {"a"}
+        assert condition("NOT (" * 16 + "a = :v" + ")" * 16, {}).attributes == {"a"}
+        assert update("SET a = " + "list_append(" * 32 + ":v" + ", :w)" * 32, {}).attributes == {"a"}
+    finally:
+        sys.setrecursionlimit(limit)
