@@ -186,3 +186,4 @@ MAX_AWS_REGION_CHARS = 20                        # the session-policy size check
 MIN_BROKER_DURATION, MAX_BROKER_DURATION = 2700, 43200   # vended credentials keep >= 30 minutes; STS max 12 h
 ENV_ASSERTION_KEY_FILE = "IDGATE_ASSERTION_KEY_FILE"
 ENV_AUDIT_PATH = "IDGATE_AUDIT_PATH"
+ENV_GATEWAY_KEYS = "IDGATE_GATEWAY_KEYS"            # the gateway key ring's JSON itself (a secret: never a CLI flag)
