@@ -1,4 +1,5 @@
-"""Shared test factories: identities, signing keys and tokens.  Imported by tests, never by proxy/."""
+"""Shared test factories: identities, signing keys and tokens, gateway key rings and sessions.  Imported by
+tests, never by proxy/."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import json
 import secrets
 import textwrap
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from pathlib import Path
@@ -18,6 +20,8 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from proxy.aws.gateway_keys import KeyRing, parse_key_ring
+from proxy.aws.gateway_tokens import GatewaySession
 from proxy.core.model import Identity
 
 DEFAULT_ISSUER = "https://issuer.test"
@@ -172,3 +176,28 @@ def minimal_config(tmp_path: Path, body: str) -> Path:
     path.write_text("issuers: [{issuer: http://127.0.0.1:9400, audiences: [orders-api]}]\n"
                     "policies_dir: policies\n" + textwrap.dedent(body))
     return path
+
+
+def make_key_ring(masters: Mapping[str, bytes] | None = None, *, active: str | None = None,
+                  redaction: bytes | None = None) -> KeyRing:
+    """A gateway key ring of `masters` (key id -> master key bytes; default one fresh key "k1"), through
+    parse_key_ring, as a replica would load it.  Pass the same bytes to two rings to share a key."""
+    masters = dict(masters) if masters is not None else {"k1": secrets.token_bytes(32)}
+    doc: dict[str, Any] = {"active": active or next(iter(masters)),
+                           "keys": {kid: base64.b64encode(raw).decode() for kid, raw in masters.items()}}
+    if redaction is not None:
+        doc["redaction_key"] = base64.b64encode(redaction).decode()
+    return parse_key_ring(json.dumps(doc), "<test ring>")
+
+
+def make_gateway_session(*, lifetime: int = 3600, now: float | None = None, **overrides: Any) -> GatewaySession:
+    """A gateway session issued now (wall clock unless given) for `lifetime` seconds."""
+    issued = int(time.time() if now is None else now)
+    fields: dict[str, Any] = {
+        "issuer": DEFAULT_ISSUER, "subject": "svc-etl-7", "client_id": "etl", "groups": ("data-eng",),
+        "claims": {"tenant": "acme"}, "role_arn": "arn:aws:iam::123456789012:role/orders-reader",
+        "rule_ids": ("orders-read",), "scope_sha256": hashlib.sha256(b"orders-read").hexdigest(),
+        "issued_at": issued, "expires_at": issued + lifetime,
+    }
+    fields.update(overrides)
+    return GatewaySession(**fields)
