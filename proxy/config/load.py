@@ -20,10 +20,10 @@ from urllib.parse import urlsplit
 
 from proxy.config.decoder import Decoder, Schema, Spot, read_yaml, readable_file_problem
 from proxy.config.schema import (
-    ALLOWED_ALGORITHMS, ENV_ASSERTION_KEY_FILE, ENV_AUDIT_PATH, MAX_AWS_REGION_CHARS, MAX_BROKER_DURATION, MAX_LEEWAY,
+    ALLOWED_ALGORITHMS, ENV_ASSERTION_KEY_FILE, ENV_AUDIT_PATH, ENV_GATEWAY_KEYS, MAX_AWS_REGION_CHARS, MAX_BROKER_DURATION, MAX_LEEWAY,
     MIN_BROKER_DURATION, STALE_REFRESHES, AdminConfig, AssertionConfig, AuditConfig, AwsConfig, Config,
     CredentialsConfig, ExtAuthzGrpcConfig, ExtAuthzHttpConfig, ForwardAuthConfig, IssuerConfig, LimitsConfig,
-    ListenerConfig, RouteConfig, TlsConfig, UpstreamTlsConfig,
+    GatewayConfig, ListenerConfig, RouteConfig, TlsConfig, UpstreamTlsConfig,
 )
 from proxy.core.errors import ConfigError, ConfigProblem
 from proxy.core.hosts import is_host_name, is_loopback
@@ -240,6 +240,27 @@ def _check_credentials(credentials: CredentialsConfig, spot: Spot) -> Credential
     return credentials
 
 
+def _check_gateway(gateway: GatewayConfig, spot: Spot) -> GatewayConfig:
+    if why := _path_prefix_problem(gateway.path):
+        spot.report(why, "path")
+    elif gateway.path == "/":
+        spot.report("must not be '/': the reverse proxy serves the rest of the listener", "path")
+    if gateway.endpoint is not None and (why := _http_url_problem(gateway.endpoint, bare=True)):
+        spot.report(why, "endpoint")
+    for i, host in enumerate(gateway.hosts):
+        name, _, port = host.rpartition(":") if ":" in host else (host, "", "")
+        if not (is_host_name(name) or is_loopback(name)) or (port and not port.isdigit()):
+            spot.report(f"'{host}' is not host or host:port in lower case", "hosts", i)
+    if not MIN_BROKER_DURATION <= gateway.credential_lifetime <= MAX_BROKER_DURATION:
+        spot.report(f"must be between {MIN_BROKER_DURATION} and {MAX_BROKER_DURATION} seconds (botocore "
+                    "refreshes credentials below 15 minutes left)", "credential_lifetime")
+    if not 0 < gateway.max_clock_skew <= 900:
+        spot.report("must be greater than 0 and at most 900 seconds (AWS allows 300)", "max_clock_skew")
+    _check_positive(gateway, spot, "key_schema_ttl", "max_body_bytes", "max_response_bytes", "connect_timeout",
+                    "read_timeout", "max_connections")
+    return gateway
+
+
 def _check_aws(aws: AwsConfig, spot: Spot) -> AwsConfig:
     if not _AWS_REGION.fullmatch(aws.region) or len(aws.region) > MAX_AWS_REGION_CHARS:
         spot.report(f"'{aws.region}' is not an AWS region name (e.g. us-east-1)", "region")
@@ -278,6 +299,14 @@ def _check_config(config: Config, spot: Spot) -> Config:
         spot.child("ext_authz").child("http").report("must not overlap forward_auth.path", "path_prefix")
     if config.credentials.enabled and config.forward_auth.enabled and config.credentials.path == config.forward_auth.path:
         spot.child("credentials").report("must differ from forward_auth.path", "path")
+    gateway = config.aws.gateway
+    if gateway.enabled:
+        taken = [p for on, p in ((config.credentials.enabled, config.credentials.path),
+                                 (config.forward_auth.enabled, config.forward_auth.path),
+                                 (http is not None, http.path_prefix if http else "")) if on]
+        if any(_prefix_overlap(gateway.path, p) for p in taken):
+            spot.child("aws").child("gateway").report("must not overlap the credentials, forward_auth or "
+                                                      "ext_authz paths", "path")
     if config.dev_mode and not (is_loopback(listen.host) and is_loopback(admin.host)):
         spot.report("only allowed when listen.host and admin.host are loopback addresses",
                     "dev_mode")
@@ -316,7 +345,7 @@ _SCHEMA = Schema(
         ForwardAuthConfig: _check_forward_auth, AuditConfig: _check_audit,
         ExtAuthzHttpConfig: _check_ext_authz_http, ExtAuthzGrpcConfig: _check_ext_authz_grpc,
         AssertionConfig: _check_assertion, Config: _check_config,
-        CredentialsConfig: _check_credentials, AwsConfig: _check_aws,
+        CredentialsConfig: _check_credentials, AwsConfig: _check_aws, GatewayConfig: _check_gateway,
     }),
 )
 
@@ -346,6 +375,13 @@ def load_config(path: Path, env: Mapping[str, str] | None = None) -> Config:
                 decoder.problems.append(ConfigProblem(f"${ENV_ASSERTION_KEY_FILE}", None, f"{key_file}: {why}"))
             else:
                 decoder.spot(node, Config, "").child("assertion").report(why, "key_file")
+        gateway = config.aws.gateway
+        if gateway.enabled and not env.get(ENV_GATEWAY_KEYS):
+            spot = decoder.spot(node, Config, "").child("aws").child("gateway")
+            if gateway.key_file is None:
+                spot.report(f"the gateway needs its key ring: key_file, or ${ENV_GATEWAY_KEYS}", "enabled")
+            elif why := readable_file_problem(gateway.key_file):
+                spot.report(why, "key_file")
     decoder.raise_if_problems()
     assert config is not None   # decode returns None only after reporting a problem
     return config

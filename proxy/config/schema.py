@@ -149,6 +149,27 @@ class CredentialsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    """The DynamoDB gateway on the main listener: clients set AWS_ENDPOINT_URL_DYNAMODB to the listener's
+    URL plus `path`, with credentials from the credentials endpoint of a rule with `aws.gateway: true`."""
+
+    enabled: bool = False
+    path: str = "/.idgate/dynamodb"
+    key_file: Path | None = None                  # the gateway key ring (JSON); $IDGATE_GATEWAY_KEYS wins
+    endpoint: str | None = None                   # DynamoDB to forward to; None = https://dynamodb.<region>.amazonaws.com
+    hosts: tuple[str, ...] = ()                   # Host values a client may sign for (host or host:port); empty = any
+    max_clock_skew: float = 300.0                 # X-Amz-Date this far from idgate's clock at most (as AWS)
+    credential_lifetime: int = 3600               # seconds gateway credentials are valid
+    key_schema_ttl: float = 300.0                 # DescribeTable answers are kept this long
+    redact_keys: bool = False                     # audit partition keys as HMACs (the ring's redaction_key)
+    max_body_bytes: int = 16 * 1024 * 1024        # DynamoDB's own request limit
+    max_response_bytes: int = 17 * 1024 * 1024    # a 16 MB batch answer with its JSON framing
+    connect_timeout: float = 5.0
+    read_timeout: float = 30.0
+    max_connections: int = 256                    # connections to DynamoDB kept idle at most
+
+
+@dataclass(frozen=True, slots=True)
 class AwsConfig:
     region: str = "us-east-1"                     # table ARNs in session policies; the STS region
     sts_endpoint: str | None = None               # e.g. a local moto; None = AWS (or AWS_ENDPOINT_URL_STS)
@@ -156,6 +177,7 @@ class AwsConfig:
     sts_timeout: float = 2.0                      # connect and read timeout of one STS call
     session_tags: bool = True                     # tag sessions with issuer and subject (needs sts:TagSession)
     credential_cache_size: int = 10000            # cached credential sets (role, session policy, caller)
+    gateway: GatewayConfig = field(default_factory=GatewayConfig)
 
 
 @dataclass(frozen=True, slots=True)

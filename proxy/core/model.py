@@ -82,3 +82,18 @@ class Decision(NamedTuple):
     rule_id: str | None
     reasons: tuple[Reason, ...]
     identity: Identity | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Touch:
+    """One thing a DynamoDB call does to one table (or index), as IAM's fine-grained access control sees it.
+
+    A call is one or more touches (a batch or a transaction: one per element); proxy.aws.dynamodb builds them."""
+
+    table: str                            # the table's name (an ARN already reduced to it)
+    index: str | None                     # the index a Query or Scan reads, if any
+    action: str                           # the IAM action: GetItem, Query, ConditionCheckItem, PartiQLSelect, ...
+    keys: tuple[str, ...]                 # partition-key values as dynamodb:LeadingKeys sees them; () = none (a Scan)
+    attributes: frozenset[str] | None     # top-level attribute names read or written; None = all of them
+    whole_item: bool = False              # puts or deletes a whole item (PutItem, DeleteItem, INSERT, DELETE)
+    mapped: bool = True                   # the index (if any) is keyed by the table's partition key

@@ -91,10 +91,40 @@ class HttpExplanation:
         return "denied: no rule matched"
 
 
+_TEMPLATE_CLAIM = re.compile(r"\$\{claims\.([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+@dataclass(frozen=True, slots=True)
+class AwsReads:
+    """The groups and claims that rules with an `aws` block read (in `who` or a leading-key template): all
+    a gateway credential has to carry of its identity for the gateway to decide as the broker would."""
+
+    groups: frozenset[str]
+    claims: frozenset[str]
+
+    @classmethod
+    def of(cls, rules: Iterable[Rule]) -> AwsReads:
+        groups: set[str] = set()
+        claims: set[str] = set()
+        for rule in rules:
+            if rule.aws is None:
+                continue
+            groups.update(rule.who.groups)
+            claims.update(rule.who.claims, rule.who.claims_contain)
+            claims.update(m.group(1) for d in rule.aws.dynamodb for k in d.leading_keys
+                          if (m := _TEMPLATE_CLAIM.fullmatch(k)))
+        return cls(frozenset(groups), frozenset(claims))
+
+    def view(self, identity: Identity) -> tuple[tuple[str, ...], dict[str, Any]]:
+        """The identity's groups and claims that the rules read, and nothing else of it."""
+        return (tuple(g for g in identity.groups if g in self.groups),
+                {name: identity.claims[name] for name in sorted(self.claims) if name in identity.claims})
+
+
 class CompiledPolicy:
     """Immutable once built; reload builds a new one and swaps the reference."""
 
-    __slots__ = ("rules", "_by_id", "_index", "_ordered", "_matcher_of")
+    __slots__ = ("rules", "_by_id", "_index", "_ordered", "_matcher_of", "aws_reads")
 
     def __init__(
         self,
@@ -108,6 +138,7 @@ class CompiledPolicy:
         self._index = index
         self._ordered = ordered
         self._matcher_of = matcher_of
+        self.aws_reads = AwsReads.of(rules)
 
     @classmethod
     def compile(cls, rules: Iterable[Rule]) -> CompiledPolicy:

@@ -95,6 +95,10 @@ def _check_aws(grant: AwsGrant, spot: Spot) -> AwsGrant:
         spot.report("must look like arn:aws:iam::123456789012:role/NAME", "role_arn")
     if grant.duration is not None and not MIN_DURATION <= grant.duration <= MAX_DURATION:
         spot.report(f"must be between {MIN_DURATION} and {MAX_DURATION} seconds", "duration")
+    if grant.gateway and grant.web_identity:
+        # AssumeRoleWithWebIdentity needs the caller's own token at STS; at the gateway the caller holds
+        # idgate's credentials, never its token.
+        spot.report("gateway credentials cannot be combined with web_identity", "gateway")
     if not grant.dynamodb:
         # Without a session policy STS would hand out everything the role may do.
         spot.report("needs at least one dynamodb grant", "dynamodb")

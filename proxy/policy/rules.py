@@ -58,6 +58,9 @@ class AwsGrant:
     role_arn: str
     dynamodb: tuple[DynamoDbGrant, ...] = ()
     web_identity: bool = False              # AssumeRoleWithWebIdentity with the caller's token
+    # Vend idgate's own credentials, valid only at idgate's DynamoDB gateway, which authorizes and audits
+    # every item touch before re-signing it with STS credentials for this role (DESIGN §5).
+    gateway: bool = False
     duration: int | None = None             # seconds; None = config default
 
 

@@ -43,7 +43,9 @@ class RoleChoice:
     role_arn: str
     rule_ids: tuple[str, ...]            # load order
     dynamodb: tuple[DynamoDbGrant, ...]
+    dynamodb_rules: tuple[str, ...]      # the id of the rule each of `dynamodb` comes from
     web_identity: bool
+    gateway: bool                        # idgate's own credentials, for the DynamoDB gateway only
     duration: int | None                 # the shortest a rule asks for; None = config default
 
 
@@ -87,12 +89,15 @@ def role_choices(rules: Iterable[Rule]) -> tuple[RoleChoice, ...]:
     choices = []
     for role_arn, same_role in grouped.items():
         grants = [r.aws for r in same_role if r.aws is not None]
+        pairs = [(r.id, d) for r in same_role if r.aws is not None for d in r.aws.dynamodb]
         durations = [g.duration for g in grants if g.duration is not None]
         choices.append(RoleChoice(
             name=role_name(role_arn), role_arn=role_arn, rule_ids=tuple(r.id for r in same_role),
-            dynamodb=tuple(d for g in grants for d in g.dynamodb),
-            # Load-time checks make rules naming one role agree on this; `any` keeps a slip from widening.
+            dynamodb=tuple(d for _, d in pairs), dynamodb_rules=tuple(rule_id for rule_id, _ in pairs),
+            # Load-time checks make rules naming one role agree on these; `any` keeps a slip from widening.
             web_identity=any(g.web_identity for g in grants),
+            # Gateway mode is the narrower one: a caller of such a role never holds STS credentials.
+            gateway=any(g.gateway for g in grants),
             duration=min(durations) if durations else None,
         ))
     return tuple(choices)
@@ -131,15 +136,18 @@ def _document(choice: RoleChoice, region: str, fill: Callable[[str], str]) -> di
     arn = _parse_role_arn(choice.role_arn)
     return {
         "Version": IAM_VERSION,
-        "Statement": [_statement(grant, arn, region, fill) for grant in choice.dynamodb],
+        "Statement": [_statement(grant, arn, region, fill, gateway=choice.gateway) for grant in choice.dynamodb],
     }
 
 
-def _statement(grant: DynamoDbGrant, arn: _Arn, region: str, fill: Callable[[str], str]) -> dict[str, Any]:
+def _statement(grant: DynamoDbGrant, arn: _Arn, region: str, fill: Callable[[str], str], *,
+               gateway: bool) -> dict[str, Any]:
     table = f"arn:{arn.partition}:dynamodb:{region}:{arn.account}:table/{grant.table}"
+    # The gateway reads each table's key schema with the role's credentials (proxy.aws.dynamodb.schema).
+    actions = (*grant.actions, "DescribeTable") if gateway else grant.actions
     statement: dict[str, Any] = {
         "Effect": "Allow",
-        "Action": [f"dynamodb:{a}" for a in dict.fromkeys(grant.actions)],
+        "Action": [f"dynamodb:{a}" for a in dict.fromkeys(actions)],
         "Resource": [table, *(f"{table}/index/{index}" for index in dict.fromkeys(grant.indexes))],
     }
     all_values: dict[str, list[str]] = {}
@@ -160,6 +168,12 @@ def _statement(grant: DynamoDbGrant, arn: _Arn, region: str, fill: Callable[[str
 def _leading_key(key: str, fill: Callable[[str], str]) -> str:
     match = _TEMPLATE.fullmatch(key)
     return key if match is None else str(fill(match.group(1)))
+
+
+def leading_keys(grant: DynamoDbGrant, claims: Mapping[str, Any]) -> tuple[str, ...]:
+    """The grant's leading keys with its templates filled from `claims`, exactly as the session policy
+    holds them (AccessDenied when one cannot be filled safely)."""
+    return tuple(dict.fromkeys(_leading_key(k, lambda name: _claim_value(claims, name)) for k in grant.leading_keys))
 
 
 def _claim_value(claims: Mapping[str, Any], name: str) -> str:
@@ -220,4 +234,6 @@ def cross_rule_problems(rules: Sequence[Rule]) -> list[tuple[Rule, str]]:
         seen = first.setdefault(rule.aws.role_arn, rule)
         if seen.aws is not None and seen.aws.web_identity != rule.aws.web_identity:
             problems.append((rule, f"web_identity differs from rule {seen.id}, which names the same role"))
+        if seen.aws is not None and seen.aws.gateway != rule.aws.gateway:
+            problems.append((rule, f"gateway differs from rule {seen.id}, which names the same role"))
     return problems

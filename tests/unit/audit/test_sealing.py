@@ -74,7 +74,7 @@ def real_records() -> list[dict[str, Any]]:
     allow = Decision(True, "etl-read-orders", (Reason.MATCHED,), identity)
     deny = Decision(False, None, (Reason.NO_MATCHING_RULE,), long_identity)
     unauthenticated = Decision(False, None, (Reason.MISSING_TOKEN,), None)
-    choice = RoleChoice("orders-reader", "arn:aws:iam::123456789012:role/orders-reader", ("r1", "r2"), (), True, None)
+    choice = RoleChoice("orders-reader", "arn:aws:iam::123456789012:role/orders-reader", ("r1", "r2"), (), (), True, False, None)
     policy = SessionPolicy.of({"Version": "2012-10-17", "Statement": []})
     vended = Vended(AwsCredentials("ASIAEXAMPLE", "secret", "token", EPOCH + 3600), "sts")
     records = [_decision_record(r, d) for r in (request, odd) for d in (allow, deny, unauthenticated)]
