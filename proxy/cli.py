@@ -1,4 +1,4 @@
-"""The `idgate` command: serve, check-config, check, audit verify, token (dev), demo."""
+"""The `idgate` command: serve, check-config, check, audit verify, gateway-keys, token (dev), demo."""
 
 from __future__ import annotations
 
@@ -52,11 +52,19 @@ def _parser() -> argparse.ArgumentParser:
     _config_arg(check)
     check.add_argument("--token-claims", required=True, help="JSON claims of the (already verified) token")
     check.add_argument("--method", default="GET")
-    check.add_argument("--url", required=True, help="e.g. http://orders.internal/v1/orders/7")
+    what = check.add_mutually_exclusive_group(required=True)
+    what.add_argument("--url", help="e.g. http://orders.internal/v1/orders/7")
+    what.add_argument("--dynamodb", metavar="OPERATION", help="a DynamoDB gateway call, e.g. GetItem (with --body)")
+    check.add_argument("--body", help="the DynamoDB call's JSON body (--dynamodb)")
+    check.add_argument("--key-schema", action="append", default=[], metavar="TABLE[/INDEX]=PK[,SK]",
+                       help="a table's (or index's) key attributes, as DescribeTable would give them (--dynamodb)")
+    check.add_argument("--role", help="the role of the caller's credentials, when several are granted (--dynamodb)")
     audit = sub.add_parser("audit", help="audit log tools")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)
     verify = audit_sub.add_parser("verify", help="check the hash chain across rotated files")
     verify.add_argument("files", nargs="+", type=Path)
+    keys = sub.add_parser("gateway-keys", help="print a new DynamoDB gateway key ring (JSON) to stdout")
+    keys.add_argument("--key-id", default="k1", help="the id of its one (active) key: [A-Za-z0-9]{1,16}")
     token = sub.add_parser("token", help="(dev) mint an access token from a local EC key")
     token.add_argument("--key", type=Path, required=True, help="PEM EC P-256 private key")
     token.add_argument("--issuer", required=True)
@@ -83,6 +91,12 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     policy = compile_directory(config.policies_dir)
+    if config.aws.gateway.enabled:
+        import os
+
+        from proxy.aws.gateway_keys import load_key_ring
+
+        load_key_ring(config.aws.gateway.key_file, os.environ)   # its problems are the config's
     print(f"{args.config}: ok ({len(config.issuers)} issuer(s), {len(config.routes)} route(s), "
           f"{len(policy.rules)} rule(s) from {config.policies_dir})")
     return EXIT_OK
@@ -123,6 +137,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     if not isinstance(claims, dict):
         print("idgate: --token-claims must be a JSON object", file=sys.stderr)
         return EXIT_USAGE
+    if args.dynamodb is not None:
+        return _check_dynamodb(args, config, policy, claims)
     url = urlsplit(args.url)
     target = url.path or "/"
     if url.query:
@@ -150,6 +166,75 @@ def cmd_check(args: argparse.Namespace) -> int:
         **({"aws": aws} if (aws := aws_explanation(config, policy, identity)) else {}),
     }, indent=2))
     return EXIT_OK if decision.allowed else EXIT_FAILED
+
+
+def _key_schemas(specs: list[str]) -> dict[str, Any]:
+    """`--key-schema orders=pk,sk --key-schema orders/by-status=status` → KeySchema per table."""
+    from proxy.aws.dynamodb.touches import KeySchema
+
+    tables: dict[str, tuple[str, str | None]] = {}
+    indexes: dict[str, dict[str, tuple[str, str | None]]] = {}
+    for spec in specs:
+        name, _, keys = spec.partition("=")
+        parts = [k for k in keys.split(",") if k]
+        if not name or not 1 <= len(parts) <= 2:
+            raise ValueError(f"--key-schema {spec!r}: expected TABLE[/INDEX]=PK[,SK]")
+        table, _, index = name.partition("/")
+        pair = (parts[0], parts[1] if len(parts) == 2 else None)
+        if index:
+            indexes.setdefault(table, {})[index] = pair
+        else:
+            tables[table] = pair
+    return {t: KeySchema(pk, sk, indexes.get(t, {})) for t, (pk, sk) in tables.items()}
+
+
+def _check_dynamodb(args: argparse.Namespace, config: Config, policy: CompiledPolicy, claims: dict[str, Any]) -> int:
+    """`idgate check --dynamodb OP --body JSON`: the touches the gateway would find and its verdict."""
+    from proxy.aws.dynamodb import calls
+    from proxy.aws.dynamodb.touches import touches
+    from proxy.aws.gateway import table_namer
+    from proxy.policy.dynamodb import authorize, table_grants
+    from proxy.policy.session_policy import choose_role
+
+    try:
+        schemas = _key_schemas(args.key_schema)
+    except ValueError as exc:
+        print(f"idgate: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        identity = explained_identity(config, claims)
+        choice = choose_role(policy.rules_for_identity(identity), args.role)
+        namer = table_namer(choice.role_arn, config.aws.region)
+        call = calls.decode(calls.operation(calls.TARGET_PREFIX + args.dynamodb), (args.body or "{}").encode(), namer)
+        missing = [t for t in call.tables if t not in schemas]
+        if missing:
+            print(f"idgate: give the key schema of {', '.join(missing)} with --key-schema TABLE=PK[,SK]", file=sys.stderr)
+            return EXIT_USAGE
+        found = touches(call, schemas, namer)
+        verdict = authorize(found, table_grants(choice, identity.claims))
+    except IdgateError as err:
+        return _print_refusal(err)
+    print(json.dumps({
+        "decision": "allow" if verdict.allowed else "deny",
+        "reasons": [verdict.reason], "role_arn": choice.role_arn, "gateway": choice.gateway,
+        "touches": [{"table": t.table, "index": t.index, "action": t.action, "keys": list(t.keys),
+                     "attributes": "*" if t.attributes is None else sorted(t.attributes),
+                     "whole_item": t.whole_item, "rule": rule} for t, rule in zip(found, verdict.rules, strict=True)],
+        "denied_touch": verdict.denied,
+        "identity": identity.audit_view(),
+    }, indent=2))
+    return EXIT_OK if verdict.allowed else EXIT_FAILED
+
+
+def cmd_gateway_keys(args: argparse.Namespace) -> int:
+    from proxy.aws.gateway_keys import new_key_ring_text
+
+    try:
+        print(new_key_ring_text(args.key_id))
+    except ValueError as exc:
+        print(f"idgate: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return EXIT_OK
 
 
 def aws_explanation(config: Config, policy: CompiledPolicy, identity: Identity) -> list[dict[str, Any]]:
@@ -305,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     commands = {
         "serve": cmd_serve, "check-config": cmd_check_config, "check": cmd_check,
-        "audit": cmd_audit_verify, "token": cmd_token, "demo": cmd_demo,
+        "audit": cmd_audit_verify, "token": cmd_token, "demo": cmd_demo, "gateway-keys": cmd_gateway_keys,
     }
     try:
         return commands[args.command](args)

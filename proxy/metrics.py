@@ -151,7 +151,7 @@ class Metrics:
             "idgate_sts_calls_total", "STS AssumeRole* calls by result (ok or the denial reason).",
             ["result"], registry=r)
         self.credentials_vended = Counter(
-            "idgate_credentials_vended_total", "Credential sets vended, by source (cache, sts, stale).",
+            "idgate_credentials_vended_total", "Credential sets vended, by source (cache, sts, stale; gateway: idgate's own).",
             ["source"], registry=r)
         self.grpc_refused = Counter(
             "idgate_grpc_refused_total", "gRPC ext_authz connections refused at connect (untrusted peer, connection "
@@ -166,6 +166,22 @@ class Metrics:
         self.event_loop = Gauge(
             "idgate_event_loop_info", "The event loop this process serves on (1 for the one in use): uvloop or "
             "asyncio (`idgate serve --loop`).", ["loop"], registry=r)
+        self.gateway_calls = LoopCounter(
+            "idgate_gateway_calls_total", "DynamoDB gateway calls answered, by operation and outcome (allow: "
+            "forwarded; deny: refused by idgate; error: DynamoDB's own error answer).",
+            ["operation", "outcome"], registry=r)
+        self.dynamodb_seconds = LoopHistogram(
+            "idgate_dynamodb_seconds", "Time for DynamoDB to answer a forwarded gateway call, by operation.",
+            ["operation"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.dynamodb_throttles = LoopCounter(
+            "idgate_dynamodb_throttles_total", "Gateway calls DynamoDB answered with a throttling error, by "
+            "operation (the client's SDK retries these).", ["operation"], registry=r)
+        self.dynamodb_retries = LoopCounter(
+            "idgate_dynamodb_client_retries_total", "Gateway calls that were a client SDK's retry (amz-sdk-request "
+            "attempt > 1), by operation.", ["operation"], registry=r)
+        self.key_schema_fetches = Counter(
+            "idgate_dynamodb_describe_table_total", "DescribeTable calls the gateway made for key schemas.",
+            registry=r)
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
 
     def child(self, metric: Any, *labels: str) -> Any:

@@ -6,19 +6,27 @@ policy no, malformed request) is on the audit log before the client hears about 
 
 from __future__ import annotations
 
+import hashlib
 import time
 import weakref
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
 from cachetools import TLRUCache
 
+from proxy.aws import gateway_records
 from proxy.aws.credentials import AwsCredentials, Vended
+from proxy.aws.dynamodb import calls
+from proxy.aws.dynamodb.touches import KeySchema, touches as call_touches
+from proxy.aws.gateway import Caller, DynamoDbGateway, table_namer
+from proxy.aws.sigv4 import SignedRequest
 from proxy.core import caps
 from proxy.core.errors import AccessDenied, AuthenticationError, DependencyError, IdgateError
 from proxy.core.reasons import Reason
 from proxy.metrics import Metrics
-from proxy.core.model import AccessRequest, Decision, Identity, Surface
+from proxy.core.model import AccessRequest, Decision, Identity, Surface, Touch
+from proxy.policy.dynamodb import TouchVerdict, authorize as authorize_touches, table_grants
 from proxy.policy.engine import CompiledPolicy
 from proxy.policy.session_policy import RoleChoice, SessionPolicy, choose_role, render_session_policy
 
@@ -94,7 +102,8 @@ class Pipeline:
         return decision
 
     async def authorize_aws(self, request: AccessRequest, token: str | None, role: str | None,
-                            broker: CredentialSource) -> tuple[Decision, AwsCredentials]:
+                            broker: CredentialSource, gateway: DynamoDbGateway | None = None
+                            ) -> tuple[Decision, AwsCredentials]:
         """Credentials for the caller (their decision record durable before they are returned), or the
         audited denial.  The matching rules' `aws` blocks give the role (`role` names one when several
         do) and the session policy; the broker turns them into STS credentials."""
@@ -114,7 +123,13 @@ class Pipeline:
                 choice = choose_role(compiled.rules_for_identity(identity), role)
                 policy = render_session_policy(choice, identity.claims, broker.region)
                 self._aws_plans[(token, role)] = _AwsPlan(compiled, choice, policy, identity.expires_at)
-            vended = await broker.credentials(identity, token, choice, policy)
+            if choice.gateway:
+                if gateway is None:
+                    raise DependencyError("this role is served through the DynamoDB gateway, which is not enabled",
+                                          reason=Reason.BROKER_UNAVAILABLE)
+                vended = gateway.vend(identity, choice, policy, compiled.aws_reads)
+            else:
+                vended = await broker.credentials(identity, token, choice, policy)
         except IdgateError as err:
             denied = Decision(False, choice.rule_ids[0] if choice else None, (err.reason,), identity)
             await self._audit.append(_aws_record(request, denied, role, choice, policy, None))
@@ -125,6 +140,91 @@ class Pipeline:
         await self._audit.append(_aws_record(request, decision, role, choice, policy, vended))
         self._metrics.child(self._metrics.decision_seconds, request.surface.value).observe(time.perf_counter() - started)
         return decision, vended.credentials
+
+    async def authorize_dynamodb(self, request: AccessRequest, signed: SignedRequest,
+                                 gateway: DynamoDbGateway) -> GatewayCall:
+        """A DynamoDB call through the gateway: its caller (the SigV4 signature with gateway credentials),
+        every touch decoded and authorized against the policy of the moment, and the decision record
+        durable before the call may be forwarded; or the audited denial."""
+        started = time.perf_counter()
+        draft = _GatewayDraft(target=next((v for k, v in signed.headers if k.lower() == "x-amz-target"), ""))
+        try:
+            caller = draft.caller = gateway.authenticate(signed)
+            operation = calls.operation(draft.target)
+            compiled = self._policy.current
+            # Decided afresh on every call: a rule changed or removed since the credentials were vended
+            # applies at once.
+            choice = draft.choice = choose_role(compiled.rules_for_identity(caller.identity), caller.session.role_arn)
+            if not choice.gateway:
+                raise AccessDenied("the credentials' role is no longer granted in gateway mode",
+                                   reason=Reason.NOT_GATEWAY_ROLE)
+            policy = draft.policy = render_session_policy(choice, caller.identity.claims, gateway.region)
+            grants = table_grants(choice, caller.identity.claims)
+            namer = table_namer(choice.role_arn, gateway.region)
+            call = draft.call = calls.decode(operation, signed.body, namer)
+            if not all(any(g.table == table for g in grants) for table in call.tables):
+                # Before DescribeTable: a table no rule names is denied without idgate touching it.
+                raise AccessDenied("no rule grants access to this table", reason=Reason.ACTION_NOT_GRANTED)
+            credentials = await gateway.upstream_credentials(caller, choice, policy)
+            schemas = await gateway.key_schemas(namer, call.tables, credentials)
+            touches = draft.touches = call_touches(call, schemas, namer)
+            verdict = draft.verdict = authorize_touches(touches, grants)
+            if not verdict.allowed:
+                raise AccessDenied("the policy does not allow this call", reason=verdict.reason)
+        except IdgateError as err:
+            identity = draft.caller.identity if draft.caller else None
+            denied = Decision(False, draft.choice.rule_ids[0] if draft.choice else None, (err.reason,), identity)
+            await self._audit.append(self._gateway_record(request, denied, draft, signed, gateway))
+            self._recorded.add(err)
+            raise
+        decision = Decision(True, verdict.rules[0], (Reason.MATCHED,), caller.identity)
+        await self._audit.append(self._gateway_record(request, decision, draft, signed, gateway))
+        self._metrics.child(self._metrics.decision_seconds, request.surface.value).observe(time.perf_counter() - started)
+        return GatewayCall(decision, caller, call, credentials, schemas, gateway_records.KeyRedactor(
+            gateway.ring.redaction_key if gateway.config.redact_keys else None))
+
+    def _gateway_record(self, request: AccessRequest, decision: Decision, draft: _GatewayDraft,
+                        signed: SignedRequest, gateway: DynamoDbGateway) -> dict[str, Any]:
+        record = _decision_record(request, decision)
+        view: dict[str, Any] = {"operation": caps.capped(draft.target.removeprefix(calls.TARGET_PREFIX), caps.METHOD * 4),
+                                "body_sha256": hashlib.sha256(signed.body).hexdigest()}
+        if draft.caller is not None:
+            session = draft.caller.session
+            view.update(access_key_id=draft.caller.access_key_id, key_id=session.key_id,
+                        credential_rules=list(session.rule_ids), issued_at=session.issued_at)
+        if draft.choice is not None:
+            view.update(role_arn=draft.choice.role_arn, rules=list(draft.choice.rule_ids))
+        if draft.policy is not None and draft.caller is not None:
+            # The scope the credentials were vended for, against the one this call was decided on.
+            view["scope_changed"] = draft.policy.sha256 != draft.caller.session.scope_sha256
+        if draft.call is not None:
+            view["tables"] = list(draft.call.tables)
+        if draft.touches:
+            redact = gateway_records.KeyRedactor(gateway.ring.redaction_key if gateway.config.redact_keys else None)
+            rules = draft.verdict.rules if draft.verdict else (None,) * len(draft.touches)
+            view["touches"] = gateway_records.touches_view(draft.touches, rules, redact)
+            if draft.verdict is not None and draft.verdict.denied is not None:
+                view["denied_touch"] = draft.verdict.denied
+        record["dynamodb"] = view
+        return record
+
+    def record_dynamodb_outcome(self, request: AccessRequest, call: GatewayCall, view: dict[str, Any], *,
+                                bytes_in: int, bytes_out: int, duration: float, error: Reason | None = None) -> None:
+        """The second record of a forwarded call: what DynamoDB answered (proxy.aws.gateway_records)."""
+        record = {
+            "event": "outcome",
+            "request_id": caps.capped(request.request_id, caps.REQUEST_ID),
+            "surface": request.surface.value,
+            "rule": call.decision.rule_id,
+            "status": view["status"],
+            "bytes_in": bytes_in,
+            "bytes_out": bytes_out,
+            "duration_ms": round(duration * 1000, 3),
+            "dynamodb": {"operation": call.call.operation, **view},
+        }
+        if error:
+            record["error"] = error
+        self._audit.append_nowait(record)
 
     async def refuse(self, target: RejectedTarget, err: IdgateError) -> IdgateError:
         """The error to answer a refused request with, once the refusal is on the audit log: `err` itself
@@ -196,6 +296,31 @@ def _decision_record(request: AccessRequest, decision: Decision) -> dict[str, An
 
 
 _AWS_PLAN_CACHE_SIZE = 10000
+
+
+@dataclass(slots=True)
+class _GatewayDraft:
+    """What is known of a gateway call so far: its denial record holds as much of it as was reached."""
+
+    target: str
+    caller: Caller | None = None
+    choice: RoleChoice | None = None
+    policy: SessionPolicy | None = None
+    call: calls.Call | None = None
+    touches: tuple[Touch, ...] = ()
+    verdict: TouchVerdict | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayCall:
+    """An allowed gateway call, its decision record durable: what forwarding it needs."""
+
+    decision: Decision
+    caller: Caller
+    call: calls.Call
+    credentials: AwsCredentials            # the broker's STS credentials to re-sign with
+    schemas: Mapping[str, KeySchema]
+    redact: gateway_records.KeyRedactor
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,9 @@ from aiohttp import web
 from proxy.assertion import AssertionSigner, load_signing_key
 from proxy.audit import AuditLog
 from proxy.aws.broker import CredentialBroker, start_broker
+from proxy.aws.dynamodb.calls import known_operations
+from proxy.aws.gateway import DynamoDbGateway
+from proxy.aws.gateway_keys import load_key_ring
 from proxy.aws.sts import StsClientFactory
 from proxy.config import Config, RouteConfig
 from proxy.core.headers import TrustedProxies
@@ -45,7 +48,8 @@ class Services:
     websocket_session: aiohttp.ClientSession    # WebSocket relays only (aiohttp's client)
     trusted: TrustedProxies
     background: list[asyncio.Task[None]] = field(default_factory=list)
-    broker: CredentialBroker | None = None      # when credentials.enabled
+    broker: CredentialBroker | None = None      # when credentials or the DynamoDB gateway are enabled
+    gateway: DynamoDbGateway | None = None      # when aws.gateway.enabled
 
     def request_reload(self) -> None:
         """SIGHUP: reload the policy files and refetch every issuer's keys, both in the background
@@ -117,18 +121,26 @@ async def running_services(config: Config, *, metrics: Metrics | None = None,
         stack.push_async_callback(audit.close)
         await audit.open()
         broker: CredentialBroker | None = None
-        if config.credentials.enabled:
+        gateway_config = config.aws.gateway
+        if config.credentials.enabled or gateway_config.enabled:
             # Building a botocore client reads its service model from disk: not on the loop.
             started_broker, sts_pool = await asyncio.to_thread(start_broker, config.aws, metrics, sts_client)
             stack.callback(sts_pool.shutdown, wait=False, cancel_futures=True)
             stack.push_async_callback(started_broker.close)
             broker = started_broker
+        gateway: DynamoDbGateway | None = None
+        if gateway_config.enabled:
+            assert broker is not None
+            ring = await asyncio.to_thread(load_key_ring, gateway_config.key_file, os.environ)
+            await asyncio.to_thread(known_operations)      # botocore's DynamoDB model, read from disk once
+            gateway = DynamoDbGateway(gateway_config, config.aws.region, ring, broker, upstream, metrics)
         await verifier.start()
         services = Services(
             config=config, metrics=metrics, verifier=verifier, policy=policy, audit=audit, signer=signer,
             pipeline=Pipeline(verifier, policy, audit, metrics), upstream=upstream, origins=origins,
             websocket_session=websocket_session,
             trusted=TrustedProxies(config.trusted_proxies), background=background, broker=broker,
+            gateway=gateway,
         )
         stack.push_async_callback(_stop_tasks, background)
         background.append(asyncio.create_task(policy.watch(POLICY_POLL_SECONDS), name="policy-watch"))

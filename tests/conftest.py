@@ -1,7 +1,7 @@
 """Fixtures shared by every test directory.  Keep each fixture small and say which real component
 it starts; directory-specific fixtures belong in that directory's conftest.py.  The stacks' fixtures
-(stack, make_stack, broker_stack, make_broker_stack) are defined beside their stacks in tests/harness and
-registered here once as plugins, so no test module imports a fixture to make pytest see it."""
+(stack, broker_stack, gateway_stack and their make_* factories) are defined beside their stacks in
+tests/harness and registered here once as plugins, so no test module imports a fixture to make pytest see it."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from tests.harness.moto import MotoServer
 from tests.harness.oidc_provider import OidcProvider
 
-pytest_plugins = ["tests.harness.stack", "tests.harness.broker"]
+pytest_plugins = ["tests.harness.stack", "tests.harness.broker", "tests.harness.gateway"]
 
 
 @pytest.fixture(scope="session")

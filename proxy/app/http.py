@@ -9,7 +9,7 @@ from aiohttp import web
 
 from proxy.config import LimitsConfig
 from proxy.core.model import Surface
-from proxy.edges import admin, credentials, ext_authz_http, forward_auth, reverse_proxy
+from proxy.edges import admin, credentials, dynamodb, ext_authz_http, forward_auth, reverse_proxy
 from proxy.edges._errors import guard_middleware
 from proxy.edges._in_flight import InFlight
 from proxy.app.protocol import deferred_expect, idgate_server_header
@@ -22,7 +22,7 @@ _PARSER_HEADROOM = 2
 
 # The surface each route serves, known before its handler runs (the reverse proxy is the rest).
 _ROUTE_SURFACES: dict[object, Surface] = {
-    edge.handle: edge.SURFACE for edge in (forward_auth, ext_authz_http, credentials, reverse_proxy)
+    edge.handle: edge.SURFACE for edge in (forward_auth, ext_authz_http, credentials, dynamodb, reverse_proxy)
 }
 
 
@@ -35,6 +35,8 @@ def build_main_app(services: Services, in_flight: InFlight) -> web.Application:
         app.router.add_route("*", services.config.forward_auth.path, forward_auth.handle, expect_handler=deferred_expect)
     if services.config.credentials.enabled:
         app.router.add_route("*", services.config.credentials.path, credentials.handle, expect_handler=deferred_expect)
+    if services.config.aws.gateway.enabled:
+        app.router.add_route("*", services.config.aws.gateway.path, dynamodb.handle, expect_handler=deferred_expect)
     if services.config.ext_authz.http is not None:
         # Everything under the prefix, also a target without '/', so none of it falls through to the proxy.
         app.router.add_route("*", services.config.ext_authz.http.path_prefix + "{tail:.*}", ext_authz_http.handle,

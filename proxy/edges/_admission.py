@@ -33,6 +33,7 @@ _RAW_TOKEN = re.compile(r"[A-Za-z0-9_.\-]+", re.ASCII)
 class TokenForm(Enum):
     BEARER = "bearer"              # `Authorization: Bearer <token>`
     CONTAINER = "container"        # botocore sends its token file verbatim; other clients send Bearer
+    SIGV4 = "sigv4"                # AWS's signature: the surface verifies the whole request, not a token
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +149,8 @@ def _scan(headers: Sequence[tuple[str, str]], limits: LimitsConfig) -> tuple[str
 
 
 def _token(gate: Gate, authorization: str | None) -> str | None:
+    if gate.token_form is TokenForm.SIGV4:
+        return None
     if gate.token_form is TokenForm.CONTAINER and authorization is not None and " " not in authorization:
         if not _RAW_TOKEN.fullmatch(authorization):
             raise BadRequest("malformed Authorization header", reason=Reason.MALFORMED_AUTHORIZATION)

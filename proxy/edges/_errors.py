@@ -3,12 +3,13 @@ the audit record of a refusal and the request metric.  Envoy's gRPC surface reus
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from aiohttp import web
 
-from proxy.core.errors import BadRequest, IdgateError, NotFound
+from proxy.core.errors import AccessDenied, AuthenticationError, BadRequest, IdgateError, NotFound
 from proxy.core.headers import request_id
 from proxy.core.model import Surface
 from proxy.core.reasons import Reason
@@ -35,9 +36,38 @@ def error_parts(err: IdgateError, rid: str) -> tuple[dict[str, str], dict[str, s
     return headers, {"code": err.code, "message": err.message, "request_id": rid}
 
 
-def error_response(err: IdgateError, rid: str) -> web.Response:
+def error_response(err: IdgateError, rid: str, surface: Surface | None = None) -> web.Response:
+    if surface is Surface.DYNAMODB:
+        return dynamodb_error_response(err, rid)
     headers, body = error_parts(err, rid)
     return web.json_response(body, status=err.status, headers=headers)
+
+
+# DynamoDB's error answers, as botocore reads them: `__type` (the code after '#') and `message`.  A client's
+# fault is a 400, as DynamoDB answers it (boto3 retries a 5xx, so a denial must never look like one); what
+# idgate or AWS could not do (audit, STS, DynamoDB itself) keeps its 5xx, which boto3 retries.
+_CORAL = "com.amazon.coral.service#"
+_BY_REASON = {
+    Reason.MISSING_SIGNATURE: _CORAL + "MissingAuthenticationTokenException",
+    Reason.INVALID_GATEWAY_TOKEN: _CORAL + "UnrecognizedClientException",
+    Reason.UNKNOWN_GATEWAY_KEY: _CORAL + "UnrecognizedClientException",
+    Reason.GATEWAY_TOKEN_EXPIRED: _CORAL + "ExpiredTokenException",
+    Reason.UNKNOWN_OPERATION: _CORAL + "UnknownOperationException",
+    Reason.MALFORMED_JSON: _CORAL + "SerializationException",
+}
+_BY_CLASS = ((AuthenticationError, _CORAL + "InvalidSignatureException"),
+             (AccessDenied, _CORAL + "AccessDeniedException"),
+             (BadRequest, "com.amazon.coral.validate#ValidationException"))
+DYNAMODB_CONTENT_TYPE = "application/x-amz-json-1.0"
+
+
+def dynamodb_error_response(err: IdgateError, rid: str) -> web.Response:
+    error_type = _BY_REASON.get(err.reason) or next(
+        (name for cls, name in _BY_CLASS if isinstance(err, cls)), "com.amazonaws.dynamodb.v20120810#InternalServerError")
+    status = 400 if isinstance(err, AuthenticationError | AccessDenied | BadRequest) else max(err.status, 500)
+    body = json.dumps({"__type": error_type, "message": err.message, "idgate_reason": err.reason.value})
+    return web.Response(status=status, text=body, content_type=DYNAMODB_CONTENT_TYPE,
+                        headers={"x-amzn-RequestId": rid, "X-Request-Id": rid, "Cache-Control": "no-store"})
 
 
 def _from_aiohttp(exc: web.HTTPException) -> IdgateError:
@@ -67,7 +97,8 @@ def guard_middleware(services: Services, in_flight: InFlight, surfaces: Mapping[
         except IdgateError as err:
             if request.get(RESPONSE_STARTED):
                 raise  # the head is on the wire: aiohttp drops the connection so a partial body is visible
-            response = error_response(await services.pipeline.refuse(rejected_target(request), err), rid)
+            response = error_response(await services.pipeline.refuse(rejected_target(request), err), rid,
+                                      request[REQUEST_SURFACE])
         finally:
             in_flight.leave()
         metrics = services.metrics

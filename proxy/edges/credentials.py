@@ -44,6 +44,7 @@ async def handle(request: web.Request) -> web.Response:
     if broker is None:
         raise DependencyError("the credential broker is not running", reason=Reason.BROKER_UNAVAILABLE)
     role = requested_role(request)
-    _, credentials = await services.pipeline.authorize_aws(admitted.access, admitted.token, role, broker)
+    _, credentials = await services.pipeline.authorize_aws(admitted.access, admitted.token, role, broker,
+                                                          services.gateway)
     return web.Response(body=credentials.container_body(), content_type="application/json",
                         headers={"Cache-Control": "no-store"})

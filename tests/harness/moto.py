@@ -10,6 +10,8 @@ import os
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
@@ -82,12 +84,33 @@ class MotoServer(ManagedServer):
                     calls.append(form)
         return calls
 
+    def clear_recording(self) -> None:
+        """Forget the requests recorded so far (a test's own setup), keep recording."""
+        self._request("POST", "/moto-api/recorder/reset-recording")
+        self._request("POST", "/moto-api/recorder/start-recording")
+
+    def recorded_targets(self) -> list[str]:
+        """The X-Amz-Target of every JSON-protocol call (DynamoDB) moto received since the last reset."""
+        self._request("POST", "/moto-api/recorder/stop-recording")
+        try:
+            text = self._request("GET", "/moto-api/recorder/download-recording").decode()
+        finally:
+            self._request("POST", "/moto-api/recorder/start-recording")
+        targets = []
+        for line in text.splitlines():
+            headers = {k.lower(): v for k, v in (json.loads(line).get("headers") or {}).items()}
+            if "x-amz-target" in headers:
+                targets.append(str(headers["x-amz-target"]))
+        return targets
+
     def client(self, service: str, **keys: str) -> Any:
         session = boto3.session.Session(**(keys or TEST_KEYS), region_name=REGION)
         return session.client(service, endpoint_url=self.url, config=BotoConfig(retries={"total_max_attempts": 1}))
 
-    def create_role(self, name: str) -> str:
-        role = self.client("iam").create_role(RoleName=name, AssumeRolePolicyDocument=TRUST_POLICY)
+    def create_role(self, name: str, *, trusted: str | None = None) -> str:
+        """A role that the account (or only the principal ARN `trusted`) may assume."""
+        trust = TRUST_POLICY if trusted is None else TRUST_POLICY.replace(f"arn:aws:iam::{ACCOUNT}:root", trusted)
+        role = self.client("iam").create_role(RoleName=name, AssumeRolePolicyDocument=trust)
         return str(role["Role"]["Arn"])
 
     def create_table(self, name: str, *, sort_key: bool = True) -> None:
@@ -97,8 +120,20 @@ class MotoServer(ManagedServer):
             KeySchema=[{"AttributeName": n, "KeyType": t} for n, t in keys],
             AttributeDefinitions=[{"AttributeName": n, "AttributeType": "S"} for n, _ in keys])
 
-    def _request(self, method: str, path: str) -> bytes:
-        request = urllib.request.Request(self.url + path, data=b"" if method == "POST" else None, method=method)
+    @contextmanager
+    def checking_signatures(self) -> Iterator[None]:
+        """moto verifies every request's SigV4 signature and its IAM policies while this lasts (its
+        `reset-auth`): what reaches it unsigned, or signed with a wrong key, is refused."""
+        answer = json.loads(self._request("POST", "/moto-api/reset-auth", b"0"))
+        try:
+            yield
+        finally:
+            self._request("POST", "/moto-api/reset-auth", answer["PREVIOUS_INITIAL_NO_AUTH_ACTION_COUNT"].encode())
+
+    def _request(self, method: str, path: str, data: bytes = b"") -> bytes:
+        # text/plain: werkzeug would parse a form body away from what moto reads.
+        request = urllib.request.Request(self.url + path, data=data if method == "POST" else None, method=method,
+                                         headers={"Content-Type": "text/plain"})
         try:
             with _OPENER.open(request, timeout=10) as response:
                 body: bytes = response.read()
@@ -107,11 +142,11 @@ class MotoServer(ManagedServer):
             raise MotoError(f"{method} {path}: HTTP {exc.code}") from exc
 
 
-def sts_client_factory() -> Any:
-    """An StsClientFactory for idgate: the production client settings, with moto's test keys."""
+def sts_client_factory(**keys: str) -> Any:
+    """An StsClientFactory for idgate: the production client settings, with moto's test keys (or `keys`)."""
     from proxy.aws.sts import boto3_sts_client
 
-    session = boto3.session.Session(**TEST_KEYS)
+    session = boto3.session.Session(**(keys or TEST_KEYS))
 
     def factory(config: Any) -> Any:
         return boto3_sts_client(config, session=session)

@@ -146,8 +146,8 @@ def test_transport_imports_nothing_of_idgate():
 
 
 # The lowest layer each transport may be used from: the HTTP/2 server by the listeners (the app), the
-# upstream HTTP/1.1 client by the services that own its pool and the edges that send through it.
-TRANSPORT_USERS = {"proxy.transport.h2": "proxy.app", "proxy.transport.http1": "proxy.services"}
+# upstream HTTP/1.1 client by the services that send through it (the DynamoDB gateway, proxy.aws) and above.
+TRANSPORT_USERS = {"proxy.transport.h2": "proxy.app", "proxy.transport.http1": "proxy.aws"}
 
 
 def test_each_transport_is_used_from_its_layer_and_above():

@@ -1,0 +1,181 @@
+"""The DynamoDB gateway's services: idgate's own credentials for a gateway role, a signed call
+authenticated with them, the key schemas and STS credentials a decision needs, and the call forwarded to
+DynamoDB re-signed, its answer read within a bound and passed back byte for byte (x-amz-crc32 holds).
+
+The client never holds an AWS secret: only idgate can verify what it vends, so no data touch reaches
+DynamoDB without idgate's decision and audit record (DESIGN §5)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Protocol
+
+from cachetools import LRUCache
+
+from proxy.aws.credentials import AwsCredentials, Vended
+from proxy.aws.dynamodb.calls import CONTENT_TYPE, TARGET_PREFIX, TableNamer
+from proxy.aws.dynamodb.schema import KeySchemas
+from proxy.aws.dynamodb.touches import KeySchema
+from proxy.aws.gateway_keys import KeyRing
+from proxy.aws.gateway_tokens import GatewaySession, SessionOpener, issue
+from proxy.aws.sigv4 import SignedRequest, check_signature, parse_signed, resign
+from proxy.config import GatewayConfig
+from proxy.core.errors import AuthenticationError, UpstreamError, UpstreamTimeout
+from proxy.core.model import Identity
+from proxy.core.reasons import Reason
+from proxy.metrics import Metrics
+from proxy.policy.engine import AwsReads
+from proxy.policy.session_policy import RoleChoice, SessionPolicy
+from proxy.transport import http1
+
+SERVICE = "dynamodb"
+# The client's headers that reach DynamoDB (besides what re-signing sets): its SDK's invocation id and
+# attempt count, for DynamoDB's and CloudTrail's view of retries.  Nothing else of the client's passes.
+FORWARDED_HEADERS = ("amz-sdk-invocation-id", "amz-sdk-request")
+# DynamoDB's answer headers that go back: what boto3 reads (request id, CRC32 of the body) and the framing.
+RETURNED_HEADERS = frozenset({"content-type", "content-encoding", "x-amzn-requestid", "x-amz-crc32", "x-amz-id-2"})
+_IDENTITY_CACHE_SIZE = 4096
+
+
+class Broker(Protocol):
+    """The credential broker (proxy.aws.broker) as the gateway uses it."""
+
+    async def credentials(self, identity: Identity, token: str, choice: RoleChoice,
+                          policy: SessionPolicy) -> Vended: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """A call whose signature verified with gateway credentials: who signed it, and with which key."""
+
+    access_key_id: str
+    session: GatewaySession
+    identity: Identity
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    status: int
+    headers: tuple[tuple[str, str], ...]       # DynamoDB's, as received
+    body: bytes
+    seconds: float
+
+    def header(self, name: str) -> str | None:
+        return next((v for k, v in self.headers if k.lower() == name), None)
+
+
+def default_endpoint(region: str) -> str:
+    return f"https://dynamodb.{region}.amazonaws.com"
+
+
+class DynamoDbGateway:
+    def __init__(self, config: GatewayConfig, region: str, ring: KeyRing, broker: Broker, pool: http1.Pool,
+                 metrics: Metrics, *, clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.region = region
+        self.ring = ring
+        self._broker = broker
+        self._opener = SessionOpener(ring)
+        self._pool = pool
+        self._endpoint = config.endpoint or default_endpoint(region)
+        self._origin = pool.origin(self._endpoint, max_idle=config.max_connections)
+        self._hosts = frozenset(config.hosts)
+        self._metrics = metrics
+        self._clock = clock
+        self.schemas = KeySchemas(ttl=config.key_schema_ttl)
+        self._identities: LRUCache[tuple[str, str], Caller] = LRUCache(maxsize=_IDENTITY_CACHE_SIZE)
+
+    # --- vending ------------------------------------------------------------------------------------
+
+    def vend(self, identity: Identity, choice: RoleChoice, policy: SessionPolicy, reads: AwsReads) -> Vended:
+        """Gateway credentials for `identity` in `choice`'s role: they carry what the policy reads of the
+        identity, so every call is decided afresh against the policy of the moment."""
+        now = int(self._clock())
+        groups, claims = reads.view(identity)
+        session = GatewaySession(
+            issuer=identity.issuer, subject=identity.subject, client_id=identity.client_id, groups=groups,
+            claims=claims, role_arn=choice.role_arn, rule_ids=choice.rule_ids, scope_sha256=policy.sha256,
+            issued_at=now, expires_at=now + self.config.credential_lifetime)
+        return Vended(issue(self.ring, session), "gateway")
+
+    # --- a call -------------------------------------------------------------------------------------
+
+    def authenticate(self, signed: SignedRequest) -> Caller:
+        """The caller of a SigV4-signed call, or AuthenticationError: the signature, its scope and time,
+        the credentials' seal and expiry, and the host it was signed for."""
+        now = self._clock()
+        credential = parse_signed(signed, region=self.region, service=SERVICE, now=now,
+                                  max_skew=self.config.max_clock_skew)
+        session, secret = self._opener.open(credential.access_key_id, credential.security_token, now)
+        check_signature(signed, credential, secret)
+        if self._hosts and next((v for k, v in signed.headers if k.lower() == "host"), "").lower() not in self._hosts:
+            raise AuthenticationError("the call was signed for another host", reason=Reason.WRONG_GATEWAY_HOST)
+        key = (credential.access_key_id, credential.security_token)
+        caller = self._identities.get(key)
+        if caller is None:
+            caller = self._identities[key] = Caller(credential.access_key_id, session, _identity(session))
+        return caller
+
+    async def upstream_credentials(self, caller: Caller, choice: RoleChoice, policy: SessionPolicy) -> AwsCredentials:
+        """The STS credentials the call is re-signed with: the broker's, cached per (role, policy, caller)."""
+        vended = await self._broker.credentials(caller.identity, "", choice, policy)
+        return vended.credentials
+
+    async def key_schemas(self, namer: TableNamer, tables: tuple[str, ...],
+                          credentials: AwsCredentials) -> Mapping[str, KeySchema]:
+        async def describe(table: str) -> tuple[int, bytes]:
+            self._metrics.key_schema_fetches.inc()
+            body = ('{"TableName":"%s"}' % table).encode()   # a checked table name: [A-Za-z0-9_.-]
+            answer = await self.send("DescribeTable", body, (), credentials)
+            return answer.status, answer.body
+
+        return await self.schemas.get(namer.account, tables, describe)
+
+    async def send(self, operation: str, body: bytes, client_headers: Sequence[tuple[str, str]],
+                   credentials: AwsCredentials) -> Answer:
+        """`operation` with `body` to DynamoDB, signed with `credentials`; its answer read whole (bounded)."""
+        forwarded = [(k, v) for k, v in client_headers if k.lower() in FORWARDED_HEADERS]
+        headers = resign("POST", self._endpoint + "/", [
+            ("Content-Type", CONTENT_TYPE), ("X-Amz-Target", TARGET_PREFIX + operation), *forwarded],
+            body, credentials, region=self.region, service=SERVICE)
+        headers += [("Accept-Encoding", "identity"), ("Content-Length", str(len(body)))]
+        started = time.perf_counter()
+        limit = self.config.max_response_bytes
+        try:
+            async with self._pool.request(self._origin, "POST", "/", headers, _once(body),
+                                          connect_timeout=self.config.connect_timeout,
+                                          read_timeout=self.config.read_timeout) as answer:
+                chunks, size = [], 0
+                while chunk := await answer.read():
+                    size += len(chunk)
+                    if size > limit:
+                        raise UpstreamError("DynamoDB's answer is larger than the gateway passes on",
+                                            reason=Reason.UPSTREAM_BAD_RESPONSE)
+                    chunks.append(chunk)
+                kept = tuple((k, v) for k, v in answer.headers if k.lower() in RETURNED_HEADERS)
+                return Answer(answer.status, kept, b"".join(chunks), time.perf_counter() - started)
+        except http1.Timeout as exc:
+            raise UpstreamTimeout("DynamoDB did not answer in time", reason=Reason.UPSTREAM_TIMEOUT) from exc
+        except http1.BadResponse as exc:
+            raise UpstreamError("DynamoDB's answer was malformed", reason=Reason.UPSTREAM_BAD_RESPONSE) from exc
+        except http1.ClientError as exc:
+            raise UpstreamError("DynamoDB could not be reached", reason=Reason.UPSTREAM_FAILED) from exc
+
+
+def table_namer(role_arn: str, region: str) -> TableNamer:
+    """Tables are the role's account's, in the gateway's region (the role ARN is checked at policy load)."""
+    parts = role_arn.split(":")
+    return TableNamer(partition=parts[1], region=region, account=parts[4])
+
+
+def _identity(session: GatewaySession) -> Identity:
+    return Identity(issuer=session.issuer, subject=session.subject, audience=(), client_id=session.client_id,
+                    groups=session.groups, expires_at=float(session.expires_at),
+                    claims=MappingProxyType(dict(session.claims)))
+
+
+async def _once(body: bytes) -> AsyncIterator[bytes]:
+    yield body

@@ -1,0 +1,118 @@
+"""The DynamoDB gateway surface: `POST <aws.gateway.path>` in DynamoDB's JSON protocol, SigV4-signed by the
+client with gateway credentials.  Admitted, read whole (DynamoDB's size limit), authorized per touch with
+its decision record durable, re-signed and forwarded; DynamoDB's answer goes back byte for byte, and its
+outcome record follows.  Denials answer in DynamoDB's error form (proxy.edges._errors)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from aiohttp import web
+
+from proxy.aws.dynamodb.calls import PARAMETERS, TARGET_PREFIX
+from proxy.aws.dynamodb.schema import error_type
+from proxy.aws.gateway import Answer, DynamoDbGateway, table_namer
+from proxy.aws.gateway_records import outcome_view
+from proxy.aws.sigv4 import SignedRequest
+from proxy.config import GatewayConfig
+from proxy.core.errors import DependencyError, IdgateError, RequestTimeout, RequestTooLarge
+from proxy.core.model import AccessRequest, Surface
+from proxy.core.reasons import Reason
+from proxy.edges._admission import Gate, TokenForm, admit
+from proxy.edges._http import continue_if_expected, received
+from proxy.pipeline import GatewayCall
+from proxy.services import SERVICES, Services
+
+SURFACE = Surface.DYNAMODB
+GATE = Gate(SURFACE, token_form=TokenForm.SIGV4, methods=frozenset({"POST"}))
+_THROTTLED = frozenset({"ProvisionedThroughputExceededException", "ThrottlingException", "RequestLimitExceeded"})
+_SCHEMA_MISMATCH = "key element does not match the schema"
+
+
+async def handle(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    gateway = services.gateway
+    admitted = await admit(services, GATE, received(request))
+    if gateway is None:
+        raise DependencyError("the DynamoDB gateway is not running", reason=Reason.BROKER_UNAVAILABLE)
+    await continue_if_expected(request)   # SigV4 covers the body: it is needed before anything is decided
+    body = await _read_body(request, gateway.config)
+    signed = SignedRequest(request.method, admitted.raw_path, admitted.query, list(request.headers.items()), body)
+    operation = _operation_label(signed)
+    metrics = services.metrics
+    try:
+        call = await services.pipeline.authorize_dynamodb(admitted.access, signed, gateway)
+    except IdgateError:
+        metrics.child(metrics.gateway_calls, operation, "deny").inc()
+        raise
+    if _attempt(request.headers.get("amz-sdk-request", "")) > 1:
+        metrics.child(metrics.dynamodb_retries, operation).inc()
+    answer = await _forward(services, gateway, admitted.access, call, signed)
+    return web.Response(status=answer.status, body=answer.body, headers=answer.headers)
+
+
+async def _forward(services: Services, gateway: DynamoDbGateway, access: AccessRequest, call: GatewayCall,
+                   signed: SignedRequest) -> Answer:
+    started = time.perf_counter()
+    operation = call.call.operation
+    metrics = services.metrics
+    try:
+        answer = await gateway.send(operation, signed.body, signed.headers, call.credentials)
+    except IdgateError as failure:
+        services.pipeline.record_failure(access, call.decision, failure, bytes_in=len(signed.body),
+                                         duration=time.perf_counter() - started)
+        metrics.child(metrics.gateway_calls, operation, "error").inc()
+        raise
+    metrics.child(metrics.dynamodb_seconds, operation).observe(answer.seconds)
+    error = error_type(answer.body) if answer.status != 200 else None
+    if error in _THROTTLED:
+        metrics.child(metrics.dynamodb_throttles, operation).inc()
+    if error == "ValidationException" and _SCHEMA_MISMATCH in answer.body.decode("utf-8", "replace"):
+        # The table was recreated with other keys: the next call reads its key schema afresh.
+        gateway.schemas.drop(table_namer(call.caller.session.role_arn, gateway.region).account, call.call.tables)
+    view = outcome_view(call.call, call.schemas, answer.status, answer.body, call.redact, error_type=error)
+    request_id = answer.header("x-amzn-requestid")
+    if request_id:
+        view["aws_request_id"] = request_id[:128]
+    services.pipeline.record_dynamodb_outcome(access, call, view, bytes_in=len(signed.body),
+                                              bytes_out=len(answer.body), duration=time.perf_counter() - started)
+    metrics.child(metrics.gateway_calls, operation, "allow" if error is None else "error").inc()
+    return answer
+
+
+def _attempt(header: str) -> int:
+    """Which attempt of the SDK's a call is (`amz-sdk-request: attempt=2; max=3`): a retry is above 1."""
+    for part in header.split(";"):
+        name, _, value = part.strip().partition("=")
+        if name == "attempt" and value.isdigit():
+            return int(value)
+    return 1
+
+
+def _operation_label(signed: SignedRequest) -> str:
+    """The metric label of a call's operation: a known one, or "unknown" (the label set stays bounded)."""
+    target = next((v for k, v in signed.headers if k.lower() == "x-amz-target"), "")
+    name = target.removeprefix(TARGET_PREFIX)
+    return name if target.startswith(TARGET_PREFIX) and name in PARAMETERS else "unknown"
+
+
+async def _read_body(request: web.Request, config: GatewayConfig) -> bytes:
+    """The whole body, at most DynamoDB's limit, from a client that keeps sending it."""
+    limit = config.max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise RequestTooLarge("the request is larger than DynamoDB accepts", reason=Reason.BODY_TOO_LARGE)
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        try:
+            async with asyncio.timeout(config.read_timeout):
+                chunk = await request.content.read(65536)
+        except TimeoutError:
+            raise RequestTimeout("the request body stopped arriving", reason=Reason.BODY_TIMEOUT) from None
+        if not chunk:
+            return b"".join(chunks)
+        size += len(chunk)
+        if size > limit:
+            raise RequestTooLarge("the request is larger than DynamoDB accepts", reason=Reason.BODY_TOO_LARGE)
+        chunks.append(chunk)
