@@ -36,6 +36,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from proxy.core import strict_json
+
 VERSION = 1
 GENESIS = "0" * 64
 RESERVED = frozenset({"v", "seq", "ts", "prev", "hash"})
@@ -132,25 +134,16 @@ class LineError(ValueError):
     """A line that is not a well-formed record; the message says what is wrong."""
 
 
-def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    obj = dict(pairs)
-    if len(obj) != len(pairs):
-        # Two parsers could disagree on which value counts: a forged line could show one and hash another.
-        raise LineError("duplicate key in JSON object")
-    return obj
-
-
-def _refuse_constant(name: str) -> Any:
-    raise LineError(f"non-JSON number {name}")
-
-
 def parse_line(line: bytes) -> tuple[dict[str, Any], bool]:
     """Parse one line (without its newline) into a record and whether its own hash is right.
     Raises LineError when it is not a well-formed record at all."""
     try:
-        record = json.loads(line, object_pairs_hook=_no_duplicate_keys, parse_constant=_refuse_constant)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        # Strict: two readers could disagree on a duplicate key's value, and a forged line show one and hash another.
+        record = strict_json.loads(line)
+    except json.JSONDecodeError as exc:
         raise LineError(f"bad JSON ({exc})") from exc
+    except ValueError as exc:      # well-formed JSON idgate never writes: a duplicate key, NaN, not UTF-8
+        raise LineError(str(exc)) from exc
     if not isinstance(record, dict):
         raise LineError("not a JSON object")
     if record.get("v") != VERSION:

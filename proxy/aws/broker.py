@@ -22,6 +22,7 @@ from typing import Protocol
 from cachetools import TLRUCache
 
 from proxy.aws.credentials import AwsCredentials, Vended
+from proxy.aws.flights import Flights
 from proxy.aws.naming import check_request, session_identity
 from proxy.aws.sts import STS_THREADS, AssumeRequest, Sts, StsClientFactory, StsThrottled, boto3_sts_client
 from proxy.config import AwsConfig
@@ -67,7 +68,7 @@ class CredentialBroker:
         self._jitter = jitter
         self._cache: TLRUCache[CacheKey, _Entry] = TLRUCache(
             maxsize=config.credential_cache_size, ttu=self._usable_until, timer=clock)
-        self._flights: dict[CacheKey, asyncio.Task[AwsCredentials]] = {}
+        self._flights: Flights[CacheKey, AwsCredentials] = Flights("sts-assume-role")
         self.sts_calls = 0                # attempts made, for tests and the benchmark
 
     @property
@@ -99,10 +100,10 @@ class CredentialBroker:
                 return Vended(entry.credentials, "cache")     # the hot path: no STS request is even built
             if remaining >= VEND_MIN_REMAINING:
                 if now >= entry.refresh_not_before and key not in self._flights:
-                    self._flight(key, self._request(identity, token, choice, policy))
+                    self._flight(key, self._request(identity, token, choice, policy))   # a background refresh
                 return Vended(entry.credentials, "cache")
         try:
-            task = self._flights.get(key) or self._flight(key, self._request(identity, token, choice, policy))
+            task = self._flight(key, self._request(identity, token, choice, policy))
             return Vended(await asyncio.shield(task), "sts")
         except IdgateError:
             entry = self._cache.get(key)
@@ -114,29 +115,15 @@ class CredentialBroker:
 
     async def close(self) -> None:
         """Stop every STS call in flight (their threads finish on their own; nobody awaits them)."""
-        for task in list(self._flights.values()):
-            task.cancel()
-        await asyncio.gather(*self._flights.values(), return_exceptions=True)
+        await self._flights.cancel()
 
     async def idle(self) -> None:
         """Wait for every STS call in flight, background refreshes included (for tests)."""
-        while self._flights:
-            await asyncio.gather(*self._flights.values(), return_exceptions=True)
+        await self._flights.wait()
 
     def _flight(self, key: CacheKey, request: AssumeRequest) -> asyncio.Task[AwsCredentials]:
         """The one STS fetch for `key`, started if none is running (single flight)."""
-        task = self._flights.get(key)
-        if task is None:
-            task = asyncio.get_running_loop().create_task(self._fetch(key, request), name="sts-assume-role")
-            self._flights[key] = task
-            task.add_done_callback(lambda done: self._landed(key, done))
-        return task
-
-    def _landed(self, key: CacheKey, task: asyncio.Task[AwsCredentials]) -> None:
-        if self._flights.get(key) is task:
-            del self._flights[key]
-        if not task.cancelled():
-            task.exception()   # a background refresh has no awaiter: mark its failure as seen
+        return self._flights.start(key, lambda: self._fetch(key, request))
 
     def _request(self, identity: Identity, token: str, choice: RoleChoice, policy: SessionPolicy) -> AssumeRequest:
         who = session_identity(identity.issuer, identity.subject, tags=self.config.session_tags)

@@ -84,9 +84,9 @@ def outcome_view(call: Call, schemas: Mapping[str, KeySchema], status: int, body
         view["returned"] = _keys_view(returned, schemas, redact)
     if call.operation in _WRITES:
         view["written"] = _keys_view(list(_written_items(call)), schemas, redact)
-    for field in ("Count", "ScannedCount"):
+    for field, name in (("Count", "count"), ("ScannedCount", "scanned_count")):
         if isinstance(answer.get(field), int):
-            view[field.lower()] = answer[field]
+            view[name] = answer[field]
     unprocessed = answer.get("UnprocessedKeys") or answer.get("UnprocessedItems")
     if isinstance(unprocessed, dict):
         view["unprocessed"] = sum(len(v.get("Keys", ())) if isinstance(v, dict) else len(v)

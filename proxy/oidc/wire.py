@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
-import math
 import re
 from dataclasses import dataclass
 from typing import Any
 
+from proxy.core import strict_json
 from proxy.core.errors import AuthenticationError, BadRequest
 from proxy.core.reasons import Reason
 
@@ -72,31 +71,10 @@ def _b64decode(part: str) -> bytes:
     return raw
 
 
-def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    # Duplicate members make two parsers disagree on a claim's value: refuse them outright.
-    obj = dict(pairs)
-    if len(obj) != len(pairs):
-        raise ValueError("duplicate member")
-    return obj
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")  # NaN / Infinity would make `exp` compare oddly
-
-
-def _finite_float(literal: str) -> float:
-    # A literal beyond a double's range (1e400) parses as infinity: an `exp` that never comes.
-    value = float(literal)
-    if not math.isfinite(value):
-        raise ValueError("number out of range")
-    return value
-
-
 def _json_object(raw: bytes, what: str) -> dict[str, Any]:
     try:
-        value = json.loads(raw.decode("utf-8"), object_pairs_hook=_reject_duplicates,
-                           parse_constant=_reject_constant, parse_float=_finite_float)
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        value = strict_json.loads(raw)
+    except ValueError as exc:
         raise _malformed(f"token {what} is not JSON") from exc
     if not isinstance(value, dict):
         raise _malformed(f"token {what} is not a JSON object")

@@ -8,15 +8,20 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
+from multidict import CIMultiDict
 
+from proxy.aws.credentials import AwsCredentials
 from proxy.aws.gateway_keys import new_key_ring_text
+from proxy.aws.sigv4 import resign
 from proxy.aws.sts import StsClientFactory
 from tests.harness.broker import CREDENTIALS_PATH, DEV_AUDIENCE, write_broker_config, worker_env
 from tests.harness.moto import ACCOUNT, REGION, MotoServer, sts_client_factory
@@ -104,6 +109,34 @@ class GatewayStack:
         if process.returncode != 0:
             raise AssertionError(f"worker exited {process.returncode}: {err.decode()[-4000:]}")
         return [json.loads(line) for line in out.decode().splitlines() if line.startswith("{")]
+
+    async def vend(self, subject: str, groups: tuple[str, ...] = ("data-eng",), **claims: Any) -> AwsCredentials:
+        """Gateway credentials from the credentials endpoint, as botocore's container provider gets them."""
+        token = self.dev.token(subject, groups, **claims)
+        async with aiohttp.ClientSession() as http, \
+                http.get(self.credentials_url, headers={"Authorization": token}) as response:
+            assert response.status == 200, await response.text()
+            body = await response.json()
+        return AwsCredentials(body["AccessKeyId"], body["SecretAccessKey"], body["Token"], time.time() + 3600)
+
+    def signed(self, credentials: AwsCredentials, *, target: str = "DynamoDB_20120810.GetItem", body: bytes = b"{}",
+               region: str = REGION, service: str = "dynamodb", now: float | None = None) -> list[tuple[str, str]]:
+        """The headers of a call to the gateway signed with `credentials` (botocore's SigV4, via idgate's resign)."""
+        return resign("POST", self.gateway_url, [("Content-Type", "application/x-amz-json-1.0"),
+                                                 ("X-Amz-Target", target)],
+                      body, credentials, region=region, service=service, now=now)
+
+    async def send(self, headers: list[tuple[str, str]], body: bytes) -> tuple[int, dict[str, Any]]:
+        """POST to the gateway exactly these headers and body; DynamoDB's JSON answer."""
+        async with aiohttp.ClientSession(skip_auto_headers=("Content-Type",)) as http, \
+                http.post(self.gateway_url, data=body, headers=CIMultiDict(headers)) as response:
+            text = await response.text()
+            assert response.headers.get("Content-Type", "").startswith("application/x-amz-json-1.0")
+            return response.status, json.loads(text)
+
+    async def call(self, credentials: AwsCredentials, body: bytes,
+                   target: str = "DynamoDB_20120810.GetItem") -> tuple[int, dict[str, Any]]:
+        return await self.send(self.signed(credentials, target=target, body=body), body)
 
     async def records(self, surface: str = "dynamodb") -> list[dict[str, Any]]:
         return [r for r in await self.idgate.audit_records() if r.get("surface") == surface]

@@ -106,6 +106,17 @@ def invoices_named_columns() -> Any:
     return item["total"]["N"]
 
 
+def conditional_put_fails() -> Any:
+    """DynamoDB's own refusal (the item exists), which idgate passes through unchanged."""
+    item = {"pk": s(TENANT), "sk": s("cond")}
+    CLIENT.put_item(TableName="orders", Item=item)
+    return CLIENT.put_item(TableName="orders", Item=item, ConditionExpression="attribute_not_exists(pk)")
+
+
+def own_get() -> Any:
+    return "Item" in CLIENT.get_item(TableName="orders", Key={"pk": s(TENANT), "sk": s("1")})
+
+
 # --- each of these must be refused ---------------------------------------------------------------------
 
 def other_get() -> Any:
@@ -210,7 +221,7 @@ STEPS: dict[str, Callable[[], Any]] = {f.__name__: f for f in (
     other_get, other_batch_write, own_mixed_written, other_batch_get, other_transaction, other_condition_check,
     other_partiql, other_partiql_transaction, forbidden_table_quoted, forbidden_table_arn, scan, gsi_query,
     key_in_filter, invoices_all_columns, invoices_whole_put, invoices_hidden_column, secrets_get, describe_orders,
-    list_tables, ops_scan)}
+    list_tables, ops_scan, conditional_put_fails, own_get)}
 
 
 def main() -> None:

@@ -13,7 +13,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from proxy.audit.chain import verify_files
-from tests.harness.gateway import GatewayFactory, GatewayStack, create_tables
+from tests.harness.gateway import GATEWAY_POLICY, GatewayFactory, GatewayStack, create_tables
 from tests.harness.moto import MotoServer, sts_client_factory
 
 OWN_STEPS = ("credentials", "client_crud", "resource_batch_and_pages", "transactions", "partiql", "lsi_query",
@@ -137,3 +137,46 @@ async def test_moto_checking_signatures_accepts_what_idgate_re_signs(make_gatewa
     assert results["client_crud"] == {"step": "client_crud", "ok": True, "data": "shipped"}
     assert results["other_get"]["code"] == "AccessDeniedException"      # idgate's refusal, before moto
     assert refused.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+
+
+async def test_dynamodbs_own_errors_pass_through_and_are_recorded(gateway_stack: GatewayStack) -> None:
+    token = gateway_stack.token_file("acme", "svc-etl-acme", tenant="acme")
+    (result,) = await gateway_stack.run_worker(token, "acme", "conditional_put_fails")
+    assert (result["code"], result["status"]) == ("ConditionalCheckFailedException", 400)
+    outcomes = [r for r in await gateway_stack.records() if r["event"] == "outcome"]
+    assert [o["dynamodb"].get("error") for o in outcomes] == [None, "ConditionalCheckFailedException"]
+    registry = gateway_stack.idgate.services.metrics.registry
+    calls = [registry.get_sample_value("idgate_gateway_calls_total", {"operation": "PutItem", "outcome": outcome})
+             for outcome in ("allow", "error")]
+    assert calls == [1.0, 1.0]
+    assert registry.get_sample_value("idgate_dynamodb_seconds_count", {"operation": "PutItem"}) == 2.0
+
+
+async def test_redacted_keys_are_hmacs_the_same_on_every_call(make_gateway_stack: GatewayFactory,
+                                                              moto: MotoServer) -> None:
+    stack = await make_gateway_stack(gateway={"redact_keys": True})
+    moto.create_role("tenant")
+    create_tables(moto)
+    token = stack.token_file("acme", "svc-etl-acme", tenant="acme")
+    results = by_step(await stack.run_worker(token, "acme", "client_crud", "other_get"))
+    assert results["client_crud"]["ok"] and not results["other_get"]["ok"]
+    text = stack.idgate.services.config.audit.path.read_text()
+    records = [r for r in await stack.records() if r["event"] == "decision"]
+    keys = {k for r in records for t in r["dynamodb"]["touches"] for k in t["keys"]}
+    assert len(keys) == 2 and all(k.startswith("hmac-sha256:") for k in keys)     # acme, and the other tenant
+    assert '"acme"' not in text.replace('"tenant"', "")
+
+
+async def test_a_rule_removed_after_the_vend_applies_to_the_next_call(gateway_stack: GatewayStack) -> None:
+    """Every call is decided on the policy of the moment: credentials vended before a rule was removed are
+    refused at once, not when they expire."""
+    credentials = await gateway_stack.vend("svc-etl-acme", tenant="acme")
+    body = json.dumps({"TableName": "orders", "Key": {"pk": {"S": "acme"}, "sk": {"S": "1"}}}).encode()
+    assert (await gateway_stack.call(credentials, body))[0] == 200
+    policies = gateway_stack.idgate.services.config.policies_dir
+    (policies / "broker.yaml").write_text(GATEWAY_POLICY.replace("groups: [data-eng]", "groups: [nobody]")
+                                          .replace("DEV_ISSUER", gateway_stack.dev.issuer.issuer_url))
+    assert await gateway_stack.idgate.services.policy.reload()
+    status, answer = await gateway_stack.call(credentials, body)
+    assert (status, answer["__type"].rpartition("#")[2], answer["idgate_reason"]) == (
+        400, "AccessDeniedException", "no_aws_rule")

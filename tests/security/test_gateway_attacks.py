@@ -11,17 +11,13 @@ import time
 from dataclasses import replace
 from typing import Any
 
-import aiohttp
 import pytest
-from multidict import CIMultiDict
 
 from proxy.aws.credentials import AwsCredentials
 from proxy.aws.gateway_tokens import issue
-from proxy.aws.sigv4 import resign
 from tests.factories import make_gateway_session, make_key_ring
 from tests.harness.gateway import GatewayFactory, GatewayStack, create_tables
 
-GET = "DynamoDB_20120810.GetItem"
 OWN_KEY = json.dumps({"TableName": "orders", "Key": {"pk": {"S": "acme"}, "sk": {"S": "1"}}}).encode()
 
 
@@ -35,27 +31,15 @@ async def gateway(make_gateway_stack: GatewayFactory) -> GatewayStack:
 
 
 async def vend(stack: GatewayStack) -> AwsCredentials:
-    token = stack.dev.token("svc-etl-acme", ("data-eng",), tenant="acme")
-    async with aiohttp.ClientSession() as http, http.get(stack.credentials_url, headers={"Authorization": token}) as r:
-        assert r.status == 200, await r.text()
-        body = await r.json()
-    return AwsCredentials(body["AccessKeyId"], body["SecretAccessKey"], body["Token"], time.time() + 3600)
+    return await stack.vend("svc-etl-acme", tenant="acme")
 
 
-def signed(stack: GatewayStack, credentials: AwsCredentials, *, target: str = GET, body: bytes = OWN_KEY,
-           region: str = "us-east-1", service: str = "dynamodb", now: float | None = None,
-           url: str | None = None) -> list[tuple[str, str]]:
-    return resign("POST", url or stack.gateway_url, [("Content-Type", "application/x-amz-json-1.0"),
-                                                     ("X-Amz-Target", target)],
-                  body, credentials, region=region, service=service, now=now)
+def signed(stack: GatewayStack, credentials: AwsCredentials, *, body: bytes = OWN_KEY, **kwargs: Any) -> list[tuple[str, str]]:
+    return stack.signed(credentials, body=body, **kwargs)
 
 
 async def send(stack: GatewayStack, headers: list[tuple[str, str]], body: bytes = OWN_KEY) -> tuple[int, dict[str, Any]]:
-    async with aiohttp.ClientSession(skip_auto_headers=("Content-Type",)) as http, \
-            http.post(stack.gateway_url, data=body, headers=CIMultiDict(headers)) as response:
-        text = await response.text()
-        assert response.headers.get("Content-Type", "").startswith("application/x-amz-json-1.0")
-        return response.status, json.loads(text)
+    return await stack.send(headers, body)
 
 
 def with_header(headers: list[tuple[str, str]], name: str, value: str) -> list[tuple[str, str]]:
@@ -81,7 +65,7 @@ async def test_a_genuine_call_passes(gateway: GatewayStack) -> None:
     credentials = await vend(gateway)
     status, answer = await send(gateway, signed(gateway, credentials))
     assert (status, answer) == (200, {})
-    assert gateway.moto.recorded_targets() == ["DynamoDB_20120810.DescribeTable", GET]
+    assert gateway.moto.recorded_targets() == ["DynamoDB_20120810.DescribeTable", "DynamoDB_20120810.GetItem"]
 
 
 async def test_tampered_signature(gateway: GatewayStack) -> None:

@@ -8,13 +8,13 @@ What is not understood is refused, never skipped: a parameter idgate does not re
 from __future__ import annotations
 
 import functools
-import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from proxy.aws.dynamodb import partiql
+from proxy.core import strict_json
 from proxy.core.errors import AccessDenied, BadRequest
 from proxy.core.reasons import Reason
 
@@ -172,25 +172,13 @@ def decode(op: str, body: bytes, namer: TableNamer) -> Call:
 
 def _json_object(body: bytes) -> dict[str, Any]:
     try:
-        # UTF-8 only (json.loads would guess UTF-16/32 from bytes); no NaN/Infinity; no duplicate keys,
-        # which another JSON reader (DynamoDB's) might resolve the other way.
-        value = json.loads(body.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        # Strict: DynamoDB's own JSON reader might resolve a duplicate key the other way.
+        value = strict_json.loads(body)
+    except ValueError as exc:
         raise BadRequest("the body is not a JSON object idgate can read", reason=Reason.MALFORMED_JSON) from exc
     if not isinstance(value, dict):
         raise BadRequest("the body must be a JSON object", reason=Reason.MALFORMED_JSON)
     return value
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result = dict(pairs)
-    if len(result) != len(pairs):
-        raise ValueError("duplicate key")
-    return result
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
 
 
 def _only(payload: Mapping[str, Any], allowed: frozenset[str], what: str) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 from cachetools import TTLCache
 
 from proxy.aws.dynamodb.touches import KeySchema
+from proxy.aws.flights import Flights
 from proxy.core.errors import AccessDenied, DependencyError
 from proxy.core.reasons import Reason
 
@@ -44,7 +45,7 @@ def _keys(schema: Any) -> tuple[str, str | None]:
 class KeySchemas:
     def __init__(self, *, ttl: float, maxsize: int = 4096, clock: Callable[[], float] = time.monotonic) -> None:
         self._cache: TTLCache[SchemaKey, KeySchema] = TTLCache(maxsize=maxsize, ttl=ttl, timer=clock)
-        self._flights: dict[SchemaKey, asyncio.Task[KeySchema]] = {}
+        self._flights: Flights[SchemaKey, KeySchema] = Flights("dynamodb-describe-table")
         self.describes = 0                # DescribeTable calls made, for tests and metrics
 
     async def get(self, account: str, tables: tuple[str, ...], describe: Describe) -> Mapping[str, KeySchema]:
@@ -67,18 +68,7 @@ class KeySchemas:
             self._cache.pop((account, table), None)
 
     def _flight(self, key: SchemaKey, describe: Describe) -> asyncio.Task[KeySchema]:
-        task = self._flights.get(key)
-        if task is None:
-            task = asyncio.get_running_loop().create_task(self._fetch(key, describe), name="dynamodb-describe-table")
-            self._flights[key] = task
-            task.add_done_callback(lambda done: self._landed(key, done))
-        return task
-
-    def _landed(self, key: SchemaKey, task: asyncio.Task[KeySchema]) -> None:
-        if self._flights.get(key) is task:
-            del self._flights[key]
-        if not task.cancelled():
-            task.exception()
+        return self._flights.start(key, lambda: self._fetch(key, describe))
 
     async def _fetch(self, key: SchemaKey, describe: Describe) -> KeySchema:
         self.describes += 1

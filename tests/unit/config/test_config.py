@@ -84,7 +84,7 @@ def test_defaults_fill_everything_optional(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("name", [
     "unknown-keys.yaml", "wrong-types.yaml", "issuer-without-audiences.yaml", "duplicate-key.yaml",
-    "bad-syntax.yaml", "invalid-values.yaml", "invalid-listeners.yaml",
+    "bad-syntax.yaml", "invalid-values.yaml", "invalid-listeners.yaml", "invalid-gateway.yaml",
 ])
 def test_bad_config_reports_every_marked_problem_with_file_and_line(name: str) -> None:
     path = DATA / name

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+import pytest
 import yaml
 
 from proxy.config import Config, load_config
@@ -80,3 +81,39 @@ def test_dag_uses_the_default_credential_chain() -> None:
              and getattr(node.func, "id", None) == "DynamoDBHook"]
     assert hooks and all(any(k.arg == "aws_conn_id" and isinstance(k.value, ast.Constant) and k.value.value is None
                              for k in hook.keywords) for hook in hooks)
+
+
+GATEWAY = AIRFLOW / "gateway"
+
+
+def gateway_worker_env() -> dict[str, str]:
+    lines = (GATEWAY / "worker.env").read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
+
+
+def test_gateway_worker_env_points_boto3_at_the_gateway_with_no_keys() -> None:
+    from proxy.aws.gateway_keys import new_key_ring_text
+
+    env = gateway_worker_env()
+    assert set(env) == {"AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+                        "AWS_ENDPOINT_URL_DYNAMODB", "AWS_DEFAULT_REGION"}
+    assert not STATIC_KEY_VARIABLES & set(env)
+    config = load_config(GATEWAY / "idgate.yaml", env={"IDGATE_GATEWAY_KEYS": new_key_ring_text()})
+    endpoint = urlsplit(env["AWS_ENDPOINT_URL_DYNAMODB"])
+    assert config.aws.gateway.enabled and config.aws.gateway.path == endpoint.path
+    assert (config.listen.host, config.listen.port) == (endpoint.hostname, endpoint.port)
+    uri = urlsplit(env["AWS_CONTAINER_CREDENTIALS_FULL_URI"])
+    assert config.credentials.enabled and config.credentials.path == uri.path
+    policy = compile_directory(config.policies_dir)
+    subject = "system:serviceaccount:airflow:airflow-worker"
+    identity = make_identity(subject, issuer=config.issuers[0].issuer, claims={"sub": subject})
+    choice = choose_role(policy.rules_for_identity(identity), parse_qs(uri.query)["role"][0])
+    assert choice.gateway
+
+
+def test_gateway_config_without_its_key_ring_names_what_is_missing() -> None:
+    from proxy.core.errors import ConfigError
+
+    with pytest.raises(ConfigError) as refused:
+        load_config(GATEWAY / "idgate.yaml", env={})
+    assert [p for p in map(str, refused.value.problems) if "IDGATE_GATEWAY_KEYS" in p and "idgate.yaml:" in p]
