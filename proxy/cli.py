@@ -94,9 +94,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     if config.aws.gateway.enabled:
         import os
 
-        from proxy.aws.gateway_keys import load_key_ring
+        from proxy.aws.gateway import load_gateway_ring
 
-        load_key_ring(config.aws.gateway.key_file, os.environ)   # its problems are the config's
+        load_gateway_ring(config.aws.gateway, os.environ)   # its problems are the config's
     print(f"{args.config}: ok ({len(config.issuers)} issuer(s), {len(config.routes)} route(s), "
           f"{len(policy.rules)} rule(s) from {config.policies_dir})")
     return EXIT_OK
@@ -246,7 +246,8 @@ def aws_explanation(config: Config, policy: CompiledPolicy, identity: Identity) 
     for choice in role_choices(policy.rules_for_identity(identity)):
         entry: dict[str, Any] = {
             "role": choice.name, "role_arn": choice.role_arn, "rules": list(choice.rule_ids),
-            "web_identity": choice.web_identity, "duration": choice.duration or config.aws.default_duration,
+            "web_identity": choice.web_identity, "gateway": choice.gateway,
+            "duration": choice.duration or config.aws.default_duration,
         }
         try:
             rendered = render_session_policy(choice, identity.claims, config.aws.region)

@@ -6,10 +6,12 @@ policy no, malformed request) is on the audit log before the client hears about 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import hmac
 import time
 import weakref
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
@@ -18,7 +20,7 @@ from cachetools import TLRUCache
 from proxy.aws import gateway_records
 from proxy.aws.credentials import AwsCredentials, Vended
 from proxy.aws.dynamodb import calls
-from proxy.aws.dynamodb.touches import KeySchema, touches as call_touches
+from proxy.aws.dynamodb.touches import KeySchema
 from proxy.aws.gateway import Caller, DynamoDbGateway, table_namer
 from proxy.aws.sigv4 import SignedRequest
 from proxy.core import caps
@@ -141,15 +143,20 @@ class Pipeline:
         self._metrics.child(self._metrics.decision_seconds, request.surface.value).observe(time.perf_counter() - started)
         return decision, vended.credentials
 
-    async def authorize_dynamodb(self, request: AccessRequest, signed: SignedRequest,
-                                 gateway: DynamoDbGateway) -> GatewayCall:
-        """A DynamoDB call through the gateway: its caller (the SigV4 signature with gateway credentials),
-        every touch decoded and authorized against the policy of the moment, and the decision record
-        durable before the call may be forwarded; or the audited denial."""
+    async def authorize_dynamodb(self, request: AccessRequest, head: SignedRequest,
+                                 read_body: Callable[[], Awaitable[bytes]], gateway: DynamoDbGateway) -> GatewayCall:
+        """A DynamoDB call through the gateway: its caller from the signed head (the body is read only
+        after that, with `read_body`), the signature over the body, every touch decoded and authorized
+        against the policy of the moment, and the decision record durable before the call may be
+        forwarded; or the audited denial."""
         started = time.perf_counter()
-        draft = _GatewayDraft(target=next((v for k, v in signed.headers if k.lower() == "x-amz-target"), ""))
+        draft = _GatewayDraft(target=next((v for k, v in head.headers if k.lower() == "x-amz-target"), ""))
         try:
-            caller = draft.caller = gateway.authenticate(signed)
+            caller, credential = gateway.authenticate(head)
+            draft.caller = caller
+            body = draft.body = await read_body()
+            signed = dataclasses.replace(head, body=body)
+            gateway.verify_body(caller, credential, signed)
             operation = calls.operation(draft.target)
             compiled = self._policy.current
             # Decided afresh on every call: a rule changed or removed since the credentials were vended
@@ -161,33 +168,38 @@ class Pipeline:
             policy = draft.policy = render_session_policy(choice, caller.identity.claims, gateway.region)
             grants = table_grants(choice, caller.identity.claims)
             namer = table_namer(choice.role_arn, gateway.region)
-            call = draft.call = calls.decode(operation, signed.body, namer)
+            call = draft.call = await gateway.decode(operation, body, namer)
             if not all(any(g.table == table for g in grants) for table in call.tables):
                 # Before DescribeTable: a table no rule names is denied without idgate touching it.
                 raise AccessDenied("no rule grants access to this table", reason=Reason.ACTION_NOT_GRANTED)
             credentials = await gateway.upstream_credentials(caller, choice, policy)
             schemas = await gateway.key_schemas(namer, call.tables, credentials)
-            touches = draft.touches = call_touches(call, schemas, namer)
+            touches = draft.touches = await gateway.touches(call, schemas, namer, len(body))
             verdict = draft.verdict = authorize_touches(touches, grants)
             if not verdict.allowed:
                 raise AccessDenied("the policy does not allow this call", reason=verdict.reason)
         except IdgateError as err:
             identity = draft.caller.identity if draft.caller else None
             denied = Decision(False, draft.choice.rule_ids[0] if draft.choice else None, (err.reason,), identity)
-            await self._audit.append(self._gateway_record(request, denied, draft, signed, gateway))
+            await self._audit.append(self._gateway_record(request, denied, draft, gateway))
             self._recorded.add(err)
             raise
         decision = Decision(True, verdict.rules[0], (Reason.MATCHED,), caller.identity)
-        await self._audit.append(self._gateway_record(request, decision, draft, signed, gateway))
+        await self._audit.append(self._gateway_record(request, decision, draft, gateway))
         self._metrics.child(self._metrics.decision_seconds, request.surface.value).observe(time.perf_counter() - started)
-        return GatewayCall(decision, caller, call, credentials, schemas, gateway_records.KeyRedactor(
+        return GatewayCall(decision, caller, call, body, head.headers, credentials, schemas, gateway_records.KeyRedactor(
             gateway.ring.redaction_key if gateway.config.redact_keys else None))
 
     def _gateway_record(self, request: AccessRequest, decision: Decision, draft: _GatewayDraft,
-                        signed: SignedRequest, gateway: DynamoDbGateway) -> dict[str, Any]:
+                        gateway: DynamoDbGateway) -> dict[str, Any]:
         record = _decision_record(request, decision)
-        view: dict[str, Any] = {"operation": caps.capped(draft.target.removeprefix(calls.TARGET_PREFIX), caps.METHOD * 4),
-                                "body_sha256": hashlib.sha256(signed.body).hexdigest()}
+        view: dict[str, Any] = {"operation": caps.capped(draft.target.removeprefix(calls.TARGET_PREFIX), caps.METHOD * 4)}
+        if draft.body is not None:
+            redaction_key = gateway.ring.redaction_key if gateway.config.redact_keys else None
+            if redaction_key is None:
+                view["body_sha256"] = hashlib.sha256(draft.body).hexdigest()
+            else:   # keyed too: SDK bodies are predictable, so a plain digest would confirm a guessed key
+                view["body_hmac_sha256"] = hmac.new(redaction_key, draft.body, hashlib.sha256).hexdigest()
         if draft.caller is not None:
             session = draft.caller.session
             view.update(access_key_id=draft.caller.access_key_id, key_id=session.key_id,
@@ -198,7 +210,7 @@ class Pipeline:
             # The scope the credentials were vended for, against the one this call was decided on.
             view["scope_changed"] = draft.policy.sha256 != draft.caller.session.scope_sha256
         if draft.call is not None:
-            view["tables"] = list(draft.call.tables)
+            view["tables"] = caps.capped_list(draft.call.tables, gateway_records.MAX_TOUCHES, caps.HOST)
         if draft.touches:
             redact = gateway_records.KeyRedactor(gateway.ring.redaction_key if gateway.config.redact_keys else None)
             rules = draft.verdict.rules if draft.verdict else (None,) * len(draft.touches)
@@ -304,6 +316,7 @@ class _GatewayDraft:
 
     target: str
     caller: Caller | None = None
+    body: bytes | None = None
     choice: RoleChoice | None = None
     policy: SessionPolicy | None = None
     call: calls.Call | None = None
@@ -318,6 +331,8 @@ class GatewayCall:
     decision: Decision
     caller: Caller
     call: calls.Call
+    body: bytes                            # as received and signed: what is forwarded
+    client_headers: Sequence[tuple[str, str]]   # the client's head (an allow-list of it is forwarded)
     credentials: AwsCredentials            # the broker's STS credentials to re-sign with
     schemas: Mapping[str, KeySchema]
     redact: gateway_records.KeyRedactor

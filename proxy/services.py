@@ -18,8 +18,7 @@ from proxy.assertion import AssertionSigner, load_signing_key
 from proxy.audit import AuditLog
 from proxy.aws.broker import CredentialBroker, start_broker
 from proxy.aws.dynamodb.calls import known_operations
-from proxy.aws.gateway import DynamoDbGateway
-from proxy.aws.gateway_keys import load_key_ring
+from proxy.aws.gateway import DynamoDbGateway, load_gateway_ring
 from proxy.aws.sts import StsClientFactory
 from proxy.config import Config, RouteConfig
 from proxy.core.headers import TrustedProxies
@@ -131,7 +130,7 @@ async def running_services(config: Config, *, metrics: Metrics | None = None,
         gateway: DynamoDbGateway | None = None
         if gateway_config.enabled:
             assert broker is not None
-            ring = await asyncio.to_thread(load_key_ring, gateway_config.key_file, os.environ)
+            ring = await asyncio.to_thread(load_gateway_ring, gateway_config, os.environ)
             await asyncio.to_thread(known_operations)      # botocore's DynamoDB model, read from disk once
             gateway = DynamoDbGateway(gateway_config, config.aws.region, ring, broker, upstream, metrics)
         await verifier.start()

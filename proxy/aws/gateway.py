@@ -7,37 +7,47 @@ DynamoDB without idgate's decision and audit record (DESIGN §5)."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import re
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 from cachetools import LRUCache
 
 from proxy.aws.credentials import AwsCredentials, Vended
-from proxy.aws.dynamodb.calls import CONTENT_TYPE, TARGET_PREFIX, TableNamer
+from proxy.aws.dynamodb import calls
+from proxy.aws.dynamodb.calls import CONTENT_TYPE, TARGET_PREFIX, Call, TableNamer, invalid
 from proxy.aws.dynamodb.schema import KeySchemas
-from proxy.aws.dynamodb.touches import KeySchema
-from proxy.aws.gateway_keys import KeyRing
+from proxy.aws.dynamodb.touches import KeySchema, touches
+from proxy.aws.gateway_keys import KeyRing, load_key_ring
 from proxy.aws.gateway_tokens import GatewaySession, SessionOpener, issue
-from proxy.aws.sigv4 import SignedRequest, check_signature, parse_signed, resign
+from proxy.aws.sigv4 import Credential, SignedRequest, check_payload_hash, check_signature, parse_signed, resign
 from proxy.config import GatewayConfig
-from proxy.core.errors import AuthenticationError, UpstreamError, UpstreamTimeout
-from proxy.core.model import Identity
+from proxy.config.schema import ENV_GATEWAY_KEYS
+from proxy.core.errors import AuthenticationError, ConfigError, ConfigProblem, IdgateError, UpstreamError, UpstreamTimeout
+from proxy.core.model import Identity, Touch
 from proxy.core.reasons import Reason
 from proxy.metrics import Metrics
 from proxy.policy.engine import AwsReads
 from proxy.policy.session_policy import RoleChoice, SessionPolicy
 from proxy.transport import http1
 
+log = logging.getLogger("idgate.aws.gateway")
+
 SERVICE = "dynamodb"
 # The client's headers that reach DynamoDB (besides what re-signing sets): its SDK's invocation id and
 # attempt count, for DynamoDB's and CloudTrail's view of retries.  Nothing else of the client's passes.
 FORWARDED_HEADERS = ("amz-sdk-invocation-id", "amz-sdk-request")
 # DynamoDB's answer headers that go back: what boto3 reads (request id, CRC32 of the body) and the framing.
+_FORWARDABLE = re.compile(r"[\x20-\x7e]{1,256}")     # an SDK's own values; anything else stays behind
 RETURNED_HEADERS = frozenset({"content-type", "content-encoding", "x-amzn-requestid", "x-amz-crc32", "x-amz-id-2"})
-_IDENTITY_CACHE_SIZE = 4096
+_CALLER_CACHE_SIZE = 4096
+OFF_LOOP_BYTES = 64 * 1024          # bodies above this are decoded in a thread
+T = TypeVar("T")
 
 
 class Broker(Protocol):
@@ -49,11 +59,12 @@ class Broker(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Caller:
-    """A call whose signature verified with gateway credentials: who signed it, and with which key."""
+    """Who holds a pair of gateway credentials: its session, the identity it carries, the secret it signs with."""
 
     access_key_id: str
     session: GatewaySession
     identity: Identity
+    secret: str = field(repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +76,16 @@ class Answer:
 
     def header(self, name: str) -> str | None:
         return next((v for k, v in self.headers if k.lower() == name), None)
+
+
+def load_gateway_ring(config: GatewayConfig, environ: Mapping[str, str]) -> KeyRing:
+    """The gateway's key ring, and what the config asks of it (ConfigError naming the source)."""
+    ring = load_key_ring(config.key_file, environ)
+    if config.redact_keys and ring.redaction_key is None:
+        source = f"${ENV_GATEWAY_KEYS}" if environ.get(ENV_GATEWAY_KEYS) else str(config.key_file)
+        raise ConfigError([ConfigProblem(source, None, "aws.gateway.redact_keys is on, but the key ring has no "
+                                         "redaction_key (idgate gateway-keys makes one)")])
+    return ring
 
 
 def default_endpoint(region: str) -> str:
@@ -86,7 +107,7 @@ class DynamoDbGateway:
         self._metrics = metrics
         self._clock = clock
         self.schemas = KeySchemas(ttl=config.key_schema_ttl)
-        self._identities: LRUCache[tuple[str, str], Caller] = LRUCache(maxsize=_IDENTITY_CACHE_SIZE)
+        self._callers: LRUCache[tuple[str, str], Caller] = LRUCache(maxsize=_CALLER_CACHE_SIZE)
 
     # --- vending ------------------------------------------------------------------------------------
 
@@ -103,21 +124,48 @@ class DynamoDbGateway:
 
     # --- a call -------------------------------------------------------------------------------------
 
-    def authenticate(self, signed: SignedRequest) -> Caller:
-        """The caller of a SigV4-signed call, or AuthenticationError: the signature, its scope and time,
-        the credentials' seal and expiry, and the host it was signed for."""
+    def authenticate(self, head: SignedRequest) -> tuple[Caller, Credential]:
+        """The caller of a SigV4-signed call from its head alone, or AuthenticationError: the signature's
+        form, scope and time, the host it was signed for, and the credentials' seal and expiry.  Only then
+        is the client asked for its body (verify_body checks the signature over it)."""
         now = self._clock()
-        credential = parse_signed(signed, region=self.region, service=SERVICE, now=now,
+        credential = parse_signed(head, region=self.region, service=SERVICE, now=now,
                                   max_skew=self.config.max_clock_skew)
-        session, secret = self._opener.open(credential.access_key_id, credential.security_token, now)
-        check_signature(signed, credential, secret)
-        if self._hosts and next((v for k, v in signed.headers if k.lower() == "host"), "").lower() not in self._hosts:
+        if self._hosts and next((v for k, v in head.headers if k.lower() == "host"), "").lower() not in self._hosts:
             raise AuthenticationError("the call was signed for another host", reason=Reason.WRONG_GATEWAY_HOST)
         key = (credential.access_key_id, credential.security_token)
-        caller = self._identities.get(key)
-        if caller is None:
-            caller = self._identities[key] = Caller(credential.access_key_id, session, _identity(session))
-        return caller
+        caller = self._callers.get(key)
+        if caller is None or caller.session.expires_at <= now:
+            session, secret = self._opener.open(credential.access_key_id, credential.security_token, now)
+            caller = self._callers[key] = Caller(credential.access_key_id, session, _identity(session), secret)
+        return caller, credential
+
+    @staticmethod
+    def verify_body(caller: Caller, credential: Credential, signed: SignedRequest) -> None:
+        """The signature over the whole call, body included (AuthenticationError unless it holds)."""
+        check_payload_hash(signed)
+        check_signature(signed, credential, caller.secret)
+
+    async def decode(self, operation: str, body: bytes, namer: TableNamer) -> Call:
+        return await self._pure(len(body), calls.decode, operation, body, namer)
+
+    async def touches(self, call: Call, schemas: Mapping[str, KeySchema], namer: TableNamer,
+                      size: int) -> tuple[Touch, ...]:
+        return await self._pure(size, touches, call, schemas, namer)
+
+    @staticmethod
+    async def _pure(size: int, function: Callable[..., T], *args: Any) -> T:
+        """A decoding step: in a thread for a large body (reading 16 MB of JSON takes seconds the event loop
+        must not lose), and anything it fails on unexpectedly is a request idgate cannot decode (denied)."""
+        try:
+            if size > OFF_LOOP_BYTES:
+                return await asyncio.to_thread(function, *args)
+            return function(*args)
+        except IdgateError:
+            raise
+        except (TypeError, ValueError, KeyError, AttributeError, IndexError, RecursionError) as exc:
+            log.warning("a DynamoDB call could not be decoded", extra={"error": type(exc).__name__})
+            raise invalid("the call cannot be decoded") from exc
 
     async def upstream_credentials(self, caller: Caller, choice: RoleChoice, policy: SessionPolicy) -> AwsCredentials:
         """The STS credentials the call is re-signed with: the broker's, cached per (role, policy, caller)."""
@@ -137,7 +185,8 @@ class DynamoDbGateway:
     async def send(self, operation: str, body: bytes, client_headers: Sequence[tuple[str, str]],
                    credentials: AwsCredentials) -> Answer:
         """`operation` with `body` to DynamoDB, signed with `credentials`; its answer read whole (bounded)."""
-        forwarded = [(k, v) for k, v in client_headers if k.lower() in FORWARDED_HEADERS]
+        forwarded = [(k, v) for k, v in client_headers
+                     if k.lower() in FORWARDED_HEADERS and _FORWARDABLE.fullmatch(v)]
         headers = resign("POST", self._endpoint + "/", [
             ("Content-Type", CONTENT_TYPE), ("X-Amz-Target", TARGET_PREFIX + operation), *forwarded],
             body, credentials, region=self.region, service=SERVICE)

@@ -11,6 +11,7 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from proxy.aws.dynamodb import partiql
 from proxy.aws.dynamodb.calls import Call
 from proxy.aws.dynamodb.touches import KeySchema, key_string
 from proxy.core import caps
@@ -80,10 +81,14 @@ def outcome_view(call: Call, schemas: Mapping[str, KeySchema], status: int, body
     if not isinstance(answer, dict):
         return view
     returned = [(table, item) for table, item in _returned_items(call, answer) if isinstance(item, dict)]
-    if returned or call.operation not in _WRITES:
+    writes = call.operation in _WRITES or any(s.kind in _PARTIQL_WRITES for s in call.statements)
+    if returned or not writes:
         view["returned"] = _keys_view(returned, schemas, redact)
-    if call.operation in _WRITES:
+    if writes:
         view["written"] = _keys_view(list(_written_items(call)), schemas, redact)
+    if call.operation == "BatchExecuteStatement":
+        # Each statement succeeds or fails on its own: a failed one wrote or read nothing.
+        view["errors"] = sum(1 for r in answer.get("Responses") or () if isinstance(r, dict) and "Error" in r)
     for field, name in (("Count", "count"), ("ScannedCount", "scanned_count")):
         if isinstance(answer.get(field), int):
             view[name] = answer[field]
@@ -99,6 +104,7 @@ def outcome_view(call: Call, schemas: Mapping[str, KeySchema], status: int, body
 
 
 _WRITES = frozenset({"PutItem", "UpdateItem", "DeleteItem", "BatchWriteItem", "TransactWriteItems"})
+_PARTIQL_WRITES = frozenset({"insert", "update", "delete"})
 
 
 def _returned_items(call: Call, answer: Mapping[str, Any]) -> Iterable[tuple[str, Any]]:
@@ -135,6 +141,20 @@ def _written_items(call: Call) -> Iterable[tuple[str, Any]]:
             (shape, body), = element.items()
             if shape != "ConditionCheck":
                 yield _short(body["TableName"]), body.get("Item" if shape == "Put" else "Key")
+    elif call.statements:
+        elements = [p] if call.operation == "ExecuteStatement" else \
+            p["Statements" if call.operation == "BatchExecuteStatement" else "TransactStatements"]
+        for statement, element in zip(call.statements, elements, strict=False):
+            if statement.kind in _PARTIQL_WRITES:
+                yield _short(statement.table), _statement_key(statement, element.get("Parameters") or [])
+
+
+def _statement_key(statement: partiql.Statement, parameters: Sequence[Any]) -> dict[str, Any]:
+    """The item a PartiQL write names: INSERT's tuple, or what its WHERE pins to one value."""
+    pinned = statement.item if statement.item is not None else \
+        {name: values[0] for name, values in statement.key_values.items() if len(values) == 1}
+    return {name: parameters[v.param] if v.param is not None and v.param < len(parameters) else v.literal
+            for name, v in pinned.items()}
 
 
 def _short(table: str) -> str:

@@ -117,8 +117,9 @@ def _epoch_of_amz_date(amz_date: str) -> float:
 
 def parse_signed(request: SignedRequest, *, region: str, service: str, now: float,
                  max_skew: float = MAX_CLOCK_SKEW) -> Credential:
-    """Every check of a SigV4-signed request that needs no secret; check_signature then needs the secret
-    that the credential's access key id and security token derive."""
+    """Every check of a SigV4-signed request that needs neither the body nor a secret (its head alone:
+    a client is asked for its body only once these pass); check_payload_hash and check_signature then
+    need the body, and the secret the credential's access key id and security token derive."""
     if request.query and _has_query_auth(request.query):
         raise _refuse(Reason.MALFORMED_SIGNATURE)
 
@@ -166,14 +167,6 @@ def parse_signed(request: SignedRequest, *, region: str, service: str, now: floa
     if abs(signed_at - now) > max_skew:
         raise _refuse(Reason.SIGNATURE_EXPIRED)
 
-    # Compared even though check_signature never reads it (it hashes the body itself): a header that says
-    # UNSIGNED-PAYLOAD or STREAMING-* must not reach anything that might believe it.
-    content_sha256 = values.get("x-amz-content-sha256")
-    if content_sha256 is not None:
-        actual = hashlib.sha256(request.body).hexdigest().encode()
-        if not hmac.compare_digest(content_sha256.encode("utf-8", "replace"), actual):
-            raise _refuse(Reason.PAYLOAD_HASH_MISMATCH)
-
     return Credential(access_key_id=access_key_id, date=date, region=scope_region, service=scope_service,
                       signed_headers=signed, signature=components["Signature"], amz_date=amz_date,
                       security_token=values["x-amz-security-token"])
@@ -217,6 +210,17 @@ class _VerifyingSigV4(_CachedKeySigV4):
 
     def payload(self, request: AWSRequest) -> str:
         return self._payload_sha256
+
+
+def check_payload_hash(request: SignedRequest) -> None:
+    """X-Amz-Content-SHA256, when sent, must be the body's SHA-256.  Compared although check_signature never
+    reads it (it hashes the body itself): a header that says UNSIGNED-PAYLOAD or STREAMING-* must not reach
+    anything that might believe it."""
+    content_sha256 = next((v for k, v in request.headers if k.lower() == "x-amz-content-sha256"), None)
+    if content_sha256 is not None:
+        actual = hashlib.sha256(request.body).hexdigest().encode()
+        if not hmac.compare_digest(content_sha256.encode("utf-8", "replace"), actual):
+            raise _refuse(Reason.PAYLOAD_HASH_MISMATCH)
 
 
 def check_signature(request: SignedRequest, credential: Credential, secret_access_key: str) -> None:

@@ -43,7 +43,7 @@ def write_demo_config(workdir: Path, policies: Path, aws: LocalAws | None = None
             upstream: http://{HOST}:{UPSTREAM_PORT}
         audit:
           path: {(workdir / 'audit' / 'idgate-audit.jsonl').resolve()}
-        """) + (local_aws.config_yaml(aws) if aws else ""))
+        """) + (local_aws.config_yaml(aws, local_aws.write_key_ring(workdir / "gateway-keys.json")) if aws else ""))
     return config
 
 

@@ -18,6 +18,7 @@ from proxy.aws.sts import StsClient, StsClientFactory, boto3_sts_client
 from proxy.config import AwsConfig
 
 ROLE_NAME, TABLE = "etl", "orders"          # what policies/orders.yaml grants svc-etl-7
+GATEWAY_ROLE_NAME = "etl-gateway"           # ... and through the DynamoDB gateway
 REGION = "us-east-1"
 # moto accepts any keys; these are idgate's own (base) credentials in the demo, never a worker's.
 DEMO_KEYS = {"aws_access_key_id": "demo", "aws_secret_access_key": "demo"}
@@ -71,7 +72,8 @@ class LocalAws:
         return boto3.session.Session(**DEMO_KEYS, region_name=REGION).client(service, endpoint_url=self.url)
 
     def _seed(self) -> None:
-        self._client("iam").create_role(RoleName=ROLE_NAME, AssumeRolePolicyDocument=_TRUST)
+        for role in (ROLE_NAME, GATEWAY_ROLE_NAME):
+            self._client("iam").create_role(RoleName=role, AssumeRolePolicyDocument=_TRUST)
         dynamodb = self._client("dynamodb")
         dynamodb.create_table(
             TableName=TABLE, BillingMode="PAY_PER_REQUEST",
@@ -101,25 +103,56 @@ class LocalAws:
                 await process.wait()
 
 
-def config_yaml(aws: LocalAws) -> str:
-    """The idgate.yaml lines that turn the broker on against this local AWS."""
+def config_yaml(aws: LocalAws, key_ring: Path) -> str:
+    """The idgate.yaml lines that turn the broker and the DynamoDB gateway on against this local AWS."""
     return textwrap.dedent(f"""\
         credentials: {{enabled: true, path: /.idgate/credentials}}
-        aws: {{region: {REGION}, sts_endpoint: {aws.url}}}
+        aws:
+          region: {REGION}
+          sts_endpoint: {aws.url}
+          gateway: {{enabled: true, key_file: {key_ring}, endpoint: {aws.url}}}
         """)
+
+
+def write_key_ring(path: Path) -> Path:
+    """A fresh gateway key ring for the demo (owner-only, as in production)."""
+    from proxy.aws.gateway_keys import new_key_ring_text
+
+    path.write_text(new_key_ring_text("demo"))
+    path.chmod(0o600)
+    return path
+
+
+def _boto3_get(idgate_url: str, token_file: Path, role: str, endpoint: str, tenant: str) -> str:
+    """A shell line: a worker with no AWS keys, credentials from idgate, one GetItem of `tenant`'s item."""
+    code = ("import boto3; s = boto3.Session(); print(s.get_credentials().method, s.client('dynamodb').get_item("
+            f"TableName='{TABLE}', Key={{'pk': {{'S': '{tenant}'}}, 'sk': {{'S': 'order-1'}}}}, "
+            "ProjectionExpression='pk,sk,amount').get('Item'))")
+    return "\n".join([
+        '  env -i PATH="$PATH" AWS_CONFIG_FILE=/dev/null AWS_SHARED_CREDENTIALS_FILE=/dev/null \\',
+        f"    AWS_DEFAULT_REGION={REGION} AWS_ENDPOINT_URL_DYNAMODB={endpoint} AWS_MAX_ATTEMPTS=1 \\",
+        f"    'AWS_CONTAINER_CREDENTIALS_FULL_URI={idgate_url}/.idgate/credentials?role={role}' \\",
+        f"    AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE={token_file} \\",
+        f'    {sys.executable} -c "{code}"',
+    ])
 
 
 def instructions(aws: LocalAws, issuer_url: str, idgate_url: str, token_file: Path) -> str:
-    """Ready-to-paste commands: a worker with no AWS keys reads the demo table through idgate."""
-    return textwrap.dedent(f"""\
-        Credential broker: moto plays AWS at {aws.url} (role {ROLE_NAME}, table {TABLE})
-          TOKEN=$(curl -s '{issuer_url}/token?sub=svc-etl-7'); printf %s "$TOKEN" > {token_file}
-          env -i PATH="$PATH" AWS_CONFIG_FILE=/dev/null AWS_SHARED_CREDENTIALS_FILE=/dev/null \\
-            AWS_DEFAULT_REGION={REGION} AWS_ENDPOINT_URL_DYNAMODB={aws.url} \\
-            AWS_CONTAINER_CREDENTIALS_FULL_URI={idgate_url}/.idgate/credentials \\
-            AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE={token_file} \\
-            {sys.executable} -c "import boto3; s = boto3.Session(); print(s.get_credentials().method, s.client('dynamodb').get_item(TableName='{TABLE}', Key={{'pk': {{'S': 'acme'}}, 'sk': {{'S': 'order-1'}}}}, ProjectionExpression='pk,sk,amount')['Item'])"
-
-        Denied (403): svc-web-1 has no AWS rule
-          curl -s -H "Authorization: $(curl -s '{issuer_url}/token?sub=svc-web-1')" {idgate_url}/.idgate/credentials
-        """)
+    """Ready-to-paste commands: a worker with no AWS keys reads the demo table through idgate's broker,
+    then through its DynamoDB gateway (allowed for tenant acme, refused for another tenant)."""
+    gateway = f"{idgate_url}/.idgate/dynamodb"
+    return "\n".join([
+        f"Credential broker: moto plays AWS at {aws.url} (role {ROLE_NAME}, table {TABLE})",
+        f"  TOKEN=$(curl -s '{issuer_url}/token?sub=svc-etl-7'); printf %s \"$TOKEN\" > {token_file}",
+        _boto3_get(idgate_url, token_file, ROLE_NAME, aws.url, "acme"),
+        "",
+        f"DynamoDB gateway: every item decided and audited by idgate (role {GATEWAY_ROLE_NAME}); acme's item",
+        _boto3_get(idgate_url, token_file, GATEWAY_ROLE_NAME, gateway, "acme"),
+        "",
+        "Denied (AccessDeniedException): another tenant's item, through the gateway",
+        _boto3_get(idgate_url, token_file, GATEWAY_ROLE_NAME, gateway, "globex"),
+        "",
+        "Denied (403): svc-web-1 has no AWS rule",
+        f"  curl -s -H \"Authorization: $(curl -s '{issuer_url}/token?sub=svc-web-1')\" {idgate_url}/.idgate/credentials",
+        "",
+    ])

@@ -9,6 +9,7 @@ import asyncio
 import time
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 
 from proxy.aws.dynamodb.calls import PARAMETERS, TARGET_PREFIX
 from proxy.aws.dynamodb.schema import error_type
@@ -16,7 +17,7 @@ from proxy.aws.gateway import Answer, DynamoDbGateway, table_namer
 from proxy.aws.gateway_records import outcome_view
 from proxy.aws.sigv4 import SignedRequest
 from proxy.config import GatewayConfig
-from proxy.core.errors import DependencyError, IdgateError, RequestTimeout, RequestTooLarge
+from proxy.core.errors import BadRequest, DependencyError, IdgateError, RequestTimeout, RequestTooLarge
 from proxy.core.model import AccessRequest, Surface
 from proxy.core.reasons import Reason
 from proxy.edges._admission import Gate, TokenForm, admit
@@ -36,31 +37,38 @@ async def handle(request: web.Request) -> web.Response:
     admitted = await admit(services, GATE, received(request))
     if gateway is None:
         raise DependencyError("the DynamoDB gateway is not running", reason=Reason.BROKER_UNAVAILABLE)
-    await continue_if_expected(request)   # SigV4 covers the body: it is needed before anything is decided
-    body = await _read_body(request, gateway.config)
-    signed = SignedRequest(request.method, admitted.raw_path, admitted.query, list(request.headers.items()), body)
-    operation = _operation_label(signed)
+    if request.headers.get("Content-Encoding", "identity").lower() != "identity":
+        # aiohttp would inflate the body before idgate reads it: the signature, the decision and what is
+        # forwarded must all be about the bytes the client sent.  SDKs do not compress DynamoDB calls.
+        raise BadRequest("compressed DynamoDB calls are not accepted", reason=Reason.INVALID_DYNAMODB_REQUEST)
+    head = SignedRequest(request.method, admitted.raw_path, admitted.query, list(request.headers.items()), b"")
+    operation = _operation_label(head)
     metrics = services.metrics
+
+    async def read_body() -> bytes:
+        # Asked for only once the head authenticated: no 100 Continue, no buffering, for a stranger.
+        await continue_if_expected(request)
+        return await _read_body(request, gateway.config)
+
     try:
-        call = await services.pipeline.authorize_dynamodb(admitted.access, signed, gateway)
+        call = await services.pipeline.authorize_dynamodb(admitted.access, head, read_body, gateway)
     except IdgateError:
         metrics.child(metrics.gateway_calls, operation, "deny").inc()
         raise
     if _attempt(request.headers.get("amz-sdk-request", "")) > 1:
         metrics.child(metrics.dynamodb_retries, operation).inc()
-    answer = await _forward(services, gateway, admitted.access, call, signed)
+    answer = await _forward(services, gateway, admitted.access, call)
     return web.Response(status=answer.status, body=answer.body, headers=answer.headers)
 
 
-async def _forward(services: Services, gateway: DynamoDbGateway, access: AccessRequest, call: GatewayCall,
-                   signed: SignedRequest) -> Answer:
+async def _forward(services: Services, gateway: DynamoDbGateway, access: AccessRequest, call: GatewayCall) -> Answer:
     started = time.perf_counter()
     operation = call.call.operation
     metrics = services.metrics
     try:
-        answer = await gateway.send(operation, signed.body, signed.headers, call.credentials)
+        answer = await gateway.send(operation, call.body, call.client_headers, call.credentials)
     except IdgateError as failure:
-        services.pipeline.record_failure(access, call.decision, failure, bytes_in=len(signed.body),
+        services.pipeline.record_failure(access, call.decision, failure, bytes_in=len(call.body),
                                          duration=time.perf_counter() - started)
         metrics.child(metrics.gateway_calls, operation, "error").inc()
         raise
@@ -75,7 +83,7 @@ async def _forward(services: Services, gateway: DynamoDbGateway, access: AccessR
     request_id = answer.header("x-amzn-requestid")
     if request_id:
         view["aws_request_id"] = request_id[:128]
-    services.pipeline.record_dynamodb_outcome(access, call, view, bytes_in=len(signed.body),
+    services.pipeline.record_dynamodb_outcome(access, call, view, bytes_in=len(call.body),
                                               bytes_out=len(answer.body), duration=time.perf_counter() - started)
     metrics.child(metrics.gateway_calls, operation, "allow" if error is None else "error").inc()
     return answer
@@ -85,7 +93,7 @@ def _attempt(header: str) -> int:
     """Which attempt of the SDK's a call is (`amz-sdk-request: attempt=2; max=3`): a retry is above 1."""
     for part in header.split(";"):
         name, _, value = part.strip().partition("=")
-        if name == "attempt" and value.isdigit():
+        if name == "attempt" and value.isascii() and value.isdigit() and len(value) <= 6:
             return int(value)
     return 1
 
@@ -110,6 +118,8 @@ async def _read_body(request: web.Request, config: GatewayConfig) -> bytes:
                 chunk = await request.content.read(65536)
         except TimeoutError:
             raise RequestTimeout("the request body stopped arriving", reason=Reason.BODY_TIMEOUT) from None
+        except RequestPayloadError as exc:   # a body the parser could not read (a broken chunked framing)
+            raise BadRequest("the request body is malformed", reason=Reason.MALFORMED_BODY) from exc
         if not chunk:
             return b"".join(chunks)
         size += len(chunk)

@@ -33,8 +33,9 @@ def check(config: Path, claims: dict[str, object]) -> dict[str, object]:
 def test_check_shows_the_role_and_the_session_policy_it_would_send(tmp_path: Path) -> None:
     shown = check(config_for(tmp_path, REPO / "policies"),
                   {"iss": ISSUER, "sub": "svc-etl-7", "groups": ["data-eng"], "tenant": "acme"})
-    [role] = shown["aws"]  # type: ignore[misc]
-    assert (role["role"], role["rules"], role["duration"]) == ("etl", ["etl-orders-table"], 3600)
+    role, gateway = shown["aws"]  # type: ignore[misc]
+    assert (role["role"], role["rules"], role["duration"], role["gateway"]) == ("etl", ["etl-orders-table"], 3600, False)
+    assert (gateway["role"], gateway["rules"], gateway["gateway"]) == ("etl-gateway", ["etl-orders-gateway"], True)
     [statement] = role["session_policy"]["Statement"]
     assert statement["Resource"] == ["arn:aws:dynamodb:eu-west-1:123456789012:table/orders"]
     assert statement["Condition"]["ForAllValues:StringEquals"]["dynamodb:LeadingKeys"] == ["acme"]

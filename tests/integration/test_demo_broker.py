@@ -1,5 +1,6 @@
-"""The broker part of `idgate demo`: moto seeded by proxy.dev.local_aws, and the boto3 one-liner the demo
-prints, run verbatim in a shell with no AWS keys anywhere, reads the demo table through idgate."""
+"""The AWS part of `idgate demo`: moto seeded by proxy.dev.local_aws, and the boto3 one-liners the demo
+prints, run verbatim in a shell with no AWS keys anywhere: the demo table read through idgate's broker,
+then through its DynamoDB gateway (acme's item), and another tenant's item refused by the gateway."""
 
 from __future__ import annotations
 
@@ -15,7 +16,18 @@ from tests.harness.servers import local_issuer, running_idgate
 from tests.harness.stack import example_policies
 
 
-async def test_the_printed_one_liner_reads_the_demo_table_through_idgate(tmp_path: Path) -> None:
+async def run(commands: str, cwd: Path) -> tuple[int, str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    shell = await asyncio.create_subprocess_exec(
+        "bash", "-euo", "pipefail", "-c", commands, env=env, cwd=cwd,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    async with asyncio.timeout(60):
+        out, err = await shell.communicate()
+    assert shell.returncode is not None
+    return shell.returncode, out.decode(), err.decode()
+
+
+async def test_the_printed_one_liners_read_the_demo_table_through_idgate(tmp_path: Path) -> None:
     aws = LocalAws(HOST, free_port())
     await aws.start(tmp_path / "moto.log")
     try:
@@ -23,21 +35,28 @@ async def test_the_printed_one_liner_reads_the_demo_table_through_idgate(tmp_pat
             url = issuer.issuer.issuer_url
             (tmp_path / "examples").mkdir()
             policies = example_policies(tmp_path / "examples", url)
+            ring = local_aws.write_key_ring(tmp_path / "gateway-keys.json")
             config = write_broker_config(tmp_path, issuers=[{"issuer": url, "audiences": ["idgate-demo"]}],
-                                         policy=(policies / "orders.yaml").read_text(), aws={"sts_endpoint": aws.url})
+                                         policy=(policies / "orders.yaml").read_text(), aws={
+                                             "sts_endpoint": aws.url,
+                                             "gateway": {"enabled": True, "key_file": str(ring), "endpoint": aws.url}})
             async with running_idgate(config, sts_client=aws.sts_client_factory()) as idgate:
-                text = local_aws.instructions(aws, url, idgate.url, tmp_path / "token")
-                commands = text.split("\n\n")[0].split("\n", 1)[1]   # the two command lines of the first block
-                env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-                shell = await asyncio.create_subprocess_exec(
-                    "bash", "-euo", "pipefail", "-c", commands, env=env, cwd=tmp_path,
-                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-                async with asyncio.timeout(60):
-                    out, err = await shell.communicate()
-                assert shell.returncode == 0, err.decode()[-2000:]
-                assert out.decode().startswith("container-role ")
-                assert "'amount': {'N': '42'}" in out.decode() and "'pk': {'S': 'acme'}" in out.decode()
+                blocks = [b.split("\n", 1)[1] for b in local_aws.instructions(aws, url, idgate.url, tmp_path / "token")
+                          .split("\n\n")]      # each block's commands, without its title line
+                status, out, err = await run(blocks[0], tmp_path)                 # the broker
+                assert status == 0, err[-2000:]
+                assert out.startswith("container-role ")
+                assert "'amount': {'N': '42'}" in out and "'pk': {'S': 'acme'}" in out
                 [record] = [r for r in await idgate.audit_records() if r["surface"] == "credentials"]
                 assert record["decision"] == "allow" and record["rule"] == "etl-orders-table"
+
+                status, out, err = await run(blocks[1], tmp_path)                 # the gateway, acme's item
+                assert status == 0, err[-2000:]
+                assert "'amount': {'N': '42'}" in out
+                status, out, err = await run(blocks[2], tmp_path)                 # another tenant's item
+                assert status != 0 and "AccessDeniedException" in err
+                gateway = [r for r in await idgate.audit_records() if r["surface"] == "dynamodb"]
+                assert [(r["event"], r.get("decision")) for r in gateway] == [
+                    ("decision", "allow"), ("outcome", None), ("decision", "deny")]
     finally:
         await aws.stop()

@@ -88,6 +88,9 @@ async def test_tenant_works_on_its_own_items_with_boto3(gateway_stack: GatewaySt
     # Writes name what they wrote; reads what came back.
     batch = next(e for e in calls.values() if e["decision"]["dynamodb"]["operation"] == "BatchWriteItem")
     assert batch["outcome"]["dynamodb"]["written"]["count"] == 25
+    statements = [e for e in calls.values() if e["decision"]["dynamodb"]["operation"] == "ExecuteStatement"]
+    insert = statements[0]["outcome"]["dynamodb"]        # the INSERT: what it wrote, by key
+    assert (insert["written"]["count"], insert["written"]["keys"]) == (1, [["orders", "acme", "p1"]])
     get = next(e for e in calls.values() if e["decision"]["dynamodb"]["operation"] == "GetItem")
     assert get["outcome"]["dynamodb"]["returned"]["keys"][0][:2] == ["orders", "acme"]
     assert verify_files([gateway_stack.idgate.services.config.audit.path]).ok

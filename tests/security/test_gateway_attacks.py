@@ -21,15 +21,6 @@ from tests.harness.gateway import GatewayFactory, GatewayStack, create_tables
 OWN_KEY = json.dumps({"TableName": "orders", "Key": {"pk": {"S": "acme"}, "sk": {"S": "1"}}}).encode()
 
 
-@pytest.fixture
-async def gateway(make_gateway_stack: GatewayFactory) -> GatewayStack:
-    stack = await make_gateway_stack(gateway={"hosts": []})
-    stack.moto.create_role("tenant")
-    create_tables(stack.moto)
-    stack.moto.clear_recording()
-    return stack
-
-
 async def vend(stack: GatewayStack) -> AwsCredentials:
     return await stack.vend("svc-etl-acme", tenant="acme")
 

@@ -67,6 +67,10 @@ ELEMENT_PARAMETERS: Mapping[str, frozenset[str]] = {shape: frozenset(names.split
     "Statement": "Statement Parameters ConsistentRead ReturnValuesOnConditionCheckFailure",
 }.items()}
 
+# DynamoDB's limits on the elements of one call (items for batches, actions for transactions).
+MAX_ELEMENTS: Mapping[str, int] = {"BatchGetItem": 100, "BatchWriteItem": 25, "TransactGetItems": 100,
+                                   "TransactWriteItems": 100, "BatchExecuteStatement": 25, "ExecuteTransaction": 100}
+
 _TABLE = re.compile(r"[A-Za-z0-9_.-]{3,255}")
 _TABLE_ARN = re.compile(r"arn:(?P<partition>aws[a-z-]*):dynamodb:(?P<region>[a-z0-9-]+):(?P<account>\d{12}):"
                         r"table/(?P<table>[A-Za-z0-9_.-]{3,255})")
@@ -138,25 +142,32 @@ def decode(op: str, body: bytes, namer: TableNamer) -> Call:
         items = _mapping(payload.get("RequestItems"), "RequestItems")
         if not items:
             raise invalid("RequestItems is empty")
+        _at_most(len(items), op)       # each table holds at least one element
+        elements = 0
         for given, entry in items.items():
             tables.append(namer.name(given))
             if op == "BatchGetItem":
                 _only(_mapping(entry, "a table's KeysAndAttributes"), ELEMENT_PARAMETERS["KeysAndAttributes"],
                       "KeysAndAttributes")
+                keys = entry.get("Keys")
+                elements += len(keys) if isinstance(keys, list) else 0
             elif not isinstance(entry, list) or not entry:
                 raise invalid("each table's write requests must be a non-empty list")
             else:
+                elements += len(entry)
+                _at_most(elements, op)
                 for request in entry:
                     _one_of(_mapping(request, "a write request"), ("PutRequest", "DeleteRequest"))
+        _at_most(elements, op)
     elif op in ("TransactGetItems", "TransactWriteItems"):
-        for element in _elements(payload, "TransactItems"):
+        for element in _elements(payload, "TransactItems", op):
             _, body_of = _one_of(element, ("Get",) if op == "TransactGetItems" else
                                  ("ConditionCheck", "Put", "Delete", "Update"))
             tables.append(namer.name(body_of.get("TableName")))
     elif op in ("ExecuteStatement", "BatchExecuteStatement", "ExecuteTransaction"):
-        elements = [payload] if op == "ExecuteStatement" else _elements(
-            payload, "Statements" if op == "BatchExecuteStatement" else "TransactStatements")
-        for element in elements:
+        statement_elements = [payload] if op == "ExecuteStatement" else _elements(
+            payload, "Statements" if op == "BatchExecuteStatement" else "TransactStatements", op)
+        for element in statement_elements:
             if element is not payload:
                 _only(element, ELEMENT_PARAMETERS["Statement"], "a statement")
             text = element.get("Statement")
@@ -195,11 +206,21 @@ def _mapping(value: object, what: str) -> Mapping[str, Any]:
     return value
 
 
-def _elements(payload: Mapping[str, Any], key: str) -> list[dict[str, Any]]:
+def _elements(payload: Mapping[str, Any], key: str, op: str) -> list[dict[str, Any]]:
     value = payload.get(key)
-    if not isinstance(value, list) or not value or not all(isinstance(e, dict) for e in value):
+    if not isinstance(value, list) or not value:
+        raise invalid(f"{key} must be a non-empty list of objects")
+    _at_most(len(value), op)
+    if not all(isinstance(e, dict) for e in value):
         raise invalid(f"{key} must be a non-empty list of objects")
     return value
+
+
+def _at_most(count: int, op: str) -> None:
+    """DynamoDB's own element limits, checked before any element is read: beyond them DynamoDB refuses the
+    call anyway, and reading thousands of elements would only cost idgate's CPU."""
+    if count > MAX_ELEMENTS[op]:
+        raise invalid(f"{op} takes at most {MAX_ELEMENTS[op]} elements")
 
 
 def _one_of(element: Mapping[str, Any], shapes: tuple[str, ...]) -> tuple[str, dict[str, Any]]:

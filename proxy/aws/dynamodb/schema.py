@@ -20,6 +20,7 @@ from proxy.core.reasons import Reason
 # (table) → (HTTP status, the DescribeTable answer's body)
 Describe = Callable[[str], Awaitable[tuple[int, bytes]]]
 SchemaKey = tuple[str, str]          # (account, table)
+MIN_REFRESH = 10.0                   # seconds a fetched schema is kept at least, whatever a caller provokes
 
 
 def parse_description(body: bytes) -> KeySchema:
@@ -44,7 +45,8 @@ def _keys(schema: Any) -> tuple[str, str | None]:
 
 class KeySchemas:
     def __init__(self, *, ttl: float, maxsize: int = 4096, clock: Callable[[], float] = time.monotonic) -> None:
-        self._cache: TTLCache[SchemaKey, KeySchema] = TTLCache(maxsize=maxsize, ttl=ttl, timer=clock)
+        self._cache: TTLCache[SchemaKey, tuple[KeySchema, float]] = TTLCache(maxsize=maxsize, ttl=ttl, timer=clock)
+        self._clock = clock
         self._flights: Flights[SchemaKey, KeySchema] = Flights("dynamodb-describe-table")
         self.describes = 0                # DescribeTable calls made, for tests and metrics
 
@@ -53,19 +55,24 @@ class KeySchemas:
         found: dict[str, KeySchema] = {}
         pending: dict[str, asyncio.Task[KeySchema]] = {}
         for table in tables:
-            schema = self._cache.get((account, table))
-            if schema is None:
+            cached = self._cache.get((account, table))
+            if cached is None:
                 pending[table] = self._flight((account, table), describe)
             else:
-                found[table] = schema
+                found[table] = cached[0]
         if pending:
             # Shielded: a caller that goes away does not cancel the fetch others wait for.
             found.update(zip(pending, await asyncio.gather(*(asyncio.shield(t) for t in pending.values()))))
         return found
 
     def drop(self, account: str, tables: tuple[str, ...]) -> None:
+        """Forget these tables' schemas (DynamoDB said a key does not match), each at most once per
+        MIN_REFRESH: any caller can provoke that answer, and must not make idgate describe tables at will."""
+        now = self._clock()
         for table in tables:
-            self._cache.pop((account, table), None)
+            cached = self._cache.get((account, table))
+            if cached is not None and now - cached[1] >= MIN_REFRESH:
+                del self._cache[(account, table)]
 
     def _flight(self, key: SchemaKey, describe: Describe) -> asyncio.Task[KeySchema]:
         return self._flights.start(key, lambda: self._fetch(key, describe))
@@ -74,7 +81,8 @@ class KeySchemas:
         self.describes += 1
         status, body = await describe(key[1])
         if status == 200:
-            schema = self._cache[key] = parse_description(body)
+            schema = parse_description(body)
+            self._cache[key] = (schema, self._clock())
             return schema
         error = error_type(body)
         if status == 400 and error == "ResourceNotFoundException":

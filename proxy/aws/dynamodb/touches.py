@@ -22,6 +22,9 @@ _PARTIQL_ACTIONS = {"select": "PartiQLSelect", "exists": "PartiQLSelect", "inser
                     "update": "PartiQLUpdate", "delete": "PartiQLDelete"}
 # ReturnValues that hand back the whole item: all attributes, as far as an attribute list is concerned.
 _ALL_RETURNED = frozenset({"ALL_OLD", "ALL_NEW"})
+_RETURN_VALUES = frozenset({"NONE", "ALL_OLD", "UPDATED_OLD", "ALL_NEW", "UPDATED_NEW"})
+_ON_CONDITION_FAILURE = frozenset({"NONE", "ALL_OLD"})
+_SELECT = frozenset({"ALL_ATTRIBUTES", "ALL_PROJECTED_ATTRIBUTES", "SPECIFIC_ATTRIBUTES", "COUNT"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,8 +121,16 @@ def _used(body: Mapping[str, Any], names: Mapping[str, str], *parts: tuple[str, 
     return attributes
 
 
+def _choice(body: Mapping[str, Any], key: str, allowed: frozenset[str]) -> str | None:
+    value = body.get(key)
+    if value is not None and (not isinstance(value, str) or value not in allowed):
+        raise invalid(f"{key} must be one of {', '.join(sorted(allowed))}")
+    return value
+
+
 def _returns_all(body: Mapping[str, Any]) -> bool:
-    return body.get("ReturnValues") in _ALL_RETURNED or body.get("ReturnValuesOnConditionCheckFailure") == "ALL_OLD"
+    return (_choice(body, "ReturnValues", _RETURN_VALUES) in _ALL_RETURNED
+            or _choice(body, "ReturnValuesOnConditionCheckFailure", _ON_CONDITION_FAILURE) == "ALL_OLD")
 
 
 def _item_touch(action: str, table: str, body: Mapping[str, Any], schema: KeySchema) -> Touch:
@@ -154,10 +165,8 @@ def _read_touch(op: str, table: str, body: Mapping[str, Any], schema: KeySchema)
         if value is None:
             raise invalid("the key condition's value is not in ExpressionAttributeValues")
         keys = (key_string(value),)
-    select = body.get("Select")
+    select = _choice(body, "Select", _SELECT)
     projected = body.get("ProjectionExpression") is not None
-    if select not in (None, "ALL_ATTRIBUTES", "ALL_PROJECTED_ATTRIBUTES", "SPECIFIC_ATTRIBUTES", "COUNT"):
-        raise invalid("Select must be ALL_ATTRIBUTES, ALL_PROJECTED_ATTRIBUTES, SPECIFIC_ATTRIBUTES or COUNT")
     everything = select in ("ALL_ATTRIBUTES", "ALL_PROJECTED_ATTRIBUTES") or (select is None and not projected)
     return Touch(table, index, op, keys, None if everything else frozenset(attributes),
                  mapped=index is None or partition_key == schema.partition_key)
@@ -209,7 +218,7 @@ def _statement_touch(statement: partiql.Statement, element: Mapping[str, Any], s
         pinned = statement.key_values.get(partition_key, ())
     keys = tuple(dict.fromkeys(_value_string(v, parameters) for v in pinned))
     attributes = statement.attributes
-    if attributes is not None and element.get("ReturnValuesOnConditionCheckFailure") == "ALL_OLD":
+    if attributes is not None and _choice(element, "ReturnValuesOnConditionCheckFailure", _ON_CONDITION_FAILURE) == "ALL_OLD":
         attributes = None
     return Touch(table, index, _PARTIQL_ACTIONS[statement.kind], keys, attributes,
                  whole_item=statement.kind in ("insert", "delete"),

@@ -23,7 +23,8 @@ from proxy.aws.credentials import AwsCredentials
 from proxy.aws.gateway_keys import KeyRing
 from proxy.aws.gateway_tokens import GatewaySession, issue, open_session
 from proxy.aws.sigv4 import (
-    MAX_CLOCK_SKEW, REQUIRED_SIGNED_HEADERS, Credential, SignedRequest, check_signature, parse_signed, resign,
+    MAX_CLOCK_SKEW, REQUIRED_SIGNED_HEADERS, Credential, SignedRequest, check_payload_hash, check_signature,
+    parse_signed, resign,
 )
 from proxy.core.errors import AuthenticationError
 from tests.factories import make_gateway_session, make_key_ring
@@ -120,6 +121,7 @@ def verify(request: SignedRequest, ring: KeyRing, now: float | None = None) -> G
     now = signed_at(request) if now is None else now
     credential = parse_signed(request, region=REGION, service=SERVICE, now=now)
     session, secret = open_session(ring, credential.access_key_id, credential.security_token, now)
+    check_payload_hash(request)
     check_signature(request, credential, secret)
     return session
 

@@ -66,7 +66,10 @@ def write(directory: Path, name: str, text: str) -> Path:
 
 def test_shipped_policies_load() -> None:
     rules = {rule.id: rule for rule in load_policies(SHIPPED)}
-    assert set(rules) == {"nobody-touches-admin", "etl-read-orders", "etl-orders-table", "data-eng-read-reports"}
+    assert set(rules) == {"nobody-touches-admin", "etl-read-orders", "etl-orders-table", "etl-orders-gateway",
+                          "data-eng-read-reports"}
+    gateway = rules["etl-orders-gateway"].aws
+    assert gateway is not None and gateway.gateway and not gateway.web_identity
     assert rules["etl-read-orders"] == Rule(
         id="etl-read-orders",
         who=Who(issuers=(DEMO_ISSUER,), subjects=("svc-etl-*",), groups=("data-eng",),
@@ -98,7 +101,8 @@ def test_shipped_policies_fit_the_demo_identities() -> None:
     rules = load_policies(SHIPPED)
     etl = {r.id for r in rules if _who_matches(r.who, "svc-etl-7", ("data-eng",), {"tenant": "acme"})}
     web = {r.id for r in rules if _who_matches(r.who, "svc-web-1", ("web",), {})}
-    assert etl == {"etl-read-orders", "etl-orders-table", "data-eng-read-reports", "nobody-touches-admin"}
+    assert etl == {"etl-read-orders", "etl-orders-table", "etl-orders-gateway", "data-eng-read-reports",
+                   "nobody-touches-admin"}
     assert web == {"nobody-touches-admin"}   # svc-web-1 may not read orders (or anything else)
 
 

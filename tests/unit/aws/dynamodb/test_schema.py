@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from proxy.aws.dynamodb.schema import KeySchemas, parse_description
+from proxy.aws.dynamodb.schema import MIN_REFRESH, KeySchemas, parse_description
 from proxy.aws.dynamodb.touches import KeySchema
 from proxy.core.errors import AccessDenied, DependencyError
 from proxy.core.reasons import Reason
@@ -55,6 +55,10 @@ async def test_concurrent_callers_share_one_describe_and_the_answer_is_kept() ->
     now[0] = 61.0
     await schemas.get("1", ("orders",), describe)
     assert describe.calls == 2                       # past the TTL
+    schemas.drop("1", ("orders",))
+    await schemas.get("1", ("orders",), describe)
+    assert describe.calls == 2                       # a drop within MIN_REFRESH of the fetch is ignored
+    now[0] = 61.0 + MIN_REFRESH
     schemas.drop("1", ("orders",))
     await schemas.get("1", ("orders",), describe)
     assert describe.calls == 3                       # dropped (a key-schema mismatch)
