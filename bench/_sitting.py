@@ -1,7 +1,8 @@
 """The discipline of one load-benchmark sitting: the server under test alone on one core and everything
 else on the other, the machine and its load average, targets measured in interleaved rounds (wrk's
-figures plus each server's CPU per request), medians and same-round ratios, a short profile per surface
-apart from the measured runs, and each target's verdict in the one shape bench/run.py prints."""
+figures, or another load generator's, plus each server's CPU per request), medians and same-round
+ratios, a short profile per surface apart from the measured runs, and each target's verdict in the one
+shape bench/run.py prints."""
 
 from __future__ import annotations
 
@@ -12,12 +13,12 @@ import platform
 import statistics
 import subprocess
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from bench import _profile
 from bench._stack import RESULTS, WrkSettings, cpu_seconds, http_get, process_tree, run_wrk, warm_up, wrk_path
@@ -164,22 +165,10 @@ class LoadTarget:
                                f"got HTTP {status}: {got[:200]!r}")
 
     def measure(self, round_no: int) -> dict[str, Any]:
-        """One wrk run after a discarded warm-up: wrk's figures, and each watched server's CPU during it
-        (with its worker processes) as cores in use (~1.0: the bottleneck) and µs per request."""
+        """One wrk run after a discarded warm-up: wrk's figures and the watched servers' CPU (watched_run)."""
         warm_up(self.url, self.headers, self.settings)
-        before = {key: cpu_seconds(proc.pid) for key, proc in self.watched.items()}
-        started = time.monotonic()
-        result = run_wrk(self.url, self.headers, self.settings).as_dict()
-        wall = time.monotonic() - started
-        used = {key: cpu_seconds(proc.pid) - before[key] for key, proc in self.watched.items()}
-        requests = result["requests"]
-        result["cpu_share"] = {key: round(cpu / wall, 2) for key, cpu in used.items()}
-        result["cpu_us_per_request"] = {key: round(cpu / requests * 1e6, 1) if requests else None
-                                        for key, cpu in used.items()}
-        print(f"  {round_no}  {self.name:<38} {result['requests_per_s']:>9.0f} req/s  p50 {result['p50_ms']:.3f} ms  "
-              f"p99 {result['p99_ms']:.2f} ms  CPU µs/req {result['cpu_us_per_request']}"
-              + (f"  NON-2XX {result['non_2xx']}" if result["non_2xx"] else "")
-              + (f"  SOCKET ERRORS {result['socket_errors']}" if result["socket_errors"] else ""), flush=True)
+        result = watched_run(self.watched, lambda: run_wrk(self.url, self.headers, self.settings).as_dict())
+        print_run(round_no, self.name, result)
         return result
 
     def profile(self, pid: int, seconds: int) -> dict[str, Any]:
@@ -187,6 +176,50 @@ class LoadTarget:
         def load(duration: int) -> None:
             run_wrk(self.url, self.headers, dataclasses.replace(self.settings, duration=duration, warmup=0))
         return _profile.profiled(pid, self.name, seconds, load, RESULTS / "profiles")
+
+
+class Target(Protocol):
+    """What a sitting measures in turn: a LoadTarget (wrk), or another load generator's target with the
+    same figures (requests_per_s, p50_ms, p99_ms, requests, non_2xx, socket_errors, and watched_run's)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def server_under_test(self) -> str: ...
+    def check(self) -> None: ...
+    def measure(self, round_no: int) -> dict[str, Any]: ...
+    def profile(self, pid: int, seconds: int) -> dict[str, Any]: ...
+
+
+class RoundOptions(Protocol):
+    """What a sitting needs of a benchmark's options (LoadOptions has it)."""
+
+    @property
+    def rounds(self) -> int: ...
+    @property
+    def profile_seconds(self) -> int: ...
+
+
+def watched_run(watched: Mapping[str, ServerProcess], run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """`run()`'s figures, with each watched server's CPU during it (with its worker processes) as cores in
+    use (~1.0: the bottleneck) and µs per request."""
+    before = {key: cpu_seconds(proc.pid) for key, proc in watched.items()}
+    started = time.monotonic()
+    result = run()
+    wall = time.monotonic() - started
+    used = {key: cpu_seconds(proc.pid) - before[key] for key, proc in watched.items()}
+    requests = result["requests"]
+    result["cpu_share"] = {key: round(cpu / wall, 2) for key, cpu in used.items()}
+    result["cpu_us_per_request"] = {key: round(cpu / requests * 1e6, 1) if requests else None
+                                    for key, cpu in used.items()}
+    return result
+
+
+def print_run(round_no: int, name: str, result: dict[str, Any]) -> None:
+    print(f"  {round_no}  {name:<38} {result['requests_per_s']:>9.0f} req/s  p50 {result['p50_ms']:.3f} ms  "
+          f"p99 {result['p99_ms']:.2f} ms  CPU µs/req {result['cpu_us_per_request']}"
+          + (f"  NON-2XX {result['non_2xx']}" if result["non_2xx"] else "")
+          + (f"  SOCKET ERRORS {result['socket_errors']}" if result["socket_errors"] else ""), flush=True)
 
 
 def median_row(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -232,7 +265,7 @@ class Sitting:
         }
 
 
-def sitting(targets: list[LoadTarget], options: LoadOptions, profiled: Mapping[str, int]) -> Sitting:
+def sitting(targets: Sequence[Target], options: RoundOptions, profiled: Mapping[str, int]) -> Sitting:
     """Check every target answers right, then measure each once per round, in turn (a burst of outside
     load lands on one round of every target, not on all the runs of one), then profile the targets named
     in `profiled` (target name → pid to sample)."""
@@ -260,7 +293,13 @@ def same_round_ratio(runs: list[dict[str, Any]], baseline: list[dict[str, Any]])
 
 def same_round_p50_difference_us(runs: list[dict[str, Any]], baseline: list[dict[str, Any]],
                                  ) -> tuple[float, list[float]]:
-    differences = [round((run["p50_ms"] - base["p50_ms"]) * 1000, 1) for run, base in zip(runs, baseline)]
+    return same_round_difference_us(runs, baseline, "p50_ms")
+
+
+def same_round_difference_us(runs: list[dict[str, Any]], baseline: list[dict[str, Any]], field: str,
+                             ) -> tuple[float, list[float]]:
+    """`field` (a latency in ms) minus the baseline's of the same round, in µs: median and each round's."""
+    differences = [round((run[field] - base[field]) * 1000, 1) for run, base in zip(runs, baseline)]
     return round(statistics.median(differences), 1), differences
 
 

@@ -70,7 +70,7 @@ def start_broker_idgate(procs: ProcessGroup, home: Path, moto_url: str, issuer: 
     write_policies(policies, ISSUER, 100)
     (policies / "broker.yaml").write_text(yaml.safe_dump({"rules": [BROKER_RULE]}, sort_keys=False))
     jwks = home / "jwks.json"
-    jwks.write_text(json.dumps({"keys": [{**issuer._jwk, "kid": issuer.kid, "use": "sig", "alg": "ES256"}]}))
+    jwks.write_text(json.dumps(issuer.jwks()))
     port, admin_port = free_port(), free_port()
     audit_path = home / "audit" / "audit.jsonl"
     config = {

@@ -37,6 +37,7 @@ BENCHES = (
     Bench("proxy", "bench_proxy", ("--quick",), needs_wrk=True),
     Bench("envoy", "bench_envoy", ("--quick",), needs_wrk=True),
     Bench("broker", "bench_broker", ("--quick",), needs_wrk=True),
+    Bench("gateway", "bench_gateway", ("--quick",)),
     Bench("stream_memory", "bench_stream_memory", ("--quick",)),
     Bench("head_flood", "bench_head_flood", ("--quick",)),
     Bench("jwt", "bench_jwt", ("--quick",)),
@@ -56,6 +57,7 @@ TARGETS = {
     "warm token check": "p99 < 20 µs",
     "policy decision (10,000 rules)": "p99 < 50 µs",
     "streaming memory": "peak RSS flat with body size",
+    "DynamoDB gateway's own cost per call": "p50 < 300 µs on one core (in-process, no upstream)",   # issue 10
 }
 ISSUE_9 = tuple(TARGETS)[:5]
 
@@ -161,13 +163,14 @@ def _load_rows(result: dict[str, Any]) -> dict[str, dict[str, Any]] | None:
 
 
 def _print_load(name: str, result: dict[str, Any], rows: dict[str, dict[str, Any]]) -> None:
-    """A load benchmark's wrk rows: medians over its rounds, with the CPU µs per request of each row's
-    server under test and the cores each watched process used."""
-    wrk = result.get("wrk", {})
+    """A load benchmark's rows (wrk's or another load generator's): medians over its rounds, with the CPU
+    µs per request of each row's server under test and the cores each watched process used."""
+    wrk = result.get("wrk")
     pinning = result.get("pinning", {})
-    print(f"\n{name}: wrk -t{wrk.get('threads')} -c{wrk.get('connections')} -d{wrk.get('duration_s')}s, "
-          f"medians of {wrk.get('rounds', 1)} interleaved round(s); server under test on core(s) "
-          f"{pinning.get('server_under_test', '?')}, the rest on {pinning.get('load_generator_upstream_issuer', '?')}")
+    load = (f"wrk -t{wrk.get('threads')} -c{wrk.get('connections')} -d{wrk.get('duration_s')}s, medians of "
+            f"{wrk.get('rounds', 1)} interleaved round(s)" if wrk else result.get("load_generator", "?"))
+    print(f"\n{name}: {load}; server under test on core(s) {pinning.get('server_under_test', '?')}, the rest on "
+          f"{pinning.get('load_generator_upstream_issuer', '?')}")
     print(f"{'':<40}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'CPU µs/req':>12}   cores used")
     for row_name, row in rows.items():
         server = row.get("server_under_test")
@@ -234,6 +237,14 @@ def print_report(info: dict[str, Any], results: dict[str, dict[str, Any]], statu
         row = policy["decide_http"]
         print(f"  policy decision, {policy.get('rules')} rules  p50 {row.get('p50_us', 0):>8.2f} µs  "
               f"p99 {row.get('p99_us', 0):>8.2f} µs")
+    gateway = results.get("gateway")
+    for key, audit in (("cost", "fsync on"), ("cost_fsync_off", "fsync off")):
+        cost = gateway.get(key) if gateway else None
+        if cost:
+            whole = cost["whole"]
+            print(f"  gateway call, in-process, audit {audit:<9}  p50 {whole['process_cpu_p50_us']:>8.1f} µs CPU, "
+                  f"{whole['wall_p50_us']:.1f} µs wall; steps (CPU p50 µs): "
+                  + ", ".join(f"{step} {figures['cpu_p50_us']:.0f}" for step, figures in cost["steps"].items()))
     stream = results.get("stream_memory")
     if stream:
         for row in stream["transfers"]:

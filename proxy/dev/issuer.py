@@ -58,13 +58,17 @@ class DevIssuer:
         }
         return jwt.encode(claims, self._key, algorithm="ES256", headers={"kid": self.kid, "typ": "at+jwt"})
 
+    def jwks(self) -> dict[str, Any]:
+        """The issuer's public key as a JWKS document (served at /jwks, or written to a `jwks_file`)."""
+        return {"keys": [{**self._jwk, "kid": self.kid, "use": "sig", "alg": "ES256"}]}
+
     def app(self) -> web.Application:
         async def discovery(request: web.Request) -> web.Response:
             return web.json_response({"issuer": self.issuer_url, "jwks_uri": f"{self.issuer_url}/jwks",
                                       "token_endpoint": f"{self.issuer_url}/token"})
 
         async def jwks(request: web.Request) -> web.Response:
-            return web.json_response({"keys": [{**self._jwk, "kid": self.kid, "use": "sig", "alg": "ES256"}]})
+            return web.json_response(self.jwks())
 
         async def token(request: web.Request) -> web.Response:
             subject = request.query.get("sub", "")

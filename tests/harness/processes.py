@@ -157,6 +157,11 @@ class ManagedServer:
 
     _server: ServerProcess
 
+    @property
+    def process(self) -> ServerProcess:
+        """The server's process (for the benchmarks: its pid to pin, its CPU to read)."""
+        return self._server
+
     def start(self) -> None:
         raise NotImplementedError
 
