@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -26,6 +27,7 @@ import statistics
 import sys
 import time
 import timeit
+from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple
 
 from bench._dynamodb_client import get_item_body, signed_headers
@@ -40,7 +42,7 @@ from proxy.aws.dynamodb.touches import touches as call_touches
 from proxy.aws.gateway import DynamoDbGateway, table_namer
 from proxy.aws.gateway_records import outcome_view
 from proxy.aws.gateway_tokens import SessionOpener
-from proxy.aws.sigv4 import SignedRequest, check_signature, parse_signed
+from proxy.aws.sigv4 import SignedRequest, check_payload_hash, check_signature, parse_signed
 from proxy.aws.sts import AssumeRequest
 from proxy.config import load_config
 from proxy.core.model import AccessRequest, Surface
@@ -197,8 +199,8 @@ class Call:
         pipeline = Pipeline(services.verifier, services.policy, recording, services.metrics)
         received, body = self.sign(0, 1)[0]
         self.access = (await admit(services, GATE, received)).access
-        signed = SignedRequest("POST", GATEWAY_PATH, "", received.headers, body)
-        self.gateway_call = await pipeline.authorize_dynamodb(self.access, signed, gateway)
+        head = SignedRequest("POST", GATEWAY_PATH, "", received.headers, b"")
+        self.gateway_call = await pipeline.authorize_dynamodb(self.access, head, _body_of(body), gateway)
         self.decision_record = recording.records[-1]
         self.namer = table_namer(self.gateway_call.caller.session.role_arn, gateway.region)
 
@@ -207,9 +209,9 @@ class Call:
         services, gateway = self.services, self.gateway
         received, body = request
         admitted = await admit(services, GATE, received)
-        signed = SignedRequest(admitted.access.method, admitted.raw_path, admitted.query, received.headers, body)
-        call = await services.pipeline.authorize_dynamodb(admitted.access, signed, gateway)
-        await _forward(services, gateway, admitted.access, call, signed)
+        head = SignedRequest(admitted.access.method, admitted.raw_path, admitted.query, received.headers, b"")
+        call = await services.pipeline.authorize_dynamodb(admitted.access, head, _body_of(body), gateway)
+        await _forward(services, gateway, admitted.access, call)
 
     async def stepwise(self, request: Request, tick: Ticks) -> None:
         """The whole call's steps, in its order, each ticked (the decision record is not rebuilt)."""
@@ -220,11 +222,12 @@ class Call:
         admitted = await admit(services, GATE, received)
         signed = SignedRequest(admitted.access.method, admitted.raw_path, admitted.query, received.headers, body)
         tick("admission")
-        credential = parse_signed(signed, region=region, service="dynamodb", now=time.time(),
-                                  max_skew=config.max_clock_skew)
+        credential = parse_signed(dataclasses.replace(signed, body=b""), region=region, service="dynamodb",
+                                  now=time.time(), max_skew=config.max_clock_skew)
         tick("verify: parse_signed")
         session, secret = self.opener.open(credential.access_key_id, credential.security_token, time.time())
         tick("verify: open session (cached)")
+        check_payload_hash(signed)
         check_signature(signed, credential, secret)
         tick("verify: check_signature")
         identity = reference.caller.identity
@@ -250,6 +253,13 @@ class Call:
         services.pipeline.record_dynamodb_outcome(self.access, reference, view, bytes_in=len(body),
                                                   bytes_out=len(answer.body), duration=answer.seconds)
         tick("audit: outcome record")
+
+
+def _body_of(body: bytes) -> Callable[[], Awaitable[bytes]]:
+    """The edge's body reader, for a body already here."""
+    async def read() -> bytes:
+        return body
+    return read
 
 
 def _cut(values: list[int], q: int) -> float:
