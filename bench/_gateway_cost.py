@@ -50,8 +50,7 @@ from proxy.dev.issuer import DevIssuer
 from proxy.edges._admission import Received, admit
 from proxy.edges.dynamodb import GATE, _forward     # the edge's own forwarding step, not a copy of it
 from proxy.pipeline import GatewayCall, Pipeline
-from proxy.policy.dynamodb import authorize as authorize_touches, table_grants
-from proxy.policy.session_policy import choose_role, render_session_policy
+from proxy.policy.dynamodb import authorize as authorize_touches
 from proxy.services import Services, running_services
 from proxy.transport import http1
 from tests.harness.processes import HOST
@@ -230,14 +229,11 @@ class Call:
         check_payload_hash(signed)
         check_signature(signed, credential, secret)
         tick("verify: check_signature")
-        identity = reference.caller.identity
-        choice = choose_role(services.policy.current.rules_for_identity(identity), session.role_arn)
-        policy = render_session_policy(choice, identity.claims, region)
+        choice, policy, grants, _ = services.pipeline._gateway_plan(reference.caller, region)   # noqa: SLF001
         tick("policy (role, session policy)")
         call = calls.decode(calls.operation(TARGET), body, namer)
         touches = call_touches(call, reference.schemas, namer)
         tick("decode (call, touches)")
-        grants = table_grants(choice, identity.claims)
         assert all(any(g.table == table for g in grants) for table in call.tables)
         assert authorize_touches(touches, grants).allowed
         tick("authorize (grants, touches)")

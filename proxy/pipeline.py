@@ -21,6 +21,7 @@ from proxy.aws import gateway_records
 from proxy.aws.credentials import AwsCredentials, Vended
 from proxy.aws.dynamodb import calls
 from proxy.aws.dynamodb.touches import KeySchema
+from proxy.aws.dynamodb.calls import TableNamer
 from proxy.aws.gateway import Caller, DynamoDbGateway, table_namer
 from proxy.aws.sigv4 import SignedRequest
 from proxy.core import caps
@@ -28,7 +29,7 @@ from proxy.core.errors import AccessDenied, AuthenticationError, DependencyError
 from proxy.core.reasons import Reason
 from proxy.metrics import Metrics
 from proxy.core.model import AccessRequest, Decision, Identity, Surface, Touch
-from proxy.policy.dynamodb import TouchVerdict, authorize as authorize_touches, table_grants
+from proxy.policy.dynamodb import TableGrant, TouchVerdict, authorize as authorize_touches, table_grants
 from proxy.policy.engine import CompiledPolicy
 from proxy.policy.session_policy import RoleChoice, SessionPolicy, choose_role, render_session_policy
 
@@ -80,6 +81,10 @@ class Pipeline:
         # under the same compiled policy a hit skips rule matching and rendering (the credential hot path).
         self._aws_plans: TLRUCache[tuple[str, str | None], _AwsPlan] = TLRUCache(
             maxsize=_AWS_PLAN_CACHE_SIZE, ttu=lambda _key, plan, _now: plan.until, timer=time.time)
+        # Gateway access key id → its plan: the key is random per vend and sealed with the identity it
+        # stands for (the session token's associated data), so one key always means one identity.
+        self._gateway_plans: TLRUCache[str, _Compiled] = TLRUCache(
+            maxsize=_AWS_PLAN_CACHE_SIZE, ttu=lambda _key, entry, _now: entry.until, timer=time.time)
 
     async def authorize(self, request: AccessRequest, token: str | None) -> Decision:
         """Allow (audited, durable) or raise the audited denial.  DependencyError when the audit
@@ -158,16 +163,9 @@ class Pipeline:
             signed = dataclasses.replace(head, body=body)
             gateway.verify_body(caller, credential, signed)
             operation = calls.operation(draft.target)
-            compiled = self._policy.current
-            # Decided afresh on every call: a rule changed or removed since the credentials were vended
-            # applies at once.
-            choice = draft.choice = choose_role(compiled.rules_for_identity(caller.identity), caller.session.role_arn)
-            if not choice.gateway:
-                raise AccessDenied("the credentials' role is no longer granted in gateway mode",
-                                   reason=Reason.NOT_GATEWAY_ROLE)
-            policy = draft.policy = render_session_policy(choice, caller.identity.claims, gateway.region)
-            grants = table_grants(choice, caller.identity.claims)
-            namer = table_namer(choice.role_arn, gateway.region)
+            plan = self._gateway_plan(caller, gateway.region)
+            draft.choice, draft.policy = plan.choice, plan.policy
+            choice, policy, grants, namer = plan
             call = draft.call = await gateway.decode(operation, body, namer)
             if not all(any(g.table == table for g in grants) for table in call.tables):
                 # Before DescribeTable: a table no rule names is denied without idgate touching it.
@@ -189,6 +187,23 @@ class Pipeline:
         self._metrics.child(self._metrics.decision_seconds, request.surface.value).observe(time.perf_counter() - started)
         return GatewayCall(decision, caller, call, body, head.headers, credentials, schemas, gateway_records.KeyRedactor(
             gateway.ring.redaction_key if gateway.config.redact_keys else None))
+
+    def _gateway_plan(self, caller: Caller, region: str) -> _GatewayPlan:
+        """The role, session policy and grants of gateway credentials under the policy of the moment: a rule
+        changed or removed since the vend applies at once (a reload compiles a new policy, and a plan is
+        only reused under the compiled policy it was made with)."""
+        compiled = self._policy.current
+        plan = self._gateway_plans.get(caller.access_key_id)
+        if plan is not None and plan.compiled is compiled:
+            return plan.plan
+        choice = choose_role(compiled.rules_for_identity(caller.identity), caller.session.role_arn)
+        if not choice.gateway:
+            raise AccessDenied("the credentials' role is no longer granted in gateway mode",
+                               reason=Reason.NOT_GATEWAY_ROLE)
+        made = _GatewayPlan(choice, render_session_policy(choice, caller.identity.claims, region),
+                            table_grants(choice, caller.identity.claims), table_namer(choice.role_arn, region))
+        self._gateway_plans[caller.access_key_id] = _Compiled(compiled, made, float(caller.session.expires_at))
+        return made
 
     def _gateway_record(self, request: AccessRequest, decision: Decision, draft: _GatewayDraft,
                         gateway: DynamoDbGateway) -> dict[str, Any]:
@@ -308,6 +323,20 @@ def _decision_record(request: AccessRequest, decision: Decision) -> dict[str, An
 
 
 _AWS_PLAN_CACHE_SIZE = 10000
+
+
+class _GatewayPlan(NamedTuple):
+    choice: RoleChoice
+    policy: SessionPolicy
+    grants: tuple[TableGrant, ...]
+    namer: TableNamer
+
+
+@dataclass(frozen=True, slots=True)
+class _Compiled:
+    compiled: CompiledPolicy               # the policy the plan was made under
+    plan: _GatewayPlan
+    until: float                           # the credentials' expiry
 
 
 @dataclass(slots=True)

@@ -11,15 +11,16 @@ import functools
 import hashlib
 import hmac
 import re
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+
 from urllib.parse import unquote
 
-from botocore.auth import SIGV4_TIMESTAMP, SigV4Auth
+from botocore.auth import SIGV4_TIMESTAMP, SigV4Auth, _host_from_url
 from botocore.awsrequest import AWSRequest
-from botocore.credentials import Credentials, ReadOnlyCredentials
+from botocore.credentials import ReadOnlyCredentials
 from botocore.exceptions import BotoCoreError
 from botocore.utils import normalize_url_path
 
@@ -234,57 +235,48 @@ def check_signature(request: SignedRequest, credential: Credential, secret_acces
     for name, value in request.headers:
         if (lower := name.lower()) in wanted:
             signed[lower] = value
-    signer = _VerifyingSigV4(ReadOnlyCredentials(credential.access_key_id, secret_access_key, None),
-                             credential.service, credential.region, signed, hashlib.sha256(request.body).hexdigest())
     url = "http://gateway" + request.path + ("?" + request.query if request.query else "")
-    aws_request = AWSRequest(method=request.method, url=url)
-    aws_request.context["timestamp"] = credential.amz_date
     try:
-        canonical = signer.canonical_request(aws_request)
-        expected = signer.signature(signer.string_to_sign(aws_request, canonical), aws_request)
+        expected, _ = _sign(request.method, url, signed, hashlib.sha256(request.body).hexdigest(),
+                            ReadOnlyCredentials(credential.access_key_id, secret_access_key, None),
+                            credential.region, credential.service, credential.amz_date)
     except (BotoCoreError, ValueError, UnicodeError):
         raise _refuse(Reason.SIGNATURE_MISMATCH) from None
     if not hmac.compare_digest(expected.encode(), credential.signature.encode()):
         raise _refuse(Reason.SIGNATURE_MISMATCH)
 
 
-class _ClockedSigV4(_CachedKeySigV4):
-    """SigV4Auth at a given time: add_auth reads the wall clock itself, then hands the request to this hook
-    before it computes anything, so the timestamp is replaced there.  add_auth asks for the headers to sign
-    twice (canonical request, Authorization) over the same headers; they are built once."""
-
-    def __init__(self, credentials: Credentials, service: str, region: str, timestamp: str | None) -> None:
-        super().__init__(credentials, service, region)
-        self._timestamp = timestamp
-        self._headers_to_sign: Any = None
-
-    def _modify_request_before_signing(self, request: AWSRequest) -> None:
-        if self._timestamp is not None:
-            request.context["timestamp"] = self._timestamp
-        super()._modify_request_before_signing(request)
-        self._headers_to_sign = None      # what signing just changed is in the headers built next
-
-    def headers_to_sign(self, request: AWSRequest) -> Any:
-        if self._headers_to_sign is None:
-            self._headers_to_sign = super().headers_to_sign(request)
-        return self._headers_to_sign
+def _sign(method: str, url: str, signed: _SignedHeaders, payload_sha256: str, credentials: ReadOnlyCredentials,
+          region: str, service: str, timestamp: str) -> tuple[str, str]:
+    """botocore's signature over exactly `signed` (lower-case names) and the payload hash, at `timestamp`;
+    with its credential scope (access key id / date / region / service / aws4_request)."""
+    signer = _VerifyingSigV4(credentials, service, region, signed, payload_sha256)
+    aws_request = AWSRequest(method=method, url=url)
+    aws_request.context["timestamp"] = timestamp
+    canonical = signer.canonical_request(aws_request)
+    return signer.signature(signer.string_to_sign(aws_request, canonical), aws_request), signer.scope(aws_request)
 
 
 def resign(method: str, url: str, headers: Sequence[tuple[str, str]], body: bytes, credentials: AwsCredentials,
            *, region: str, service: str, now: float | None = None) -> list[tuple[str, str]]:
     """The headers to send `body` to `url` signed with `credentials`: Host (from the url), the given ones
     (minus any that signing owns: Authorization, X-Amz-Date, X-Amz-Security-Token, X-Amz-Content-SHA256,
-    Date, Host), X-Amz-Date, X-Amz-Security-Token and Authorization."""
-    aws_request = AWSRequest(method=method, url=url, data=body)
-    for name, value in headers:
-        if name.lower() not in _SIGNING_HEADERS:
-            aws_request.headers[name] = value
-    timestamp = None if now is None else datetime.fromtimestamp(now, UTC).strftime(SIGV4_TIMESTAMP)
-    signer = _ClockedSigV4(Credentials(credentials.access_key_id, credentials.secret_access_key,
-                                       credentials.session_token), service, region, timestamp)
+    Date, Host), X-Amz-Date, X-Amz-Security-Token and Authorization.  Every header sent is signed, on
+    botocore's canonicalization (the same path as check_signature: no AWSRequest headers, no add_auth)."""
+    host = _host_from_url(url)
+    timestamp = datetime.fromtimestamp(time.time() if now is None else now, UTC).strftime(SIGV4_TIMESTAMP)
+    kept = [(name, value) for name, value in headers if name.lower() not in _SIGNING_HEADERS]
+    sent = [("Host", host), *kept, ("X-Amz-Date", timestamp), ("X-Amz-Security-Token", credentials.session_token)]
+    signed = _SignedHeaders((name.lower(), value) for name, value in sent)
+    if len(signed) != len(sent):
+        raise IdgateError("a header to sign is given twice", reason=Reason.INTERNAL)
     try:
-        signer.add_auth(aws_request)
-        host: Any = signer.headers_to_sign(aws_request)["host"]   # the very Host value that was signed
-    except BotoCoreError as exc:
+        signature, scope = _sign(method, url, signed, hashlib.sha256(body).hexdigest(),
+                                 ReadOnlyCredentials(credentials.access_key_id, credentials.secret_access_key,
+                                                     credentials.session_token), region, service, timestamp)
+    except (BotoCoreError, ValueError, UnicodeError) as exc:
         raise IdgateError("could not sign the upstream request", reason=Reason.INTERNAL) from exc
-    return [("Host", str(host)), *((str(name), str(value)) for name, value in aws_request.headers.items())]
+    # botocore's scope starts with the access key id.
+    authorization = (f"{ALGORITHM} Credential={scope}, "
+                     f"SignedHeaders={';'.join(sorted(signed))}, Signature={signature}")
+    return [*sent, ("Authorization", authorization)]
