@@ -4,7 +4,7 @@ case, and a nesting budget that keeps their recursive descent far from Python's 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Collection, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import NoReturn, TypeVar
@@ -109,6 +109,15 @@ class Cursor:
         while self.accept(","):
             items.append(read())
         return items
+
+    def call(self, names: Collection[str]) -> str | None:
+        """At `name(` with `name` one of `names` (lower case): take both and return the name; else None,
+        nothing taken."""
+        token = self.peek()
+        if token.kind == "word" and self.at("(", 1) and (name := token.text.lower()) in names:
+            self._at += 2
+            return name
+        return None
 
     def take_kind(self, kind: str) -> Token:
         token = self.take()

@@ -173,11 +173,8 @@ class _Parser:
 
     def _predicate(self) -> _Condition:
         cursor = self.cursor
-        token = cursor.peek()
-        function = token.text.lower()
-        if token.kind == "word" and function in _CONDITION_FUNCTIONS and cursor.at("(", 1):
-            cursor.take()
-            cursor.take()
+        function = cursor.call(_CONDITION_FUNCTIONS)
+        if function is not None:
             operands = [self.path()]
             if _CONDITION_FUNCTIONS[function] == 2:
                 cursor.expect(",")
@@ -208,9 +205,7 @@ class _Parser:
         token = cursor.peek()
         if token.kind == "value":
             return self._value()
-        if token.kind == "word" and token.text.lower() == "size" and cursor.at("(", 1):
-            cursor.take()
-            cursor.take()
+        if cursor.call(("size",)):
             path = self.path()
             cursor.expect(")")
             return _Operand("size", path.text, path.nested)
@@ -252,11 +247,7 @@ class _Parser:
             self._value()
             return
         if token.kind == "word" and cursor.at("(", 1):
-            function = token.text.lower()
-            if function not in _UPDATE_FUNCTIONS:
-                cursor.fail()
-            cursor.take()
-            cursor.take()
+            function = cursor.call(_UPDATE_FUNCTIONS) or cursor.fail()
             with cursor.nested():
                 if function == "if_not_exists":
                     self.path()

@@ -248,11 +248,8 @@ class _Parser:
 
     def _predicate(self) -> list[tuple[str, Value]]:
         cursor = self.cursor
-        token = cursor.peek()
-        function = token.text.lower()
-        if token.kind == "word" and function in _CONDITION_FUNCTIONS and cursor.at("(", 1):
-            cursor.take()
-            cursor.take()
+        function = cursor.call(_CONDITION_FUNCTIONS)
+        if function is not None:
             if cursor.at("select"):
                 _unbounded()
             self._path()
@@ -311,11 +308,7 @@ class _Parser:
         if cursor.at("(") and cursor.at("select", 1):
             _unbounded()
         if token.kind == "word" and cursor.at("(", 1):
-            function = token.text.lower()
-            if function not in functions:
-                cursor.fail()
-            cursor.take()
-            cursor.take()
+            function = cursor.call(functions) or cursor.fail()
             with cursor.nested():
                 if function == "size":
                     self._path()

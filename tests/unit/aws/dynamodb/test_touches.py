@@ -230,3 +230,19 @@ def test_partiql_foreign_table_arn() -> None:
     payload = {"Statement": 'SELECT * FROM "arn:aws:dynamodb:us-east-1:999999999999:table/orders" WHERE pk = ?',
                "Parameters": [s("a")]}
     assert refused("ExecuteStatement", payload).reason is Reason.FOREIGN_TABLE
+
+
+@pytest.mark.parametrize("op, payload", [
+    ("TransactWriteItems", {"TransactItems": [{"Delete": {"TableName": "orders", "Key": {"pk": s("a")}}}] * 101}),
+    ("TransactGetItems", {"TransactItems": [{"Get": {"TableName": "orders", "Key": {"pk": s("a")}}}] * 101}),
+    ("BatchWriteItem", {"RequestItems": {"orders": [{"DeleteRequest": {"Key": {"pk": s("a")}}}] * 26}}),
+    ("BatchWriteItem", {"RequestItems": {"orders": [{"DeleteRequest": {"Key": {"pk": s("a")}}}] * 13,
+                                         "invoices": [{"DeleteRequest": {"Key": {"id": s("a")}}}] * 13}}),
+    ("BatchGetItem", {"RequestItems": {"orders": {"Keys": [{"pk": s("a"), "sk": s("1")}] * 101}}}),
+    ("BatchExecuteStatement", {"Statements": [{"Statement": "SELECT * FROM orders WHERE pk = 'a'"}] * 26}),
+    ("ExecuteTransaction", {"TransactStatements": [{"Statement": "SELECT * FROM orders WHERE pk = 'a'"}] * 101}),
+])
+def test_more_elements_than_dynamodb_takes_are_refused_unread(op: str, payload: dict[str, Any]) -> None:
+    with pytest.raises(BadRequest) as caught:
+        decode(op, json.dumps(payload).encode(), NAMER)
+    assert caught.value.reason is Reason.INVALID_DYNAMODB_REQUEST and "at most" in caught.value.message
