@@ -6,6 +6,7 @@ outcome record follows.  Denials answer in DynamoDB's error form (proxy.edges._e
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 
 from aiohttp import web
@@ -13,7 +14,7 @@ from aiohttp.web_protocol import RequestPayloadError
 
 from proxy.aws.dynamodb.calls import PARAMETERS, TARGET_PREFIX
 from proxy.aws.dynamodb.schema import error_type
-from proxy.aws.gateway import Answer, DynamoDbGateway, table_namer
+from proxy.aws.gateway import OFF_LOOP_BYTES, Answer, DynamoDbGateway, table_namer
 from proxy.aws.gateway_records import outcome_view
 from proxy.aws.sigv4 import SignedRequest
 from proxy.config import GatewayConfig
@@ -79,7 +80,10 @@ async def _forward(services: Services, gateway: DynamoDbGateway, access: AccessR
     if error == "ValidationException" and _SCHEMA_MISMATCH in answer.body.decode("utf-8", "replace"):
         # The table was recreated with other keys: the next call reads its key schema afresh.
         gateway.schemas.drop(table_namer(call.caller.session.role_arn, gateway.region).account, call.call.tables)
-    view = outcome_view(call.call, call.schemas, answer.status, answer.body, call.redact, error_type=error)
+    view_args = (call.call, call.schemas, answer.status, answer.body, call.redact)
+    # A page of up to 1 MB (a batch answer up to 16 MB) is JSON to read for the record: not on the loop.
+    view = (await asyncio.to_thread(functools.partial(outcome_view, *view_args, error_type=error))
+            if len(answer.body) > OFF_LOOP_BYTES else outcome_view(*view_args, error_type=error))
     request_id = answer.header("x-amzn-requestid")
     if request_id:
         view["aws_request_id"] = request_id[:128]

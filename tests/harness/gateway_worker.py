@@ -113,6 +113,14 @@ def conditional_put_fails() -> Any:
     return CLIENT.put_item(TableName="orders", Item=item, ConditionExpression="attribute_not_exists(pk)")
 
 
+def big_page() -> Any:
+    """An answer of about 300 KB (its outcome record is read off the event loop)."""
+    with ORDERS.batch_writer() as batch:
+        for i in range(15):
+            batch.put_item(Item={"pk": TENANT, "sk": f"big{i:02d}", "blob": "x" * 20000})
+    return ORDERS.query(KeyConditionExpression=Key("pk").eq(TENANT) & Key("sk").begins_with("big"))["Count"]
+
+
 def own_get() -> Any:
     return "Item" in CLIENT.get_item(TableName="orders", Key={"pk": s(TENANT), "sk": s("1")})
 
@@ -221,7 +229,7 @@ STEPS: dict[str, Callable[[], Any]] = {f.__name__: f for f in (
     other_get, other_batch_write, own_mixed_written, other_batch_get, other_transaction, other_condition_check,
     other_partiql, other_partiql_transaction, forbidden_table_quoted, forbidden_table_arn, scan, gsi_query,
     key_in_filter, invoices_all_columns, invoices_whole_put, invoices_hidden_column, secrets_get, describe_orders,
-    list_tables, ops_scan, conditional_put_fails, own_get)}
+    list_tables, ops_scan, conditional_put_fails, own_get, big_page)}
 
 
 def main() -> None:

@@ -183,3 +183,12 @@ async def test_a_rule_removed_after_the_vend_applies_to_the_next_call(gateway_st
     status, answer = await gateway_stack.call(credentials, body)
     assert (status, answer["__type"].rpartition("#")[2], answer["idgate_reason"]) == (
         400, "AccessDeniedException", "no_aws_rule")
+
+
+async def test_a_large_answer_is_passed_back_and_recorded(gateway_stack: GatewayStack) -> None:
+    token = gateway_stack.token_file("acme", "svc-etl-acme", tenant="acme")
+    (result,) = await gateway_stack.run_worker(token, "acme", "big_page")
+    assert result == {"step": "big_page", "ok": True, "data": 15}
+    [query] = [r for r in await gateway_stack.records() if r["event"] == "outcome"
+               and r["dynamodb"]["operation"] == "Query"]
+    assert query["bytes_out"] > 300_000 and query["dynamodb"]["returned"]["count"] == 15
