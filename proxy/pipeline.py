@@ -231,7 +231,9 @@ class Pipeline:
             rules = draft.verdict.rules if draft.verdict else (None,) * len(draft.touches)
             view["touches"] = gateway_records.touches_view(draft.touches, rules, redact)
             if draft.verdict is not None and draft.verdict.denied is not None:
-                view["denied_touch"] = draft.verdict.denied
+                denied = draft.verdict.denied      # named in full even when the list of touches is cut short
+                view["denied_touch"] = denied
+                view["denied"] = gateway_records.touch_view(draft.touches[denied], None, redact)
         record["dynamodb"] = view
         return record
 

@@ -133,6 +133,7 @@ async def running_services(config: Config, *, metrics: Metrics | None = None,
             ring = await asyncio.to_thread(load_gateway_ring, gateway_config, os.environ)
             await asyncio.to_thread(known_operations)      # botocore's DynamoDB model, read from disk once
             gateway = DynamoDbGateway(gateway_config, config.aws.region, ring, broker, upstream, metrics)
+            stack.callback(gateway.close)
         await verifier.start()
         services = Services(
             config=config, metrics=metrics, verifier=verifier, policy=policy, audit=audit, signer=signer,

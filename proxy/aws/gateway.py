@@ -12,6 +12,7 @@ import logging
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Protocol, TypeVar
@@ -28,7 +29,9 @@ from proxy.aws.gateway_tokens import GatewaySession, SessionOpener, issue
 from proxy.aws.sigv4 import Credential, SignedRequest, check_payload_hash, check_signature, parse_signed, resign
 from proxy.config import GatewayConfig
 from proxy.config.schema import ENV_GATEWAY_KEYS
-from proxy.core.errors import AuthenticationError, ConfigError, ConfigProblem, IdgateError, UpstreamError, UpstreamTimeout
+from proxy.core.errors import (
+    AuthenticationError, ConfigError, ConfigProblem, DependencyError, IdgateError, UpstreamError, UpstreamTimeout,
+)
 from proxy.core.model import Identity, Touch
 from proxy.core.reasons import Reason
 from proxy.metrics import Metrics
@@ -46,7 +49,8 @@ FORWARDED_HEADERS = ("amz-sdk-invocation-id", "amz-sdk-request")
 _FORWARDABLE = re.compile(r"[\x20-\x7e]{1,256}")     # an SDK's own values; anything else stays behind
 RETURNED_HEADERS = frozenset({"content-type", "content-encoding", "x-amzn-requestid", "x-amz-crc32", "x-amz-id-2"})
 _CALLER_CACHE_SIZE = 4096
-OFF_LOOP_BYTES = 64 * 1024          # bodies above this are decoded in a thread
+OFF_LOOP_BYTES = 64 * 1024          # bodies (and answers) above this are read on the gateway's thread
+LARGE_CALL_WAIT = 2.0               # seconds a large call waits for that thread, then 503 gateway_busy
 T = TypeVar("T")
 
 
@@ -108,6 +112,9 @@ class DynamoDbGateway:
         self._clock = clock
         self.schemas = KeySchemas(ttl=config.key_schema_ttl)
         self._callers: LRUCache[tuple[str, str], Caller] = LRUCache(maxsize=_CALLER_CACHE_SIZE)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="idgate-dynamodb")
+        self._large = asyncio.Semaphore(1)
+        self.large_calls = 0                # waiting for the gateway's thread or on it (for tests and metrics)
 
     # --- vending ------------------------------------------------------------------------------------
 
@@ -147,25 +154,46 @@ class DynamoDbGateway:
         check_signature(signed, credential, caller.secret)
 
     async def decode(self, operation: str, body: bytes, namer: TableNamer) -> Call:
-        return await self._pure(len(body), calls.decode, operation, body, namer)
+        return await self._decoding(len(body), calls.decode, operation, body, namer)
 
     async def touches(self, call: Call, schemas: Mapping[str, KeySchema], namer: TableNamer,
                       size: int) -> tuple[Touch, ...]:
-        return await self._pure(size, touches, call, schemas, namer)
+        return await self._decoding(size, touches, call, schemas, namer)
 
-    @staticmethod
-    async def _pure(size: int, function: Callable[..., T], *args: Any) -> T:
-        """A decoding step: in a thread for a large body (reading 16 MB of JSON takes seconds the event loop
-        must not lose), and anything it fails on unexpectedly is a request idgate cannot decode (denied)."""
-        try:
-            if size > OFF_LOOP_BYTES:
-                return await asyncio.to_thread(function, *args)
+    async def off_loop(self, size: int, function: Callable[..., T], *args: Any) -> T:
+        """`function(*args)`, on the gateway's own thread when `size` (the body's, or the answer's) is large:
+        reading 16 MB of JSON takes seconds the event loop must not lose.  One such thread, so large calls
+        take turns rather than starve the loop of the GIL (or the default executor, which a policy reload
+        needs); a call that cannot have it within LARGE_CALL_WAIT is answered busy (503: SDKs retry)."""
+        if size <= OFF_LOOP_BYTES:
             return function(*args)
+        self.large_calls += 1
+        try:
+            try:
+                async with asyncio.timeout(LARGE_CALL_WAIT):
+                    await self._large.acquire()
+            except TimeoutError:
+                raise DependencyError("the gateway is busy with other large calls; retry",
+                                      reason=Reason.GATEWAY_BUSY) from None
+            try:
+                return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
+            finally:
+                self._large.release()
+        finally:
+            self.large_calls -= 1
+
+    async def _decoding(self, size: int, function: Callable[..., T], *args: Any) -> T:
+        """A decoding step; anything it fails on unexpectedly is a request idgate cannot decode (denied)."""
+        try:
+            return await self.off_loop(size, function, *args)
         except IdgateError:
             raise
         except (TypeError, ValueError, KeyError, AttributeError, IndexError, RecursionError) as exc:
             log.warning("a DynamoDB call could not be decoded", extra={"error": type(exc).__name__})
             raise invalid("the call cannot be decoded") from exc
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def upstream_credentials(self, caller: Caller, choice: RoleChoice, policy: SessionPolicy) -> AwsCredentials:
         """The STS credentials the call is re-signed with: the broker's, cached per (role, policy, caller)."""
@@ -185,8 +213,11 @@ class DynamoDbGateway:
     async def send(self, operation: str, body: bytes, client_headers: Sequence[tuple[str, str]],
                    credentials: AwsCredentials) -> Answer:
         """`operation` with `body` to DynamoDB, signed with `credentials`; its answer read whole (bounded)."""
-        forwarded = [(k, v) for k, v in client_headers
-                     if k.lower() in FORWARDED_HEADERS and _FORWARDABLE.fullmatch(v)]
+        first: dict[str, tuple[str, str]] = {}
+        for k, v in client_headers:     # the first of each (a repeat is the client's, not signed, not sent)
+            if (lower := k.lower()) in FORWARDED_HEADERS and lower not in first and _FORWARDABLE.fullmatch(v):
+                first[lower] = (k, v)
+        forwarded = list(first.values())
         headers = resign("POST", self._endpoint + "/", [
             ("Content-Type", CONTENT_TYPE), ("X-Amz-Target", TARGET_PREFIX + operation), *forwarded],
             body, credentials, region=self.region, service=SERVICE)

@@ -6,6 +6,7 @@ written (their keys up to a bound, a digest of all), unprocessed counts and cons
 from __future__ import annotations
 
 import hashlib
+import heapq
 import hmac
 import json
 from collections.abc import Iterable, Mapping, Sequence
@@ -19,11 +20,12 @@ from proxy.core.errors import BadRequest
 from proxy.core.model import Touch
 
 MAX_TOUCHES = 100          # a transaction holds at most 100 elements: every touch of any valid call
-MAX_KEYS = 100             # a BatchGetItem reads at most 100 items
+MAX_KEYS = 32              # partition keys listed per touch (a BatchGetItem may name 100: their count is kept)
 MAX_ITEM_KEYS = 20         # item keys listed in an outcome; all of them are in its digest
 KEY = 256                  # one key value, as recorded
 ATTRIBUTE = 128
 ATTRIBUTES = 64
+MAX_TOUCHES_BYTES = 16 * 1024   # the touches of one decision record, at most
 
 
 class KeyRedactor:
@@ -42,8 +44,7 @@ class KeyRedactor:
 def touch_view(touch: Touch, rule: str | None, redact: KeyRedactor) -> dict[str, Any]:
     view: dict[str, Any] = {"table": touch.table, "action": touch.action,
                             "keys": _list([redact(k) for k in touch.keys], MAX_KEYS),
-                            "attributes": "*" if touch.attributes is None else
-                            caps.capped_list(sorted(touch.attributes), ATTRIBUTES, ATTRIBUTE),
+                            "attributes": "*" if touch.attributes is None else _attributes(touch.attributes),
                             "rule": rule}
     if touch.index is not None:
         view["index"] = touch.index
@@ -52,9 +53,27 @@ def touch_view(touch: Touch, rule: str | None, redact: KeyRedactor) -> dict[str,
     return view
 
 
+def _attributes(names: frozenset[str]) -> Any:
+    """The attribute names, or past ATTRIBUTES their count and the first ones in order (found without
+    sorting them all: an item may hold a hundred thousand names)."""
+    if len(names) <= ATTRIBUTES:
+        return [caps.capped(n, ATTRIBUTE) for n in sorted(names)]
+    return {"capped": True, "count": len(names),
+            "first": [caps.capped(n, ATTRIBUTE) for n in heapq.nsmallest(ATTRIBUTES, names)]}
+
+
 def touches_view(touches: Sequence[Touch], rules: Sequence[str | None], redact: KeyRedactor) -> Any:
-    views = [touch_view(t, r, redact) for t, r in zip(touches, rules, strict=True)]
-    return _list(views, MAX_TOUCHES)
+    """Every touch, or as many as fit in MAX_TOUCHES_BYTES with the count of all: a record's size must not
+    grow with the call (a transaction of 100 wide items would otherwise be one of ~1 MB)."""
+    views: list[dict[str, Any]] = []
+    size = 0
+    for touch, rule in zip(touches, rules, strict=True):
+        view = touch_view(touch, rule, redact)
+        size += len(json.dumps(view, separators=(",", ":")))
+        if size > MAX_TOUCHES_BYTES:
+            return {"capped": True, "count": len(touches), "first": views}
+        views.append(view)
+    return views
 
 
 def _list(items: list[Any], count: int) -> Any:

@@ -138,6 +138,7 @@ class Reason(StrEnum):
     UNBOUNDED_STATEMENT = "unbounded_statement"           # PartiQL idgate cannot bound to one table
     FOREIGN_TABLE = "foreign_table"                       # a table ARN of another partition, region or account
     KEY_SCHEMA_UNAVAILABLE = "key_schema_unavailable"     # DescribeTable failed: no key, no decision
+    GATEWAY_BUSY = "gateway_busy"                         # large calls take turns on one thread; this one waited too long
 
     # --- DynamoDB authorization (proxy.policy.dynamodb) ---
     ACTION_NOT_GRANTED = "action_not_granted"             # no rule grants this action on this table

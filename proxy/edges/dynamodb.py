@@ -12,9 +12,9 @@ import time
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 
-from proxy.aws.dynamodb.calls import PARAMETERS, TARGET_PREFIX
+from proxy.aws.dynamodb.calls import MAX_BODY_BYTES, MAX_ITEM_CALL_BYTES, PARAMETERS, TARGET_PREFIX
 from proxy.aws.dynamodb.schema import error_type
-from proxy.aws.gateway import OFF_LOOP_BYTES, Answer, DynamoDbGateway, table_namer
+from proxy.aws.gateway import Answer, DynamoDbGateway, table_namer
 from proxy.aws.gateway_records import outcome_view
 from proxy.aws.sigv4 import SignedRequest
 from proxy.config import GatewayConfig
@@ -38,7 +38,7 @@ async def handle(request: web.Request) -> web.Response:
     admitted = await admit(services, GATE, received(request))
     if gateway is None:
         raise DependencyError("the DynamoDB gateway is not running", reason=Reason.BROKER_UNAVAILABLE)
-    if request.headers.get("Content-Encoding", "identity").lower() != "identity":
+    if any(value.strip().lower() != "identity" for value in request.headers.getall("Content-Encoding", ())):
         # aiohttp would inflate the body before idgate reads it: the signature, the decision and what is
         # forwarded must all be about the bytes the client sent.  SDKs do not compress DynamoDB calls.
         raise BadRequest("compressed DynamoDB calls are not accepted", reason=Reason.INVALID_DYNAMODB_REQUEST)
@@ -49,7 +49,7 @@ async def handle(request: web.Request) -> web.Response:
     async def read_body() -> bytes:
         # Asked for only once the head authenticated: no 100 Continue, no buffering, for a stranger.
         await continue_if_expected(request)
-        return await _read_body(request, gateway.config)
+        return await _read_body(request, gateway.config, operation)
 
     try:
         call = await services.pipeline.authorize_dynamodb(admitted.access, head, read_body, gateway)
@@ -80,10 +80,12 @@ async def _forward(services: Services, gateway: DynamoDbGateway, access: AccessR
     if error == "ValidationException" and _SCHEMA_MISMATCH in answer.body.decode("utf-8", "replace"):
         # The table was recreated with other keys: the next call reads its key schema afresh.
         gateway.schemas.drop(table_namer(call.caller.session.role_arn, gateway.region).account, call.call.tables)
-    view_args = (call.call, call.schemas, answer.status, answer.body, call.redact)
     # A page of up to 1 MB (a batch answer up to 16 MB) is JSON to read for the record: not on the loop.
-    view = (await asyncio.to_thread(functools.partial(outcome_view, *view_args, error_type=error))
-            if len(answer.body) > OFF_LOOP_BYTES else outcome_view(*view_args, error_type=error))
+    try:
+        view = await gateway.off_loop(len(answer.body), functools.partial(outcome_view, error_type=error),
+                                      call.call, call.schemas, answer.status, answer.body, call.redact)
+    except IdgateError:      # the gateway's thread stayed busy: the answer goes back, its record says less
+        view = {"status": answer.status, "error": error, "unread": True}
     request_id = answer.header("x-amzn-requestid")
     if request_id:
         view["aws_request_id"] = request_id[:128]
@@ -109,9 +111,9 @@ def _operation_label(signed: SignedRequest) -> str:
     return name if target.startswith(TARGET_PREFIX) and name in PARAMETERS else "unknown"
 
 
-async def _read_body(request: web.Request, config: GatewayConfig) -> bytes:
-    """The whole body, at most DynamoDB's limit, from a client that keeps sending it."""
-    limit = config.max_body_bytes
+async def _read_body(request: web.Request, config: GatewayConfig, operation: str) -> bytes:
+    """The whole body, at most what DynamoDB takes for the operation, from a client that keeps sending it."""
+    limit = min(config.max_body_bytes, MAX_BODY_BYTES.get(operation, MAX_ITEM_CALL_BYTES))
     if request.content_length is not None and request.content_length > limit:
         raise RequestTooLarge("the request is larger than DynamoDB accepts", reason=Reason.BODY_TOO_LARGE)
     chunks: list[bytes] = []

@@ -71,6 +71,13 @@ ELEMENT_PARAMETERS: Mapping[str, frozenset[str]] = {shape: frozenset(names.split
 MAX_ELEMENTS: Mapping[str, int] = {"BatchGetItem": 100, "BatchWriteItem": 25, "TransactGetItems": 100,
                                    "TransactWriteItems": 100, "BatchExecuteStatement": 25, "ExecuteTransaction": 100}
 
+# The largest body each operation can need (DynamoDB's item is at most 400 KB, a transaction 4 MB, a batch
+# write or statement batch 16 MB), read no further: a bigger one would only cost idgate's CPU to refuse.
+MAX_ITEM_CALL_BYTES = 1024 * 1024
+MAX_BODY_BYTES: Mapping[str, int] = {"BatchWriteItem": 16 * 1024 * 1024, "BatchExecuteStatement": 16 * 1024 * 1024,
+                                     "TransactWriteItems": 5 * 1024 * 1024, "ExecuteTransaction": 5 * 1024 * 1024,
+                                     "DescribeTable": 64 * 1024}
+
 _TABLE = re.compile(r"[A-Za-z0-9_.-]{3,255}")
 _TABLE_ARN = re.compile(r"arn:(?P<partition>aws[a-z-]*):dynamodb:(?P<region>[a-z0-9-]+):(?P<account>\d{12}):"
                         r"table/(?P<table>[A-Za-z0-9_.-]{3,255})")

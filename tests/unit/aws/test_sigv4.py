@@ -530,3 +530,25 @@ def test_resign_uses_the_wall_clock_by_default(genuine: SignedRequest) -> None:
                   genuine.body, UPSTREAM_CREDS, region=REGION, service=SERVICE)
     request = SignedRequest("POST", "/", "", tuple(sent), genuine.body)
     assert before - 1 <= signed_at(request) <= datetime.now(UTC).timestamp() + 1
+
+
+def test_resign_signs_exactly_as_botocores_own_add_auth(monkeypatch: pytest.MonkeyPatch) -> None:
+    """resign computes its signature on botocore's canonical request without add_auth: the Authorization
+    it sends must be the very one botocore's SigV4Auth.add_auth writes for the same request and time."""
+    import botocore.auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    when = datetime(2027, 1, 15, 8, 0, 0)
+    monkeypatch.setattr(botocore.auth, "get_current_datetime", lambda: when)   # add_auth's clock, pinned
+    url, body = "https://dynamodb.us-east-1.amazonaws.com/", b'{"TableName":"orders"}'
+    given = [("Content-Type", "application/x-amz-json-1.0"), ("X-Amz-Target", "DynamoDB_20120810.GetItem"),
+             ("amz-sdk-invocation-id", "5e0f1d9c"), ("amz-sdk-request", "attempt=1; max=3")]
+    ours = dict(resign("POST", url, given, body, UPSTREAM_CREDS, region=REGION, service=SERVICE,
+                       now=when.replace(tzinfo=UTC).timestamp()))
+    theirs = AWSRequest(method="POST", url=url, data=body, headers=dict(given))
+    theirs.headers["Host"] = "dynamodb.us-east-1.amazonaws.com"
+    botocore.auth.SigV4Auth(Credentials(UPSTREAM_CREDS.access_key_id, UPSTREAM_CREDS.secret_access_key,
+                                        UPSTREAM_CREDS.session_token), SERVICE, REGION).add_auth(theirs)
+    assert ours["X-Amz-Date"] == theirs.headers["X-Amz-Date"]
+    assert ours["Authorization"] == theirs.headers["Authorization"]
