@@ -30,11 +30,11 @@ import hashlib
 import json
 import re
 from _json import encode_basestring_ascii, make_encoder
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from proxy.core import strict_json
 
@@ -45,6 +45,14 @@ RESERVED = frozenset({"v", "seq", "ts", "prev", "hash"})
 _HASH_SUFFIX = re.compile(rb',"hash":"([0-9a-f]{64})"\}\Z')
 _HEX64 = re.compile(r"[0-9a-f]{64}\Z")
 _SCAN_BLOCK = 1 << 16
+# Verification reads a file this much at a time and holds at most one line of MAX_LINE_BYTES besides,
+# so its memory does not grow with the file.  idgate's records are a few KB at most; a longer line
+# is reported, not buffered.
+READ_CHUNK = 1 << 20
+MAX_LINE_BYTES = 1 << 20
+
+Progress = Callable[[Path, int], None]
+"""Told the file being read and the records verified so far: as a file starts, then once per chunk."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,8 +169,13 @@ def parse_line(line: bytes) -> tuple[dict[str, Any], bool]:
     return record, intact
 
 
-def verify_files(paths: Sequence[Path]) -> VerifyReport:
-    """Check the chain across segment files given oldest first (as `segment_files` lists them)."""
+def _quiet(path: Path, records: int) -> None:
+    pass
+
+
+def verify_files(paths: Sequence[Path], progress: Progress | None = None) -> VerifyReport:
+    """Check the chain across segment files given oldest first (as `segment_files` lists them), reading
+    each in chunks: memory stays flat whatever the files' size."""
     problems: list[str] = []
     if not paths:
         return VerifyReport(False, 0, 0, ("no audit files to verify",))
@@ -171,33 +184,39 @@ def verify_files(paths: Sequence[Path]) -> VerifyReport:
     previous_file: Path | None = None
     start: tuple[int, str, dict[str, Any]] | None = None    # a first record after the genesis (problem index, where)
     deleted_through: list[ChainState] = []                  # what intact retention records say they deleted
+    tell = progress or _quiet
     for path in paths:
         first_in_file = True
         try:
-            lines = list(_read_lines(path))
+            with path.open("rb") as f:
+                tell(path, records)
+                # The lambda reads `records` when called, after each chunk: the count so far.
+                for number, line, terminated in _read_lines(f, lambda: tell(path, records)):
+                    where = f"{path}:{number}"
+                    if not terminated:
+                        problems.append(f"{where}: unterminated last line (file truncated mid-record)")
+                    if line is None:
+                        problems.append(f"{where}: line longer than {MAX_LINE_BYTES} bytes (not an idgate record)")
+                        continue
+                    try:
+                        record, intact = parse_line(line)
+                    except LineError as exc:
+                        problems.append(f"{where}: {exc}")
+                        continue
+                    records += 1
+                    if not intact:
+                        problems.append(f"{where}: hash mismatch: record seq {record['seq']} was edited")
+                    elif (announced := _retention_through(record)) is not None:
+                        deleted_through.append(announced)
+                    if expected.seq == 0 and (record["seq"], record["prev"]) != (1, GENESIS):
+                        start = (len(problems), where, record)    # judged once every retention record is known
+                    else:
+                        problems.extend(_link_problems(where, record, expected, first_in_file, previous_file))
+                    expected = ChainState(record["seq"], record["hash"])
+                    first_in_file = False
         except OSError as exc:
             problems.append(f"{path}: cannot read ({exc.strerror or exc})")
             continue
-        for number, line, terminated in lines:
-            where = f"{path}:{number}"
-            if not terminated:
-                problems.append(f"{where}: unterminated last line (file truncated mid-record)")
-            try:
-                record, intact = parse_line(line)
-            except LineError as exc:
-                problems.append(f"{where}: {exc}")
-                continue
-            records += 1
-            if not intact:
-                problems.append(f"{where}: hash mismatch: record seq {record['seq']} was edited")
-            elif (announced := _retention_through(record)) is not None:
-                deleted_through.append(announced)
-            if expected.seq == 0 and (record["seq"], record["prev"]) != (1, GENESIS):
-                start = (len(problems), where, record)       # judged once every retention record is known
-            else:
-                problems.extend(_link_problems(where, record, expected, first_in_file, previous_file))
-            expected = ChainState(record["seq"], record["hash"])
-            first_in_file = False
         previous_file = path
     starts_after = 0
     if start is not None:
@@ -248,15 +267,38 @@ def _link_problems(where: str, record: dict[str, Any], expected: ChainState,
                "(a record was deleted, inserted or reordered)")
 
 
-def _read_lines(path: Path) -> Iterable[tuple[int, bytes, bool]]:
-    """(1-based line number, line without newline, whether it ended with a newline).  Splits on
-    b"\\n" only, never on other Unicode line breaks."""
-    with path.open("rb") as f:
-        for number, raw in enumerate(f, start=1):
-            if raw.endswith(b"\n"):
-                yield number, raw[:-1], True
-            else:
-                yield number, raw, False
+def _read_lines(f: BinaryIO, after_chunk: Callable[[], None] | None = None, *, chunk_bytes: int = READ_CHUNK,
+                max_line: int = MAX_LINE_BYTES) -> Iterator[tuple[int, bytes | None, bool]]:
+    """(1-based line number, line without newline or None when longer than max_line, whether it ended
+    with a newline), reading chunk_bytes at a time and carrying a line's start into the next chunk.
+    Splits on b"\\n" only, never on other Unicode line breaks.  after_chunk is called once the lines
+    ending in a chunk have been consumed."""
+    number = 0
+    carry = b""
+    too_long = False          # inside a line already longer than max_line: skipped up to its newline
+    while chunk := f.read(chunk_bytes):
+        lines = chunk.split(b"\n")
+        if too_long:
+            if len(lines) == 1:
+                continue
+            number += 1
+            yield number, None, True
+            too_long = False
+            del lines[0]
+        else:
+            lines[0] = carry + lines[0]
+        carry = lines.pop()
+        for line in lines:
+            number += 1
+            yield number, (line if len(line) <= max_line else None), True
+        if len(carry) > max_line:
+            carry, too_long = b"", True
+        if after_chunk is not None:
+            after_chunk()
+    if too_long:
+        yield number + 1, None, False
+    elif carry:
+        yield number + 1, carry, False
 
 
 def last_record(path: Path) -> tuple[ChainState | None, int]:
