@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 from urllib.parse import urlsplit
 
 from proxy import logs
@@ -260,13 +260,48 @@ def aws_explanation(config: Config, policy: CompiledPolicy, identity: Identity) 
     return roles
 
 
+class TerminalProgress:
+    """`audit verify`'s progress on a terminal: one line (file, records so far) rewritten in place at
+    most every `interval` seconds, and erased before the results are printed."""
+
+    def __init__(self, stream: TextIO, clock: Callable[[], float] = time.monotonic, interval: float = 0.5) -> None:
+        self._stream, self._clock, self._interval = stream, clock, interval
+        self._due = float("-inf")
+        self._shown = False
+
+    def __call__(self, path: Path, records: int) -> None:
+        now = self._clock()
+        if now < self._due:
+            return
+        self._due = now + self._interval
+        self._stream.write(f"\r\x1b[Kaudit verify: {path}: {records} record(s) so far")
+        self._stream.flush()
+        self._shown = True
+
+    def clear(self) -> None:
+        if self._shown:
+            self._stream.write("\r\x1b[K")
+            self._stream.flush()
+            self._shown = False
+
+
+def progress_for(stream: TextIO) -> TerminalProgress | None:
+    """Progress only for a person watching: never into a pipe, a file or a CI log."""
+    return TerminalProgress(stream) if stream.isatty() else None
+
+
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     from proxy.audit import segment_files, verify_files
 
     files: list[Path] = []
     for given in args.files:
         files.extend(segment_files(given) if len(args.files) == 1 else [given])
-    report = verify_files(files)
+    progress = progress_for(sys.stderr)
+    try:
+        report = verify_files(files, progress)
+    finally:
+        if progress is not None:
+            progress.clear()
     for problem in report.problems:
         print(problem, file=sys.stderr)
     status = "ok" if report.ok else "FAILED"

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import pty
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import pytest
+
 from proxy.audit import AuditLog
+from proxy.audit.chain import ChainState, SealedBatch, unsealed
 from proxy.config import AuditConfig
 from proxy.metrics import Metrics
 from tests.harness.servers import write_config
@@ -114,3 +120,74 @@ def test_audit_verify_accepts_what_retention_left_and_nothing_less(tmp_path):
     segments[0].unlink()                       # a deletion no retention record accounts for
     result = idgate("audit", "verify", str(log))
     assert result.returncode == 1 and "the chain does not start here" in result.stderr
+
+
+def write_segment(path: Path, size: int) -> int:
+    """A segment of ~2 KB records sealed onto one chain, written a batch at a time."""
+    state, written, count = ChainState(), 0, 0
+    with path.open("wb") as f:
+        while written < size:
+            batch = SealedBatch(state, time.time())
+            for i in range(500):
+                batch.add(unsealed({"event": "decision", "n": count + i, "pad": "x" * 2000}))
+            data = batch.data()
+            f.write(data)
+            written, count, state = written + len(data), count + 500, batch.state
+    return count
+
+
+# Runs `idgate audit verify` in a fresh process and prints how far its peak RSS rose above its RSS
+# just before verifying (imports done, VmHWM reset), so import-time peaks cannot hide the verify's.
+_MEASURED_VERIFY = """
+import json, sys
+from pathlib import Path
+import proxy.audit, proxy.cli
+
+def status_kib(field):
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+
+Path("/proc/self/clear_refs").write_text("5")
+before = status_kib("VmRSS")
+code = proxy.cli.main(["audit", "verify", sys.argv[1]])
+print(json.dumps({"code": code, "growth_kib": status_kib("VmHWM") - before}), file=sys.stderr)
+"""
+
+
+def test_audit_verify_runs_in_constant_memory(tmp_path):
+    if not os.access("/proc/self/clear_refs", os.W_OK):
+        pytest.skip("cannot reset the peak RSS here (/proc/self/clear_refs)")
+    log = tmp_path / "audit.jsonl"
+    count = write_segment(log, 64 << 20)
+    result = subprocess.run([sys.executable, "-c", _MEASURED_VERIFY, str(log)], cwd=REPO, capture_output=True,
+                            text=True, timeout=120)
+    figures = json.loads(result.stderr.splitlines()[-1])
+    assert figures["code"] == 0 and f"ok: {count} record(s)" in result.stdout, result.stderr
+    # Reading the segment whole would add its 64 MiB (and more); chunks add a couple of MiB.
+    assert figures["growth_kib"] / 1024 < 24, figures
+
+
+def test_audit_verify_shows_progress_on_a_terminal_and_not_in_a_pipe(tmp_path):
+    log = tmp_path / "audit.jsonl"
+    write_segment(log, 1)
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "proxy", "audit", "verify", str(log)], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=slave)
+    os.close(slave)
+    terminal = b""
+    while True:
+        try:
+            data = os.read(master, 4096)
+        except OSError:              # EIO: the child closed its end
+            break
+        if not data:
+            break
+        terminal += data
+    os.close(master)
+    stdout = proc.communicate(timeout=60)[0].decode()
+    assert proc.returncode == 0 and "audit verify: ok: 500 record(s)" in stdout
+    assert f"\r\x1b[Kaudit verify: {log}: 0 record(s) so far".encode() in terminal
+    assert terminal.endswith(b"\r\x1b[K")          # erased before the results
+    piped = idgate("audit", "verify", str(log))
+    assert piped.returncode == 0 and piped.stderr == ""

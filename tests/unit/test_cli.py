@@ -1,14 +1,15 @@
 """`idgate check` builds the identity it explains with the server's own claim mapping, so a decision it
-prints is the decision the server would make for the same verified claims."""
+prints is the decision the server would make for the same verified claims; `audit verify`'s progress line."""
 
 from __future__ import annotations
 
+import io
 import time
 from pathlib import Path
 
 import pytest
 
-from proxy.cli import explained_identity
+from proxy.cli import TerminalProgress, explained_identity, progress_for
 from proxy.config import Config, IssuerConfig
 from proxy.core.errors import AuthenticationError
 from proxy.oidc.claims import MAX_GROUPS, identity_from_claims
@@ -64,3 +65,36 @@ def test_check_refuses_what_the_server_refuses(claims, reason):
         with pytest.raises(AuthenticationError) as served:
             server_identity(claims)
         assert served.value.reason == reason
+
+
+# --- audit verify's progress line ----------------------------------------------------------------
+
+class FakeTerminal(io.StringIO):
+    def __init__(self, tty: bool) -> None:
+        super().__init__()
+        self.tty = tty
+
+    def isatty(self) -> bool:
+        return self.tty
+
+
+def test_verify_progress_is_rewritten_in_place_at_most_every_half_second_and_erased() -> None:
+    now = [100.0]
+    stream = FakeTerminal(True)
+    progress = TerminalProgress(stream, clock=lambda: now[0])
+    for t, records in [(100.0, 0), (100.2, 5000), (100.5, 9000), (100.9, 12000), (101.1, 15000)]:
+        now[0] = t
+        progress(Path("a.jsonl"), records)
+    progress.clear()
+    assert stream.getvalue() == ("\r\x1b[Kaudit verify: a.jsonl: 0 record(s) so far"
+                                 "\r\x1b[Kaudit verify: a.jsonl: 9000 record(s) so far"
+                                 "\r\x1b[Kaudit verify: a.jsonl: 15000 record(s) so far"
+                                 "\r\x1b[K")
+
+
+def test_verify_progress_only_on_a_terminal() -> None:
+    assert progress_for(FakeTerminal(False)) is None
+    assert isinstance(progress_for(FakeTerminal(True)), TerminalProgress)
+    stream = FakeTerminal(True)
+    TerminalProgress(stream).clear()               # nothing drawn, nothing to erase
+    assert stream.getvalue() == ""
