@@ -11,7 +11,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 
 from proxy.audit import AuditLog
 from proxy.audit.chain import ChainState, SealedBatch, unsealed
