@@ -5,9 +5,15 @@ tests/harness and registered here once as plugins, so no test module imports a f
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import io
+import json
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
+
+from proxy import logs as proxy_logs
 
 from tests.harness.moto import MotoServer
 from tests.harness.oidc_provider import OidcProvider
@@ -39,3 +45,36 @@ def moto(moto_server: MotoServer) -> MotoServer:
     """moto with no roles, tables or sessions, and a fresh recording of the requests it receives."""
     moto_server.reset()
     return moto_server
+
+
+class JsonLogs:
+    """What idgate's own log configuration (proxy.logs.configure) wrote, one parsed JSON object a line."""
+
+    def __init__(self) -> None:
+        self.stream = io.StringIO()
+
+    @property
+    def text(self) -> str:
+        return self.stream.getvalue()
+
+    def lines(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.text.splitlines()]
+
+
+@pytest.fixture
+def json_logs() -> Iterator[Callable[..., JsonLogs]]:
+    """configure(level, **kwargs) runs proxy.logs.configure into a buffer; the test's end puts the root
+    logger's handlers, its level and aiohttp.server's filters back (pytest's capture lives there)."""
+    root, server = logging.getLogger(), logging.getLogger("aiohttp.server")
+    handlers, level, filters = root.handlers[:], root.level, server.filters[:]
+
+    def configure(level: str = "info", **kwargs: Any) -> JsonLogs:
+        logs = JsonLogs()
+        proxy_logs.configure(level, logs.stream, **kwargs)
+        return logs
+
+    try:
+        yield configure
+    finally:
+        root.handlers[:], server.filters[:] = handlers, filters
+        root.setLevel(level)

@@ -8,7 +8,7 @@ answers it must not give.
   method, an oversized line) is answered with idgate's JSON error, never with aiohttp's page, which
   echoes the offending bytes (a bearer token, say) and names aiohttp's version; the refusal is counted
   and logged with the peer, without the bytes.  A handler that crashes is logged as a crash, with its
-  traceback, and answered 500 the same way.
+  traceback, and answered 500 the same way; a client that went away mid-exchange is only a debug line.
 * A framing error in a request body that arrives after the head was admitted (a bad chunk size) fails
   that request's body at once, so the surface answers 400 and records the outcome, instead of waiting
   for the idle timer while the upstream connection is held.
@@ -34,6 +34,7 @@ from proxy.config import LimitsConfig
 from proxy.core.errors import BadRequest
 from proxy.core.headers import request_id
 from proxy.core.reasons import Reason
+from proxy.logs import is_client_disconnect
 
 log = logging.getLogger("idgate.http")
 
@@ -206,6 +207,12 @@ class GuardedRequestHandler(RequestHandler):
             log.info("request refused by the HTTP parser", extra={"peer": self._peer, "refused": type(exc).__name__,
                                                                   "request_id": rid})
             text = "the request is not valid HTTP"
+        elif is_client_disconnect(exc):
+            # The client went away mid-request or mid-response: its outcome record says so already,
+            # and a soak sees hundreds of these.
+            log.debug("client disconnected", extra={"peer": self._peer, "disconnect": type(exc).__name__,
+                                                    "request_id": rid})
+            text = "the client went away"
         elif status >= 500:
             log.error("request handler failed", exc_info=exc, extra={"peer": self._peer, "request_id": rid})
             text = "internal error" if status == 500 else "the request could not be answered in time"
