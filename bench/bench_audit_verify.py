@@ -16,11 +16,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 from bench.bench_audit import OUTCOME, RECORD
+from tests.harness.segments import write_segment
 
 RESULTS = Path(__file__).resolve().parent / "results" / "audit_verify.json"
 REPO = Path(__file__).resolve().parents[1]
@@ -51,22 +51,6 @@ print(json.dumps({"ok": report.ok, "records": report.records, "seconds": seconds
 """
 
 
-def write_segment(path: Path, target_bytes: int) -> int:
-    """A segment of real decision and outcome records sealed onto one chain, 1,000 to a batch."""
-    from proxy.audit.chain import ChainState, SealedBatch, unsealed
-
-    state, written, count = ChainState(), 0, 0
-    with path.open("wb") as f:
-        while written < target_bytes:
-            batch = SealedBatch(state, time.time())
-            for i in range(1000):
-                batch.add(unsealed({**(RECORD if i % 2 == 0 else OUTCOME), "request_id": f"bench-{count + i}"}))
-            data = batch.data()
-            f.write(data)
-            written, count, state = written + len(data), count + 1000, batch.state
-    return count
-
-
 def run_case(tree: Path, segment: Path) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": str(tree)}
     result = subprocess.run([sys.executable, "-c", _CHILD, str(segment)], env=env, cwd=tree,
@@ -90,7 +74,8 @@ def main() -> int:
     cases: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bench-verify-", dir=args.dir) as tmp:
         segment = Path(tmp) / "audit.jsonl"
-        count = write_segment(segment, args.mib * MIB)
+        count = write_segment(segment, args.mib * MIB, lambda n: {
+            **(RECORD if n % 2 == 0 else OUTCOME), "request_id": f"bench-{n}"}, per_batch=1000)
         size = segment.stat().st_size
         for round_ in range(args.rounds):
             order = list(trees.items()) if round_ % 2 == 0 else list(reversed(trees.items()))

@@ -8,14 +8,13 @@ import os
 import pty
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 
 from proxy.audit import AuditLog
-from proxy.audit.chain import ChainState, SealedBatch, unsealed
 from proxy.config import AuditConfig
 from proxy.metrics import Metrics
+from tests.harness.segments import write_segment
 from tests.harness.servers import write_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -121,18 +120,9 @@ def test_audit_verify_accepts_what_retention_left_and_nothing_less(tmp_path):
     assert result.returncode == 1 and "the chain does not start here" in result.stderr
 
 
-def write_segment(path: Path, size: int) -> int:
-    """A segment of ~2 KB records sealed onto one chain, written a batch at a time."""
-    state, written, count = ChainState(), 0, 0
-    with path.open("wb") as f:
-        while written < size:
-            batch = SealedBatch(state, time.time())
-            for i in range(500):
-                batch.add(unsealed({"event": "decision", "n": count + i, "pad": "x" * 2000}))
-            data = batch.data()
-            f.write(data)
-            written, count, state = written + len(data), count + 500, batch.state
-    return count
+def padded(n: int) -> dict[str, object]:
+    """A ~2 KB record."""
+    return {"event": "decision", "n": n, "pad": "x" * 2000}
 
 
 # Runs `idgate audit verify` in a fresh process and prints how far its peak RSS rose above its RSS
@@ -158,7 +148,7 @@ def test_audit_verify_runs_in_constant_memory(tmp_path):
     # Linux's /proc/self/clear_refs resets the peak; where it cannot be written the measurement fails
     # loudly rather than skip.
     log = tmp_path / "audit.jsonl"
-    count = write_segment(log, 64 << 20)
+    count = write_segment(log, 64 << 20, padded)
     result = subprocess.run([sys.executable, "-c", _MEASURED_VERIFY, str(log)], cwd=REPO, capture_output=True,
                             text=True, timeout=120)
     figures = json.loads(result.stderr.splitlines()[-1])
@@ -169,7 +159,7 @@ def test_audit_verify_runs_in_constant_memory(tmp_path):
 
 def test_audit_verify_shows_progress_on_a_terminal_and_not_in_a_pipe(tmp_path):
     log = tmp_path / "audit.jsonl"
-    write_segment(log, 1)
+    write_segment(log, 1, padded)
     master, slave = pty.openpty()
     proc = subprocess.Popen([sys.executable, "-m", "proxy", "audit", "verify", str(log)], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=slave)
