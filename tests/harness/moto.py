@@ -68,14 +68,8 @@ class MotoServer(ManagedServer):
 
     def recorded_sts_calls(self, action: str = "AssumeRole") -> list[dict[str, str]]:
         """The form parameters of every STS call with this Action that moto received, in order."""
-        self._request("POST", "/moto-api/recorder/stop-recording")
-        try:
-            text = self._request("GET", "/moto-api/recorder/download-recording").decode()
-        finally:
-            self._request("POST", "/moto-api/recorder/start-recording")
         calls = []
-        for line in text.splitlines():
-            entry = json.loads(line)
+        for entry in self._recording():
             body = entry.get("body") or ""
             raw = base64.b64decode(body).decode() if entry.get("body_encoded") else body
             if entry.get("headers", {}).get("Content-Type", "").startswith("application/x-www-form-urlencoded"):
@@ -91,17 +85,21 @@ class MotoServer(ManagedServer):
 
     def recorded_targets(self) -> list[str]:
         """The X-Amz-Target of every JSON-protocol call (DynamoDB) moto received since the last reset."""
+        targets = []
+        for entry in self._recording():
+            headers = {k.lower(): v for k, v in (entry.get("headers") or {}).items()}
+            if "x-amz-target" in headers:
+                targets.append(str(headers["x-amz-target"]))
+        return targets
+
+    def _recording(self) -> list[dict[str, Any]]:
+        """Every request moto recorded since the last reset (recording goes on)."""
         self._request("POST", "/moto-api/recorder/stop-recording")
         try:
             text = self._request("GET", "/moto-api/recorder/download-recording").decode()
         finally:
             self._request("POST", "/moto-api/recorder/start-recording")
-        targets = []
-        for line in text.splitlines():
-            headers = {k.lower(): v for k, v in (json.loads(line).get("headers") or {}).items()}
-            if "x-amz-target" in headers:
-                targets.append(str(headers["x-amz-target"]))
-        return targets
+        return [json.loads(line) for line in text.splitlines()]
 
     def client(self, service: str, **keys: str) -> Any:
         session = boto3.session.Session(**(keys or TEST_KEYS), region_name=REGION)
