@@ -1,4 +1,4 @@
-"""The `idgate` command: serve, check-config, check, audit verify, gateway-keys, token (dev), demo."""
+"""The `idgate` command: serve, check-config, check, audit (cli_audit.py), gateway-keys, token (dev), demo."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ import sys
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 from urllib.parse import urlsplit
 
-from proxy import logs
+from proxy import cli_audit, logs
 from proxy.config import Config, load_config
 from proxy.core.errors import AuthenticationError, ConfigError, ConfigProblem, IdgateError
 from proxy.core.model import Identity
@@ -59,10 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--key-schema", action="append", default=[], metavar="TABLE[/INDEX]=PK[,SK]",
                        help="a table's (or index's) key attributes, as DescribeTable would give them (--dynamodb)")
     check.add_argument("--role", help="the role of the caller's credentials, when several are granted (--dynamodb)")
-    audit = sub.add_parser("audit", help="audit log tools")
-    audit_sub = audit.add_subparsers(dest="audit_command", required=True)
-    verify = audit_sub.add_parser("verify", help="check the hash chain across rotated files")
-    verify.add_argument("files", nargs="+", type=Path)
+    cli_audit.add_parser(sub)
     keys = sub.add_parser("gateway-keys", help="print a new DynamoDB gateway key ring (JSON) to stdout")
     keys.add_argument("--key-id", default="k1", help="the id of its one (active) key: [A-Za-z0-9]{1,16}")
     token = sub.add_parser("token", help="(dev) mint an access token from a local EC key")
@@ -260,57 +257,6 @@ def aws_explanation(config: Config, policy: CompiledPolicy, identity: Identity) 
     return roles
 
 
-class TerminalProgress:
-    """`audit verify`'s progress on a terminal: one line (file, records so far) rewritten in place at
-    most every `interval` seconds, and erased before the results are printed."""
-
-    def __init__(self, stream: TextIO, clock: Callable[[], float] = time.monotonic, interval: float = 0.5) -> None:
-        self._stream, self._clock, self._interval = stream, clock, interval
-        self._due = float("-inf")
-        self._shown = False
-
-    def __call__(self, path: Path, records: int) -> None:
-        now = self._clock()
-        if now < self._due:
-            return
-        self._due = now + self._interval
-        self._stream.write(f"\r\x1b[Kaudit verify: {path}: {records} record(s) so far")
-        self._stream.flush()
-        self._shown = True
-
-    def clear(self) -> None:
-        if self._shown:
-            self._stream.write("\r\x1b[K")
-            self._stream.flush()
-            self._shown = False
-
-
-def progress_for(stream: TextIO) -> TerminalProgress | None:
-    """Progress only for a person watching: never into a pipe, a file or a CI log."""
-    return TerminalProgress(stream) if stream.isatty() else None
-
-
-def cmd_audit_verify(args: argparse.Namespace) -> int:
-    from proxy.audit import segment_files, verify_files
-
-    files: list[Path] = []
-    for given in args.files:
-        files.extend(segment_files(given) if len(args.files) == 1 else [given])
-    progress = progress_for(sys.stderr)
-    try:
-        report = verify_files(files, progress)
-    finally:
-        if progress is not None:
-            progress.clear()
-    for problem in report.problems:
-        print(problem, file=sys.stderr)
-    status = "ok" if report.ok else "FAILED"
-    since = f", from seq {report.starts_after + 1} (earlier segments deleted by retention)" \
-        if report.starts_after else ""
-    print(f"audit verify: {status}: {report.records} record(s) in {report.files} file(s){since}")
-    return EXIT_OK if report.ok else EXIT_FAILED
-
-
 def cmd_token(args: argparse.Namespace) -> int:
     from proxy.assertion import load_signing_key
     from proxy.dev.issuer import DemoIdentity, DevIssuer
@@ -426,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     commands = {
         "serve": cmd_serve, "check-config": cmd_check_config, "check": cmd_check,
-        "audit": cmd_audit_verify, "token": cmd_token, "demo": cmd_demo, "gateway-keys": cmd_gateway_keys,
+        "audit": cli_audit.run, "token": cmd_token, "demo": cmd_demo, "gateway-keys": cmd_gateway_keys,
     }
     try:
         return commands[args.command](args)

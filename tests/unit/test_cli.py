@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from proxy.cli import TerminalProgress, explained_identity, progress_for
+from proxy.cli import explained_identity
+from proxy.cli_audit import TerminalProgress, progress_for
 from proxy.config import Config, IssuerConfig
 from proxy.core.errors import AuthenticationError
 from proxy.oidc.claims import MAX_GROUPS, identity_from_claims
