@@ -319,9 +319,12 @@ async def _serve(config: Config, *, reuse_port: bool = False) -> None:
 
 
 def worker_config(config: Config, index: int) -> Config:
-    """Each worker writes its own audit segment: one hash chain per writer, no cross-process locking."""
-    audit_path = config.audit.path.with_name(f"{config.audit.path.stem}.w{index}{config.audit.path.suffix}")
-    return dataclasses.replace(config, audit=dataclasses.replace(config.audit, path=audit_path))
+    """Each worker writes its own audit segment under its own instance id: one hash chain per writer,
+    no cross-process locking, and its own shipped stream."""
+    audit = config.audit
+    audit_path = audit.path.with_name(f"{audit.path.stem}.w{index}{audit.path.suffix}")
+    return dataclasses.replace(config, audit=dataclasses.replace(audit, path=audit_path,
+                                                                 instance=f"{audit.instance}.w{index}"))
 
 
 def _supervise(args: argparse.Namespace, config: Config) -> int:

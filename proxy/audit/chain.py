@@ -8,11 +8,11 @@ Format (one line per record, `\\n`-terminated, pure ASCII):
     hash = hex(sha256(prev + C))          prev and C as ASCII bytes; prev is the 64-hex `prev` field
     line = C without its final "}" + ',"hash":"' + hash + '"}' + "\\n"
 
-`record_without_hash` holds the caller's fields plus v (1), seq (1 for the very first record, then
-+1 per record, continuing across rotated files), ts (UTC, "2026-11-22T23:59:59.123456Z") and prev
-(the previous record's `hash`, or 64 zeros before the first record).  Because the hash member is
-always the last 76 bytes before the newline, a third party can verify without re-serializing:
-take the line, cut `,"hash":"<64 hex>"}`, append "}", and hash `prev` + those bytes.
+`record_without_hash` holds the caller's fields plus instance (the writer's id, audit.instance), v (1),
+seq (1 for the very first record, then +1 per record, continuing across rotated files), ts (UTC,
+"2026-11-22T23:59:59.123456Z") and prev (the previous record's `hash`, or 64 zeros before the first
+record).  Because the hash member is always the last 76 bytes before the newline, a third party
+can verify without re-serializing: take the line, cut `,"hash":"<64 hex>"}`, append "}", and hash `prev` + those bytes.
 
 Retention (retention.py) deletes the oldest segments only after a `retention` record naming their
 last record (through_seq, through_hash) is in the chain; a file set whose first record is not the
@@ -40,7 +40,7 @@ from proxy.core import strict_json
 
 VERSION = 1
 GENESIS = "0" * 64
-RESERVED = frozenset({"v", "seq", "ts", "prev", "hash"})
+RESERVED = frozenset({"v", "seq", "ts", "prev", "hash", "instance"})
 
 _HASH_SUFFIX = re.compile(rb',"hash":"([0-9a-f]{64})"\}\Z')
 _HEX64 = re.compile(r"[0-9a-f]{64}\Z")
@@ -103,10 +103,14 @@ def format_ts(epoch: float) -> str:
     return f"{_second_prefix(second)}.{micro:06d}Z"
 
 
-def unsealed(fields: dict[str, Any]) -> dict[str, Any]:
+def unsealed(fields: dict[str, Any], instance: str | None = None) -> dict[str, Any]:
     """A copy of the caller's fields with the chain's members in it, for SealedBatch.add to fill in
-    (done when a record is queued, so the caller may reuse its dict)."""
-    return {**fields, "v": VERSION, "seq": 0, "ts": "", "prev": ""}
+    (done when a record is queued, so the caller may reuse its dict).  `instance` names the writer:
+    with `seq` it identifies a record wherever it is shipped, so a consumer can drop a duplicate."""
+    record = {**fields, "v": VERSION, "seq": 0, "ts": "", "prev": ""}
+    if instance is not None:
+        record["instance"] = instance
+    return record
 
 
 class SealedBatch:

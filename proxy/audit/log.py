@@ -70,8 +70,13 @@ class AuditLog:
         metrics.audit_free_bytes.set_function(self._free_bytes)
         self._clock = clock
         self._max_pending = max_pending
+        self._instance = config.instance
         self._sink = SegmentSink(config.path, rotate_bytes=config.rotate_bytes, fsync_enabled=config.fsync,
                                  write=write, fsync=fsync, clock=clock)
+        self._rotate_seconds = config.rotate_seconds
+        self._rotation_timer: asyncio.TimerHandle | None = None   # rotate_seconds after a segment's first batch
+        self._rotate_due = False      # the timer fired: rotate after the batch in flight (or now, when idle)
+        self._rotation_listeners: list[Callable[[ChainState], None]] = []
         self._retention = Retention(config.max_segments, config.max_bytes) \
             if config.max_segments is not None or config.max_bytes is not None else None
         # A deletion whose retention record is queued: the segments go once that record is durable.
@@ -95,6 +100,20 @@ class AuditLog:
         self._enqueued = 0            # records ever queued / settled (written or failed): for flush()
         self._settled = 0
         self._progress: list[asyncio.Future[None]] = []     # flush() and close() waiting for a batch
+
+    @property
+    def durable(self) -> ChainState:
+        """The chain's last durable record: what a reader of the files may take as final (a batch that
+        is written but not yet fsynced may still be cut back)."""
+        return self._state
+
+    @property
+    def path(self) -> Path:
+        return self._sink.path
+
+    def on_rotation(self, listener: Callable[[ChainState], None]) -> None:
+        """Call `listener` on the loop after each rotation, with the last record of the rotated segment."""
+        self._rotation_listeners.append(listener)
 
     @property
     def healthy(self) -> bool:
@@ -126,6 +145,7 @@ class AuditLog:
                 return
             self._closing = True
             self._stop_waiting_for_companions()
+            self._cancel_rotation_timer()
             while self._busy:
                 await self._next_progress()
             await self._thread.run(self._sink.close)
@@ -166,7 +186,7 @@ class AuditLog:
         elif len(self._pending) >= self._max_pending:
             problem = "the audit log is overloaded"
         else:
-            self._pending.append((unsealed(record), self._loop.time(), future))
+            self._pending.append((unsealed(record, self._instance), self._loop.time(), future))
             self._enqueued += 1
             if not self._busy:
                 self._busy = True
@@ -248,8 +268,10 @@ class AuditLog:
             elif sealed:
                 self._durable(sealed, state, data)
                 # A batch of retention records alone never rotates: retention then cannot keep itself going.
-                rotate = self._sink.needs_rotation() and \
-                    any(item[0]["event"] != RETENTION_EVENT for item in sealed)
+                records = any(item[0]["event"] != RETENTION_EVENT for item in sealed)
+                rotate = records and (self._sink.needs_rotation() or self._rotate_due)
+                if records and not rotate:
+                    self._arm_rotation_timer()
         except Exception:
             _log.exception("audit writer failed answering a batch of %d record(s)", len(batch))
         self._settled += len(batch)
@@ -330,10 +352,14 @@ class AuditLog:
         try:
             if rotate:
                 try:
+                    self._rotate_due = False
+                    self._cancel_rotation_timer()
                     await self._thread.run(partial(self._sink.rotate, self._state.seq))
                 except OSError as exc:
+                    self._rotate_due = True
                     _log.warning("audit rotation failed; retrying after the next batch: %s", exc)
                 else:
+                    self._tell_rotation(self._state)
                     await self._announce_retention()
                 finally:
                     self._maintenance_step_done()
@@ -341,6 +367,35 @@ class AuditLog:
                 await self._delete_announced()
         except Exception:
             _log.exception("audit retention failed")     # the writer must outlive it too
+
+    def _tell_rotation(self, state: ChainState) -> None:
+        for listener in self._rotation_listeners:
+            try:
+                listener(state)
+            except Exception:
+                _log.exception("audit rotation listener failed")
+
+    def _arm_rotation_timer(self) -> None:
+        """With rotate_seconds: a segment that got its first records rotates that much later, even if
+        no record comes after them (a quiet segment must still reach S3)."""
+        if self._rotate_seconds is None or self._rotation_timer is not None or self._closing:
+            return
+        assert self._loop is not None
+        self._rotation_timer = self._loop.call_later(self._rotate_seconds, self._rotation_timer_fired)
+
+    def _cancel_rotation_timer(self) -> None:
+        if self._rotation_timer is not None:
+            self._rotation_timer.cancel()
+            self._rotation_timer = None
+
+    def _rotation_timer_fired(self) -> None:
+        self._rotation_timer = None
+        self._rotate_due = True
+        if self._busy or self._closing:
+            return                       # the batch in flight rotates when it comes back
+        self._busy = self._maintaining = True
+        self._maintenance = asyncio.ensure_future(self._maintain(True))
+        self._maintenance.add_done_callback(self._maintained)
 
     def _maintained(self, task: asyncio.Task[None]) -> None:
         self._maintenance = None

@@ -1,7 +1,8 @@
 """idgate.yaml → frozen Config.  Strict: unknown keys and wrong types are errors, every problem is
 reported at once with file and line (ConfigError), and `idgate check-config` runs this same code.
 
-The environment may override a secret and an endpoint: IDGATE_ASSERTION_KEY_FILE, IDGATE_AUDIT_PATH.
+The environment may override a secret and an endpoint: IDGATE_ASSERTION_KEY_FILE, IDGATE_GATEWAY_KEYS, and
+the audit's (audit_checks.py): IDGATE_AUDIT_PATH, IDGATE_AUDIT_INSTANCE, IDGATE_ANCHOR_KEY_FILE.
 """
 
 from __future__ import annotations
@@ -15,13 +16,13 @@ from collections.abc import Mapping
 from dataclasses import fields, replace
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
-from urllib.parse import urlsplit
 
+from proxy.config.audit_checks import AUDIT_VALIDATORS, apply_audit_environment, check_audit_files
+from proxy.config.checks import AWS_REGION, check_positive, http_url_problem
 from proxy.config.decoder import Decoder, Schema, Spot, read_yaml, readable_file_problem
 from proxy.config.schema import (
-    ALLOWED_ALGORITHMS, ENV_ASSERTION_KEY_FILE, ENV_AUDIT_PATH, ENV_GATEWAY_KEYS, MAX_AWS_REGION_CHARS, MAX_BROKER_DURATION, MAX_LEEWAY,
-    MIN_BROKER_DURATION, STALE_REFRESHES, AdminConfig, AssertionConfig, AuditConfig, AwsConfig, Config,
+    ALLOWED_ALGORITHMS, ENV_ASSERTION_KEY_FILE, ENV_GATEWAY_KEYS, MAX_AWS_REGION_CHARS, MAX_BROKER_DURATION, MAX_LEEWAY,
+    MIN_BROKER_DURATION, STALE_REFRESHES, AdminConfig, AssertionConfig, AwsConfig, Config,
     CredentialsConfig, ExtAuthzGrpcConfig, ExtAuthzHttpConfig, ForwardAuthConfig, IssuerConfig, LimitsConfig,
     GatewayConfig, ListenerConfig, RouteConfig, TlsConfig, UpstreamTlsConfig,
 )
@@ -34,22 +35,6 @@ from proxy.core.hosts import is_host_name, is_loopback
 _ROUTE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
-def _http_url_problem(url: str, *, bare: bool) -> str | None:
-    """Why `url` is not an http(s) URL with a host (and, when `bare`, nothing after host:port)."""
-    try:
-        parts = urlsplit(url)
-        parts.port   # noqa: B018 - raises ValueError for a malformed port
-    except ValueError:
-        return "is not a valid URL"
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        return "must be an http:// or https:// URL with a host"
-    if "@" in parts.netloc:
-        return "must not contain user info"
-    if bare and (parts.path or parts.query or parts.fragment or url.endswith(("?", "#"))):
-        return "must be scheme://host[:port] with no path, query or fragment"
-    return None
-
-
 def _check_host(value: str, spot: Spot) -> None:
     if not is_host_name(value) and not is_loopback(value):
         spot.report(f"'{value}' is not a valid host name or IP address (no port)", "host")
@@ -58,13 +43,6 @@ def _check_host(value: str, spot: Spot) -> None:
 def _check_port(port: int, spot: Spot) -> None:
     if not 0 <= port <= 65535:
         spot.report("must be between 0 and 65535 (0 = pick a free port)", "port")
-
-
-def _check_positive(obj: Any, spot: Spot, *names: str) -> None:
-    for name in names:
-        value = getattr(obj, name)
-        if value is not None and value <= 0:
-            spot.report("must be greater than 0", name)
 
 
 def _check_listener(listener: ListenerConfig, spot: Spot) -> ListenerConfig:
@@ -88,7 +66,7 @@ def _check_tls(tls: TlsConfig, spot: Spot) -> TlsConfig:
 
 
 def _check_limits(limits: LimitsConfig, spot: Spot) -> LimitsConfig:
-    _check_positive(limits, spot, *(f.name for f in fields(limits)))
+    check_positive(limits, spot, *(f.name for f in fields(limits)))
     if limits.max_head_bytes < limits.max_line_bytes:
         spot.report("must be at least max_line_bytes: a head holds its request line", "max_head_bytes")
     if limits.max_connections_per_peer > limits.max_connections:
@@ -97,14 +75,14 @@ def _check_limits(limits: LimitsConfig, spot: Spot) -> LimitsConfig:
 
 
 def _check_issuer(issuer: IssuerConfig, spot: Spot) -> IssuerConfig:
-    why = _http_url_problem(issuer.issuer, bare=False)
+    why = http_url_problem(issuer.issuer, bare=False)
     if why:
         spot.report(why, "issuer")
     if not issuer.audiences:
         spot.report("an issuer must name at least one audience", "audiences")
     if issuer.jwks_uri is not None and issuer.jwks_file is not None:
         spot.report("give jwks_uri or jwks_file, not both", "jwks_file")
-    if issuer.jwks_uri is not None and (why := _http_url_problem(issuer.jwks_uri, bare=False)):
+    if issuer.jwks_uri is not None and (why := http_url_problem(issuer.jwks_uri, bare=False)):
         spot.report(why, "jwks_uri")
     if issuer.jwks_file is not None and (why := readable_file_problem(issuer.jwks_file)):
         spot.report(why, "jwks_file")
@@ -123,7 +101,7 @@ def _check_issuer(issuer: IssuerConfig, spot: Spot) -> IssuerConfig:
         # refreshes, or after one failed refresh, and valid tokens are refused.
         spot.report(f"must be at least {STALE_REFRESHES} x refresh_interval ({issuer.refresh_interval:g} s), "
                     "or valid tokens are refused while the issuer is healthy", "max_stale")
-    _check_positive(issuer, spot, "max_token_bytes", "max_age", "max_lifetime", "refresh_interval",
+    check_positive(issuer, spot, "max_token_bytes", "max_age", "max_lifetime", "refresh_interval",
                     "unknown_kid_min_interval")
     return issuer
 
@@ -139,7 +117,7 @@ def _path_prefix_problem(prefix: str) -> str | None:
 def _check_route(route: RouteConfig, spot: Spot) -> RouteConfig:
     if not _ROUTE_NAME.fullmatch(route.name):
         spot.report("must match [A-Za-z0-9][A-Za-z0-9._-]{0,63}", "name")
-    if why := _http_url_problem(route.upstream, bare=True):
+    if why := http_url_problem(route.upstream, bare=True):
         spot.report(why, "upstream")
     elif route.tls is not None and not route.upstream.lower().startswith("https://"):
         spot.report("only for an https:// upstream", "tls")
@@ -149,7 +127,7 @@ def _check_route(route: RouteConfig, spot: Spot) -> RouteConfig:
             spot.report(f"'{host}' is not a valid host name (no port, no wildcard)", "hosts", i)
     if why := _path_prefix_problem(route.path_prefix):
         spot.report(why, "path_prefix")
-    _check_positive(route, spot, "connect_timeout", "read_timeout", "max_body_bytes", "max_connections", "pool_timeout",
+    check_positive(route, spot, "connect_timeout", "read_timeout", "max_body_bytes", "max_connections", "pool_timeout",
                     "max_connections_per_identity",
                     "websocket_idle_timeout", "websocket_max_lifetime")
     return replace(route, hosts=hosts)
@@ -209,29 +187,15 @@ def _check_ext_authz_http(http: ExtAuthzHttpConfig, spot: Spot) -> ExtAuthzHttpC
 def _check_ext_authz_grpc(grpc: ExtAuthzGrpcConfig, spot: Spot) -> ExtAuthzGrpcConfig:
     _check_host(grpc.host, spot)
     _check_port(grpc.port, spot)
-    _check_positive(grpc, spot, "max_message_bytes")
+    check_positive(grpc, spot, "max_message_bytes")
     if not _envoy_extra_installed():
         spot.report("the gRPC ext_authz surface needs the envoy extra: pip install 'idgate[envoy]'")
     return grpc
 
 
-def _check_audit(audit: AuditConfig, spot: Spot) -> AuditConfig:
-    _check_positive(audit, spot, "rotate_bytes", "max_segments", "max_bytes")
-    if audit.max_bytes is not None and 0 < audit.max_bytes < audit.rotate_bytes:
-        # Each rotated segment is a little over rotate_bytes: every one would be deleted as it is rotated.
-        spot.report(f"must be at least rotate_bytes ({audit.rotate_bytes}): a smaller budget cannot keep even "
-                    "one rotated segment", "max_bytes")
-    if not 0 <= audit.group_commit_max_delay <= 1:
-        spot.report("must be between 0 and 1 second", "group_commit_max_delay")
-    return audit
-
-
 def _check_assertion(assertion: AssertionConfig, spot: Spot) -> AssertionConfig:
-    _check_positive(assertion, spot, "ttl")   # key_file is checked after environment overrides
+    check_positive(assertion, spot, "ttl")   # key_file is checked after environment overrides
     return assertion
-
-
-_AWS_REGION = re.compile(r"[a-z]{2,4}(?:-[a-z]+)+-[0-9]{1,2}")
 
 
 def _check_credentials(credentials: CredentialsConfig, spot: Spot) -> CredentialsConfig:
@@ -245,7 +209,7 @@ def _check_gateway(gateway: GatewayConfig, spot: Spot) -> GatewayConfig:
         spot.report(why, "path")
     elif gateway.path == "/":
         spot.report("must not be '/': the reverse proxy serves the rest of the listener", "path")
-    if gateway.endpoint is not None and (why := _http_url_problem(gateway.endpoint, bare=True)):
+    if gateway.endpoint is not None and (why := http_url_problem(gateway.endpoint, bare=True)):
         spot.report(why, "endpoint")
     for i, host in enumerate(gateway.hosts):
         name, _, port = host.rpartition(":") if ":" in host else (host, "", "")
@@ -256,22 +220,22 @@ def _check_gateway(gateway: GatewayConfig, spot: Spot) -> GatewayConfig:
                     "refreshes credentials below 15 minutes left)", "credential_lifetime")
     if not 0 < gateway.max_clock_skew <= 900:
         spot.report("must be greater than 0 and at most 900 seconds (AWS allows 300)", "max_clock_skew")
-    _check_positive(gateway, spot, "key_schema_ttl", "max_body_bytes", "max_response_bytes", "connect_timeout",
+    check_positive(gateway, spot, "key_schema_ttl", "max_body_bytes", "max_response_bytes", "connect_timeout",
                     "read_timeout", "max_connections")
     return gateway
 
 
 def _check_aws(aws: AwsConfig, spot: Spot) -> AwsConfig:
-    if not _AWS_REGION.fullmatch(aws.region) or len(aws.region) > MAX_AWS_REGION_CHARS:
+    if not AWS_REGION.fullmatch(aws.region) or len(aws.region) > MAX_AWS_REGION_CHARS:
         spot.report(f"'{aws.region}' is not an AWS region name (e.g. us-east-1)", "region")
-    if aws.sts_endpoint is not None and (why := _http_url_problem(aws.sts_endpoint, bare=True)):
+    if aws.sts_endpoint is not None and (why := http_url_problem(aws.sts_endpoint, bare=True)):
         spot.report(why, "sts_endpoint")
     if not MIN_BROKER_DURATION <= aws.default_duration <= MAX_BROKER_DURATION:
         spot.report(f"must be between {MIN_BROKER_DURATION} and {MAX_BROKER_DURATION} seconds (credentials "
                     "are vended with at least 30 minutes left)", "default_duration")
     if not 0 < aws.sts_timeout <= 60:
         spot.report("must be greater than 0 and at most 60 seconds", "sts_timeout")
-    _check_positive(aws, spot, "credential_cache_size")
+    check_positive(aws, spot, "credential_cache_size")
     return aws
 
 
@@ -310,7 +274,7 @@ def _check_config(config: Config, spot: Spot) -> Config:
     if config.dev_mode and not (is_loopback(listen.host) and is_loopback(admin.host)):
         spot.report("only allowed when listen.host and admin.host are loopback addresses",
                     "dev_mode")
-    _check_positive(config, spot, "token_cache_size")
+    check_positive(config, spot, "token_cache_size")
     return config
 
 
@@ -342,10 +306,11 @@ _SCHEMA = Schema(
         ListenerConfig: _check_listener, AdminConfig: _check_admin, TlsConfig: _check_tls,
         LimitsConfig: _check_limits, IssuerConfig: _check_issuer, RouteConfig: _check_route,
         UpstreamTlsConfig: _check_upstream_tls,
-        ForwardAuthConfig: _check_forward_auth, AuditConfig: _check_audit,
+        ForwardAuthConfig: _check_forward_auth,
         ExtAuthzHttpConfig: _check_ext_authz_http, ExtAuthzGrpcConfig: _check_ext_authz_grpc,
         AssertionConfig: _check_assertion, Config: _check_config,
         CredentialsConfig: _check_credentials, AwsConfig: _check_aws, GatewayConfig: _check_gateway,
+        **AUDIT_VALIDATORS,
     }),
 )
 
@@ -354,9 +319,7 @@ def _apply_environment(config: Config, env: Mapping[str, str]) -> Config:
     """DESIGN §7: the environment may override secrets and endpoints (an empty value counts as unset)."""
     if key_file := env.get(ENV_ASSERTION_KEY_FILE):
         config = replace(config, assertion=replace(config.assertion, key_file=Path(key_file)))
-    if audit_path := env.get(ENV_AUDIT_PATH):
-        config = replace(config, audit=replace(config.audit, path=Path(audit_path)))
-    return config
+    return replace(config, audit=apply_audit_environment(config.audit, env))
 
 
 def load_config(path: Path, env: Mapping[str, str] | None = None) -> Config:
@@ -382,6 +345,7 @@ def load_config(path: Path, env: Mapping[str, str] | None = None) -> Config:
                 spot.report(f"the gateway needs its key ring: key_file, or ${ENV_GATEWAY_KEYS}", "enabled")
             elif why := readable_file_problem(gateway.key_file):
                 spot.report(why, "key_file")
+        check_audit_files(config.audit, decoder.spot(node, Config, "").child("audit"), env, decoder.problems)
     decoder.raise_if_problems()
     assert config is not None   # decode returns None only after reporting a problem
     return config

@@ -118,9 +118,60 @@ class ExtAuthzConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ObjectLockConfig:
+    """S3 Object Lock retention put on every shipped object (the bucket must have Object Lock enabled)."""
+
+    mode: str = "COMPLIANCE"                      # or GOVERNANCE (users with s3:BypassGovernanceRetention may delete)
+    days: int = 365
+
+
+@dataclass(frozen=True, slots=True)
+class CloudWatchSinkConfig:
+    """Records to CloudWatch Logs as they become durable: one stream per instance, `<instance>.anchors` beside it."""
+
+    log_group: str
+    endpoint: str | None = None                   # None: AWS (or $AWS_ENDPOINT_URL_LOGS)
+    create: bool = True                           # create the group and streams when missing
+
+
+@dataclass(frozen=True, slots=True)
+class S3SinkConfig:
+    """Rotated segments to S3 as `<prefix><instance>/<first-seq>-<last-seq>.jsonl`, never overwritten."""
+
+    bucket: str
+    prefix: str = ""
+    endpoint: str | None = None                   # None: AWS (or $AWS_ENDPOINT_URL_S3)
+    object_lock: ObjectLockConfig | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AnchorConfig:
+    key_file: Path | None = None                  # PEM EC P-256 private key; $IDGATE_ANCHOR_KEY_FILE wins
+    interval: float = 60.0                        # seconds between anchors while records keep coming
+
+
+@dataclass(frozen=True, slots=True)
+class ShippingConfig:
+    """Audit shipping off the machine, by a task of its own: never on the request path."""
+
+    cloudwatch: CloudWatchSinkConfig | None = None
+    s3: S3SinkConfig | None = None
+    anchors: AnchorConfig = field(default_factory=AnchorConfig)
+    state_dir: Path | None = None                 # checkpoints, anchors, gap ledger; None: <audit path>.shipping/
+    region: str | None = None                     # None: aws.region
+    interval: float = 1.0                         # seconds between rounds
+    max_lag_seconds: float | None = None          # /readyz not ready while shipping is further behind
+    timeout: float = 30.0                         # connect and read timeout of one AWS call
+
+
+@dataclass(frozen=True, slots=True)
 class AuditConfig:
     path: Path = Path("audit/idgate-audit.jsonl")
+    # The writer's id in every record and in the shipped names (stream, S3 folder): unique per chain.
+    # None: the host name; $IDGATE_AUDIT_INSTANCE wins; `--workers N` appends .w<index>.
+    instance: str | None = None
     rotate_bytes: int = 100 * 1024 * 1024
+    rotate_seconds: float | None = None           # also rotate a segment this old (so S3 gets it); None: by size only
     fsync: bool = True                            # False only for benchmarks / throwaway demos
     # Group commit batches whatever arrives while an fsync is in flight, so batches grow with the load
     # and the disk's latency by themselves.  > 0: a batch may also wait up to this many seconds for
@@ -132,6 +183,7 @@ class AuditConfig:
     # so nothing is deleted unless configured (a full disk then fails closed, as without retention).
     max_segments: int | None = None
     max_bytes: int | None = None
+    shipping: ShippingConfig | None = None        # with shipping, a segment is deleted only once shipped and anchored
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,4 +260,6 @@ MAX_AWS_REGION_CHARS = 20                        # the session-policy size check
 MIN_BROKER_DURATION, MAX_BROKER_DURATION = 2700, 43200   # vended credentials keep >= 30 minutes; STS max 12 h
 ENV_ASSERTION_KEY_FILE = "IDGATE_ASSERTION_KEY_FILE"
 ENV_AUDIT_PATH = "IDGATE_AUDIT_PATH"
+ENV_AUDIT_INSTANCE = "IDGATE_AUDIT_INSTANCE"
+ENV_ANCHOR_KEY_FILE = "IDGATE_ANCHOR_KEY_FILE"
 ENV_GATEWAY_KEYS = "IDGATE_GATEWAY_KEYS"            # the gateway key ring's JSON itself (a secret: never a CLI flag)

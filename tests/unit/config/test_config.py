@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import trustme
 
-from proxy.config import Config, IssuerConfig, check_config, load_config
+from proxy.config import AuditConfig, Config, IssuerConfig, check_config, load_config
+from proxy.config.audit_checks import default_instance
 from proxy.config.schema import ENV_ASSERTION_KEY_FILE, ENV_AUDIT_PATH
 from proxy.core.hosts import is_loopback
 from proxy.core.errors import ConfigError, ConfigProblem
@@ -78,13 +79,15 @@ def test_full_example_loads_with_every_value(monkeypatch: pytest.MonkeyPatch) ->
 
 def test_defaults_fill_everything_optional(tmp_path: Path) -> None:
     config = load_config(write_config(tmp_path, ""), env={})
+    # The one default that is not a constant: the audit's instance id is the host name.
     assert config == Config(source=tmp_path / "idgate.yaml", issuers=config.issuers,
-                            policies_dir=tmp_path / "policies")
+                            policies_dir=tmp_path / "policies", audit=AuditConfig(instance=default_instance()))
 
 
 @pytest.mark.parametrize("name", [
     "unknown-keys.yaml", "wrong-types.yaml", "issuer-without-audiences.yaml", "duplicate-key.yaml",
     "bad-syntax.yaml", "invalid-values.yaml", "invalid-listeners.yaml", "invalid-gateway.yaml",
+    "invalid-shipping.yaml",
 ])
 def test_bad_config_reports_every_marked_problem_with_file_and_line(name: str) -> None:
     path = DATA / name
