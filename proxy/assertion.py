@@ -3,9 +3,6 @@
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -13,11 +10,10 @@ from typing import Any
 
 import jwt
 from cachetools import LRUCache
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from proxy.core.errors import ConfigError, ConfigProblem
 from proxy.core.model import Identity, Surface
+from proxy.keys import load_p256_private_key, public_jwk, thumbprint
 
 ASSERTION_ISSUER = "idgate"
 
@@ -37,21 +33,11 @@ def audience(surface: Surface, name: str) -> str:
     return f"{_AUDIENCE_KINDS[surface]}:{name}"
 
 
-def _b64url_uint(value: int, length: int) -> str:
-    return base64.urlsafe_b64encode(value.to_bytes(length, "big")).rstrip(b"=").decode()
-
-
 def load_signing_key(key_file: Path | None) -> ec.EllipticCurvePrivateKey:
     """The configured P-256 key, or a fresh one (valid for this process only) when none is configured."""
     if key_file is None:
         return ec.generate_private_key(ec.SECP256R1())
-    try:
-        key = serialization.load_pem_private_key(key_file.read_bytes(), password=None)
-    except (OSError, ValueError, TypeError) as exc:
-        raise ConfigError([ConfigProblem(str(key_file), None, f"cannot load assertion key: {exc.__class__.__name__}")]) from exc
-    if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, ec.SECP256R1):
-        raise ConfigError([ConfigProblem(str(key_file), None, "assertion key must be an EC P-256 private key (PEM)")])
-    return key
+    return load_p256_private_key(key_file, "assertion key")
 
 
 class AssertionSigner:
@@ -62,11 +48,8 @@ class AssertionSigner:
         self._key = key
         self._ttl = ttl
         self._clock = clock
-        numbers = key.public_key().public_numbers()
-        self._public_jwk = {"kty": "EC", "crv": "P-256", "x": _b64url_uint(numbers.x, 32), "y": _b64url_uint(numbers.y, 32)}
-        # RFC 7638 thumbprint: a kid that changes exactly when the key does.
-        canonical = json.dumps(self._public_jwk, sort_keys=True, separators=(",", ":")).encode()
-        self.kid = base64.urlsafe_b64encode(hashlib.sha256(canonical).digest()).rstrip(b"=").decode()
+        self._public_jwk = public_jwk(key.public_key())
+        self.kid = thumbprint(self._public_jwk)
         self._cache: LRUCache[tuple[object, ...], tuple[str, float]] = LRUCache(maxsize=10000)
 
     def jwks(self) -> dict[str, Any]:

@@ -142,6 +142,26 @@ class Metrics:
         self.audit_batch_records = LoopHistogram(
             "idgate_audit_batch_records", "Records made durable per fsync (group commit).",
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=r)
+        self.audit_shipped = Counter(
+            "idgate_audit_shipped_records_total", "Audit records a sink acknowledged (cloudwatch: as events; s3: in "
+            "uploaded segments), by sink.", ["sink"], registry=r)
+        self.audit_ship_lag_records = Gauge(
+            "idgate_audit_ship_lag_records", "Durable audit records a sink does not hold yet (s3: in rotated "
+            "segments), by sink.", ["sink"], registry=r)
+        self.audit_ship_lag_seconds = Gauge(
+            "idgate_audit_ship_lag_seconds", "How long a sink has been behind (0: it holds every record it can), by "
+            "sink.", ["sink"], registry=r)
+        self.audit_ship_failures = Counter(
+            "idgate_audit_ship_failures_total", "Failed sink calls (retried with backoff), by sink and error code.",
+            ["sink", "code"], registry=r)
+        self.audit_ship_gaps = Counter(
+            "idgate_audit_ship_gap_records_total", "Audit records a sink refused for good (too old, too new, "
+            "expired, too large): written to the gap ledger, by sink and reason.", ["sink", "reason"], registry=r)
+        self.audit_ship_halted = Gauge(
+            "idgate_audit_ship_halted", "1 while a sink has stopped shipping because the local chain is broken "
+            "or the sink holds other bytes under a shipped name (see the log), by sink.", ["sink"], registry=r)
+        self.audit_anchors = Counter(
+            "idgate_audit_anchors_total", "Signed audit anchors made.", registry=r)
         self.upstream_seconds = LoopHistogram(
             "idgate_upstream_seconds", "Time to the upstream's response head, by route.",
             ["route"], buckets=_LATENCY_BUCKETS, registry=r)

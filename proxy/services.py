@@ -16,12 +16,15 @@ from aiohttp import web
 
 from proxy.assertion import AssertionSigner, load_signing_key
 from proxy.audit import AuditLog
+from proxy.audit.anchors import AnchorSigner
+from proxy.audit.shipping import Shipper
 from proxy.aws.broker import CredentialBroker, start_broker
 from proxy.aws.dynamodb.calls import known_operations
 from proxy.aws.gateway import DynamoDbGateway, load_gateway_ring
 from proxy.aws.sts import StsClientFactory
-from proxy.config import Config, RouteConfig
+from proxy.config import AuditConfig, Config, RouteConfig
 from proxy.core.headers import TrustedProxies
+from proxy.keys import load_p256_private_key
 from proxy.metrics import Metrics
 from proxy.oidc import TokenVerifier
 from proxy.pipeline import Pipeline
@@ -49,6 +52,7 @@ class Services:
     background: list[asyncio.Task[None]] = field(default_factory=list)
     broker: CredentialBroker | None = None      # when credentials or the DynamoDB gateway are enabled
     gateway: DynamoDbGateway | None = None      # when aws.gateway.enabled
+    shipper: Shipper | None = None              # when audit.shipping is configured
 
     def request_reload(self) -> None:
         """SIGHUP: reload the policy files and refetch every issuer's keys, both in the background
@@ -119,6 +123,12 @@ async def running_services(config: Config, *, metrics: Metrics | None = None,
         audit = AuditLog(config.audit, metrics)
         stack.push_async_callback(audit.close)
         await audit.open()
+        shipper: Shipper | None = None
+        if config.audit.shipping is not None:
+            shipper = await asyncio.to_thread(_shipper, audit, config.audit, config.aws.region, metrics)
+            # Closed before the audit log's own callback runs: it closes the log, then ships what is left.
+            stack.push_async_callback(shipper.close)
+            await shipper.start()
         broker: CredentialBroker | None = None
         gateway_config = config.aws.gateway
         if config.credentials.enabled or gateway_config.enabled:
@@ -140,11 +150,17 @@ async def running_services(config: Config, *, metrics: Metrics | None = None,
             pipeline=Pipeline(verifier, policy, audit, metrics), upstream=upstream, origins=origins,
             websocket_session=websocket_session,
             trusted=TrustedProxies(config.trusted_proxies), background=background, broker=broker,
-            gateway=gateway,
+            gateway=gateway, shipper=shipper,
         )
         stack.push_async_callback(_stop_tasks, background)
         background.append(asyncio.create_task(policy.watch(POLICY_POLL_SECONDS), name="policy-watch"))
         yield services
+
+
+def _shipper(audit: AuditLog, config: AuditConfig, region: str, metrics: Metrics) -> Shipper:
+    assert config.shipping is not None and config.shipping.anchors.key_file is not None
+    key = load_p256_private_key(config.shipping.anchors.key_file, "audit anchor key")
+    return Shipper(audit, config, region, metrics, AnchorSigner(key))
 
 
 async def _stop_tasks(tasks: list[asyncio.Task[None]]) -> None:

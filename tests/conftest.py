@@ -18,7 +18,7 @@ from proxy import logs as proxy_logs
 from tests.harness.moto import MotoServer
 from tests.harness.oidc_provider import OidcProvider
 
-pytest_plugins = ["tests.harness.stack", "tests.harness.broker", "tests.harness.gateway"]
+pytest_plugins = ["tests.harness.stack", "tests.harness.broker", "tests.harness.gateway", "tests.harness.shipping"]
 
 
 @pytest.fixture(scope="session")

@@ -23,6 +23,7 @@ before the next batch starts.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import time
@@ -110,6 +111,12 @@ class AuditLog:
     @property
     def path(self) -> Path:
         return self._sink.path
+
+    def guard_retention(self, may_delete: Callable[[Path], bool]) -> None:
+        """Retention deletes a rotated segment only when `may_delete` says so (audit shipping: once it is
+        shipped and anchored); called on the file thread."""
+        if self._retention is not None:
+            self._retention = dataclasses.replace(self._retention, may_delete=may_delete)
 
     def on_rotation(self, listener: Callable[[ChainState], None]) -> None:
         """Call `listener` on the loop after each rotation, with the last record of the rotated segment."""

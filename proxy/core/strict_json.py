@@ -19,6 +19,14 @@ def loads(data: str | bytes) -> Any:
         raise ValueError("JSON nested too deeply") from exc
 
 
+def loads_object(data: str | bytes) -> dict[str, Any]:
+    """`loads` for a document that must be a JSON object."""
+    value = loads(data)
+    if not isinstance(value, dict):
+        raise ValueError("not a JSON object")
+    return value
+
+
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     result = dict(pairs)
     if len(result) != len(pairs):

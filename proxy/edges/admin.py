@@ -20,14 +20,20 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Ready only with a loaded policy, keys for every issuer and a writable audit log."""
+    """Ready only with a loaded policy, keys for every issuer, a writable audit log, and audit shipping
+    not halted and within audit.shipping.max_lag_seconds (when configured)."""
     services = request.app[SERVICES]
     checks = {
         "policy": services.policy.current is not None,
         "issuers": services.verifier.ready(),
         "audit": services.audit.healthy,
     }
+    shipping = services.shipper.status() if services.shipper is not None else None
+    if shipping is not None:
+        checks["audit_shipping"] = bool(shipping["ok"])
     body = {"ready": all(checks.values()), "checks": checks, "issuers": services.verifier.status()}
+    if shipping is not None:
+        body["audit_shipping"] = shipping["sinks"]
     if services.policy.last_error:
         body["policy_reload_error"] = services.policy.last_error
     return web.json_response(body, status=200 if body["ready"] else 503)

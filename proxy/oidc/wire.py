@@ -73,12 +73,9 @@ def _b64decode(part: str) -> bytes:
 
 def _json_object(raw: bytes, what: str) -> dict[str, Any]:
     try:
-        value = strict_json.loads(raw)
+        return strict_json.loads_object(raw)
     except ValueError as exc:
-        raise _malformed(f"token {what} is not JSON") from exc
-    if not isinstance(value, dict):
-        raise _malformed(f"token {what} is not a JSON object")
-    return value
+        raise _malformed(f"token {what} is not a JSON object") from exc
 
 
 def _malformed(message: str) -> AuthenticationError:

@@ -38,9 +38,9 @@ class MotoError(RuntimeError):
 class MotoServer(ManagedServer):
     """One moto_server process.  Use as a context manager, or call start() and stop()."""
 
-    def __init__(self, *, startup_timeout: float = 30.0) -> None:
+    def __init__(self, *, startup_timeout: float = 30.0, port: int = 0) -> None:
         self._server = ServerProcess("moto", MotoError, startup_timeout=startup_timeout)
-        self.port = 0
+        self.port = port                 # 0: a free one; a given port lets a test bring moto back where it was
 
     @property
     def url(self) -> str:
@@ -51,7 +51,7 @@ class MotoServer(ManagedServer):
         if not binary.exists():
             raise MotoError(f"{binary} is missing: install the test extra (pip install -e '.[test]')")
         # moto has no port 0: pick a free port; a lost race shows as an early exit below.
-        self.port = free_port()
+        self.port = self.port or free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
         env["MOTO_RECORDER_FILEPATH"] = str(self._server.workdir / "recording.jsonl")
         self._server.start([str(binary), "-H", HOST, "-p", str(self.port)], env=env)

@@ -1,0 +1,75 @@
+"""One signed call of an AWS JSON-protocol API (CloudWatch Logs) with a body idgate encoded itself:
+botocore's SigV4 signer and HTTP session, without its per-member serializer and validator (9 µs per
+log event measured, against 1.3 µs for encoding the events here), because the shipper sends every
+audit record through PutLogEvents.  Credentials are idgate's own (boto3's usual chain), never a caller's.
+
+Blocking: runs on the shipper's thread.  Every failure is a ShipError.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import ReadOnlyCredentials
+from botocore.exceptions import BotoCoreError, HTTPClientError
+from botocore.httpsession import URLLib3Session
+from botocore.utils import get_environ_proxies
+
+MAX_ANSWER_BYTES = 1 << 20
+
+
+class ShipError(Exception):
+    """A sink call that did not succeed: `code` is AWS's error code, or ours for transport failures."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code, self.message = code, message
+
+
+CredentialSource = Callable[[], ReadOnlyCredentials | None]
+
+
+class AwsJsonApi:
+    def __init__(self, *, service: str, target_prefix: str, endpoint_url: str, region: str,
+                 credentials: CredentialSource, timeout: float) -> None:
+        self._service, self._target_prefix, self._region = service, target_prefix, region
+        self._url = endpoint_url.rstrip("/") + "/"
+        self._credentials = credentials
+        self._http = URLLib3Session(proxies=get_environ_proxies(self._url), timeout=(timeout, timeout),
+                                    max_pool_connections=2)
+
+    def call(self, operation: str, body: bytes) -> dict[str, Any]:
+        credentials = self._credentials()
+        if credentials is None:
+            raise ShipError("NoCredentials", "no AWS credentials found (boto3's usual chain)")
+        request = AWSRequest(method="POST", url=self._url, data=body, headers={
+            "Content-Type": "application/x-amz-json-1.1",
+            "X-Amz-Target": f"{self._target_prefix}.{operation}",
+        })
+        SigV4Auth(credentials, self._service, self._region).add_auth(request)
+        try:
+            response = self._http.send(request.prepare())
+            content = response.content[:MAX_ANSWER_BYTES]
+        except (BotoCoreError, HTTPClientError, OSError) as exc:
+            raise ShipError("ConnectionError", str(exc)) from exc
+        answer = _json_object(content)
+        if response.status_code == 200:
+            return answer
+        code = str(answer.get("__type", f"HTTP{response.status_code}")).rpartition("#")[2]
+        message = answer.get("message", answer.get("Message", ""))
+        raise ShipError(code or f"HTTP{response.status_code}", str(message)[:500])
+
+    def close(self) -> None:
+        self._http.close()
+
+
+def _json_object(content: bytes) -> dict[str, Any]:
+    try:
+        value = json.loads(content) if content else {}
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}

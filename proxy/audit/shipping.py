@@ -1,0 +1,405 @@
+"""The audit shipper: a task of its own that ships the local chain to CloudWatch Logs and S3 and signs
+anchors, never on the request path (a failed or slow shipment never delays a request; the audit log
+stays the only thing a request waits for).
+
+Each round, on the shipper's own thread:
+  CloudWatch  read the records after the sink's position up to the last durable one (ChainTail checks
+              every hash and link), send them in PutLogEvents batches, and after each acknowledged
+              batch write its refused events to the gap ledger and then the position (checkpoint):
+              temp file, fsync, rename.  A crash between an acknowledgement and the checkpoint sends
+              that batch again: every record carries instance and seq, so a consumer drops the copy.
+  S3          upload each rotated segment not yet shipped, checked end to end, never overwriting.
+  anchors     every anchors.interval while records keep coming, after each rotation and at shutdown,
+              sign the last durable record; append it to the local anchors file, then store it in
+              every sink (S3 object, CloudWatch stream `<instance>.anchors`).
+A sink that fails backs off (exponential, with jitter, at most MAX_BACKOFF) and resumes where its
+checkpoint says.  A broken local chain, or other bytes under a name already shipped, halts that sink:
+it is logged, counted (idgate_audit_ship_halted) and retention keeps every segment it has not shipped.
+
+Retention deletes a rotated segment only once every sink holds it and an anchor stored in every sink
+vouches for a seq at or after its last (`may_delete`, called from the audit log's file thread).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import TypeVar
+
+from proxy.audit.anchors import Anchor, AnchorSigner
+from proxy.audit.aws_json import ShipError
+from proxy.audit.chain import ChainState
+from proxy.audit.cloudwatch import CloudWatchSink, Rejected, plan_batches
+from proxy.audit.file_thread import FileThread
+from proxy.audit.log import AuditLog
+from proxy.audit.s3_sink import S3Sink, check_segment
+from proxy.audit.ship_state import ShipState, load_ship_state
+from proxy.audit.sink_clients import Sinks, build_sinks
+from proxy.audit.sink import segment_files
+from proxy.audit.state import StateError, append_line, write_state
+from proxy.audit.tail import ChainBreak, ChainTail, Position, TailRecord, rotated_last_seq
+from proxy.config import AuditConfig
+from proxy.core.errors import ConfigError, ConfigProblem
+from proxy.metrics import Metrics
+
+_log = logging.getLogger("idgate.audit.shipping")
+T = TypeVar("T")
+
+MAX_ROUND_RECORDS = 10_000
+MAX_ROUND_BYTES = 4 << 20
+MAX_BACKOFF = 60.0
+CLOSE_TIMEOUT = 10.0                 # shutdown waits at most this long for the last shipment
+
+
+@dataclass(slots=True)
+class _Sink:
+    """What the shipper tracks of one sink between rounds (on the loop)."""
+
+    name: str
+    seq: int = 0                     # the last record it holds
+    anchor: Anchor | None = None     # the newest anchor it holds
+    retry_at: float = 0.0            # loop time: no call before this
+    failures: int = 0
+    halted: str | None = None
+    behind_since: float | None = None
+    lag_records: int = 0
+
+
+SinkFactory = Callable[[AuditConfig, str], Sinks]
+
+
+class Shipper:
+    def __init__(self, audit: AuditLog, config: AuditConfig, region: str, metrics: Metrics, signer: AnchorSigner,
+                 *, sinks: SinkFactory = build_sinks, clock: Callable[[], float] = time.time) -> None:
+        assert config.shipping is not None and config.instance is not None
+        self._audit, self._config, self._shipping = audit, config, config.shipping
+        self._region, self._metrics, self._signer = region, metrics, signer
+        self._instance = config.instance
+        self._make_sinks, self._clock = sinks, clock
+        self._dir = self._shipping.state_dir or config.path.with_name(config.path.name + ".shipping")
+        self._tail = ChainTail(config.path)
+        self._sinks: Sinks | None = None
+        self._prepared = False
+        self._cw = _Sink("cloudwatch") if self._shipping.cloudwatch is not None else None
+        self._s3 = _Sink("s3") if self._shipping.s3 is not None else None
+        self._state = ShipState()
+        self._pending: list[Anchor] = []          # signed, not yet in every sink
+        self._rotations: list[ChainState] = []
+        self._next_anchor = 0.0
+        self._wake = asyncio.Event()
+        self._closing = False
+        self._thread: FileThread | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    # --- lifecycle --------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._thread = FileThread(loop, "idgate-ship")
+        try:
+            self._state = await self._thread.run(partial(load_ship_state, self._dir))
+        except StateError as exc:
+            self._thread.stop()
+            raise ConfigError([ConfigProblem(str(self._dir), None, f"audit shipping state: {exc}")]) from exc
+        for sink in self._all_sinks():
+            sink.seq = self._state.seq(sink.name)
+            sink.anchor = self._state.stored_anchor(sink.name)
+        self._pending = [a for a in self._state.anchors if self._unstored(a)]
+        self._next_anchor = loop.time() + self._shipping.anchors.interval
+        self._audit.on_rotation(self._rotated)
+        self._audit.guard_retention(self.may_delete)
+        self._task = loop.create_task(self._run(), name="audit-shipping")
+
+    async def close(self) -> None:
+        """After the audit log is closed (nothing more comes): ship what is left, sign the last record,
+        store the anchor, within CLOSE_TIMEOUT."""
+        if self._task is None or self._thread is None:
+            return
+        self._closing = True
+        self._wake.set()
+        await asyncio.gather(self._task, return_exceptions=True)
+        await self._audit.close()
+        try:
+            await asyncio.wait_for(self._last_rounds(), CLOSE_TIMEOUT)
+        except TimeoutError:
+            _log.warning("audit shipping: stopped with records or anchors not yet shipped; they go after the restart")
+        self._thread.stop()
+        self._task = self._thread = None
+
+    async def _last_rounds(self) -> None:
+        for sink in self._all_sinks():
+            sink.retry_at = 0.0
+        while await self._round(final=True):
+            pass
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while not self._closing:
+            try:
+                worked = await self._round(final=False)
+            except Exception:
+                _log.exception("audit shipping round failed")
+                worked = False
+            if worked or self._closing:
+                continue
+            wait = self._shipping.interval
+            retry = [s.retry_at - loop.time() for s in self._all_sinks() if s.retry_at and not s.halted]
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), max(0.0, min([wait, *retry])))
+            except TimeoutError:
+                pass
+
+    def _rotated(self, state: ChainState) -> None:
+        self._rotations.append(state)
+        self._wake.set()
+
+    # --- one round --------------------------------------------------------------------------------
+
+    async def _round(self, *, final: bool) -> bool:
+        """Ship, anchor and store anchors once; whether there is more to do right away."""
+        durable = self._audit.durable
+        if not self._prepared and not await self._prepare():
+            return False
+        more = False
+        if self._cw is not None:
+            more |= await self._ship_records(self._cw, durable)
+        if self._s3 is not None:
+            more |= await self._ship_segment(self._s3)
+        await self._anchor(durable, final)
+        await self._store_anchors()
+        self._report_lag(durable)
+        return more
+
+    async def _prepare(self) -> bool:
+        try:
+            sinks = await self._run_on_thread(lambda: self._make_sinks(self._config, self._region))
+            if sinks.cloudwatch is not None:
+                await self._run_on_thread(sinks.cloudwatch.prepare)
+        except ShipError as exc:
+            for sink in self._all_sinks():
+                self._failed(sink, exc)
+            return False
+        self._sinks, self._prepared = sinks, True
+        return True
+
+    async def _ship_records(self, sink: _Sink, durable: ChainState) -> bool:
+        self._note_lag(sink, durable.seq - sink.seq)
+        if not self._may_try(sink) or sink.seq >= durable.seq:
+            return False
+        assert self._sinks is not None and self._sinks.cloudwatch is not None
+        cloudwatch = self._sinks.cloudwatch
+        position = self._state.cloudwatch_position
+        try:
+            records = await self._run_on_thread(lambda: self._tail.read(
+                position, durable.seq, max_records=MAX_ROUND_RECORDS, max_bytes=MAX_ROUND_BYTES))
+        except ChainBreak as exc:
+            self._halt(sink, f"the local chain is broken at {exc}")
+            return False
+        batches, too_large = plan_batches(records, self._state.cloudwatch_floor_ms)
+        if too_large:
+            await self._run_on_thread(partial(self._ledger, sink, too_large, "too_large"))
+        for batch in batches:
+            try:
+                rejected = await self._run_on_thread(partial(cloudwatch.put, batch))
+            except ShipError as exc:
+                if exc.code == "ResourceNotFoundException":
+                    self._prepared = False          # the group or stream went away: create them again
+                self._failed(sink, exc)
+                return False
+            for gap in rejected:                    # the ledger first, then the checkpoint past them
+                await self._run_on_thread(partial(self._ledger, sink, list(batch.records[gap.first:gap.last + 1]),
+                                                  gap.reason))
+            state = self._state.with_cloudwatch(batch.records[-1].position, batch.timestamps[-1])
+            await self._save(sink, state)
+            self._succeeded(sink, len(batch.records))
+        self._note_lag(sink, durable.seq - sink.seq)
+        return bool(records) and sink.seq < durable.seq
+
+    async def _save(self, sink: _Sink, state: ShipState) -> None:
+        """Make the sink's part of `state` durable, then take it as the shipper's."""
+        name, body = ("cloudwatch.json", state.cloudwatch_json()) if sink.name == "cloudwatch" \
+            else ("s3.json", state.s3_json())
+        await self._run_on_thread(partial(write_state, self._dir / name, body))
+        self._state = state
+        sink.seq = state.seq(sink.name)
+        sink.anchor = state.stored_anchor(sink.name)
+
+    async def _ship_segment(self, sink: _Sink) -> bool:
+        if not self._may_try(sink):
+            return False
+        assert self._sinks is not None and self._sinks.s3 is not None
+        s3 = self._sinks.s3
+        waiting = await self._run_on_thread(self._segments_to_upload)
+        self._note_lag(sink, (rotated_last_seq(waiting[-1]) or 0) - sink.seq if waiting else 0)
+        if not waiting:
+            return False
+        after = self._state.s3_state
+        try:
+            checked = await self._run_on_thread(partial(check_segment, waiting[0], after))
+            await self._run_on_thread(partial(s3.upload_segment, checked))
+        except ChainBreak as exc:
+            self._halt(sink, f"the local chain is broken at {exc}")
+            return False
+        except ShipError as exc:
+            if exc.code == "Conflict":
+                self._halt(sink, exc.message)
+            else:
+                self._failed(sink, exc)
+            return False
+        except OSError as exc:
+            self._failed(sink, ShipError("FileError", str(exc)))
+            return False
+        await self._save(sink, self._state.with_s3(checked.last, checked.path.name))
+        self._succeeded(sink, checked.last.seq - checked.first + 1)
+        return len(waiting) > 1
+
+    def _segments_to_upload(self) -> list[Path]:
+        seq = self._state.s3_state.seq if self._state.s3_state else 0
+        return [p for p in segment_files(self._config.path) if (rotated_last_seq(p) or 0) > seq]
+
+    # --- anchors ----------------------------------------------------------------------------------
+
+    async def _anchor(self, durable: ChainState, final: bool) -> None:
+        """Sign what is due: the last record of each rotated segment, the last durable record once an
+        interval has passed (or at shutdown) and records came since the last anchor."""
+        loop = asyncio.get_running_loop()
+        due, self._rotations = self._rotations, []
+        if final or loop.time() >= self._next_anchor:
+            due.append(durable)
+            self._next_anchor = loop.time() + self._shipping.anchors.interval
+        for state in due:
+            last = self._state.last_anchor
+            if state.seq == 0 or (last is not None and state.seq <= last.seq):
+                continue
+            number = last.number + 1 if last is not None else 1
+            anchor = self._signer.sign(self._instance, number, state, self._clock(),
+                                       last.signature if last is not None else "")
+            await self._run_on_thread(partial(append_line, self._dir / "anchors.jsonl",
+                                              anchor.token.encode("ascii") + b"\n"))
+            self._state = self._state.with_anchor(anchor)
+            self._pending.append(anchor)
+            self._metrics.audit_anchors.inc()
+
+    async def _store_anchors(self) -> None:
+        assert self._sinks is not None
+        for sink, store in ((self._cw, self._sinks.cloudwatch), (self._s3, self._sinks.s3)):
+            if sink is None or store is None or not self._may_try(sink):
+                continue
+            for anchor in [a for a in self._pending if sink.anchor is None or a.number > sink.anchor.number]:
+                try:
+                    if isinstance(store, S3Sink):
+                        await self._run_on_thread(partial(store.put_anchor, anchor.number, anchor.token.encode("ascii")))
+                        state = self._state
+                    else:
+                        stamp = max(int(self._clock() * 1000), self._state.anchor_floor_ms)
+                        await self._run_on_thread(partial(store.put_anchor, anchor.token.encode("ascii"), stamp))
+                        state = self._state.with_anchor_floor(stamp)
+                except ShipError as exc:
+                    (self._halt if exc.code == "Conflict" else self._failed)(sink, exc)
+                    break
+                await self._save(sink, state.with_stored_anchor(sink.name, anchor))
+        self._pending = [a for a in self._pending if self._unstored(a)]
+
+    def _unstored(self, anchor: Anchor) -> bool:
+        return any(s.anchor is None or s.anchor.number < anchor.number for s in self._all_sinks())
+
+    # --- retention, readiness, lag ------------------------------------------------------------------
+
+    def may_delete(self, segment: Path) -> bool:
+        """Whether retention may delete a rotated segment: every sink holds its records, and an anchor
+        every sink holds vouches for its last record or a later one."""
+        last = rotated_last_seq(segment)
+        if last is None:
+            return False
+        return all(sink.seq >= last and sink.anchor is not None and sink.anchor.seq >= last
+                   for sink in self._all_sinks())
+
+    def status(self) -> dict[str, object]:
+        """For /readyz: each sink's lag, and whether shipping counts as healthy (not halted, and
+        within max_lag_seconds when that is configured)."""
+        loop_now = asyncio.get_running_loop().time()
+        bound = self._shipping.max_lag_seconds
+        sinks = {}
+        ok = True
+        for sink in self._all_sinks():
+            lag = loop_now - sink.behind_since if sink.behind_since is not None else 0.0
+            healthy = sink.halted is None and (bound is None or lag <= bound)
+            ok = ok and healthy
+            sinks[sink.name] = {"lag_records": sink.lag_records, "lag_seconds": round(lag, 3),
+                                **({"halted": sink.halted} if sink.halted else {})}
+        return {"ok": ok, "sinks": sinks}
+
+    def _report_lag(self, durable: ChainState) -> None:
+        now = asyncio.get_running_loop().time()
+        for sink in self._all_sinks():
+            lag = now - sink.behind_since if sink.behind_since is not None else 0.0
+            self._metrics.audit_ship_lag_records.labels(sink.name).set(sink.lag_records)
+            self._metrics.audit_ship_lag_seconds.labels(sink.name).set(lag)
+
+    def _note_lag(self, sink: _Sink, behind: int) -> None:
+        sink.lag_records = max(0, behind)
+        if behind <= 0:
+            sink.behind_since = None
+        elif sink.behind_since is None:
+            sink.behind_since = asyncio.get_running_loop().time()
+
+    # --- failures ---------------------------------------------------------------------------------
+
+    def _may_try(self, sink: _Sink) -> bool:
+        return sink.halted is None and asyncio.get_running_loop().time() >= sink.retry_at
+
+    def _failed(self, sink: _Sink, error: ShipError) -> None:
+        sink.failures += 1
+        delay = min(MAX_BACKOFF, 0.5 * 2 ** min(sink.failures, 10)) * random.uniform(0.5, 1.0)
+        sink.retry_at = asyncio.get_running_loop().time() + delay
+        self._metrics.audit_ship_failures.labels(sink.name, error.code[:64]).inc()
+        level = logging.WARNING if sink.failures <= 3 or sink.failures % 20 == 0 else logging.DEBUG
+        _log.log(level, "audit shipping to %s failed (%s), attempt %d; retrying in %.1f s",
+                 sink.name, error, sink.failures, delay)
+
+    def _succeeded(self, sink: _Sink, records: int) -> None:
+        if sink.failures:
+            _log.info("audit shipping to %s works again after %d failed attempt(s)", sink.name, sink.failures)
+        sink.failures, sink.retry_at = 0, 0.0
+        self._metrics.audit_shipped.labels(sink.name).inc(records)
+
+    def _halt(self, sink: _Sink, why: str | ShipError) -> None:
+        why = why.message if isinstance(why, ShipError) else why
+        sink.halted = why
+        self._metrics.audit_ship_halted.labels(sink.name).set(1)
+        _log.error("audit shipping to %s halted: %s; segments it has not shipped are kept", sink.name, why)
+
+    def _ledger(self, sink: _Sink, records: list[TailRecord], reason: str) -> None:
+        """On the thread: refused records, as contiguous seq ranges, to the gap ledger (durable), the metric
+        and the log.  They stay in the local segments, and in S3 when it is configured."""
+        ranges: list[list[int]] = []
+        for record in records:
+            seq = record.position.seq
+            if ranges and ranges[-1][1] == seq - 1:
+                ranges[-1][1] = seq
+            else:
+                ranges.append([seq, seq])
+        for first, last in ranges:
+            entry = {"time": self._clock(), "instance": self._instance, "sink": sink.name, "first_seq": first,
+                     "last_seq": last, "reason": reason}
+            append_line(self._dir / "gaps.jsonl", json.dumps(entry, sort_keys=True).encode("ascii") + b"\n")
+            _log.warning("audit shipping: %s refused records seq %d..%d as %s (gap ledger: %s)",
+                         sink.name, first, last, reason, self._dir / "gaps.jsonl")
+        self._metrics.audit_ship_gaps.labels(sink.name, reason).inc(len(records))
+
+    def _all_sinks(self) -> list[_Sink]:
+        return [s for s in (self._cw, self._s3) if s is not None]
+
+    async def _run_on_thread(self, work: Callable[[], T]) -> T:
+        assert self._thread is not None
+        return await self._thread.run(work)
+
+

@@ -1,0 +1,192 @@
+"""Reading the local audit chain in order from a shipper's position: across rotated segments, up to
+the last durable record, checking every record's hash and its link to the one before as it reads.
+
+A Position is where a sink stands: the segment file and byte offset right after the last record it
+has, with that record's seq and hash.  Rotation renames the live file aside without changing its
+bytes, so a position recorded against the live file stays valid in its rotated name: the tail finds
+the file by seq (rotated names carry their last seq), and trusts the offset only when the bytes just
+before it end with the position's hash, else it looks for that record in the file.  A position
+whose record is nowhere in the chain is a ChainBreak, never a silent restart.
+
+Blocking file I/O: runs on the shipper's thread.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Generator, Iterator
+from contextlib import closing
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import BinaryIO
+
+from proxy.audit.chain import GENESIS, READ_CHUNK, LineError, parse_line
+from proxy.audit.sink import segment_files
+
+_ROTATED_SEQ = re.compile(r"\.\d{8}T\d{6}Z\.(\d+)\.[^.]*\Z")
+
+
+class ChainBreak(Exception):
+    """The local chain is not intact where the shipper reads it: `where` is file:line or the position."""
+
+    def __init__(self, where: str, problem: str) -> None:
+        super().__init__(f"{where}: {problem}")
+        self.where, self.problem = where, problem
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    segment: str                    # file name in the audit directory when the record was read
+    offset: int                     # byte offset right after the record's line
+    seq: int
+    hash: str
+
+    def to_json(self) -> dict[str, object]:
+        return {"segment": self.segment, "offset": self.offset, "seq": self.seq, "hash": self.hash}
+
+    @classmethod
+    def from_json(cls, state: dict[str, object]) -> Position:
+        segment, offset, seq, digest = (state.get(k) for k in ("segment", "offset", "seq", "hash"))
+        if not (isinstance(segment, str) and "/" not in segment and isinstance(offset, int) and offset > 0
+                and isinstance(seq, int) and seq > 0 and isinstance(digest, str) and len(digest) == 64):
+            raise ValueError("not a shipping position (segment, offset, seq, hash)")
+        return cls(segment, offset, seq, digest)
+
+
+@dataclass(frozen=True, slots=True)
+class TailRecord:
+    line: bytes                     # the exact line, without its newline
+    position: Position              # the position right after it
+    timestamp_ms: int               # its ts, in milliseconds since the epoch
+
+
+def rotated_last_seq(path: Path) -> int | None:
+    """The last seq a rotated segment's name carries; None for the live segment."""
+    match = _ROTATED_SEQ.search(path.name)
+    return int(match[1]) if match else None
+
+
+@functools.lru_cache(maxsize=64)
+def timestamp_ms(ts: str) -> int:
+    """A record's ts ("2026-11-22T23:59:59.123456Z") in ms; every record of a batch shares one."""
+    moment = datetime.strptime(ts, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)
+
+
+class ChainTail:
+    def __init__(self, audit_path: Path) -> None:
+        self._path = audit_path
+
+    def read(self, after: Position | None, through_seq: int, *, max_records: int, max_bytes: int) -> list[TailRecord]:
+        """The records after `after` (from the oldest local record when None) up to seq `through_seq`,
+        at most max_records of them and about max_bytes; [] when there is nothing new."""
+        if after is not None and after.seq >= through_seq:
+            return []
+        out: list[TailRecord] = []
+        size = 0
+        with closing(self._records(after)) as records:
+            for record in records:
+                out.append(record)
+                size += len(record.line)
+                if record.position.seq >= through_seq or len(out) >= max_records or size >= max_bytes:
+                    break
+        return out
+
+    def _records(self, after: Position | None) -> Generator[TailRecord, None, None]:
+        try:
+            files = segment_files(self._path)
+            index, offset = self._locate(files, after)
+        except ChainBreak:
+            # The live segment may have rotated between the listing and the look: list once more.
+            files = segment_files(self._path)
+            index, offset = self._locate(files, after)
+        expected = (after.seq, after.hash) if after is not None else None
+        while index < len(files):
+            path = files[index]
+            try:
+                with path.open("rb") as f:
+                    f.seek(offset)
+                    for record in _verified(f, path, offset, expected):
+                        expected = (record.position.seq, record.position.hash)
+                        yield record
+            except FileNotFoundError:
+                return           # rotated or deleted under us: the next round lists the files again
+            if rotated_last_seq(path) is None:
+                return           # the live segment: what follows is not written yet
+            index, offset = index + 1, 0
+
+    def _locate(self, files: list[Path], after: Position | None) -> tuple[int, int]:
+        """The file index and offset where the record after `after` starts."""
+        if after is None:
+            return 0, 0
+        for index, path in enumerate(files):
+            last = rotated_last_seq(path)
+            if last is not None and last < after.seq:
+                continue
+            if last == after.seq:
+                return index + 1, 0
+            offset = _offset_after(path, after)
+            if offset is None:
+                break
+            return index, offset
+        raise ChainBreak(f"{after.segment}@{after.offset}", f"the shipped record seq {after.seq} "
+                         "is not in the local chain (segments replaced, truncated or restarted)")
+
+
+def _offset_after(path: Path, after: Position) -> int | None:
+    """Where the line after `after`'s record starts in `path`: its recorded offset when the bytes before
+    it end with its hash, else found by scanning; None when the file does not hold that record."""
+    suffix = b',"hash":"' + after.hash.encode("ascii") + b'"}\n'
+    try:
+        with path.open("rb") as f:
+            if after.offset >= len(suffix):
+                f.seek(after.offset - len(suffix))
+                if f.read(len(suffix)) == suffix:
+                    return after.offset
+            f.seek(0)
+            carry, consumed = b"", 0
+            while chunk := f.read(READ_CHUNK):
+                data = carry + chunk
+                found = data.find(suffix)
+                if found >= 0:
+                    return consumed - len(carry) + found + len(suffix)
+                carry = data[-len(suffix):]
+                consumed += len(chunk)
+    except FileNotFoundError:
+        return None
+    return None
+
+
+def _verified(f: BinaryIO, path: Path, offset: int, expected: tuple[int, str] | None) -> Iterator[TailRecord]:
+    """Records from the file's current offset, each checked and linked; stops before a line that is
+    not terminated yet (a batch being written)."""
+    carry = b""
+    while chunk := f.read(READ_CHUNK):
+        lines = (carry + chunk).split(b"\n")
+        carry = lines.pop()
+        for line in lines:
+            offset += len(line) + 1
+            where = f"{path}@{offset - len(line) - 1}"
+            try:
+                record, intact = parse_line(line)
+            except LineError as exc:
+                raise ChainBreak(where, str(exc)) from exc
+            seq, prev, digest = record["seq"], record["prev"], record["hash"]
+            if not intact:
+                raise ChainBreak(where, f"hash mismatch: record seq {seq} was edited")
+            if expected is not None and (seq, prev) != (expected[0] + 1, expected[1]):
+                raise ChainBreak(where, f"record seq {seq} does not follow seq {expected[0]} "
+                                        "(records deleted, inserted or reordered)")
+            if expected is None and seq == 1 and prev != GENESIS:
+                raise ChainBreak(where, "the first record does not start at the genesis")
+            ts = record.get("ts")
+            if not isinstance(ts, str):
+                raise ChainBreak(where, f"record seq {seq} has no ts")
+            try:
+                stamp = timestamp_ms(ts)
+            except ValueError as exc:
+                raise ChainBreak(where, f"record seq {seq} has a malformed ts") from exc
+            expected = (seq, digest)
+            yield TailRecord(line, Position(path.name, offset, seq, digest), stamp)
