@@ -195,9 +195,11 @@ def _quiet(path: Path, records: int) -> None:
     pass
 
 
-def verify_files(paths: Sequence[Path], progress: Progress | None = None) -> VerifyReport:
+def verify_files(paths: Sequence[Path], progress: Progress | None = None,
+                 observe: Callable[[int, str], None] | None = None) -> VerifyReport:
     """Check the chain across segment files given oldest first (as `segment_files` lists them), reading
-    each in chunks: memory stays flat whatever the files' size."""
+    each in chunks: memory stays flat whatever the files' size.  `observe` is told the seq and hash of
+    every intact record (for comparing with anchors)."""
     problems: list[str] = []
     if not paths:
         return VerifyReport(False, 0, 0, ("no audit files to verify",))
@@ -228,8 +230,11 @@ def verify_files(paths: Sequence[Path], progress: Progress | None = None) -> Ver
                     records += 1
                     if not intact:
                         problems.append(f"{where}: hash mismatch: record seq {record['seq']} was edited")
-                    elif (announced := _retention_through(record)) is not None:
-                        deleted_through.append(announced)
+                    else:
+                        if observe is not None:
+                            observe(record["seq"], record["hash"])
+                        if (announced := _retention_through(record)) is not None:
+                            deleted_through.append(announced)
                     if expected.seq == 0 and (record["seq"], record["prev"]) != (1, GENESIS):
                         start = (len(problems), where, record)    # judged once every retention record is known
                     else:

@@ -112,7 +112,8 @@ class S3Sink:
             extra = {"ObjectLockMode": self._lock.mode, "ObjectLockRetainUntilDate": until}
         try:
             self._client.put_object(Bucket=self._bucket, Key=key, Body=body, ContentLength=size,
-                                    ContentType=content_type, ChecksumSHA256=sha256, IfNoneMatch="*", **extra)
+                                    ContentType=content_type, ChecksumAlgorithm="SHA256", ChecksumSHA256=sha256,
+                                    IfNoneMatch="*", **extra)
             return
         except ClientError as exc:
             code = str(exc.response.get("Error", {}).get("Code", ""))

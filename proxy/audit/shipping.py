@@ -333,7 +333,9 @@ class Shipper:
             lag = loop_now - sink.behind_since if sink.behind_since is not None else 0.0
             healthy = sink.halted is None and (bound is None or lag <= bound)
             ok = ok and healthy
-            sinks[sink.name] = {"lag_records": sink.lag_records, "lag_seconds": round(lag, 3),
+            # CloudWatch's lag is known now; S3's as of its last listing (a rotation is a file operation).
+            records = max(0, self._audit.durable.seq - sink.seq) if sink is self._cw else sink.lag_records
+            sinks[sink.name] = {"lag_records": records, "lag_seconds": round(lag, 3),
                                 **({"halted": sink.halted} if sink.halted else {})}
         return {"ok": ok, "sinks": sinks}
 

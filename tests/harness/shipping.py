@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 
+from proxy.audit.chain import ChainState, SealedBatch, unsealed
+from proxy.audit.sink import rotated_path
 from proxy.keys import new_private_key_pem
 from tests.harness.moto import REGION, TEST_KEYS, MotoServer
 
@@ -31,6 +33,18 @@ def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+
+
+def write_rotated_segment(audit_path: Path, count: int, epoch: float, *, instance: str = "node-1") -> Path:
+    """A rotated segment of `count` records from the genesis, named as the audit log names it, written
+    before idgate starts (so a test knows its S3 key, or gives it timestamps of its choosing)."""
+    batch = SealedBatch(ChainState(), epoch)
+    for i in range(count):
+        batch.add(unsealed({"event": "decision", "i": i}, instance))
+    path = rotated_path(audit_path, epoch, count)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(batch.data())
+    return path
 
 
 def write_anchor_key(directory: Path) -> Path:
@@ -61,13 +75,16 @@ class ShippingTarget:
         self.moto.client("s3").create_bucket(Bucket=BUCKET, ObjectLockEnabledForBucket=object_lock)
 
     def messages(self, stream: str) -> list[str]:
-        """Every event's message in a stream, oldest first (all pages)."""
+        """Every event's message in a stream, oldest first (all pages); none before the shipper created it."""
         logs = self.moto.client("logs")
         out: list[str] = []
         token: str | None = None
         while True:
-            page = logs.get_log_events(logGroupName=LOG_GROUP, logStreamName=stream, startFromHead=True,
-                                       **({"nextToken": token} if token else {}))
+            try:
+                page = logs.get_log_events(logGroupName=LOG_GROUP, logStreamName=stream, startFromHead=True,
+                                           **({"nextToken": token} if token else {}))
+            except logs.exceptions.ResourceNotFoundException:
+                return []
             out.extend(event["message"] for event in page["events"])
             if not page["events"] or page.get("nextForwardToken") in (None, token):
                 return out
