@@ -11,8 +11,10 @@ Format (one line per record, `\\n`-terminated, pure ASCII):
 `record_without_hash` holds the caller's fields plus instance (the writer's id, audit.instance), v (1),
 seq (1 for the very first record, then +1 per record, continuing across rotated files), ts (UTC,
 "2026-11-22T23:59:59.123456Z") and prev (the previous record's `hash`, or 64 zeros before the first
-record).  Because the hash member is always the last 76 bytes before the newline, a third party
+record).  Because the hash member is always the last 75 bytes before the newline, a third party
 can verify without re-serializing: take the line, cut `,"hash":"<64 hex>"}`, append "}", and hash `prev` + those bytes.
+A caller's field names sort before "ts" (the audit log refuses others), so every line ends with
+`"ts":"<ts>","v":1,"hash":"<64 hex>"}`: a reader finds a record's time without parsing it (`line_ts`).
 
 Retention (retention.py) deletes the oldest segments only after a `retention` record naming their
 last record (through_seq, through_hash) is in the chain; a file set whose first record is not the
@@ -172,6 +174,28 @@ def parse_line(line: bytes) -> tuple[dict[str, Any], bool]:
     covered = line[: match.start()] + b"}"
     intact = hashlib.sha256(prev.encode("ascii") + covered).hexdigest() == digest
     return record, intact
+
+
+_TS_MEMBER = re.compile(rb'"ts":"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z)","v":1\Z')
+_TS_MEMBER_BYTES = len(b'"ts":"2026-11-22T23:59:59.123456Z","v":1')
+
+
+def caller_fields_problem(fields: dict[str, Any]) -> str | None:
+    """Why a caller's record cannot go on the chain as it is: a member the log sets, or a name that
+    would sort after "ts" (the fixed tail of every line)."""
+    if not RESERVED.isdisjoint(fields):
+        return f"audit record fields {sorted(RESERVED.intersection(fields))} are set by the audit log"
+    late = sorted(name for name in fields if name >= "ts")
+    if late:
+        return f"audit record fields {late} sort after 'ts': every line ends with ts, v and hash"
+    return None
+
+
+def line_ts(line: bytes) -> str | None:
+    """The ts of a record line, read from its fixed tail (None when the line does not end as idgate's do)."""
+    cut = len(line) - _HASH_MEMBER_BYTES
+    match = _TS_MEMBER.match(line, cut - _TS_MEMBER_BYTES, cut) if cut > _TS_MEMBER_BYTES else None
+    return match[1].decode("ascii") if match else None
 
 
 def follows(line: bytes, prev: str) -> str | None:

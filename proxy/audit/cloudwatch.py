@@ -80,11 +80,17 @@ def rejected_ranges(info: dict[str, object], count: int) -> list[Rejected]:
     return out
 
 
+def _json_string(line: bytes) -> bytes:
+    """An audit line as a JSON string.  The tail passes only printable ASCII lines (what the canonical
+    encoding writes), so escaping the backslash and the quote is all it takes."""
+    return b'"' + line.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
+
+
 def _events_body(group: str, stream: str, messages: Sequence[bytes], stamps: Sequence[int]) -> bytes:
-    events = ",".join(f'{{"timestamp":{stamp},"message":{encode_basestring_ascii(message.decode("ascii"))}}}'
-                      for message, stamp in zip(messages, stamps, strict=True))
-    return (f'{{"logGroupName":{encode_basestring_ascii(group)},"logStreamName":{encode_basestring_ascii(stream)},'
-            f'"logEvents":[{events}]}}').encode("ascii")
+    events = b",".join(b'{"timestamp":%d,"message":%s}' % (stamp, _json_string(message))
+                       for message, stamp in zip(messages, stamps, strict=True))
+    head = f'{{"logGroupName":{encode_basestring_ascii(group)},"logStreamName":{encode_basestring_ascii(stream)},'
+    return head.encode("ascii") + b'"logEvents":[' + events + b"]}"
 
 
 class CloudWatchSink:

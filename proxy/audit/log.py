@@ -33,7 +33,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from proxy.audit.chain import RESERVED, ChainState, SealedBatch, unsealed
+from proxy.audit.chain import ChainState, SealedBatch, caller_fields_problem, unsealed
 from proxy.audit.file_thread import FileThread
 from proxy.audit.retention import EVENT as RETENTION_EVENT
 from proxy.audit.retention import Retention, RetentionPlan, delete_segments, plan_retention
@@ -184,8 +184,8 @@ class AuditLog:
             await self._next_progress()
 
     def _enqueue(self, record: dict[str, Any], future: asyncio.Future[None] | None) -> None:
-        if not RESERVED.isdisjoint(record):
-            raise ValueError(f"audit record fields {sorted(RESERVED.intersection(record))} are set by the audit log")
+        if (problem := caller_fields_problem(record)) is not None:
+            raise ValueError(problem)
         if "event" not in record:
             raise ValueError("an audit record needs an event")
         if self._thread is None or self._loop is None or self._closing:

@@ -384,7 +384,7 @@ class Shipper:
         and the log.  They stay in the local segments, and in S3 when it is configured."""
         ranges: list[list[int]] = []
         for record in records:
-            seq = record.position.seq
+            seq = record.seq
             if ranges and ranges[-1][1] == seq - 1:
                 ranges[-1][1] = seq
             else:

@@ -20,12 +20,13 @@ from contextlib import closing
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
-from proxy.audit.chain import GENESIS, READ_CHUNK, LineError, parse_line
+from proxy.audit.chain import GENESIS, READ_CHUNK, LineError, follows, line_ts, parse_line
 from proxy.audit.sink import segment_files
 
 _ROTATED_SEQ = re.compile(r"\.\d{8}T\d{6}Z\.(\d+)\.[^.]*\Z")
+_PRINTABLE = bytes(range(0x20, 0x7F))          # all a canonical line holds (translate deletes them: ~10x a regex)
 
 
 class ChainBreak(Exception):
@@ -55,11 +56,19 @@ class Position:
         return cls(segment, offset, seq, digest)
 
 
-@dataclass(frozen=True, slots=True)
-class TailRecord:
+class TailRecord(NamedTuple):
+    """One record as read (a tuple: one is built per record shipped)."""
+
     line: bytes                     # the exact line, without its newline
-    position: Position              # the position right after it
+    segment: str                    # the file it was read from
+    offset: int                     # the byte offset right after it
+    seq: int
+    hash: str
     timestamp_ms: int               # its ts, in milliseconds since the epoch
+
+    @property
+    def position(self) -> Position:
+        return Position(self.segment, self.offset, self.seq, self.hash)
 
 
 def rotated_last_seq(path: Path) -> int | None:
@@ -90,7 +99,7 @@ class ChainTail:
             for record in records:
                 out.append(record)
                 size += len(record.line)
-                if record.position.seq >= through_seq or len(out) >= max_records or size >= max_bytes:
+                if record.seq >= through_seq or len(out) >= max_records or size >= max_bytes:
                     break
         return out
 
@@ -109,7 +118,7 @@ class ChainTail:
                 with path.open("rb") as f:
                     f.seek(offset)
                     for record in _verified(f, path, offset, expected):
-                        expected = (record.position.seq, record.position.hash)
+                        expected = (record.seq, record.hash)
                         yield record
             except FileNotFoundError:
                 return           # rotated or deleted under us: the next round lists the files again
@@ -161,32 +170,50 @@ def _offset_after(path: Path, after: Position) -> int | None:
 
 def _verified(f: BinaryIO, path: Path, offset: int, expected: tuple[int, str] | None) -> Iterator[TailRecord]:
     """Records from the file's current offset, each checked and linked; stops before a line that is
-    not terminated yet (a batch being written)."""
+    not terminated yet (a batch being written).  Once a record is placed, each next line is checked by
+    chain.follows (its hash over its bytes, onto the one before) and its ts read from the line's fixed
+    tail: a quarter of a full parse, on every record idgate writes.  Any doubt gets the full parse,
+    for the precise reason."""
     carry = b""
+    segment = path.name
     while chunk := f.read(READ_CHUNK):
         lines = (carry + chunk).split(b"\n")
         carry = lines.pop()
         for line in lines:
-            offset += len(line) + 1
-            where = f"{path}@{offset - len(line) - 1}"
-            try:
-                record, intact = parse_line(line)
-            except LineError as exc:
-                raise ChainBreak(where, str(exc)) from exc
-            seq, prev, digest = record["seq"], record["prev"], record["hash"]
-            if not intact:
-                raise ChainBreak(where, f"hash mismatch: record seq {seq} was edited")
-            if expected is not None and (seq, prev) != (expected[0] + 1, expected[1]):
-                raise ChainBreak(where, f"record seq {seq} does not follow seq {expected[0]} "
-                                        "(records deleted, inserted or reordered)")
-            if expected is None and seq == 1 and prev != GENESIS:
-                raise ChainBreak(where, "the first record does not start at the genesis")
-            ts = record.get("ts")
-            if not isinstance(ts, str):
-                raise ChainBreak(where, f"record seq {seq} has no ts")
+            start, offset = offset, offset + len(line) + 1
+            if line.translate(None, _PRINTABLE):
+                # Not a line the canonical encoding writes; and the sinks get exactly the bytes read.
+                raise ChainBreak(f"{path}@{start}", "holds a control or non-ASCII byte: not an idgate record")
+            digest = follows(line, expected[1]) if expected is not None else None
+            ts = line_ts(line) if digest is not None else None
+            if digest is None or ts is None:
+                seq, digest, ts = _parsed(line, f"{path}@{start}", expected)
+            else:
+                assert expected is not None
+                seq = expected[0] + 1
             try:
                 stamp = timestamp_ms(ts)
             except ValueError as exc:
-                raise ChainBreak(where, f"record seq {seq} has a malformed ts") from exc
+                raise ChainBreak(f"{path}@{start}", f"record seq {seq} has a malformed ts") from exc
             expected = (seq, digest)
-            yield TailRecord(line, Position(path.name, offset, seq, digest), stamp)
+            yield TailRecord(line, segment, offset, seq, digest, stamp)
+
+
+def _parsed(line: bytes, where: str, expected: tuple[int, str] | None) -> tuple[int, str, str]:
+    """The record's seq, hash and ts by a full parse, or the ChainBreak that says what is wrong."""
+    try:
+        record, intact = parse_line(line)
+    except LineError as exc:
+        raise ChainBreak(where, str(exc)) from exc
+    seq, prev = record["seq"], record["prev"]
+    if not intact:
+        raise ChainBreak(where, f"hash mismatch: record seq {seq} was edited")
+    if expected is not None and (seq, prev) != (expected[0] + 1, expected[1]):
+        raise ChainBreak(where, f"record seq {seq} does not follow seq {expected[0]} "
+                                "(records deleted, inserted or reordered)")
+    if expected is None and seq == 1 and prev != GENESIS:
+        raise ChainBreak(where, "the first record does not start at the genesis")
+    ts = record.get("ts")
+    if not isinstance(ts, str):
+        raise ChainBreak(where, f"record seq {seq} has no ts")
+    return seq, record["hash"], ts

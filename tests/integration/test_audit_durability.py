@@ -145,17 +145,17 @@ async def test_a_caller_cancelled_while_queued_is_still_written_in_order(tmp_pat
     log = make_log(path, Metrics(), fsync=gate)
     await log.open()
     gate.gate = True
-    in_flight = await started(lambda: log.append({"event": "decision", "who": "first"}))
+    in_flight = await started(lambda: log.append({"event": "decision", "caller": "first"}))
     assert await asyncio.to_thread(gate.entered.wait, 10)
-    queued = await started(lambda: log.append({"event": "decision", "who": "cancelled"}))
+    queued = await started(lambda: log.append({"event": "decision", "caller": "cancelled"}))
     queued.cancel()
     with pytest.raises(asyncio.CancelledError):
         await queued
     gate.release.set()
     await in_flight
-    await log.append({"event": "decision", "who": "after"})
+    await log.append({"event": "decision", "caller": "after"})
     await log.close()
-    assert [r["who"] for r in lines(path)] == ["first", "cancelled", "after"]
+    assert [r["caller"] for r in lines(path)] == ["first", "cancelled", "after"]
     assert verify_files([path]).ok
 
 
@@ -165,16 +165,16 @@ async def test_a_caller_cancelled_during_its_fsync_leaves_no_gap(tmp_path: Path)
     log = make_log(path, Metrics(), fsync=gate)
     await log.open()
     gate.gate = True
-    task = await started(lambda: log.append({"event": "decision", "who": "cancelled"}))
+    task = await started(lambda: log.append({"event": "decision", "caller": "cancelled"}))
     assert await asyncio.to_thread(gate.entered.wait, 10)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
     gate.gate = False
     gate.release.set()
-    await log.append({"event": "decision", "who": "after"})
+    await log.append({"event": "decision", "caller": "after"})
     await log.close()
-    assert [(r["seq"], r["who"]) for r in lines(path)] == [(1, "cancelled"), (2, "after")]
+    assert [(r["seq"], r["caller"]) for r in lines(path)] == [(1, "cancelled"), (2, "after")]
     assert verify_files([path]).ok
 
 

@@ -84,10 +84,10 @@ async def test_with_the_default_config_a_lone_append_is_written_without_waiting(
 
 async def test_a_cancelled_caller_cancels_neither_the_write_nor_the_others_in_its_batch(tmp_path: Path) -> None:
     path = tmp_path / "audit.jsonl"
-    log, gate, writes, first = await holding_a_batch(path, {"event": "decision", "who": "first"})
-    kept = await queued(lambda: log.append({"event": "decision", "who": "kept"}))
-    cancelled = await queued(lambda: log.append({"event": "decision", "who": "cancelled"}))
-    also_kept = await queued(lambda: log.append({"event": "decision", "who": "also kept"}))
+    log, gate, writes, first = await holding_a_batch(path, {"event": "decision", "caller": "first"})
+    kept = await queued(lambda: log.append({"event": "decision", "caller": "kept"}))
+    cancelled = await queued(lambda: log.append({"event": "decision", "caller": "cancelled"}))
+    also_kept = await queued(lambda: log.append({"event": "decision", "caller": "also kept"}))
     cancelled.cancel()
     with pytest.raises(asyncio.CancelledError):
         await cancelled
@@ -95,7 +95,7 @@ async def test_a_cancelled_caller_cancels_neither_the_write_nor_the_others_in_it
     assert list(await asyncio.gather(first, kept, also_kept)) == [None, None, None]
     await log.close()
     assert writes.batches == [1, 3]
-    assert [r["who"] for r in records([path])] == ["first", "kept", "cancelled", "also kept"]
+    assert [r["caller"] for r in records([path])] == ["first", "kept", "cancelled", "also kept"]
 
 
 async def test_close_writes_what_is_queued_behind_a_batch_in_flight(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from proxy.audit import AuditLog, segment_files, verify_files
-from proxy.audit.chain import ChainState
+from proxy.audit.chain import ChainState, line_ts
 from proxy.config import AuditConfig
 from proxy.metrics import Metrics
 
@@ -77,3 +77,22 @@ async def test_without_rotate_seconds_nothing_rotates_a_small_segment(tmp_path: 
     await log.flush()
     await log.close()
     assert heard == [] and segment_files(path) == [path]
+
+
+async def test_a_field_that_would_sort_after_ts_is_refused(tmp_path: Path) -> None:
+    """Every line ends with ts, v and hash, so a reader finds a record's time without parsing it."""
+    log = make_log(tmp_path / "audit.jsonl", instance="web-1")
+    await log.open()
+    try:
+        for name in ("user", "tz", "ts_extra", "中"):
+            try:
+                await log.append({"event": "decision", name: 1})
+            except ValueError as exc:
+                assert "sort after 'ts'" in str(exc)
+            else:
+                raise AssertionError(f"a record with field {name!r} was accepted")
+        await log.append({"event": "decision", "trace_id": "ok"})
+    finally:
+        await log.close()
+    (line,) = (tmp_path / "audit.jsonl").read_bytes().splitlines()
+    assert line_ts(line) == json.loads(line)["ts"]

@@ -195,7 +195,9 @@ def test_a_cyclic_record_is_refused() -> None:
 
 async def test_the_audit_log_writes_the_reference_bytes(tmp_path: Path) -> None:
     path = tmp_path / "audit.jsonl"
-    records = [*real_records(), *(random_record(random.Random(3)) for _ in range(300))]
+    # The log takes only field names that sort before "ts" (the fixed tail of every line).
+    randoms = ({k: v for k, v in random_record(random.Random(3)).items() if k < "ts"} for _ in range(300))
+    records = [*real_records(), *randoms]
     log = AuditLog(AuditConfig(path=path, fsync=False), Metrics(), clock=fixed_clock)
     await log.open()
     for record in records:

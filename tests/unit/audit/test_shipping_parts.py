@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from proxy.audit.anchors import AnchorError, AnchorSigner, anchor_chain_problems, public_keys, read_anchor, record_problems
 from proxy.audit.chain import GENESIS, ChainState, SealedBatch, follows, unsealed
 from proxy.audit.cloudwatch import (
-    EVENT_OVERHEAD, MAX_BATCH_BYTES, MAX_BATCH_EVENTS, MAX_EVENT_BYTES, MAX_SPAN_MS, Rejected, plan_batches,
+    EVENT_OVERHEAD, MAX_BATCH_BYTES, MAX_BATCH_EVENTS, MAX_EVENT_BYTES, MAX_SPAN_MS, Rejected, _events_body, plan_batches,
     rejected_ranges,
 )
 from proxy.audit.s3_sink import check_segment
@@ -25,7 +25,7 @@ EPOCH = 1_764_633_600.0          # 2025-12-02T00:00:00Z
 
 
 def record(seq: int, stamp: int, size: int = 100) -> TailRecord:
-    return TailRecord(b"x" * size, Position("audit.jsonl", seq * size, seq, "0" * 64), stamp)
+    return TailRecord(b"x" * size, "audit.jsonl", seq * size, seq, "0" * 64, stamp)
 
 
 def sealed_lines(count: int, epoch: float = EPOCH, state: ChainState = ChainState()) -> tuple[list[bytes], ChainState]:
@@ -58,13 +58,13 @@ def test_a_batch_holds_at_most_1048576_bytes_counting_26_per_event() -> None:
 
 def test_a_batch_spans_at_most_24_hours() -> None:
     batches, _ = plan_batches([record(1, 0), record(2, MAX_SPAN_MS), record(3, MAX_SPAN_MS + 1)], 0)
-    assert [[r.position.seq for r in b.records] for b in batches] == [[1, 2], [3]]
+    assert [[r.seq for r in b.records] for b in batches] == [[1, 2], [3]]
 
 
 def test_a_record_too_large_for_an_event_is_set_aside_not_sent() -> None:
     batches, too_large = plan_batches([record(1, 0), record(2, 0, size=MAX_EVENT_BYTES + 1), record(3, 0)], 0)
-    assert [r.position.seq for b in batches for r in b.records] == [1, 3]
-    assert [r.position.seq for r in too_large] == [2]
+    assert [r.seq for b in batches for r in b.records] == [1, 3]
+    assert [r.seq for r in too_large] == [2]
 
 
 def test_rejected_event_info_becomes_ranges_of_the_batch() -> None:
@@ -127,14 +127,14 @@ def test_the_tail_finds_its_position_after_the_live_file_rotated(tmp_path: Path)
     audit.write_bytes(b"\n".join(lines) + b"\n")
     tail = ChainTail(audit)
     first = tail.read(None, 3, max_records=100, max_bytes=1 << 20)
-    assert [r.position.seq for r in first] == [1, 2, 3]
+    assert [r.seq for r in first] == [1, 2, 3]
     assert first[-1].position.segment == "audit.jsonl"
     # Rotation renames the live file aside; new records go to a new live file.
     audit.rename(rotated_path(audit, EPOCH, 6))
     more, _ = sealed_lines(2, state=state)
     audit.write_bytes(b"\n".join(more) + b"\n")
     rest = tail.read(first[-1].position, 8, max_records=100, max_bytes=1 << 20)
-    assert [r.position.seq for r in rest] == [4, 5, 6, 7, 8]
+    assert [r.seq for r in rest] == [4, 5, 6, 7, 8]
     assert [r.line for r in first + rest] == lines + more
 
 
@@ -145,7 +145,7 @@ def test_a_wrong_offset_is_not_trusted_and_a_missing_position_is_a_chain_break(t
     tail = ChainTail(audit)
     second = tail.read(None, 2, max_records=100, max_bytes=1 << 20)[-1].position
     moved = Position(second.segment, second.offset + 7, second.seq, second.hash)
-    assert [r.position.seq for r in tail.read(moved, 4, max_records=100, max_bytes=1 << 20)] == [3, 4]
+    assert [r.seq for r in tail.read(moved, 4, max_records=100, max_bytes=1 << 20)] == [3, 4]
     gone = Position("audit.jsonl", second.offset, 2, "f" * 64)
     with pytest.raises(ChainBreak, match="not in the local chain"):
         tail.read(gone, 4, max_records=100, max_bytes=1 << 20)
@@ -156,8 +156,19 @@ def test_the_tail_stops_at_the_durable_seq_and_before_an_unterminated_line(tmp_p
     lines, _ = sealed_lines(4)
     audit.write_bytes(b"\n".join(lines[:3]) + b"\n" + lines[3][:20])
     tail = ChainTail(audit)
-    assert [r.position.seq for r in tail.read(None, 2, max_records=100, max_bytes=1 << 20)] == [1, 2]
-    assert [r.position.seq for r in tail.read(None, 4, max_records=100, max_bytes=1 << 20)] == [1, 2, 3]
+    assert [r.seq for r in tail.read(None, 2, max_records=100, max_bytes=1 << 20)] == [1, 2]
+    assert [r.seq for r in tail.read(None, 4, max_records=100, max_bytes=1 << 20)] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("raw", [b"\t", b"\x7f", b"\xc3\xa9", b"\r"])
+def test_the_tail_refuses_a_line_with_bytes_the_canonical_encoding_never_writes(tmp_path: Path, raw: bytes) -> None:
+    """Such a line may hash right (whoever rewrote the file can recompute the chain), but the sinks get
+    exactly the bytes read, and these would not be JSON: it stops shipping instead."""
+    audit = tmp_path / "audit.jsonl"
+    lines, _ = sealed_lines(2)
+    audit.write_bytes(lines[0] + b"\n" + lines[1].replace(b'"event"', b'"ev' + raw + b'ent"') + b"\n")
+    with pytest.raises(ChainBreak, match="control or non-ASCII"):
+        ChainTail(audit).read(None, 2, max_records=100, max_bytes=1 << 20)
 
 
 def test_the_tail_refuses_an_edited_or_reordered_record(tmp_path: Path) -> None:
@@ -257,3 +268,13 @@ def test_the_anchors_file_resumes_numbering_and_ignores_a_torn_last_line(tmp_pat
     state = load_ship_state(tmp_path)
     assert state.last_anchor is not None and (state.last_anchor.number, state.last_anchor.seq) == (2, 7)
     assert state.last_anchor.signature == chain[1].signature
+
+
+def test_the_putlogevents_body_carries_each_line_exactly() -> None:
+    lines, _ = sealed_lines(2)
+    tricky = lines[1].replace(b'"i":1', b'"i":"a\\\\\\"b\\\\u0007"')        # escapes, quotes, backslashes
+    body = _events_body("/idgate/audit", "node-1", [lines[0], tricky], [5, 6])
+    parsed = json.loads(body)
+    assert parsed["logGroupName"] == "/idgate/audit" and parsed["logStreamName"] == "node-1"
+    assert [e["message"].encode("ascii") for e in parsed["logEvents"]] == [lines[0], tricky]
+    assert [e["timestamp"] for e in parsed["logEvents"]] == [5, 6]

@@ -35,7 +35,7 @@ class FlakyFsync:
 
 
 def _rec(who: str) -> dict[str, str]:
-    return {"event": "decision", "decision": "allow", "who": who}
+    return {"event": "decision", "decision": "allow", "caller": who}
 
 
 async def test_two_transient_fsync_failures_never_leave_a_failed_record_in_the_chain(tmp_path: Path) -> None:
@@ -59,7 +59,7 @@ async def test_two_transient_fsync_failures_never_leave_a_failed_record_in_the_c
     assert all(isinstance(o, DependencyError) for o in outcome)
     await log.append(_rec("ffff"))                       # seq 3
     await log.close()
-    whos = [r["who"] for r in records([path])]
+    whos = [r["caller"] for r in records([path])]
     assert whos == ["aaaa", "cccc", "ffff"], f"records of refused requests on disk: {whos}"
     report = verify_files([path])
     assert report.ok, report.problems
