@@ -384,6 +384,18 @@ def run_wrk(url: str, headers: dict[str, str], settings: WrkSettings) -> WrkResu
     return parse_wrk(_wrk(url, headers, settings, settings.duration))
 
 
+def measured_and_written(name: str, measure: Callable[[], dict[str, Any]]) -> int:
+    """A benchmark's main: the machine's state at the start, the sitting (SIGTERM stops it cleanly),
+    and its JSON written under bench/results/."""
+    from bench._sitting import machine, stamped
+
+    at_start = machine()
+    with sigterm_as_interrupt():
+        result = measure()
+    print(f"wrote {write_result(name, stamped(result, at_start))}")
+    return 0
+
+
 def write_result(name: str, result: dict[str, Any]) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"

@@ -21,12 +21,11 @@ import yaml
 
 from bench._profile import slug
 from bench._sitting import (
-    Cores, LoadOptions, LoadTarget, Runs, bench_cores, load_options, machine, pin, ratio_verdict, same_round_ratio,
-    sitting, stamped,
+    Cores, LoadOptions, LoadTarget, Runs, bench_cores, load_options, pin, ratio_verdict, same_round_ratio, sitting,
 )
 from bench._stack import (
-    PROXY_HOST, PROXY_PATH, Idgate, WrkSettings, audit_stats, exit_code, http_get, mint_token, server_group,
-    sigterm_as_interrupt, start_idgate, start_issuer, wait_ready, workdir, write_result,
+    PROXY_HOST, PROXY_PATH, Idgate, WrkSettings, audit_stats, exit_code, http_get, measured_and_written, mint_token,
+    server_group, start_idgate, start_issuer, wait_ready, workdir,
 )
 from tests.harness.envoy import envoy_binary, http_connection_manager, load_deploy_config, render
 from tests.harness.processes import HOST, ProcessGroup, ServerProcess, free_port
@@ -227,11 +226,7 @@ def run(options: LoadOptions) -> dict[str, Any]:
 def main() -> int:
     options = load_options(__doc__)
     envoy_binary()   # fails with the way to install it
-    at_start = machine()
-    with sigterm_as_interrupt():
-        result = run(options)
-    print(f"wrote {write_result('envoy', stamped(result, at_start))}")
-    return 0
+    return measured_and_written("envoy", lambda: run(options))
 
 
 if __name__ == "__main__":

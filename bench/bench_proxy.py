@@ -17,12 +17,12 @@ from typing import Any
 
 from bench._servers import SMALL_BODY
 from bench._sitting import (
-    Cores, LoadOptions, LoadTarget, Runs, bench_cores, clean, load_options, machine, pin, ratio_verdict,
-    same_round_p50_difference_us, sitting, stamped, verdict,
+    Cores, LoadOptions, LoadTarget, Runs, bench_cores, clean, load_options, pin, ratio_verdict,
+    same_round_p50_difference_us, sitting, verdict,
 )
 from bench._stack import (
-    PROXY_HOST, PROXY_PATH, SERVERS, Idgate, WrkSettings, audit_stats, exit_code, mint_token, server_group,
-    sigterm_as_interrupt, start_echo, start_idgate, start_issuer, wait_ready, workdir, write_result,
+    PROXY_HOST, PROXY_PATH, SERVERS, Idgate, WrkSettings, audit_stats, exit_code, measured_and_written, mint_token,
+    server_group, start_echo, start_idgate, start_issuer, wait_ready, workdir,
 )
 from tests.harness.processes import HOST, ProcessGroup, ServerProcess, free_port
 
@@ -173,11 +173,7 @@ def run(options: LoadOptions) -> dict[str, Any]:
 
 def main() -> int:
     options = load_options(__doc__)
-    at_start = machine()
-    with sigterm_as_interrupt():
-        result = run(options)
-    print(f"wrote {write_result('proxy', stamped(result, at_start))}")
-    return 0
+    return measured_and_written("proxy", lambda: run(options))
 
 
 if __name__ == "__main__":

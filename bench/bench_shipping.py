@@ -19,17 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from bench._servers import SMALL_BODY
-from bench._sitting import (
-    Cores, LoadOptions, LoadTarget, bench_cores, load_options, machine, pin, ratio_verdict, sitting, stamped,
-)
+from bench._sitting import Cores, LoadOptions, LoadTarget, bench_cores, load_options, pin, ratio_verdict, sitting
 from bench._stack import (
-    PROXY_HOST, PROXY_PATH, Idgate, exit_code, mint_token, server_group, sigterm_as_interrupt, start_echo,
-    start_idgate, start_issuer, workdir, write_result,
+    PROXY_HOST, PROXY_PATH, Idgate, exit_code, measured_and_written, mint_token, server_group, start_echo,
+    start_idgate, start_issuer, workdir,
 )
-from proxy.audit.chain import ChainState, SealedBatch, unsealed
 from tests.harness.moto import REGION, TEST_KEYS, MotoServer
 from tests.harness.processes import ProcessGroup
-from tests.harness.shipping import BUCKET, LOG_GROUP, PREFIX, write_anchor_key
+from tests.harness.shipping import BUCKET, LOG_GROUP, PREFIX, prewrite_chain, write_anchor_key
 
 RULES = 100
 WITHIN = 0.95                       # shipping on: at least this × the req/s with shipping off
@@ -73,26 +70,15 @@ def _targets(procs: ProcessGroup, tmp: Path, cores: Cores, options: LoadOptions,
     return targets, idgates
 
 
-def _prewrite(audit_path: Path, count: int) -> None:
-    audit_path.parent.mkdir(parents=True, exist_ok=True)
-    state = ChainState()
-    with audit_path.open("wb") as f:
-        for start in range(0, count, 1000):
-            batch = SealedBatch(state, time.time())
-            for i in range(start, min(count, start + 1000)):
-                batch.add(unsealed({"event": "decision", "surface": "proxy", "decision": "allow", "rule": "r",
-                                    "request_id": f"{i:032x}", "target": {"method": "GET", "host": PROXY_HOST,
-                                                                          "path": PROXY_PATH}}, "throughput"))
-            f.write(batch.data())
-            state = batch.state
-
-
 def _throughput(procs: ProcessGroup, tmp: Path, cores: Cores, moto: MotoServer, anchor_key: Path,
                 count: int) -> dict[str, Any]:
     """A fresh idgate on a prewritten chain: how fast its shipper gets every record into CloudWatch."""
     name = "idgate-throughput"
     audit_path = tmp / name / "audit" / "audit.jsonl"
-    _prewrite(audit_path, count)
+    prewrite_chain(audit_path, count, lambda i: {"event": "decision", "surface": "proxy", "decision": "allow",
+                                                 "rule": "r", "request_id": f"{i:032x}",
+                                                 "target": {"method": "GET", "host": PROXY_HOST, "path": PROXY_PATH}},
+                   instance="throughput")
     _, issuer_url = start_issuer(procs)
     audit = _shipping_audit(moto, anchor_key, 1 << 30, "throughput", s3=False)
     started = time.monotonic()
@@ -146,11 +132,7 @@ def run(options: LoadOptions, quick: bool) -> dict[str, Any]:
 
 def main() -> int:
     options = load_options(__doc__)
-    at_start = machine()
-    with sigterm_as_interrupt():
-        result = run(options, options.settings.duration <= 2)
-    print(f"wrote {write_result('shipping', stamped(result, at_start))}")
-    return 0
+    return measured_and_written("shipping", lambda: run(options, options.settings.duration <= 2))
 
 
 if __name__ == "__main__":

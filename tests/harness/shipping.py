@@ -5,7 +5,8 @@ production), and readers of what arrived in the log streams and the bucket."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,20 @@ def write_rotated_segment(audit_path: Path, count: int, epoch: float, *, instanc
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(batch.data())
     return path
+
+
+def prewrite_chain(audit_path: Path, count: int, record: Callable[[int], dict[str, Any]], *,
+                   instance: str = "node-1") -> None:
+    """A live segment of `count` records `record(i)` from the genesis, written before idgate starts."""
+    audit_path.parent.mkdir(parents=True, exist_ok=True)
+    state = ChainState()
+    with audit_path.open("wb") as f:
+        for start in range(0, count, 1000):
+            batch = SealedBatch(state, time.time())
+            for i in range(start, min(count, start + 1000)):
+                batch.add(unsealed(record(i), instance))
+            f.write(batch.data())
+            state = batch.state
 
 
 def write_anchor_key(directory: Path) -> Path:

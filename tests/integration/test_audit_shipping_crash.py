@@ -16,30 +16,16 @@ from pathlib import Path
 import aiohttp
 
 from proxy.audit import segment_files, verify_files
-from proxy.audit.chain import ChainState, SealedBatch, unsealed
 from tests.harness.moto import REGION, TEST_KEYS
 from tests.harness.paths import REPO
 from tests.harness.processes import HOST, free_port
 from tests.harness.servers import local_issuer, write_config
 from tests.harness.relay import holding_relay
-from tests.harness.shipping import LOG_GROUP, ShippingTarget
+from tests.harness.shipping import LOG_GROUP, ShippingTarget, prewrite_chain
 from tests.harness.stack import example_policies
 
 DEADLINE = 60.0
 RECORDS = 30_000                 # a few PutLogEvents rounds: a kill lands between two acknowledged batches
-
-
-def prewrite_chain(audit_path: Path, count: int) -> None:
-    """A live segment of `count` records from the genesis, already written when idgate starts."""
-    audit_path.parent.mkdir(parents=True, exist_ok=True)
-    state = ChainState()
-    with audit_path.open("wb") as f:
-        for start in range(0, count, 1000):
-            batch = SealedBatch(state, time.time())
-            for i in range(start, min(count, start + 1000)):
-                batch.add(unsealed({"event": "decision", "i": i, "padding": "x" * 300}, "node-1"))
-            f.write(batch.data())
-            state = batch.state
 
 
 def local_lines(audit_path: Path) -> list[str]:
@@ -83,7 +69,7 @@ async def test_sigkill_while_shipping_loses_nothing_and_duplicates_nothing_after
         shipping_target: ShippingTarget, tmp_path: Path) -> None:
     shipping_target.create_bucket()
     audit_path = tmp_path / "audit" / "audit.jsonl"
-    prewrite_chain(audit_path, RECORDS)
+    prewrite_chain(audit_path, RECORDS, lambda i: {"event": "decision", "i": i, "padding": "x" * 300})
     state_dir = audit_path.with_name("audit.jsonl.shipping")
     env = {**os.environ, "PYTHONPATH": str(REPO), "AWS_ACCESS_KEY_ID": TEST_KEYS["aws_access_key_id"],
            "AWS_SECRET_ACCESS_KEY": TEST_KEYS["aws_secret_access_key"], "AWS_DEFAULT_REGION": REGION}
