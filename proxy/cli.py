@@ -94,6 +94,11 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         from proxy.aws.gateway import load_gateway_ring
 
         load_gateway_ring(config.aws.gateway, os.environ)   # its problems are the config's
+    shipping = config.audit.shipping
+    if shipping is not None and shipping.anchors.key_file is not None:
+        from proxy.keys import load_p256_private_key
+
+        load_p256_private_key(shipping.anchors.key_file, "audit anchor key")
     print(f"{args.config}: ok ({len(config.issuers)} issuer(s), {len(config.routes)} route(s), "
           f"{len(policy.rules)} rule(s) from {config.policies_dir})")
     return EXIT_OK

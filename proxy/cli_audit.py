@@ -19,11 +19,20 @@ def add_parser(sub: Any) -> None:
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)
     verify = audit_sub.add_parser("verify", help="check the hash chain across rotated files")
     verify.add_argument("files", nargs="+", type=Path)
+    audit_sub.add_parser("anchor-key", help="print a new EC P-256 private key (PEM) for audit.shipping.anchors."
+                                            "key_file to stdout")
 
 
 def run(args: argparse.Namespace) -> int:
-    commands = {"verify": cmd_verify}
+    commands = {"verify": cmd_verify, "anchor-key": cmd_anchor_key}
     return commands[args.audit_command](args)
+
+
+def cmd_anchor_key(args: argparse.Namespace) -> int:
+    from proxy.keys import new_private_key_pem
+
+    sys.stdout.write(new_private_key_pem().decode("ascii"))
+    return EXIT_OK
 
 
 class TerminalProgress:

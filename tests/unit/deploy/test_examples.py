@@ -10,6 +10,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from proxy.cli import _parser
 from proxy.config import load_config
+from proxy.keys import new_private_key_pem
 from tests.harness.paths import DEPLOY, POLICIES
 
 
@@ -23,6 +24,7 @@ def test_example_config_loads_when_its_files_exist(tmp_path):
     key = ec.generate_private_key(ec.SECP256R1())
     (tmp_path / "assertion-key.pem").write_bytes(key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    (tmp_path / "anchor-key.pem").write_bytes(new_private_key_pem())
     shutil.copytree(POLICIES, tmp_path / "policies")
     text = (DEPLOY / "config" / "idgate.yaml").read_text()
     text = text.replace("/etc/idgate/", f"{tmp_path}/").replace("/var/lib/idgate/", f"{tmp_path}/")
@@ -30,6 +32,9 @@ def test_example_config_loads_when_its_files_exist(tmp_path):
     config = load_config(tmp_path / "idgate.yaml")
     assert [r.name for r in config.routes] == ["orders", "reports"]
     assert config.listen.tls is not None and config.trusted_proxies == ("10.0.0.0/8",)
+    shipping = config.audit.shipping
+    assert shipping is not None and shipping.cloudwatch is not None and shipping.s3 is not None
+    assert shipping.s3.object_lock is not None and shipping.s3.object_lock.mode == "COMPLIANCE"
 
 
 def test_systemd_unit_runs_real_subcommands():
