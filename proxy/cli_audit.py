@@ -44,7 +44,7 @@ class TerminalProgress:
         self._due = float("-inf")
         self._shown = False
 
-    def __call__(self, path: Path, records: int) -> None:
+    def __call__(self, path: Path | str, records: int) -> None:
         now = self._clock()
         if now < self._due:
             return

@@ -54,8 +54,11 @@ _SCAN_BLOCK = 1 << 16
 READ_CHUNK = 1 << 20
 MAX_LINE_BYTES = 1 << 20
 
-Progress = Callable[[Path, int], None]
-"""Told the file being read and the records verified so far: as a file starts, then once per chunk."""
+Progress = Callable[["Path | str", int], None]
+"""Told the segment being read and the records verified so far: as it starts, every PROGRESS_RECORDS
+records, and as it ends."""
+PROGRESS_RECORDS = 1 << 16
+COPY_WINDOW = 1 << 15              # a resent batch repeats at most one shipping round (10,000 records)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +76,7 @@ class VerifyReport:
     files: int
     problems: tuple[str, ...]
     starts_after: int = 0          # the last seq retention deleted before the first file (0: from the genesis)
+    copies: int = 0                # records a sink held twice, byte for byte, skipped (verify_segments' drop_copies)
 
 
 # What json.dumps(sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False) runs, built
@@ -215,8 +219,16 @@ def follows(line: bytes, prev: str) -> str | None:
     return claimed
 
 
-def _quiet(path: Path, records: int) -> None:
+def _quiet(name: Path | str, records: int) -> None:
     pass
+
+
+LineProblems = tuple[str, bytes | None, tuple[str, ...]]
+"""A line to verify: where it is (file:line, s3://bucket/key:line...), its bytes (None: it cannot be a
+record at all) and what is wrong with it before parsing (too long, unterminated)."""
+
+SegmentLines = tuple["Path | str", Iterable[LineProblems]]
+"""A segment to verify: its name (a path or a URL), and its lines in order."""
 
 
 def verify_files(paths: Sequence[Path], progress: Progress | None = None,
@@ -224,51 +236,74 @@ def verify_files(paths: Sequence[Path], progress: Progress | None = None,
     """Check the chain across segment files given oldest first (as `segment_files` lists them), reading
     each in chunks: memory stays flat whatever the files' size.  `observe` is told the seq and hash of
     every intact record (for comparing with anchors)."""
-    problems: list[str] = []
     if not paths:
         return VerifyReport(False, 0, 0, ("no audit files to verify",))
+    return verify_segments([(path, _file_lines(path)) for path in paths], progress, observe)
+
+
+def _file_lines(path: Path) -> Iterator[LineProblems]:
+    with path.open("rb") as f:
+        for number, line, terminated in read_lines(f):
+            problems: tuple[str, ...] = () if terminated else ("unterminated last line (file truncated mid-record)",)
+            if line is None:
+                problems += (f"line longer than {MAX_LINE_BYTES} bytes (not an idgate record)",)
+            yield f"{path}:{number}", line, problems
+
+
+def verify_segments(segments: Iterable[SegmentLines], progress: Progress | None = None,
+                    observe: Callable[[int, str], None] | None = None, *, drop_copies: bool = False) -> VerifyReport:
+    """Check one chain across its segments, oldest first.  With `drop_copies` (a sink that may hold a
+    record twice after a crash), a record that repeats one of the last COPY_WINDOW records byte for
+    byte (same seq, same hash) is counted and skipped; any other repeat is a problem."""
+    problems: list[str] = []
     expected = ChainState()
-    records = 0
-    previous_file: Path | None = None
+    records = copies = files = 0
+    previous: Path | str | None = None
     start: tuple[int, str, dict[str, Any]] | None = None    # a first record after the genesis (problem index, where)
     deleted_through: list[ChainState] = []                  # what intact retention records say they deleted
+    recent: dict[int, str] = {}                             # seq -> hash of the last COPY_WINDOW records
     tell = progress or _quiet
-    for path in paths:
+    for name, lines in segments:
+        files += 1
         first_in_file = True
+        tell(name, records)
         try:
-            with path.open("rb") as f:
-                tell(path, records)
-                # The lambda reads `records` when called, after each chunk: the count so far.
-                for number, line, terminated in _read_lines(f, lambda: tell(path, records)):
-                    where = f"{path}:{number}"
-                    if not terminated:
-                        problems.append(f"{where}: unterminated last line (file truncated mid-record)")
-                    if line is None:
-                        problems.append(f"{where}: line longer than {MAX_LINE_BYTES} bytes (not an idgate record)")
-                        continue
-                    try:
-                        record, intact = parse_line(line)
-                    except LineError as exc:
-                        problems.append(f"{where}: {exc}")
-                        continue
-                    records += 1
-                    if not intact:
-                        problems.append(f"{where}: hash mismatch: record seq {record['seq']} was edited")
-                    else:
-                        if observe is not None:
-                            observe(record["seq"], record["hash"])
-                        if (announced := _retention_through(record)) is not None:
-                            deleted_through.append(announced)
-                    if expected.seq == 0 and (record["seq"], record["prev"]) != (1, GENESIS):
-                        start = (len(problems), where, record)    # judged once every retention record is known
-                    else:
-                        problems.extend(_link_problems(where, record, expected, first_in_file, previous_file))
-                    expected = ChainState(record["seq"], record["hash"])
-                    first_in_file = False
+            for where, line, line_problems in lines:
+                problems.extend(f"{where}: {problem}" for problem in line_problems)
+                if line is None:
+                    continue
+                try:
+                    record, intact = parse_line(line)
+                except LineError as exc:
+                    problems.append(f"{where}: {exc}")
+                    continue
+                if drop_copies and intact and record["seq"] <= expected.seq and recent.get(record["seq"]) == record["hash"]:
+                    copies += 1
+                    continue
+                records += 1
+                if records % PROGRESS_RECORDS == 0:
+                    tell(name, records)
+                if not intact:
+                    problems.append(f"{where}: hash mismatch: record seq {record['seq']} was edited")
+                else:
+                    if observe is not None:
+                        observe(record["seq"], record["hash"])
+                    if (announced := _retention_through(record)) is not None:
+                        deleted_through.append(announced)
+                if expected.seq == 0 and (record["seq"], record["prev"]) != (1, GENESIS):
+                    start = (len(problems), where, record)    # judged once every retention record is known
+                else:
+                    problems.extend(_link_problems(where, record, expected, first_in_file, previous))
+                expected = ChainState(record["seq"], record["hash"])
+                if drop_copies:
+                    recent[record["seq"]] = record["hash"]
+                    recent.pop(record["seq"] - COPY_WINDOW, None)
+                first_in_file = False
         except OSError as exc:
-            problems.append(f"{path}: cannot read ({exc.strerror or exc})")
+            problems.append(f"{name}: cannot read ({exc.strerror or exc})")
             continue
-        previous_file = path
+        tell(name, records)
+        previous = name
     starts_after = 0
     if start is not None:
         index, where, record = start
@@ -277,7 +312,7 @@ def verify_files(paths: Sequence[Path], progress: Progress | None = None,
         else:
             problems.insert(index, f"{where}: the chain does not start here (seq {record['seq']}, prev not the "
                                    "genesis): earlier records or segments are missing")
-    return VerifyReport(not problems, records, len(paths), tuple(problems), starts_after)
+    return VerifyReport(not problems, records, files, tuple(problems), starts_after, copies)
 
 
 def _retention_through(record: dict[str, Any]) -> ChainState | None:
@@ -302,7 +337,7 @@ def _accounts_for(first: dict[str, Any], through: ChainState) -> bool:
 
 
 def _link_problems(where: str, record: dict[str, Any], expected: ChainState,
-                   first_in_file: bool, previous_file: Path | None) -> Iterable[str]:
+                   first_in_file: bool, previous_file: Path | str | None) -> Iterable[str]:
     seq, prev = record["seq"], record["prev"]
     if seq == expected.seq + 1 and prev == expected.prev:
         return
@@ -318,12 +353,11 @@ def _link_problems(where: str, record: dict[str, Any], expected: ChainState,
                "(a record was deleted, inserted or reordered)")
 
 
-def _read_lines(f: BinaryIO, after_chunk: Callable[[], None] | None = None, *, chunk_bytes: int = READ_CHUNK,
-                max_line: int = MAX_LINE_BYTES) -> Iterator[tuple[int, bytes | None, bool]]:
+def read_lines(f: BinaryIO, *, chunk_bytes: int = READ_CHUNK,
+               max_line: int = MAX_LINE_BYTES) -> Iterator[tuple[int, bytes | None, bool]]:
     """(1-based line number, line without newline or None when longer than max_line, whether it ended
     with a newline), reading chunk_bytes at a time and carrying a line's start into the next chunk.
-    Splits on b"\\n" only, never on other Unicode line breaks.  after_chunk is called once the lines
-    ending in a chunk have been consumed."""
+    Splits on b"\\n" only, never on other Unicode line breaks."""
     number = 0
     carry = b""
     too_long = False          # inside a line already longer than max_line: skipped up to its newline
@@ -344,8 +378,6 @@ def _read_lines(f: BinaryIO, after_chunk: Callable[[], None] | None = None, *, c
             yield number, (line if len(line) <= max_line else None), True
         if len(carry) > max_line:
             carry, too_long = b"", True
-        if after_chunk is not None:
-            after_chunk()
     if too_long:
         yield number + 1, None, False
     elif carry:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from proxy.audit import verify_files
-from proxy.audit.chain import MAX_LINE_BYTES, READ_CHUNK, _read_lines
+from proxy.audit.chain import MAX_LINE_BYTES, READ_CHUNK, SegmentLines, read_lines, verify_segments
 from tests.unit.audit.test_audit import make_log, write_records
 
 SAMPLE = b'{"a":1}\n\n' + b"x" * 40 + b"\nshort\n" + b"y" * 25 + b"\nend"
@@ -29,7 +29,7 @@ def expected_lines(data: bytes, max_line: int) -> list[tuple[int, bytes | None, 
 @pytest.mark.parametrize("tail", [b"", b"\n"])
 def test_lines_split_at_any_chunk_boundary_come_out_whole(chunk_bytes: int, max_line: int, tail: bytes) -> None:
     data = SAMPLE + tail
-    got = list(_read_lines(io.BytesIO(data), chunk_bytes=chunk_bytes, max_line=max_line))
+    got = list(read_lines(io.BytesIO(data), chunk_bytes=chunk_bytes, max_line=max_line))
     assert got == expected_lines(data, max_line)
 
 
@@ -45,7 +45,7 @@ async def test_a_record_split_across_the_read_chunk_boundary_verifies(tmp_path: 
     calls: list[tuple[Path, int]] = []
     report = verify_files([path], lambda p, n: calls.append((p, n)))
     assert (report.ok, report.records, report.problems) == (True, 700, ())
-    assert calls[0] == (path, 0) and calls[-1] == (path, 700) and len(calls) == 3    # start, then per chunk
+    assert calls == [(path, 0), (path, 700)]        # as the segment starts and ends (and every 65,536 records)
 
 
 @pytest.mark.parametrize("length", [MAX_LINE_BYTES + 1, 2 * READ_CHUNK + 17])
@@ -79,3 +79,21 @@ async def test_progress_names_each_file_as_it_starts(tmp_path: Path) -> None:
     assert verify_files(files, lambda p, n: calls.append((p, n))).ok
     assert [c for c in calls if c[0] == files[1]][0] == (files[1], 3)
     assert calls[-1] == (path, 10)
+
+
+async def test_copies_a_sink_holds_are_dropped_only_when_identical(tmp_path: Path) -> None:
+    """A CloudWatch stream holds a resent batch twice after a crash: the same lines under the same seqs."""
+    path = tmp_path / "audit.jsonl"
+    await write_records(path, 6)
+    lines = path.read_bytes().splitlines()
+
+    def segment(chosen: list[bytes]) -> list[SegmentLines]:
+        return [("cloudwatch://g/s", [(f"cloudwatch://g/s:{i}", line, ()) for i, line in enumerate(chosen, 1)])]
+
+    resent = lines[:4] + lines[2:]
+    report = verify_segments(segment(resent), drop_copies=True)
+    assert (report.ok, report.records, report.copies) == (True, 6, 2)
+    assert not verify_segments(segment(resent)).ok                   # without drop_copies: seq goes backwards
+    forged = lines[:4] + [lines[2].replace(b'"i":2', b'"i":9')] + lines[3:]
+    report = verify_segments(segment(forged), drop_copies=True)
+    assert not report.ok and report.copies == 0
