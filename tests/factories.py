@@ -201,3 +201,38 @@ def make_gateway_session(*, lifetime: int = 3600, now: float | None = None, **ov
     }
     fields.update(overrides)
     return GatewaySession(**fields)
+
+
+# --- audit records, shaped as proxy/pipeline.py and proxy/aws/gateway_records.py write them ----------------
+
+def gateway_decision(request_id: str = "r1", *, sub: str = "svc-etl-acme", keys: tuple[Any, ...] = ("acme",),
+                     table: str = "orders", operation: str = "GetItem", decision: str = "allow",
+                     rule: str | None = "tenant-orders", ts: str = "2026-11-22T10:00:00.000000Z",
+                     **fields: Any) -> dict[str, Any]:
+    """A DynamoDB gateway call's decision record (its touches name `keys` of `table`)."""
+    touch = {"table": table, "action": operation, "keys": list(keys), "attributes": "*", "rule": rule}
+    return {"event": "decision", "request_id": request_id, "surface": "dynamodb", "decision": decision, "rule": rule,
+            "reasons": ["matched" if decision == "allow" else "leading_key_not_granted"], "ts": ts,
+            "identity": {"iss": DEFAULT_ISSUER, "sub": sub, "client_id": None, "groups": ["data-eng"]},
+            "client": {"addr": "127.0.0.1"}, "target": {"method": "POST", "host": "127.0.0.1", "path": "/.idgate/dynamodb"},
+            "dynamodb": {"operation": operation, "tables": [table], "touches": [touch]}, **fields}
+
+
+def gateway_outcome(request_id: str = "r1", *, items: tuple[tuple[str, str], ...] = (("acme", "1"),),
+                    table: str = "orders", operation: str = "GetItem", rule: str | None = "tenant-orders",
+                    ts: str = "2026-11-22T10:00:00.100000Z", **fields: Any) -> dict[str, Any]:
+    """Its outcome: DynamoDB returned the items of these (partition, sort) keys."""
+    keys = [[table, pk, sk] for pk, sk in items]
+    return {"event": "outcome", "request_id": request_id, "surface": "dynamodb", "rule": rule, "status": 200,
+            "ts": ts, "bytes_in": 10, "bytes_out": 100, "duration_ms": 1.5,
+            "dynamodb": {"operation": operation, "status": 200,
+                         "returned": {"count": len(keys), "keys": keys, "keys_sha256": "0" * 64}}, **fields}
+
+
+def http_decision(request_id: str = "h1", *, sub: str = "svc-web-1", host: str = "orders.internal",
+                  path: str = "/v1/orders/7", decision: str = "allow", rule: str | None = "etl-read-orders",
+                  ts: str = "2026-11-22T10:00:00.000000Z", **fields: Any) -> dict[str, Any]:
+    return {"event": "decision", "request_id": request_id, "surface": "proxy", "decision": decision, "rule": rule,
+            "reasons": ["matched" if decision == "allow" else "no_matching_rule"], "ts": ts,
+            "identity": {"iss": DEFAULT_ISSUER, "sub": sub, "client_id": None, "groups": []},
+            "client": {"addr": "127.0.0.1"}, "target": {"method": "GET", "host": host, "path": path}, **fields}

@@ -23,3 +23,12 @@ def write_segment(path: Path, target_bytes: int, record: Callable[[int], dict[st
             f.write(data)
             written, count, state = written + len(data), count + per_batch, batch.state
     return count
+
+
+def sealed_lines(records: list[dict[str, Any]], *, state: ChainState = ChainState(),
+                 epoch: float = 1795860000.0) -> list[bytes]:
+    """`records` sealed onto the chain after `state`, one line each (no newline), all at `epoch`."""
+    batch = SealedBatch(state, epoch)
+    for record in records:
+        batch.add(unsealed({k: v for k, v in record.items() if k != "ts"}))
+    return batch.data().splitlines()

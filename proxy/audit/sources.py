@@ -1,0 +1,307 @@
+"""Where audit records are read back from: local segment files, an S3 prefix of shipped segments, a
+CloudWatch Logs stream.  Each source is a set of chains (one per writer), each chain its raw lines in
+seq order, streamed: memory does not grow with a segment, whatever the source.
+
+    source = open_source(spec, boto3_clients())      # SourceError: a spec that holds no audit records
+    for chain in source.chains:
+        chain.name          # the writer's instance id as the layout names it (file stem, S3 folder, stream)
+        chain.location      # the live file, s3://bucket/folder/ or cloudwatch://group/stream
+        chain.segments      # oldest first: Segment(name, first_seq, last_seq), each with .lines()
+        chain.anchors       # the sink's signed anchors for this chain, as Segments too (never records):
+                            # S3 `<folder>anchors/...` objects, the `<stream>.anchors` stream; () locally
+        for line in chain.lines():              # SourceLine(where, data, problem), segment after segment
+            ...                                 # where = file:line, s3://bucket/key:line, cloudwatch://group/stream:event
+
+Specs: PATH (a live segment with its rotated siblings, one rotated segment alone, or a directory whose
+*.jsonl files are grouped into chains by stem, e.g. idgate-audit and the workers' idgate-audit.w0),
+s3://BUCKET[/PREFIX] (every `<instance>/<first-seq>-<last-seq>.jsonl` under it, grouped by folder; other
+objects are counted in `ignored`), cloudwatch://GROUP/STREAM (the group is what precedes the last `/`)
+and cloudwatch://GROUP/ (every stream of the group).  A line's `data` is its bytes without the newline,
+None when it cannot be a record at all; `problem` says what is wrong with it (then data may still be
+there: an unterminated last line).  Reading S3 or CloudWatch raises SourceError with one line naming
+the source, never a botocore exception: the caller prints it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import closing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from proxy.audit.chain import MAX_LINE_BYTES, read_lines
+from proxy.audit.sink import segment_files
+
+ClientFactory = Callable[[str], Any]
+"""A boto3 client for a service name ("s3", "logs")."""
+
+_ROTATED = re.compile(r"(?P<stem>.+)\.\d{8}T\d{6}Z\.(?P<last>\d+)\.jsonl\Z")
+_S3_SEGMENT = re.compile(r"(?P<first>\d{12})-(?P<last>\d{12})\.jsonl\Z")
+ANCHORS = "anchors"                # an S3 instance folder's `anchors/`; a CloudWatch stream's `.anchors` twin
+_T = TypeVar("_T")
+
+
+class SourceError(Exception):
+    """A source that cannot be read: the message is one line that names it."""
+
+
+@dataclass(frozen=True, slots=True)
+class SourceLine:
+    where: str
+    data: bytes | None
+    problem: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    name: str                              # a path, s3://bucket/key or cloudwatch://group/stream
+    first_seq: int | None                  # as the name gives them (S3 keys; a rotated file's last seq)
+    last_seq: int | None
+    _lines: Callable[[], Iterator[SourceLine]] = field(repr=False, compare=False)
+
+    def lines(self) -> Iterator[SourceLine]:
+        return self._lines()
+
+
+@dataclass(frozen=True, slots=True)
+class Chain:
+    name: str
+    location: str
+    segments: tuple[Segment, ...]
+    anchors: tuple[Segment, ...] = ()
+
+    def lines(self) -> Iterator[SourceLine]:
+        for segment in self.segments:
+            yield from segment.lines()
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    spec: str
+    chains: tuple[Chain, ...]
+    ignored: tuple[str, ...] = ()          # objects under an S3 prefix that are neither segments nor anchors
+
+
+def open_source(spec: str, clients: ClientFactory) -> Source:
+    """The chains `spec` holds, listed (not read yet); SourceError when it holds none or cannot be listed."""
+    if spec.startswith("s3://"):
+        bucket, _, prefix = spec.removeprefix("s3://").partition("/")
+        if not bucket:
+            raise SourceError(f"{spec}: an S3 source is s3://BUCKET[/PREFIX]")
+        source = _s3_source(spec, bucket, prefix, clients)
+    elif spec.startswith("cloudwatch://"):
+        group, _, stream = spec.removeprefix("cloudwatch://").rpartition("/")
+        if not group:
+            raise SourceError(f"{spec}: a CloudWatch source is cloudwatch://GROUP/STREAM, or cloudwatch://GROUP/ "
+                              "for every stream of the group")
+        source = _cloudwatch_source(spec, group, stream, clients)
+    elif "://" in spec:
+        raise SourceError(f"{spec}: unknown kind of source (a path, s3://BUCKET/PREFIX or cloudwatch://GROUP/STREAM)")
+    else:
+        source = Source(spec, _local_chains(Path(spec)))
+    if not source.chains:
+        raise SourceError(f"{spec}: no audit segments here")
+    return source
+
+
+# --- local files ------------------------------------------------------------------------------------------
+
+def chain_stem(name: str) -> str:
+    """The chain a segment file name belongs to: `idgate-audit.w0.<stamp>.<seq>.jsonl` → `idgate-audit.w0`."""
+    rotated = _ROTATED.match(name)
+    return rotated["stem"] if rotated else name.removesuffix(".jsonl")
+
+
+def _local_chains(path: Path) -> tuple[Chain, ...]:
+    if path.is_dir():
+        try:
+            names = os.listdir(path)
+        except OSError as exc:
+            raise SourceError(f"{path}: cannot list ({exc.strerror or exc})") from exc
+        stems = sorted({chain_stem(n) for n in names if n.endswith(".jsonl") and (path / n).is_file()})
+        return tuple(_local_chain(path / f"{stem}.jsonl", segment_files(path / f"{stem}.jsonl")) for stem in stems)
+    if rotated := _ROTATED.match(path.name):     # one rotated segment, as the investigator named it
+        live, files = path.with_name(rotated["stem"] + ".jsonl"), [path] if path.exists() else []
+    else:
+        live, files = path, segment_files(path)
+    if not files:
+        raise SourceError(f"{path}: no such file or directory")
+    return (_local_chain(live, files),)
+
+
+def _local_chain(live: Path, files: list[Path]) -> Chain:
+    return Chain(live.stem, str(live), tuple(_file_segment(f) for f in files))
+
+
+def _file_segment(path: Path) -> Segment:
+    rotated = _ROTATED.match(path.name)
+    return Segment(str(path), None, int(rotated["last"]) if rotated else None, lambda: _file_lines(path))
+
+
+def _file_lines(path: Path) -> Iterator[SourceLine]:
+    try:
+        if not path.is_file():                  # a FIFO or a device would block or never end
+            raise SourceError(f"{path}: not a regular file")
+        with path.open("rb") as f:
+            yield from _framed(str(path), read_lines(f))
+    except OSError as exc:
+        raise SourceError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+
+
+def _framed(name: str, lines: Iterable[tuple[int, bytes | None, bool]]) -> Iterator[SourceLine]:
+    for number, data, terminated in lines:
+        where = f"{name}:{number}"
+        if data is None:
+            yield SourceLine(where, None, f"line longer than {MAX_LINE_BYTES} bytes (not an idgate record)")
+        elif not terminated:
+            yield SourceLine(where, data, "unterminated last line (file truncated mid-record)")
+        else:
+            yield SourceLine(where, data)
+
+
+# --- AWS --------------------------------------------------------------------------------------------------
+
+def _aws(name: str, call: Callable[[], _T]) -> _T:
+    """`call()`, a botocore failure turned into one line naming the source."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        return call()
+    except ClientError as exc:
+        error = exc.response.get("Error", {})
+        raise SourceError(f"{name}: {error.get('Code', 'error')}: {error.get('Message') or exc}") from exc
+    except BotoCoreError as exc:
+        raise SourceError(f"{name}: {exc}") from exc
+
+
+def _aws_lines(name: str, lines: Iterator[SourceLine]) -> Iterator[SourceLine]:
+    """The lines of a remote segment; a failure while reading them (a reset connection) is one line too."""
+    while (line := _aws(name, lambda: next(lines, None))) is not None:
+        yield line
+
+
+def _s3_source(spec: str, bucket: str, prefix: str, clients: ClientFactory) -> Source:
+    s3 = _aws(spec, lambda: clients("s3"))
+    segments: dict[str, list[tuple[int, int, str]]] = {}
+    anchors: dict[str, list[str]] = {}
+    ignored: list[str] = []
+    pages = _aws(spec, lambda: iter(s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)))
+    while (page := _aws(spec, lambda: next(pages, None))) is not None:
+        for entry in page.get("Contents", ()):
+            key: str = entry["Key"]
+            folder, _, name = key.rpartition("/")
+            parts = folder.split("/")
+            if ANCHORS in parts[1:]:               # <folder>/anchors/...: the chain's anchors, not records
+                owner = "/".join(parts[: parts.index(ANCHORS, 1)]) + "/"
+                anchors.setdefault(owner, []).append(key)
+            elif segment := _S3_SEGMENT.match(name):
+                segments.setdefault(folder + "/" if folder else "", []).append(
+                    (int(segment["first"]), int(segment["last"]), key))
+            else:
+                ignored.append(key)
+    chains = []
+    for folder, found in sorted(segments.items()):
+        instance = folder.rstrip("/").rpartition("/")[2] or bucket
+        chains.append(Chain(
+            instance, f"s3://{bucket}/{folder}",
+            tuple(_s3_segment(s3, bucket, key, first, last) for first, last, key in sorted(found)),
+            tuple(_s3_segment(s3, bucket, key, None, None) for key in sorted(anchors.get(folder, ())))))
+    return Source(spec, tuple(chains), tuple(ignored))
+
+
+def _s3_segment(s3: Any, bucket: str, key: str, first: int | None, last: int | None) -> Segment:
+    name = f"s3://{bucket}/{key}"
+    return Segment(name, first, last, lambda: _s3_lines(s3, bucket, key, name))
+
+
+def _s3_lines(s3: Any, bucket: str, key: str, name: str) -> Iterator[SourceLine]:
+    body = _aws(name, lambda: s3.get_object(Bucket=bucket, Key=key)["Body"])
+    with closing(body):
+        # The body is read 1 MiB at a time (chain.read_lines), never whole.
+        yield from _aws_lines(name, _framed(name, read_lines(body)))
+
+
+def _cloudwatch_source(spec: str, group: str, stream: str, clients: ClientFactory) -> Source:
+    if stream.endswith("." + ANCHORS):
+        raise SourceError(f"{spec}: this stream holds signed anchors, not audit records")
+    logs = _aws(spec, lambda: clients("logs"))
+    names = _stream_names(spec, logs, group, stream)
+    if stream and stream not in names:
+        raise SourceError(f"{spec}: no log stream {stream!r} in log group {group!r}")
+    chains = []
+    for name in sorted(names):
+        if name.endswith("." + ANCHORS) or (stream and name != stream):
+            continue
+        twin = f"{name}.{ANCHORS}"
+        anchors = (_stream_segment(logs, group, twin),) if twin in names else ()
+        chains.append(Chain(name, f"cloudwatch://{group}/{name}", (_stream_segment(logs, group, name),), anchors))
+    return Source(spec, tuple(chains))
+
+
+def _stream_names(spec: str, logs: Any, group: str, prefix: str) -> set[str]:
+    """The group's streams whose names start with `prefix` (a named stream and its anchors twin)."""
+    names: set[str] = set()
+    kwargs: dict[str, Any] = {"logGroupName": group}
+    if prefix:
+        kwargs["logStreamNamePrefix"] = prefix
+    pages = _aws(spec, lambda: iter(logs.get_paginator("describe_log_streams").paginate(**kwargs)))
+    while (page := _aws(spec, lambda: next(pages, None))) is not None:
+        names.update(s["logStreamName"] for s in page.get("logStreams", ()))
+    return names
+
+
+def _stream_segment(logs: Any, group: str, stream: str) -> Segment:
+    name = f"cloudwatch://{group}/{stream}"
+    return Segment(name, None, None, lambda: _aws_lines(name, _events(logs, group, stream, name)))
+
+
+def _events(logs: Any, group: str, stream: str, name: str) -> Iterator[SourceLine]:
+    """Each event of the stream from its head, one page (at most 1 MB) in memory at a time: the stream's
+    end is where the forward token comes back unchanged."""
+    token: str | None = None
+    number = 0
+    while True:
+        kwargs: dict[str, Any] = {"logGroupName": group, "logStreamName": stream, "startFromHead": True}
+        if token is not None:
+            kwargs["nextToken"] = token
+        page = logs.get_log_events(**kwargs)
+        for event in page.get("events", ()):
+            number += 1
+            yield _event_line(f"{name}:{number}", event.get("message"))
+        following = page.get("nextForwardToken")
+        if following is None or following == token:
+            return
+        token = following
+
+
+def _event_line(where: str, message: object) -> SourceLine:
+    if not isinstance(message, str):
+        return SourceLine(where, None, "event without a message")
+    data = message.encode("utf-8", "surrogatepass")
+    if len(data) > MAX_LINE_BYTES:
+        return SourceLine(where, None, f"line longer than {MAX_LINE_BYTES} bytes (not an idgate record)")
+    if b"\n" in data:
+        return SourceLine(where, None, "event message holds a newline (not one audit line)")
+    return SourceLine(where, data)
+
+
+def boto3_clients() -> ClientFactory:
+    """Clients made with boto3's usual credential chain, region and endpoint settings (AWS_ENDPOINT_URL_S3,
+    AWS_ENDPOINT_URL_LOGS, AWS_DEFAULT_REGION), one per service, each on first use; a few quick attempts
+    so that a wrong endpoint fails in seconds, not minutes."""
+    import boto3
+    from botocore.config import Config
+
+    session = boto3.session.Session()
+    config = Config(connect_timeout=10, read_timeout=60, retries={"mode": "standard", "max_attempts": 3})
+    made: dict[str, Any] = {}
+
+    def client(service: str) -> Any:
+        if service not in made:
+            made[service] = session.client(service, config=config)
+        return made[service]
+
+    return client
