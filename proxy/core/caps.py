@@ -45,7 +45,7 @@ def capped(value: str, limit: int) -> str | dict[str, Any]:
     # The length test alone decides for long values; the JSON form of a short one is a C call.
     if len(value) <= limit and len(_json_string(value)) <= limit + 2:
         return value
-    return {"capped": True, "chars": len(value), "sha256": _sha256(value),
+    return {"capped": True, "chars": len(value), "sha256": value_sha256(value),
             "prefix": _prefix(value, max(limit // 2, _MIN_PREFIX))}
 
 
@@ -62,7 +62,8 @@ def capped_list(values: Sequence[str], count: int, limit: int) -> list[Any] | di
     return {"capped": True, "count": len(values), "sha256": hashlib.sha256(whole).hexdigest(), "first": items}
 
 
-def _sha256(value: str) -> str:
+def value_sha256(value: str) -> str:
+    """The `sha256` a capped form records for `value`: how a reader finds a capped value by its full text."""
     try:
         data = value.encode("utf-8", "surrogateescape")     # aiohttp's decoding of bytes that are not UTF-8
     except UnicodeEncodeError:                              # a lone surrogate from JSON ("\ud800" in a claim)
