@@ -385,7 +385,10 @@ def _aws_record(request: AccessRequest, decision: Decision, requested_role: str 
     record["target"]["role"] = caps.capped_optional(requested_role, caps.ROLE)
     aws: dict[str, Any] = {}
     if choice is not None:
-        aws.update(role_arn=choice.role_arn, rules=list(choice.rule_ids), web_identity=choice.web_identity)
+        # The tables the credentials reach: `audit query --table` finds a vend by them (broker credentials
+        # then go to DynamoDB directly, so the vend is all the audit holds of what they touch).
+        aws.update(role_arn=choice.role_arn, rules=list(choice.rule_ids), web_identity=choice.web_identity,
+                   tables=list(dict.fromkeys(grant.table for grant in choice.dynamodb)))
     if policy is not None:
         aws["session_policy_sha256"] = policy.sha256
     if vended is not None:

@@ -51,6 +51,7 @@ async def test_a_raw_token_gets_container_credentials_and_a_durable_audit_record
     assert record["identity"]["sub"] == "svc-report"
     aws = record["aws"]
     assert aws["role_arn"] == f"arn:aws:iam::{ACCOUNT}:role/reporting" and aws["source"] == "sts"
+    assert aws["tables"] == ["reports"]          # what `audit query --table reports` finds the vend by
     assert aws["session_policy_sha256"] == hashlib.sha256(sent["Policy"].encode()).hexdigest()
     assert aws["access_key_id"] == answer.body["AccessKeyId"] and aws["expiration"] == answer.body["Expiration"]
     audit_text = broker_stack.idgate.services.config.audit.path.read_text()
