@@ -289,9 +289,9 @@ def _event_line(where: str, message: object) -> SourceLine:
 
 
 def boto3_clients() -> ClientFactory:
-    """Clients made with boto3's usual credential chain, region and endpoint settings (AWS_ENDPOINT_URL_S3,
-    AWS_ENDPOINT_URL_LOGS, AWS_DEFAULT_REGION), one per service, each on first use; a few quick attempts
-    so that a wrong endpoint fails in seconds, not minutes."""
+    """Clients made with boto3's usual credential chain, region and endpoint settings (AWS_DEFAULT_REGION,
+    AWS_ENDPOINT_URL_S3 and, named after the service id "CloudWatch Logs", AWS_ENDPOINT_URL_CLOUDWATCH_LOGS),
+    one per service, each on first use; a few quick attempts so that a wrong endpoint fails in seconds."""
     import boto3
     from botocore.config import Config
 
