@@ -6,8 +6,8 @@ conflict, and each outcome judged together with its decision (query.py).
 A decision shown only because of its outcome (a Scan found by the items it returned) is shown just
 before that outcome, so such a pair reads together but out of seq order.  Memory is bounded whatever
 the sources hold: the seqs read are kept as ranges, line digests for the last WINDOW records and for
-every record shown, and allowed decisions awaiting their outcome up to HELD_BYTES of their lines (an
-outcome whose decision has left that window is judged on its own).
+every record shown, and allowed decisions awaiting their outcome (reverse proxy and gateway calls in
+flight) up to HELD_BYTES of their lines: an outcome whose decision has left that window is judged alone.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ HELD_BYTES = 64 * 1024 * 1024
 # control byte, a carriage return between members) is no record of idgate's, and could act on a terminal.
 _PRINTABLE = re.compile(rb"[\x20-\x7e]*\Z")
 _HMAC = "hmac-sha256:"
+_OUTCOMES = frozenset({"proxy", "dynamodb"})     # the surfaces whose allowed requests have an outcome record
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +119,7 @@ class Search:
         record, filters = read.record, self._filters
         event, request_id = record.get("event"), record.get("request_id")
         if event == "outcome" and isinstance(request_id, str):
-            held = self._held.get((read.instance, request_id))
+            held = self._held.pop((read.instance, request_id), None)      # one outcome per decision
             decision = strict_json.loads(held.line) if held is not None else None
             if decision is not None and decision.get("surface") != record.get("surface"):
                 held = decision = None
@@ -134,7 +135,8 @@ class Search:
         shown = filters.matches(record) and filters.shows(event)
         if not shown:
             self._note_redacted(record)
-        if event == "decision" and record.get("decision") == "allow" and isinstance(request_id, str):
+        if event == "decision" and record.get("decision") == "allow" and record.get("surface") in _OUTCOMES \
+                and isinstance(request_id, str):
             self._held[(read.instance, request_id)] = _Held(read.where, read.digest, read.line, shown)
         if shown:
             yield self._show(read)

@@ -292,16 +292,22 @@ def boto3_clients() -> ClientFactory:
     """Clients made with boto3's usual credential chain, region and endpoint settings (AWS_DEFAULT_REGION,
     AWS_ENDPOINT_URL_S3 and, named after the service id "CloudWatch Logs", AWS_ENDPOINT_URL_CLOUDWATCH_LOGS),
     one per service, each on first use; a few quick attempts so that a wrong endpoint fails in seconds."""
-    import boto3
-    from botocore.config import Config
+    return _Boto3Clients()
 
-    session = boto3.session.Session()
-    config = Config(connect_timeout=10, read_timeout=60, retries={"mode": "standard", "max_attempts": 3})
-    made: dict[str, Any] = {}
 
-    def client(service: str) -> Any:
-        if service not in made:
-            made[service] = session.client(service, config=config)
-        return made[service]
+class _Boto3Clients:
+    def __init__(self) -> None:
+        self._session: Any = None
+        self._clients: dict[str, Any] = {}
 
-    return client
+    def __call__(self, service: str) -> Any:
+        if self._session is None:     # boto3 costs 40 MB and a second to import: only for a source that needs it
+            import boto3
+
+            self._session = boto3.session.Session()
+        if service not in self._clients:
+            from botocore.config import Config
+
+            config = Config(connect_timeout=10, read_timeout=60, retries={"mode": "standard", "max_attempts": 3})
+            self._clients[service] = self._session.client(service, config=config)
+        return self._clients[service]

@@ -141,6 +141,16 @@ def test_an_outcome_pairs_only_with_a_decision_of_its_surface() -> None:
     assert [r["seq"] for r in shown] == [1]
 
 
+def test_a_decision_pairs_with_one_outcome_and_only_where_outcomes_are_written() -> None:
+    """Held decisions are the calls in flight: one outcome ends one, and a vend (no outcome) is never held."""
+    lines = sealed_lines([gateway_decision("r1", sub="svc-a"), gateway_outcome("r1"), gateway_outcome("r1"),
+                          {**http_decision("c1", sub="svc-a"), "surface": "credentials"},
+                          {**gateway_outcome("c1"), "surface": "credentials"}])
+    shown, scan, _ = search(chain(lines), filters=Filters(subject="svc-a"))
+    assert [r["seq"] for r in shown] == [1, 2, 4]
+    assert len(scan._held) == 0
+
+
 def test_keys_redacted_beyond_the_investigators_reach_are_counted() -> None:
     lines = sealed_lines([gateway_decision("r1", keys=(KeyRedactor(b"r" * 32)("acme"),))])
     shown, scan, _ = search(chain(lines), filters=Filters(keys=ACME))
