@@ -1,7 +1,8 @@
 """The README's question, "who touched tenant acme's items yesterday?", answered by `idgate audit query` from
 the records a real idgate wrote: its DynamoDB gateway between real boto3 workers and moto, for tenant acme,
-tenant globex (once asking for acme's item), and an operator's Scan; from the local segments and from an
-S3 prefix on moto holding them as the shipper lays them out; and with the keys redacted."""
+tenant globex (once asking for acme's item), and an operator's Scan; from the local segments, from an S3
+prefix on moto holding them in the shipper's layout, from what idgate's own shipper put in CloudWatch Logs
+and S3, and with the keys redacted."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ from proxy.audit import segment_files
 from proxy.audit.chain import parse_line
 from tests.harness.gateway import GatewayFactory, GatewayStack, create_tables
 from tests.harness.moto import MotoServer
+from tests.harness.processes import eventually
+from tests.harness.shipping import BUCKET as SHIPPED_BUCKET, LOG_GROUP, PREFIX, ShippingTarget
 
 REPO = Path(__file__).resolve().parents[2]
 BUCKET = "idgate-audit-shipped"
@@ -33,18 +36,19 @@ async def idgate_query(*args: str, env: dict[str, str] | None = None) -> tuple[i
     return process.returncode, out.decode(), err.decode()
 
 
-def s3_env(moto: MotoServer) -> dict[str, str]:
+def aws_env(moto: MotoServer) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1",
-               AWS_ENDPOINT_URL_S3=moto.url, AWS_CONFIG_FILE="/dev/null", AWS_SHARED_CREDENTIALS_FILE="/dev/null")
+               AWS_ENDPOINT_URL_S3=moto.url, AWS_ENDPOINT_URL_CLOUDWATCH_LOGS=moto.url,
+               AWS_CONFIG_FILE="/dev/null", AWS_SHARED_CREDENTIALS_FILE="/dev/null")
     return env
 
 
 async def stack_with_segments(make_gateway_stack: GatewayFactory, moto: MotoServer, tmp_path: Path,
-                              **gateway: Any) -> GatewayStack:
+                              audit: dict[str, Any] | None = None, **gateway: Any) -> GatewayStack:
     """The gateway stack, its audit rotated every few KB so that the answer spans segments."""
     stack = await make_gateway_stack(gateway=gateway or None, audit={
-        "path": str(tmp_path / "audit" / "idgate-audit.jsonl"), "rotate_bytes": 6000, "fsync": False})
+        "path": str(tmp_path / "audit" / "idgate-audit.jsonl"), **(audit or {}), "rotate_bytes": 6000, "fsync": False})
     for role in ("tenant", "ops"):
         moto.create_role(role)
     create_tables(moto)
@@ -126,14 +130,16 @@ async def test_who_touched_tenant_acmes_items_yesterday(make_gateway_stack: Gate
     instance = found[0].get("instance", audit.stem)
     for segment in segment_files(audit):
         lines = segment.read_bytes().splitlines()
+        if not lines:                                # the live segment, right after a rotation
+            continue
         first, last = (json.loads(lines[i])["seq"] for i in (0, -1))
         s3.put_object(Bucket=BUCKET, Key=f"prod/{instance}/{first:012d}-{last:012d}.jsonl", Body=segment.read_bytes())
     s3.put_object(Bucket=BUCKET, Key=f"prod/{instance}/anchors/{last:012d}.json", Body=b'{"signature": "..."}')
-    status, remote, err = await idgate_query(f"s3://{BUCKET}/prod/", *question, "--format", "jsonl", env=s3_env(moto))
+    status, remote, err = await idgate_query(f"s3://{BUCKET}/prod/", *question, "--format", "jsonl", env=aws_env(moto))
     assert status == 0, err
     assert remote == local
     status, both, err = await idgate_query(str(audit), f"s3://{BUCKET}/prod/", *question, "--format", "jsonl",
-                                           env=s3_env(moto))
+                                           env=aws_env(moto))
     assert both == remote and "duplicate(s) dropped" in err
 
 
@@ -158,3 +164,32 @@ async def test_redacted_keys_are_found_by_the_plain_value_with_the_configuration
     keys = [re.split(r" {2,}", row)[-1] for row in table.splitlines()[1:]]
     assert len(keys) == len(found) and keys.count("-") == 1                # the Scan's decision names no key
     assert all("acme" in cell.split(",") for cell in keys if cell != "-")   # shown as typed, not as its HMAC
+
+
+async def test_the_same_answer_from_what_idgates_shipper_put_in_cloudwatch_and_s3(
+        make_gateway_stack: GatewayFactory, moto: MotoServer, shipping_target: ShippingTarget, tmp_path: Path) -> None:
+    audit_path = tmp_path / "audit" / "idgate-audit.jsonl"
+    shipping_target.create_bucket()
+    # rotate_seconds: the last segment rotates too once the callers are done, so S3 gets every record.
+    stack = await stack_with_segments(make_gateway_stack, moto, tmp_path,
+                                      audit={**shipping_target.audit_section(audit_path), "rotate_seconds": 1})
+    await three_callers(stack)
+    last = stack.idgate.services.audit.durable.seq
+
+    def shipped_to_s3() -> int:
+        names = [k.rpartition("/")[2] for k in shipping_target.keys() if "/anchors/" not in k]
+        return max((int(n.removesuffix(".jsonl").partition("-")[2]) for n in names), default=0)
+
+    await eventually(lambda: len(shipping_target.messages("node-1")) >= last, "every record in CloudWatch", timeout=30)
+    # Once S3 has the last record, its segment has rotated and nothing more rotates: the files hold still.
+    await eventually(lambda: shipped_to_s3() >= last, "every record in S3", timeout=30)
+    question = ("--table", "orders", "--key", "acme", "--format", "jsonl")
+
+    status, local, err = await idgate_query(str(audit_path), *question)
+    assert status == 0, err
+    for source in (f"cloudwatch://{LOG_GROUP}/node-1", f"s3://{SHIPPED_BUCKET}/{PREFIX}"):
+        status, remote, err = await idgate_query(source, *question, env=aws_env(moto))
+        assert (status, remote) == (0, local), (source, err)
+    status, every, err = await idgate_query(str(audit_path), f"cloudwatch://{LOG_GROUP}/",
+                                            f"s3://{SHIPPED_BUCKET}/{PREFIX}", *question, env=aws_env(moto))
+    assert every == local and f"{2 * last} duplicate(s) dropped" in err, err
