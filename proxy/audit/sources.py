@@ -18,8 +18,10 @@ s3://BUCKET[/PREFIX] (every `<instance>/<first-seq>-<last-seq>.jsonl` under it, 
 objects are counted in `ignored`), cloudwatch://GROUP/STREAM (the group is what precedes the last `/`)
 and cloudwatch://GROUP/ (every stream of the group).  A line's `data` is its bytes without the newline,
 None when it cannot be a record at all; `problem` says what is wrong with it (then data may still be
-there: an unterminated last line).  Reading S3 or CloudWatch raises SourceError with one line naming
-the source, never a botocore exception: the caller prints it.
+there: an unterminated last line).  A local chain is read as it is when each segment is reached, so a
+segment the server rotates meanwhile is not missed, and one retention deletes meanwhile is a line with
+its problem.  Reading S3 or CloudWatch raises SourceError with one line naming the source, never a
+botocore exception: the caller prints it.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 from proxy.audit.chain import MAX_LINE_BYTES, read_lines
 from proxy.audit.sink import segment_files
@@ -70,10 +72,15 @@ class Segment:
 class Chain:
     name: str
     location: str
-    segments: tuple[Segment, ...]
+    segments: tuple[Segment, ...]          # as listed when the source was opened
     anchors: tuple[Segment, ...] = ()
+    _follow: Callable[[], Iterator[SourceLine]] | None = field(default=None, repr=False, compare=False)
 
     def lines(self) -> Iterator[SourceLine]:
+        """Every line, segment after segment; a local chain also reads what rotated since it was listed."""
+        if self._follow is not None:
+            yield from self._follow()
+            return
         for segment in self.segments:
             yield from segment.lines()
 
@@ -122,18 +129,41 @@ def _local_chains(path: Path) -> tuple[Chain, ...]:
         except OSError as exc:
             raise SourceError(f"{path}: cannot list ({exc.strerror or exc})") from exc
         stems = sorted({chain_stem(n) for n in names if n.endswith(".jsonl") and (path / n).is_file()})
-        return tuple(_local_chain(path / f"{stem}.jsonl", segment_files(path / f"{stem}.jsonl")) for stem in stems)
+        return tuple(_live_chain(path / f"{stem}.jsonl") for stem in stems)
     if rotated := _ROTATED.match(path.name):     # one rotated segment, as the investigator named it
-        live, files = path.with_name(rotated["stem"] + ".jsonl"), [path] if path.exists() else []
-    else:
-        live, files = path, segment_files(path)
-    if not files:
+        if not path.exists():
+            raise SourceError(f"{path}: no such file or directory")
+        live = path.with_name(rotated["stem"] + ".jsonl")
+        return (Chain(live.stem, str(live), (_file_segment(path),)),)
+    chain = _live_chain(path)
+    if not chain.segments:
         raise SourceError(f"{path}: no such file or directory")
-    return (_local_chain(live, files),)
+    return (chain,)
 
 
-def _local_chain(live: Path, files: list[Path]) -> Chain:
-    return Chain(live.stem, str(live), tuple(_file_segment(f) for f in files))
+def _live_chain(live: Path) -> Chain:
+    listed = segment_files(live)
+    return Chain(live.stem, str(live), tuple(_file_segment(f) for f in listed), (), lambda: _following(live, listed))
+
+
+def _following(live: Path, listed: list[Path]) -> Iterator[SourceLine]:
+    """The rotated segments, then the live one, as they are when each is reached: a server that rotates
+    meanwhile renames the live file aside, and a listing made before would miss what that segment holds."""
+    done: set[Path] = set()
+    rotated = [f for f in listed if f != live]
+    while rotated:
+        for path in rotated:
+            done.add(path)
+            yield from _file_lines(path)
+        rotated = [f for f in segment_files(live) if f != live and f not in done]
+    if not live.exists():
+        return
+    with _opened(live) as f:
+        # Rotated between the last look and the open: those records come before what the open file holds.
+        for path in segment_files(live):
+            if path != live and path not in done:
+                yield from _file_lines(path)
+        yield from _read_file(live, f)
 
 
 def _file_segment(path: Path) -> Segment:
@@ -143,10 +173,28 @@ def _file_segment(path: Path) -> Segment:
 
 def _file_lines(path: Path) -> Iterator[SourceLine]:
     try:
+        f = _opened(path)
+    except SourceError:
+        if path.exists() or not _ROTATED.match(path.name):
+            raise
+        yield SourceLine(str(path), None, "deleted before it was read (by retention, while the query ran)")
+        return
+    with f:
+        yield from _read_file(path, f)
+
+
+def _opened(path: Path) -> BinaryIO:
+    try:
         if not path.is_file():                  # a FIFO or a device would block or never end
             raise SourceError(f"{path}: not a regular file")
-        with path.open("rb") as f:
-            yield from _framed(str(path), read_lines(f))
+        return path.open("rb")
+    except OSError as exc:
+        raise SourceError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+
+
+def _read_file(path: Path, f: BinaryIO) -> Iterator[SourceLine]:
+    try:
+        yield from _framed(str(path), read_lines(f))
     except OSError as exc:
         raise SourceError(f"{path}: cannot read ({exc.strerror or exc})") from exc
 

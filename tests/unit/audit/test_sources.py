@@ -66,6 +66,36 @@ def test_a_directory_holds_a_chain_per_stem_the_workers_included(tmp_path: Path)
     assert [d for _, d in chains["idgate-audit.w1"]] == w1       # only rotated segments are left of it
 
 
+def test_a_segment_rotated_while_the_chain_is_read_is_read_in_its_place(tmp_path: Path) -> None:
+    """The server renames the live file aside after the listing, then again while a segment is being read."""
+    lines = sealed_lines([http_decision(f"r{i}") for i in range(9)])
+    live = tmp_path / "idgate-audit.jsonl"
+
+    def rotate(upto: int, keep: tuple[int, int], number: int) -> None:
+        live.rename(tmp_path / f"idgate-audit.20261122T1100{number:02d}Z.{upto:012d}.jsonl")
+        live.write_bytes(b"".join(line + b"\n" for line in lines[keep[0]:keep[1]]))
+
+    (tmp_path / "idgate-audit.20261122T100000Z.000000000002.jsonl").write_bytes(b"".join(l + b"\n" for l in lines[:2]))
+    live.write_bytes(b"".join(line + b"\n" for line in lines[2:4]))
+    [chain] = open_source(str(tmp_path), no_aws).chains
+    rotate(4, (4, 6), 1)                                   # after the listing
+    reading = chain.lines()
+    got = [next(reading).data]
+    rotate(6, (6, 9), 2)                                   # while the first segment is read
+    got += [line.data for line in reading]
+    assert got == lines
+
+
+def test_a_segment_deleted_by_retention_while_the_query_runs_is_said(tmp_path: Path) -> None:
+    write_chain(tmp_path, "idgate-audit", (2, 3, 1))
+    [chain] = open_source(str(tmp_path), no_aws).chains
+    (tmp_path / "idgate-audit.20261122T100000Z.000000000002.jsonl").unlink()
+    got = list(chain.lines())
+    assert got[0] == SourceLine(f"{tmp_path}/idgate-audit.20261122T100000Z.000000000002.jsonl", None,
+                                "deleted before it was read (by retention, while the query ran)")
+    assert len(got) == 1 + 3 + 1
+
+
 def test_a_chain_stem_is_the_name_without_rotation() -> None:
     assert chain_stem("idgate-audit.w3.20261122T100000Z.000000000042.jsonl") == "idgate-audit.w3"
     assert chain_stem("idgate-audit.w3.jsonl") == "idgate-audit.w3"
