@@ -17,6 +17,7 @@ from proxy.core.model import Surface
 if TYPE_CHECKING:
     from proxy.audit.query import RouteMatcher
     from proxy.audit.search import Search
+    from proxy.audit.table import TableWriter
     from proxy.config import Config
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -135,7 +136,6 @@ def _add_query_parser(audit_sub: Any) -> None:
 def cmd_query(args: argparse.Namespace) -> int:
     from proxy.audit.query import Filters, key_forms, parse_when
     from proxy.audit.search import Search
-    from proxy.audit.sources import SourceError, boto3_clients, open_source
     from proxy.audit.table import TableWriter
 
     now = datetime.now(UTC)
@@ -154,8 +154,21 @@ def cmd_query(args: argparse.Namespace) -> int:
     search = Search(filters, _complain)
     writer = TableWriter(sys.stdout, {form: args.key for form in keys}) if args.format == "table" else None
     try:
+        status = _answer(args.sources, search, writer)
+        sys.stdout.flush()
+    except BrokenPipeError:          # `| head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+    return status
+
+
+def _answer(specs: list[str], search: Search, writer: TableWriter | None) -> int:
+    """Print what the sources hold that the search finds: every spec is listed before anything is shown."""
+    from proxy.audit.sources import SourceError, boto3_clients, open_source
+
+    try:
         clients = boto3_clients()
-        sources = [open_source(spec, clients) for spec in args.sources]     # every spec listed before any output
+        sources = [open_source(spec, clients) for spec in specs]
         for source in sources:
             if source.ignored:
                 _complain(f"{source.spec}: {len(source.ignored)} object(s) neither segments nor anchors, ignored "
@@ -166,14 +179,12 @@ def cmd_query(args: argparse.Namespace) -> int:
             else:
                 sys.stdout.buffer.write(found.line + b"\n")
     except SourceError as exc:
+        if writer is not None:
+            writer.flush()
         _complain(str(exc))
         return EXIT_USAGE
-    except BrokenPipeError:          # `| head`: the reader has what it wanted
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return EXIT_OK
-    finally:
-        if writer is not None and not sys.stdout.closed:
-            writer.flush()
+    if writer is not None:
+        writer.flush()
     _summarize(search)
     return EXIT_OK if search.tally.shown else EXIT_FAILED
 

@@ -106,12 +106,14 @@ def test_a_hostile_record_cannot_reach_the_terminal_raw(tmp_path: Path) -> None:
     assert "\\x1b]0;pwned\\x07" in result.stdout and f"{path}:2: bytes outside printable ASCII" in result.stderr
 
 
-def test_a_reader_that_stops_early_is_no_error(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("records", "reader", "lines"), [(5000, "head -n 2", 2), (20, "true", 0)])
+def test_a_reader_that_stops_early_is_no_error(tmp_path: Path, records: int, reader: str, lines: int) -> None:
+    """While rows are being written, or at the last flush (a few rows, a reader that reads nothing)."""
     path = tmp_path / "idgate-audit.jsonl"
-    path.write_bytes(b"".join(line + b"\n" for line in sealed_lines([http_decision(f"h{i}") for i in range(5000)])))
-    result = subprocess.run(f"{sys.executable} -m proxy audit query {path} | head -n 2", shell=True, cwd=REPO,
+    path.write_bytes(b"".join(line + b"\n" for line in sealed_lines([http_decision(f"h{i}") for i in range(records)])))
+    result = subprocess.run(f"{sys.executable} -m proxy audit query {path} | {reader}", shell=True, cwd=REPO,
                             capture_output=True, text=True, timeout=120)
-    assert len(result.stdout.splitlines()) == 2 and result.stderr == ""
+    assert len(result.stdout.splitlines()) == lines and result.stderr == ""
 
 
 # --- each bad input: one line -------------------------------------------------------------------------------------
