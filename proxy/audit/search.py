@@ -127,7 +127,6 @@ class Search:
                 self._note_redacted(record)
                 return
             if held is not None and decision is not None and not held.shown and filters.shows("decision"):
-                held.shown = True
                 yield self._show(_Read(held.where, read.instance, decision, held.line, held.digest))
             if filters.shows("outcome"):
                 yield self._show(read, decision)
@@ -160,7 +159,7 @@ class _Read:
     digest: bytes
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class _Held:
     """An allowed decision whose outcome may follow."""
 
