@@ -34,8 +34,18 @@ def add_parser(sub: Any) -> None:
     """The `audit` command and its subcommands, on the top-level parser's subparsers."""
     audit = sub.add_parser("audit", help="audit log tools")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True, parser_class=_OneLineErrors)
-    verify = audit_sub.add_parser("verify", help="check the hash chain across rotated files")
-    verify.add_argument("files", nargs="+", type=Path)
+    verify = audit_sub.add_parser("verify", help="check the hash chain across rotated files, and against signed "
+                                                 "anchors (--anchors)", description=VERIFY_HELP)
+    verify.add_argument("files", nargs="+", metavar="SOURCE",
+                        help="segment files (one: with its rotated siblings), or one sink: "
+                             "s3://BUCKET/PREFIX/INSTANCE/ or cloudwatch://GROUP/INSTANCE")
+    verify.add_argument("--anchors", metavar="SOURCE",
+                        help="where the signed anchors are: the shipper's anchors.jsonl, s3://BUCKET/PREFIX/INSTANCE/ "
+                             "or cloudwatch://GROUP/INSTANCE")
+    verify.add_argument("--anchor-key", type=Path, action="append", default=[], metavar="PEM",
+                        help="the anchors' key (its public half will do; repeat for earlier keys); default: "
+                             "audit.shipping.anchors.key_file of --config")
+    verify.add_argument("--config", "-c", type=Path, help="idgate.yaml, for the anchor key")
     audit_sub.add_parser("anchor-key", help="print a new EC P-256 private key (PEM) for audit.shipping.anchors."
                                             "key_file to stdout")
     _add_query_parser(audit_sub)
@@ -83,25 +93,81 @@ def progress_for(stream: TextIO) -> TerminalProgress | None:
     return TerminalProgress(stream) if stream.isatty() else None
 
 
-def cmd_verify(args: argparse.Namespace) -> int:
-    from proxy.audit import segment_files, verify_files
+VERIFY_HELP = """Check the hash chain of one writer's records: local segment files, or what a sink holds.
+With --anchors, also check it against the signed anchors stored in a sink: a tail cut off, or rewritten
+with a recomputed chain, is then found, and the missing range named.  Exit status: 0 when everything
+checks, 1 when a problem was found, 2 for a bad option or a source that cannot be read."""
 
-    files: list[Path] = []
-    for given in args.files:
-        files.extend(segment_files(given) if len(args.files) == 1 else [given])
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from proxy.audit import segment_files
+    from proxy.audit.anchored import anchor_lines, chain_segments, load_public_keys, verify_anchored
+    from proxy.audit.chain import SegmentLines, file_lines, verify_files, verify_segments
+    from proxy.audit.sources import SourceError, boto3_clients, open_source
+
+    # A sink may hold a resent record twice (the same line under the same seq): those copies are skipped.
+    remote = len(args.files) == 1 and "://" in args.files[0]
     progress = progress_for(sys.stderr)
+    anchored = None
     try:
-        report = verify_files(files, progress)
+        clients = boto3_clients()
+        instance: str | None = None
+        if remote:
+            chains = open_source(args.files[0], clients).chains
+            if len(chains) != 1:
+                return _verify_usage(f"{args.files[0]}: holds {len(chains)} chains; name one instance")
+            segments: list[SegmentLines] = chain_segments(chains[0])
+            instance = chains[0].name
+        else:
+            paths = [Path(f) for f in args.files]
+            files = segment_files(paths[0]) if len(paths) == 1 else paths
+            segments = [(path, file_lines(path)) for path in files]
+        if args.anchors is not None:
+            keys = load_public_keys(_anchor_key_files(args))
+            if not keys:
+                return _verify_usage("--anchors needs the anchor key: --anchor-key PEM, or --config idgate.yaml")
+            anchored = verify_anchored(segments, anchor_lines(args.anchors, clients, instance), keys,
+                                       drop_copies=remote, progress=progress)
+            report = anchored.chain
+        else:
+            report = verify_segments(segments, progress, drop_copies=True) if remote else verify_files(files, progress)
+    except SourceError as exc:
+        return _verify_usage(str(exc))
     finally:
         if progress is not None:
             progress.clear()
-    for problem in report.problems:
-        print(problem, file=sys.stderr)
-    status = "ok" if report.ok else "FAILED"
+    for problem in (*report.problems, *(anchored.problems if anchored else ())):
+        _complain(problem)
+    ok = report.ok and (anchored is None or anchored.ok)
     since = f", from seq {report.starts_after + 1} (earlier segments deleted by retention)" \
         if report.starts_after else ""
-    print(f"audit verify: {status}: {report.records} record(s) in {report.files} file(s){since}")
-    return EXIT_OK if report.ok else EXIT_FAILED
+    copies = f", {report.copies} copies of resent records skipped" if report.copies else ""
+    print(f"audit verify: {'ok' if ok else 'FAILED'}: {report.records} record(s) in {report.files} "
+          f"segment(s){since}{copies}{_anchors_summary(anchored)}")
+    return EXIT_OK if ok else EXIT_FAILED
+
+
+def _anchor_key_files(args: argparse.Namespace) -> list[Path]:
+    if args.anchor_key or args.config is None:
+        return list(args.anchor_key)
+    from proxy.config import load_config
+
+    shipping = load_config(args.config).audit.shipping
+    return [shipping.anchors.key_file] if shipping is not None and shipping.anchors.key_file else []
+
+
+def _anchors_summary(anchored: Any) -> str:
+    if anchored is None:
+        return ""
+    if not anchored.anchors:
+        return "; no anchor found"
+    newest = anchored.anchors[-1]
+    return (f"; {len(anchored.anchors)} anchor(s), the newest (signed {newest.time}) vouches for seq {newest.seq}")
+
+
+def _verify_usage(message: str) -> int:
+    _complain(f"idgate audit verify: {message}")
+    return EXIT_USAGE
 
 
 # --- audit query ------------------------------------------------------------------------------------------

@@ -238,10 +238,11 @@ def verify_files(paths: Sequence[Path], progress: Progress | None = None,
     every intact record (for comparing with anchors)."""
     if not paths:
         return VerifyReport(False, 0, 0, ("no audit files to verify",))
-    return verify_segments([(path, _file_lines(path)) for path in paths], progress, observe)
+    return verify_segments([(path, file_lines(path)) for path in paths], progress, observe)
 
 
-def _file_lines(path: Path) -> Iterator[LineProblems]:
+def file_lines(path: Path) -> Iterator[LineProblems]:
+    """A segment file's lines as verify_segments takes them."""
     with path.open("rb") as f:
         for number, line, terminated in read_lines(f):
             problems: tuple[str, ...] = () if terminated else ("unterminated last line (file truncated mid-record)",)

@@ -251,11 +251,12 @@ def _s3_source(spec: str, bucket: str, prefix: str, clients: ClientFactory) -> S
             else:
                 ignored.append(key)
     chains = []
-    for folder, found in sorted(segments.items()):
+    # A folder whose segments are all gone still has its anchors: they are what shows the loss.
+    for folder in sorted(set(segments) | set(anchors)):
         instance = folder.rstrip("/").rpartition("/")[2] or bucket
         chains.append(Chain(
             instance, f"s3://{bucket}/{folder}",
-            tuple(_s3_segment(s3, bucket, key, first, last) for first, last, key in sorted(found)),
+            tuple(_s3_segment(s3, bucket, key, first, last) for first, last, key in sorted(segments.get(folder, ()))),
             tuple(_s3_segment(s3, bucket, key, None, None) for key in sorted(anchors.get(folder, ())))))
     return Source(spec, tuple(chains), tuple(ignored))
 

@@ -130,7 +130,7 @@ class CloudWatchSinkConfig:
     """Records to CloudWatch Logs as they become durable: one stream per instance, `<instance>.anchors` beside it."""
 
     log_group: str
-    endpoint: str | None = None                   # None: AWS (or $AWS_ENDPOINT_URL_LOGS)
+    endpoint: str | None = None                   # None: AWS (or $AWS_ENDPOINT_URL_CLOUDWATCH_LOGS)
     create: bool = True                           # create the group and streams when missing
 
 

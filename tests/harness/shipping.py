@@ -26,8 +26,8 @@ PREFIX = "audit/"
 @pytest.fixture
 def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """idgate's own credentials (moto's test keys) on boto3's usual chain, and nothing else of the runner's."""
-    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_LOGS", "AWS_ENDPOINT_URL_S3",
-                 "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"):
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_CLOUDWATCH_LOGS",
+                 "AWS_ENDPOINT_URL_S3", "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", TEST_KEYS["aws_access_key_id"])
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", TEST_KEYS["aws_secret_access_key"])
@@ -101,7 +101,8 @@ class ShippingTarget:
             except logs.exceptions.ResourceNotFoundException:
                 return []
             out.extend(event["message"] for event in page["events"])
-            if not page["events"] or page.get("nextForwardToken") in (None, token):
+            # Only a repeated token ends a stream: AWS may answer an empty page before the end.
+            if page.get("nextForwardToken") in (None, token):
                 return out
             token = page["nextForwardToken"]
 
