@@ -160,7 +160,7 @@ def _anchors_summary(anchored: Any) -> str:
     if anchored is None:
         return ""
     if not anchored.anchors:
-        return "; no anchor found"
+        return "; no anchor"
     newest = anchored.anchors[-1]
     return (f"; {len(anchored.anchors)} anchor(s), the newest (signed {newest.time}) vouches for seq {newest.seq}")
 

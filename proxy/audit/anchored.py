@@ -107,6 +107,8 @@ def verify_anchored(segments: Iterable[SegmentLines], tokens: Iterable[tuple[str
             hashes[seq] = digest
 
     report = verify_segments(segments, progress, observe, drop_copies=drop_copies)
+    if not anchors:
+        problems.append("no valid anchor found: nothing vouches for the tail of these records")
     problems += anchor_chain_problems(anchors)
     problems += record_problems(anchors, hashes, span[0] or 1, span[1])
     return AnchoredReport(report, tuple(anchors), tuple(problems))

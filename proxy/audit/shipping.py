@@ -92,7 +92,7 @@ class Shipper:
         self._state = ShipState()
         self._pending: list[Anchor] = []          # signed, not yet in every sink
         self._rotations: list[ChainState] = []
-        self._next_anchor = 0.0
+        self._next_anchor = 0.0                   # loop time the next periodic anchor is due (0: the first records)
         self._wake = asyncio.Event()
         self._closing = False
         self._thread: FileThread | None = None
@@ -112,7 +112,6 @@ class Shipper:
             sink.seq = self._state.seq(sink.name)
             sink.anchor = self._state.stored_anchor(sink.name)
         self._pending = [a for a in self._state.anchors if self._unstored(a)]
-        self._next_anchor = loop.time() + self._shipping.anchors.interval
         self._audit.on_rotation(self._rotated)
         self._audit.guard_retention(self.may_delete)
         self._task = loop.create_task(self._run(), name="audit-shipping")
@@ -268,11 +267,13 @@ class Shipper:
     # --- anchors ----------------------------------------------------------------------------------
 
     async def _anchor(self, durable: ChainState, final: bool) -> None:
-        """Sign what is due: the last record of each rotated segment, the last durable record once an
-        interval has passed (or at shutdown) and records came since the last anchor."""
+        """Sign what is due: the last record of each rotated segment, and the last durable record when
+        records came since the last anchor, at most once an interval (the first as soon as there is one)
+        and at shutdown."""
         loop = asyncio.get_running_loop()
         due, self._rotations = self._rotations, []
-        if final or loop.time() >= self._next_anchor:
+        last = self._state.last_anchor
+        if (final or loop.time() >= self._next_anchor) and durable.seq > (last.seq if last is not None else 0):
             due.append(durable)
             self._next_anchor = loop.time() + self._shipping.anchors.interval
         for state in due:

@@ -24,6 +24,10 @@ AWS_PORT = 9402                             # moto_server, when moto[server] is 
 AUDIENCE = "idgate-demo"
 
 
+def anchor_key_path(workdir: Path) -> Path:
+    return local_aws.write_anchor_key((workdir / "anchor-key.pem").resolve())
+
+
 def write_demo_config(workdir: Path, policies: Path, aws: LocalAws | None = None) -> Path:
     workdir.mkdir(parents=True, exist_ok=True)
     config = workdir / "idgate.yaml"
@@ -43,7 +47,8 @@ def write_demo_config(workdir: Path, policies: Path, aws: LocalAws | None = None
             upstream: http://{HOST}:{UPSTREAM_PORT}
         audit:
           path: {(workdir / 'audit' / 'idgate-audit.jsonl').resolve()}
-        """) + (local_aws.config_yaml(aws, local_aws.write_key_ring(workdir / "gateway-keys.json")) if aws else ""))
+        """) + (local_aws.audit_shipping_yaml(aws, anchor_key_path(workdir)) if aws else "")
+        + (local_aws.config_yaml(aws, local_aws.write_key_ring(workdir / "gateway-keys.json")) if aws else ""))
     return config
 
 
@@ -94,6 +99,8 @@ async def run_demo(workdir: Path, policies: Path) -> None:
     require_loopback(HOST)
     workdir.mkdir(parents=True, exist_ok=True)
     aws = await _start_local_aws(workdir)
+    if aws is not None:
+        local_aws.use_demo_keys()
     try:
         await _run_demo(workdir, policies, aws)
     finally:
@@ -116,7 +123,7 @@ async def _run_demo(workdir: Path, policies: Path, aws: LocalAws | None) -> None
             print(instructions(config.audit.path), flush=True)
             if aws is not None:
                 print(local_aws.instructions(aws, f"http://{HOST}:{ISSUER_PORT}", f"http://{HOST}:{PROXY_PORT}",
-                                             (workdir / "token").resolve()), flush=True)
+                                             (workdir / "token").resolve(), anchor_key_path(workdir)), flush=True)
             await stop.wait()
             await listeners.stop()
     finally:

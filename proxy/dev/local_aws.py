@@ -1,5 +1,6 @@
 """A local AWS for `idgate demo`: moto_server (from moto[server]) on loopback as STS, IAM and DynamoDB,
-holding the demo role and an `orders` table with one item of tenant acme.  Development only."""
+holding the demo role and an `orders` table with one item of tenant acme, and as CloudWatch Logs and S3
+(a bucket with Object Lock) for audit shipping.  Development only."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ from proxy.aws.sts import StsClient, StsClientFactory, boto3_sts_client
 from proxy.config import AwsConfig
 
 ROLE_NAME, TABLE = "etl", "orders"          # what policies/orders.yaml grants svc-etl-7
+AUDIT_BUCKET = AUDIT_LOG_GROUP = "idgate-demo-audit"
+AUDIT_INSTANCE = "demo"
 GATEWAY_ROLE_NAME = "etl-gateway"           # ... and through the DynamoDB gateway
 REGION = "us-east-1"
 # moto accepts any keys; these are idgate's own (base) credentials in the demo, never a worker's.
@@ -82,6 +85,7 @@ class LocalAws:
                                   {"AttributeName": "sk", "AttributeType": "S"}])
         dynamodb.put_item(TableName=TABLE, Item={
             "pk": {"S": "acme"}, "sk": {"S": "order-1"}, "status": {"S": "new"}, "amount": {"N": "42"}})
+        self._client("s3").create_bucket(Bucket=AUDIT_BUCKET, ObjectLockEnabledForBucket=True)
 
     def sts_client_factory(self) -> StsClientFactory:
         session = boto3.session.Session(**DEMO_KEYS)
@@ -114,6 +118,36 @@ def config_yaml(aws: LocalAws, key_ring: Path) -> str:
         """)
 
 
+def audit_shipping_yaml(aws: LocalAws, anchor_key: Path) -> str:
+    """The audit section's lines (under `audit:`) that ship the demo's records to this local AWS."""
+    return textwrap.indent(textwrap.dedent(f"""\
+        instance: {AUDIT_INSTANCE}
+        rotate_seconds: 60
+        shipping:
+          cloudwatch: {{log_group: {AUDIT_LOG_GROUP}, endpoint: {aws.url}}}
+          s3: {{bucket: {AUDIT_BUCKET}, prefix: audit/, endpoint: {aws.url}, object_lock: {{mode: COMPLIANCE, days: 1}}}}
+          anchors: {{key_file: {anchor_key}, interval: 10}}
+        """), "  ")
+
+
+def use_demo_keys() -> None:
+    """idgate's own AWS credentials in the demo are moto's demo keys (the shipper takes boto3's usual chain):
+    never the keys of whoever runs the demo, which must not be sent to a local moto."""
+    os.environ.update({"AWS_ACCESS_KEY_ID": DEMO_KEYS["aws_access_key_id"],
+                       "AWS_SECRET_ACCESS_KEY": DEMO_KEYS["aws_secret_access_key"], "AWS_DEFAULT_REGION": REGION})
+    for name in ("AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        os.environ.pop(name, None)
+
+
+def write_anchor_key(path: Path) -> Path:
+    from proxy.keys import new_private_key_pem
+
+    if not path.exists():
+        path.write_bytes(new_private_key_pem())
+        path.chmod(0o600)
+    return path
+
+
 def write_key_ring(path: Path) -> Path:
     """A fresh gateway key ring for the demo (owner-only, as in production)."""
     from proxy.aws.gateway_keys import new_key_ring_text
@@ -137,10 +171,11 @@ def _boto3_get(idgate_url: str, token_file: Path, role: str, endpoint: str, tena
     ])
 
 
-def instructions(aws: LocalAws, issuer_url: str, idgate_url: str, token_file: Path) -> str:
+def instructions(aws: LocalAws, issuer_url: str, idgate_url: str, token_file: Path, anchor_key: Path) -> str:
     """Ready-to-paste commands: a worker with no AWS keys reads the demo table through idgate's broker,
     then through its DynamoDB gateway (allowed for tenant acme, refused for another tenant)."""
     gateway = f"{idgate_url}/.idgate/dynamodb"
+    idgate = Path(sys.executable).parent / "idgate"
     return "\n".join([
         f"Credential broker: moto plays AWS at {aws.url} (role {ROLE_NAME}, table {TABLE})",
         f"  TOKEN=$(curl -s '{issuer_url}/token?sub=svc-etl-7'); printf %s \"$TOKEN\" > {token_file}",
@@ -154,5 +189,14 @@ def instructions(aws: LocalAws, issuer_url: str, idgate_url: str, token_file: Pa
         "",
         "Denied (403): svc-web-1 has no AWS rule",
         f"  curl -s -H \"Authorization: $(curl -s '{issuer_url}/token?sub=svc-web-1')\" {idgate_url}/.idgate/credentials",
+        "",
+        f"Audit shipping: every record in CloudWatch Logs ({AUDIT_LOG_GROUP}, stream {AUDIT_INSTANCE}), each minute's "
+        f"segment in s3://{AUDIT_BUCKET}/audit/{AUDIT_INSTANCE}/, signed anchors beside them",
+        f"  export AWS_ACCESS_KEY_ID=demo AWS_SECRET_ACCESS_KEY=demo AWS_DEFAULT_REGION={REGION} \\",
+        f"    AWS_ENDPOINT_URL_S3={aws.url} AWS_ENDPOINT_URL_CLOUDWATCH_LOGS={aws.url}",
+        f"  {idgate} audit verify --anchors cloudwatch://{AUDIT_LOG_GROUP}/{AUDIT_INSTANCE} \\",
+        f"    --anchor-key {anchor_key} cloudwatch://{AUDIT_LOG_GROUP}/{AUDIT_INSTANCE}",
+        f"  {idgate} audit query cloudwatch://{AUDIT_LOG_GROUP}/{AUDIT_INSTANCE} --table {TABLE} "
+        "--key acme --since 1h",
         "",
     ])
