@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from proxy.cli import explained_identity
+from proxy.cli import explained_identity, worker_config
 from proxy.cli_audit import TerminalProgress, progress_for
-from proxy.config import Config, IssuerConfig
+from proxy.config import Config, IssuerConfig, load_config
 from proxy.core.errors import AuthenticationError
 from proxy.oidc.claims import MAX_GROUPS, identity_from_claims
+from tests.factories import minimal_config
 
 ISSUER = "http://127.0.0.1:9400"
 OTHER = "https://login.example.com"
@@ -99,3 +100,11 @@ def test_verify_progress_only_on_a_terminal() -> None:
     stream = FakeTerminal(True)
     TerminalProgress(stream).clear()               # nothing drawn, nothing to erase
     assert stream.getvalue() == ""
+
+
+def test_each_worker_is_its_own_audit_instance(tmp_path: Path) -> None:
+    """`--workers N`: a chain, a CloudWatch stream and an S3 folder per worker."""
+    config = load_config(minimal_config(tmp_path, "audit: {instance: web-1}\n"), env={})
+    worker = worker_config(config, 2)
+    assert worker.audit.instance == "web-1.w2"
+    assert worker.audit.path.name == f"{config.audit.path.stem}.w2{config.audit.path.suffix}"
