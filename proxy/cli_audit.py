@@ -112,12 +112,13 @@ def cmd_verify(args: argparse.Namespace) -> int:
     try:
         clients = boto3_clients()
         instance: str | None = None
+        notes: tuple[str, ...] = ()         # what a sink shows of tampering (delete markers, extra versions)
         if remote:
-            chains = open_source(args.files[0], clients).chains
-            if len(chains) != 1:
-                return _verify_usage(f"{args.files[0]}: holds {len(chains)} chains; name one instance")
-            segments: list[SegmentLines] = chain_segments(chains[0])
-            instance = chains[0].name
+            source = open_source(args.files[0], clients)
+            if len(source.chains) != 1:
+                return _verify_usage(f"{args.files[0]}: holds {len(source.chains)} chains; name one instance")
+            segments: list[SegmentLines] = chain_segments(source.chains[0])
+            instance, notes = source.chains[0].name, source.notes
         else:
             paths = [Path(f) for f in args.files]
             files = segment_files(paths[0]) if len(paths) == 1 else paths
@@ -126,8 +127,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
             keys = load_public_keys(_anchor_key_files(args))
             if not keys:
                 return _verify_usage("--anchors needs the anchor key: --anchor-key PEM, or --config idgate.yaml")
-            anchored = verify_anchored(segments, anchor_lines(args.anchors, clients, instance), keys,
-                                       drop_copies=remote, progress=progress)
+            tokens, anchor_notes = anchor_lines(args.anchors, clients, instance)
+            notes = tuple(dict.fromkeys((*notes, *anchor_notes)))
+            anchored = verify_anchored(segments, tokens, keys, drop_copies=remote, progress=progress)
             report = anchored.chain
         else:
             report = verify_segments(segments, progress, drop_copies=True) if remote else verify_files(files, progress)
@@ -136,9 +138,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
     finally:
         if progress is not None:
             progress.clear()
-    for problem in (*report.problems, *(anchored.problems if anchored else ())):
+    for problem in (*notes, *report.problems, *(anchored.problems if anchored else ())):
         _complain(problem)
-    ok = report.ok and (anchored is None or anchored.ok)
+    ok = report.ok and (anchored is None or anchored.ok) and not notes
     since = f", from seq {report.starts_after + 1} (earlier segments deleted by retention)" \
         if report.starts_after else ""
     copies = f", {report.copies} copies of resent records skipped" if report.copies else ""
@@ -236,6 +238,8 @@ def _answer(specs: list[str], search: Search, writer: TableWriter | None) -> int
         clients = boto3_clients()
         sources = [open_source(spec, clients) for spec in specs]
         for source in sources:
+            for note in source.notes:
+                _complain(f"warning: {note}")
             if source.ignored:
                 _complain(f"{source.spec}: {len(source.ignored)} object(s) neither segments nor anchors, ignored "
                           f"(the first: {source.ignored[0]})")

@@ -54,23 +54,24 @@ def load_public_keys(paths: Iterable[Path]) -> dict[str, ec.EllipticCurvePublicK
     return public_keys(keys)
 
 
-def anchor_lines(spec: str, clients: ClientFactory, instance: str | None) -> list[tuple[str, str]]:
+def anchor_lines(spec: str, clients: ClientFactory, instance: str | None) -> tuple[list[tuple[str, str]], tuple[str, ...]]:
     """(where, token) of every anchor stored at `spec`: a local anchors file, or a sink naming one
-    instance (with several, the one called `instance`)."""
+    instance (with several, the one called `instance`); and the signs of tampering the sink shows."""
     if "://" not in spec:
         path = Path(spec)
         try:
             text = path.read_text(encoding="ascii", errors="replace")
         except OSError as exc:
             raise SourceError(f"{path}: cannot read ({exc.strerror or exc})") from exc
-        return [(f"{path}:{n}", line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
-    chains = [c for c in open_source(spec, clients).chains if instance is None or c.name == instance]
+        return [(f"{path}:{n}", line) for n, line in enumerate(text.splitlines(), 1) if line.strip()], ()
+    source = open_source(spec, clients)
+    chains = [c for c in source.chains if instance is None or c.name == instance]
     if len(chains) != 1:
         raise SourceError(f"{spec}: holds {'no' if not chains else 'several'} chains' anchors; name one instance "
                           "(s3://BUCKET/PREFIX/INSTANCE/ or cloudwatch://GROUP/INSTANCE)")
     (chain,) = chains
     return [(line.where, line.data.decode("ascii", "replace")) for segment in chain.anchors
-            for line in segment.lines() if line.data]
+            for line in segment.lines() if line.data], source.notes
 
 
 def chain_segments(chain: Chain) -> list[SegmentLines]:

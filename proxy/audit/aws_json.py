@@ -42,7 +42,10 @@ class AwsJsonApi:
         self._http = URLLib3Session(proxies=get_environ_proxies(self._url), timeout=(timeout, timeout),
                                     max_pool_connections=2)
 
-    def call(self, operation: str, body: bytes) -> dict[str, Any]:
+    def call(self, operation: str, body: bytes, *, answers: bool = True) -> dict[str, Any]:
+        """The answer of one call.  With `answers` (PutLogEvents) only a JSON object acknowledges it:
+        a 200 page of a wrong endpoint or an intercepting proxy does not.  Without (CreateLogGroup,
+        whose answer is empty), a 200 is enough."""
         credentials = self._credentials()
         if credentials is None:
             raise ShipError("NoCredentials", "no AWS credentials found (boto3's usual chain)")
@@ -51,14 +54,25 @@ class AwsJsonApi:
             "X-Amz-Target": f"{self._target_prefix}.{operation}",
         })
         SigV4Auth(credentials, self._service, self._region).add_auth(request)
+        prepared = request.prepare()
+        prepared.stream_output = True           # read at most MAX_ANSWER_BYTES, whatever the peer sends
         try:
-            response = self._http.send(request.prepare())
-            content = response.content[:MAX_ANSWER_BYTES]
+            response = self._http.send(prepared)
+            raw = response.raw
+            try:
+                content = raw.read(MAX_ANSWER_BYTES + 1)
+            finally:
+                raw.release_conn() if len(content or b"") <= MAX_ANSWER_BYTES else raw.close()
         except (BotoCoreError, HTTPClientError, OSError) as exc:
             raise ShipError("ConnectionError", str(exc)) from exc
+        if len(content) > MAX_ANSWER_BYTES:
+            raise ShipError("AnswerTooLarge", f"{self._url} answered more than {MAX_ANSWER_BYTES} bytes")
         answer = _json_object(content)
         if response.status_code == 200:
-            return answer
+            if answer is None and answers:
+                raise ShipError("BadAnswer", f"{self._url} answered 200 without a JSON object")
+            return answer or {}
+        answer = answer or {}
         code = str(answer.get("__type", f"HTTP{response.status_code}")).rpartition("#")[2]
         message = answer.get("message", answer.get("Message", ""))
         raise ShipError(code or f"HTTP{response.status_code}", str(message)[:500])
@@ -67,9 +81,9 @@ class AwsJsonApi:
         self._http.close()
 
 
-def _json_object(content: bytes) -> dict[str, Any]:
+def _json_object(content: bytes) -> dict[str, Any] | None:
     try:
-        value = json.loads(content) if content else {}
+        value = json.loads(content)
     except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}
+        return None
+    return value if isinstance(value, dict) else None

@@ -24,6 +24,7 @@ MAX_BATCH_BYTES = 1_048_576
 EVENT_OVERHEAD = 26
 MAX_EVENT_BYTES = 256 * 1024 - EVENT_OVERHEAD
 MAX_SPAN_MS = 24 * 3600 * 1000 - 1
+MAX_AHEAD_MS = 110 * 60 * 1000       # CloudWatch refuses events more than 2 hours ahead
 ANCHOR_SUFFIX = ".anchors"
 
 
@@ -40,21 +41,23 @@ class Rejected:
     reason: str                          # too_old, too_new, expired, too_large
 
 
-def plan_batches(records: Sequence[TailRecord], floor_ms: int) -> tuple[list[LogBatch], list[TailRecord]]:
+def plan_batches(records: Sequence[TailRecord], floor_ms: int, now_ms: int) -> tuple[list[LogBatch], list[TailRecord]]:
     """PutLogEvents batches for `records` in order, each within the limits, with timestamps no earlier
-    than `floor_ms` (the last one sent) or than the one before; and the records too large for any
-    event (never an idgate record: they are a few KB at most).  Pure."""
+    than `floor_ms` (the last one sent) or than the one before, so a stream reads back in seq order; and
+    the records too large for any event (never an idgate record: they are a few KB at most).  The floor
+    is held to at most MAX_AHEAD_MS past `now_ms`: after the clock ran fast for a while, later records
+    are stamped a little ahead (and accepted) instead of all being refused as too new.  Pure."""
     batches: list[LogBatch] = []
     too_large: list[TailRecord] = []
     current: list[TailRecord] = []
     stamps: list[int] = []
-    size, last = 0, floor_ms
+    size, last = 0, min(floor_ms, now_ms + MAX_AHEAD_MS)
     for record in records:
         length = len(record.line)          # ASCII: bytes are characters
         if length > MAX_EVENT_BYTES:
             too_large.append(record)
             continue
-        stamp = last = max(record.timestamp_ms, last)
+        stamp = last = max(record.timestamp_ms, min(last, now_ms + MAX_AHEAD_MS))
         if current and (len(current) >= MAX_BATCH_EVENTS or size + length + EVENT_OVERHEAD > MAX_BATCH_BYTES
                         or stamp - stamps[0] > MAX_SPAN_MS):
             batches.append(LogBatch(tuple(current), tuple(stamps)))
@@ -110,7 +113,7 @@ class CloudWatchSink:
             body = "{" + ",".join(f"{encode_basestring_ascii(k)}:{encode_basestring_ascii(v)}"
                                   for k, v in fields.items()) + "}"
             try:
-                self._api.call(operation, body.encode("ascii"))
+                self._api.call(operation, body.encode("ascii"), answers=False)
             except ShipError as exc:
                 if exc.code != "ResourceAlreadyExistsException":
                     raise

@@ -100,6 +100,14 @@ class Search:
             return None
         tally.records += 1
         instance = record.get("instance")
+        if chain.location.startswith(("s3://", "cloudwatch://")):
+            # A sink names its chain (an S3 folder, a stream) after the instance: a record is that chain's,
+            # whatever it says; one that claims another instance was put there by someone else.
+            if isinstance(instance, str) and instance != chain.name:
+                self._report(f"{where}: the record names instance {str(instance)[:100]!r}, not {chain.name!r} "
+                             "whose records these are (not shown)")
+                tally.conflicts += 1
+                return None
         read = _Read(where, instance if isinstance(instance, str) else chain.name, record, data,
                      hashlib.blake2b(data, digest_size=16).digest())
         verdict = self._seen.verdict(read.instance, record["seq"], read.digest)
@@ -108,9 +116,13 @@ class Search:
         if verdict is _SAME:
             tally.duplicates += 1
         elif verdict is _OTHER:
+            # Two different records under one (instance, seq): one of them was put there by someone who can
+            # write to the sink.  Both are shown; the chain (verify --anchors) tells which is the record.
             tally.conflicts += 1
             self._report(f"{where}: conflict: another record with instance {read.instance} seq {record['seq']} "
-                         "was read before (not shown)")
+                         "was read before: both are shown, and one of them is not the chain's (run idgate audit "
+                         "verify --anchors on this source)")
+            return read
         else:
             tally.uncompared += 1
         return None

@@ -27,11 +27,11 @@ import json
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from proxy.audit.anchors import Anchor, AnchorSigner
 from proxy.audit.aws_json import ShipError
@@ -40,11 +40,11 @@ from proxy.audit.cloudwatch import CloudWatchSink, Rejected, plan_batches
 from proxy.audit.file_thread import FileThread
 from proxy.audit.log import AuditLog
 from proxy.audit.s3_sink import S3Sink, check_segment
-from proxy.audit.ship_state import ShipState, load_ship_state
+from proxy.audit.ship_state import ShipState, StoredAnchor, load_ship_state
 from proxy.audit.sink_clients import Sinks, build_sinks
 from proxy.audit.sink import segment_files
 from proxy.audit.state import StateError, append_line, write_state
-from proxy.audit.tail import ChainBreak, ChainTail, Position, TailRecord, rotated_last_seq
+from proxy.audit.tail import ChainBreak, ChainTail, TailRecord, first_seq, rotated_last_seq
 from proxy.config import AuditConfig
 from proxy.core.errors import ConfigError, ConfigProblem
 from proxy.metrics import Metrics
@@ -64,7 +64,7 @@ class _Sink:
 
     name: str
     seq: int = 0                     # the last record it holds
-    anchor: Anchor | None = None     # the newest anchor it holds
+    anchor: StoredAnchor | None = None   # the newest anchor it holds
     retry_at: float = 0.0            # loop time: no call before this
     failures: int = 0
     halted: str | None = None
@@ -91,6 +91,7 @@ class Shipper:
         self._s3 = _Sink("s3") if self._shipping.s3 is not None else None
         self._state = ShipState()
         self._pending: list[Anchor] = []          # signed, not yet in every sink
+        self._refused: list[tuple[int, int]] = []   # seq ranges CloudWatch refused for good (the gap ledger)
         self._rotations: list[ChainState] = []
         self._next_anchor = 0.0                   # loop time the next periodic anchor is due (0: the first records)
         self._wake = asyncio.Event()
@@ -108,27 +109,37 @@ class Shipper:
         except StateError as exc:
             self._thread.stop()
             raise ConfigError([ConfigProblem(str(self._dir), None, f"audit shipping state: {exc}")]) from exc
+        self._refused = list(self._state.refused)
         for sink in self._all_sinks():
             sink.seq = self._state.seq(sink.name)
             sink.anchor = self._state.stored_anchor(sink.name)
-        self._pending = [a for a in self._state.anchors if self._unstored(a)]
+        self._pending = [a for a in self._state.pending if self._unstored(a)]
         self._audit.on_rotation(self._rotated)
         self._audit.guard_retention(self.may_delete)
         self._task = loop.create_task(self._run(), name="audit-shipping")
 
     async def close(self) -> None:
         """After the audit log is closed (nothing more comes): ship what is left, sign the last record,
-        store the anchor, within CLOSE_TIMEOUT."""
+        store the anchor; all of it, the round in flight included, within CLOSE_TIMEOUT."""
         if self._task is None or self._thread is None:
             return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + CLOSE_TIMEOUT
         self._closing = True
         self._wake.set()
-        await asyncio.gather(self._task, return_exceptions=True)
+        done, _ = await asyncio.wait({self._task}, timeout=CLOSE_TIMEOUT)
         await self._audit.close()
-        try:
-            await asyncio.wait_for(self._last_rounds(), CLOSE_TIMEOUT)
-        except TimeoutError:
-            _log.warning("audit shipping: stopped with records or anchors not yet shipped; they go after the restart")
+        if not done:
+            # A sink call that never ends (an endpoint that drips its answer): leave it to its thread.
+            self._task.cancel()
+            _log.warning("audit shipping: a sink call did not end within %.0f s; stopping without the last "
+                         "shipment (it goes after the restart)", CLOSE_TIMEOUT)
+        else:
+            try:
+                await asyncio.wait_for(self._last_rounds(), max(0.0, deadline - loop.time()))
+            except TimeoutError:
+                _log.warning("audit shipping: stopped with records or anchors not yet shipped; they go after "
+                             "the restart")
         self._thread.stop()
         self._task = self._thread = None
 
@@ -168,14 +179,27 @@ class Shipper:
         if not self._prepared and not await self._prepare():
             return False
         more = False
+        # Each step on its own: a bug or a surprise in one sink's step fails that sink (with backoff),
+        # never the other sink or the anchors.
         if self._cw is not None:
-            more |= await self._ship_records(self._cw, durable)
+            more |= await self._guarded(self._cw, self._ship_records(self._cw, durable))
         if self._s3 is not None:
-            more |= await self._ship_segment(self._s3)
-        await self._anchor(durable, final)
-        await self._store_anchors()
+            more |= await self._guarded(self._s3, self._ship_segment(self._s3))
+        try:
+            await self._anchor(durable, final)
+            await self._store_anchors()
+        except Exception:
+            _log.exception("audit shipping: anchoring failed; trying again next round")
         self._report_lag(durable)
         return more
+
+    async def _guarded(self, sink: _Sink, step: Coroutine[Any, Any, bool]) -> bool:
+        try:
+            return await step
+        except Exception as exc:
+            _log.exception("audit shipping to %s: unexpected failure", sink.name)
+            self._failed(sink, ShipError("InternalError", repr(exc)[:200]))
+            return False
 
     async def _prepare(self) -> bool:
         try:
@@ -202,7 +226,7 @@ class Shipper:
         except ChainBreak as exc:
             self._halt(sink, f"the local chain is broken at {exc}")
             return False
-        batches, too_large = plan_batches(records, self._state.cloudwatch_floor_ms)
+        batches, too_large = plan_batches(records, self._state.cloudwatch_floor_ms, int(self._clock() * 1000))
         if too_large:
             await self._run_on_thread(partial(self._ledger, sink, too_large, "too_large"))
         for batch in batches:
@@ -219,6 +243,9 @@ class Shipper:
             state = self._state.with_cloudwatch(batch.records[-1].position, batch.timestamps[-1])
             await self._save(sink, state)
             self._succeeded(sink, len(batch.records))
+        if records and records[-1].seq > sink.seq:
+            # What is left after the last batch was too large for any event, and is in the ledger now.
+            await self._save(sink, self._state.with_cloudwatch(records[-1].position, self._state.cloudwatch_floor_ms))
         self._note_lag(sink, durable.seq - sink.seq)
         return bool(records) and sink.seq < durable.seq
 
@@ -320,8 +347,14 @@ class Shipper:
         last = rotated_last_seq(segment)
         if last is None:
             return False
-        return all(sink.seq >= last and sink.anchor is not None and sink.anchor.seq >= last
-                   for sink in self._all_sinks())
+        if not all(sink.seq >= last and sink.anchor is not None and sink.anchor.seq >= last
+                   for sink in self._all_sinks()):
+            return False
+        if self._s3 is not None or not self._refused:
+            return True                  # S3 holds the whole segment, whatever CloudWatch refused
+        # CloudWatch alone: records it refused are in no sink; their segment is their only copy.
+        first = first_seq(segment)
+        return first is not None and not any(a <= last and b >= first for a, b in self._refused)
 
     def status(self) -> dict[str, object]:
         """For /readyz: each sink's lag, and whether shipping counts as healthy (not halted, and
@@ -391,6 +424,7 @@ class Shipper:
             else:
                 ranges.append([seq, seq])
         for first, last in ranges:
+            self._refused.append((first, last))
             entry = {"time": self._clock(), "instance": self._instance, "sink": sink.name, "first_seq": first,
                      "last_seq": last, "reason": reason}
             append_line(self._dir / "gaps.jsonl", json.dumps(entry, sort_keys=True).encode("ascii") + b"\n")

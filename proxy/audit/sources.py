@@ -90,6 +90,7 @@ class Source:
     spec: str
     chains: tuple[Chain, ...]
     ignored: tuple[str, ...] = ()          # objects under an S3 prefix that are neither segments nor anchors
+    notes: tuple[str, ...] = ()            # signs of tampering in the source (S3: delete markers, extra versions)
 
 
 def open_source(spec: str, clients: ClientFactory) -> Source:
@@ -232,42 +233,72 @@ def _aws_lines(name: str, lines: Iterator[SourceLine]) -> Iterator[SourceLine]:
 
 
 def _s3_source(spec: str, bucket: str, prefix: str, clients: ClientFactory) -> Source:
+    """Every object *version* under the prefix, not only the current objects: Object Lock protects
+    versions, so a plain DeleteObject (a delete marker) or a second PutObject (a new version) can hide a
+    locked segment or anchor from a reader of current objects.  idgate writes each key once; a key with
+    a delete marker or more than one version is tampering, reported, and its first version is read."""
     s3 = _aws(spec, lambda: clients("s3"))
-    segments: dict[str, list[tuple[int, int, str]]] = {}
-    anchors: dict[str, list[str]] = {}
+    segments: dict[str, list[tuple[int, int, str, str | None]]] = {}
+    anchors: dict[str, list[tuple[str, str | None]]] = {}
     ignored: list[str] = []
-    pages = _aws(spec, lambda: iter(s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)))
-    while (page := _aws(spec, lambda: next(pages, None))) is not None:
-        for entry in page.get("Contents", ()):
-            key: str = entry["Key"]
-            folder, _, name = key.rpartition("/")
-            parts = folder.split("/")
-            if ANCHORS in parts[1:]:               # <folder>/anchors/...: the chain's anchors, not records
-                owner = "/".join(parts[: parts.index(ANCHORS, 1)]) + "/"
-                anchors.setdefault(owner, []).append(key)
-            elif segment := _S3_SEGMENT.match(name):
-                segments.setdefault(folder + "/" if folder else "", []).append(
-                    (int(segment["first"]), int(segment["last"]), key))
-            else:
-                ignored.append(key)
+    notes: list[str] = []
+    for key, version, hidden, versions in _s3_keys(spec, s3, bucket, prefix):
+        if hidden:
+            notes.append(f"s3://{bucket}/{key}: hidden behind a delete marker (its locked version is read)")
+        if versions > 1:
+            notes.append(f"s3://{bucket}/{key}: {versions} versions of a key idgate writes once (the first is read)")
+        folder, _, name = key.rpartition("/")
+        parts = folder.split("/")
+        if ANCHORS in parts[1:]:               # <folder>/anchors/...: the chain's anchors, not records
+            owner = "/".join(parts[: parts.index(ANCHORS, 1)]) + "/"
+            anchors.setdefault(owner, []).append((key, version))
+        elif segment := _S3_SEGMENT.match(name):
+            segments.setdefault(folder + "/" if folder else "", []).append(
+                (int(segment["first"]), int(segment["last"]), key, version))
+        else:
+            ignored.append(key)
     chains = []
     # A folder whose segments are all gone still has its anchors: they are what shows the loss.
     for folder in sorted(set(segments) | set(anchors)):
         instance = folder.rstrip("/").rpartition("/")[2] or bucket
         chains.append(Chain(
             instance, f"s3://{bucket}/{folder}",
-            tuple(_s3_segment(s3, bucket, key, first, last) for first, last, key in sorted(segments.get(folder, ()))),
-            tuple(_s3_segment(s3, bucket, key, None, None) for key in sorted(anchors.get(folder, ())))))
-    return Source(spec, tuple(chains), tuple(ignored))
+            tuple(_s3_segment(s3, bucket, key, first, last, version)
+                  for first, last, key, version in sorted(segments.get(folder, ()))),
+            tuple(_s3_segment(s3, bucket, key, None, None, version) for key, version in sorted(anchors.get(folder, ())))))
+    return Source(spec, tuple(chains), tuple(ignored), tuple(notes))
 
 
-def _s3_segment(s3: Any, bucket: str, key: str, first: int | None, last: int | None) -> Segment:
+def _s3_keys(spec: str, s3: Any, bucket: str, prefix: str) -> Iterator[tuple[str, str | None, bool, int]]:
+    """(key, the version to read, whether a delete marker hides it, how many versions it has)."""
+    first: dict[str, tuple[str | None, Any]] = {}      # key -> (oldest version id, its LastModified)
+    counts: dict[str, int] = {}
+    marked: dict[str, Any] = {}                        # key -> the newest delete marker's LastModified
+    pages = _aws(spec, lambda: iter(s3.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=prefix)))
+    while (page := _aws(spec, lambda: next(pages, None))) is not None:
+        for entry in page.get("Versions", ()):
+            key = entry["Key"]
+            counts[key] = counts.get(key, 0) + 1
+            held = first.get(key)
+            if held is None or entry["LastModified"] < held[1]:
+                first[key] = (entry.get("VersionId"), entry["LastModified"])
+        for entry in page.get("DeleteMarkers", ()):
+            if entry.get("IsLatest"):
+                marked[entry["Key"]] = entry["LastModified"]
+    for key in sorted(first):
+        version = first[key][0]
+        yield key, (None if version in (None, "null") else version), key in marked, counts[key]
+
+
+def _s3_segment(s3: Any, bucket: str, key: str, first: int | None, last: int | None,
+                version: str | None = None) -> Segment:
     name = f"s3://{bucket}/{key}"
-    return Segment(name, first, last, lambda: _s3_lines(s3, bucket, key, name))
+    return Segment(name, first, last, lambda: _s3_lines(s3, bucket, key, name, version))
 
 
-def _s3_lines(s3: Any, bucket: str, key: str, name: str) -> Iterator[SourceLine]:
-    body = _aws(name, lambda: s3.get_object(Bucket=bucket, Key=key)["Body"])
+def _s3_lines(s3: Any, bucket: str, key: str, name: str, version: str | None = None) -> Iterator[SourceLine]:
+    version_args = {"VersionId": version} if version else {}
+    body = _aws(name, lambda: s3.get_object(Bucket=bucket, Key=key, **version_args)["Body"])
     with closing(body):
         # The body is read 1 MiB at a time (chain.read_lines), never whole.
         yield from _aws_lines(name, _framed(name, read_lines(body)))

@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
-from proxy.audit.chain import GENESIS, READ_CHUNK, LineError, follows, line_ts, parse_line
+from proxy.audit.chain import GENESIS, MAX_LINE_BYTES, READ_CHUNK, LineError, follows, line_ts, parse_line
 from proxy.audit.sink import segment_files
 
 _ROTATED_SEQ = re.compile(r"\.\d{8}T\d{6}Z\.(\d+)\.[^.]*\Z")
@@ -50,8 +50,8 @@ class Position:
     @classmethod
     def from_json(cls, state: dict[str, object]) -> Position:
         segment, offset, seq, digest = (state.get(k) for k in ("segment", "offset", "seq", "hash"))
-        if not (isinstance(segment, str) and "/" not in segment and isinstance(offset, int) and offset > 0
-                and isinstance(seq, int) and seq > 0 and isinstance(digest, str) and len(digest) == 64):
+        if not (isinstance(segment, str) and "/" not in segment and isinstance(offset, int) and 0 < offset < 1 << 48
+                and isinstance(seq, int) and 0 < seq < 1 << 53 and isinstance(digest, str) and len(digest) == 64):
             raise ValueError("not a shipping position (segment, offset, seq, hash)")
         return cls(segment, offset, seq, digest)
 
@@ -75,6 +75,17 @@ def rotated_last_seq(path: Path) -> int | None:
     """The last seq a rotated segment's name carries; None for the live segment."""
     match = _ROTATED_SEQ.search(path.name)
     return int(match[1]) if match else None
+
+
+def first_seq(path: Path) -> int | None:
+    """The seq of a segment's first record (None when it cannot be read as one)."""
+    try:
+        with path.open("rb") as f:
+            line = f.readline(MAX_LINE_BYTES + 1).rstrip(b"\n")
+        record, intact = parse_line(line)
+    except (OSError, LineError):
+        return None
+    return int(record["seq"]) if intact else None
 
 
 @functools.lru_cache(maxsize=64)
@@ -146,26 +157,58 @@ class ChainTail:
 
 def _offset_after(path: Path, after: Position) -> int | None:
     """Where the line after `after`'s record starts in `path`: its recorded offset when the bytes before
-    it end with its hash, else found by scanning; None when the file does not hold that record."""
+    it end with its hash, else found by scanning; None when the file does not hold that record.  The
+    record found must be the position's seq too (a checkpoint's seq is not taken on trust)."""
     suffix = b',"hash":"' + after.hash.encode("ascii") + b'"}\n'
     try:
         with path.open("rb") as f:
-            if after.offset >= len(suffix):
-                f.seek(after.offset - len(suffix))
-                if f.read(len(suffix)) == suffix:
-                    return after.offset
-            f.seek(0)
-            carry, consumed = b"", 0
-            while chunk := f.read(READ_CHUNK):
-                data = carry + chunk
-                found = data.find(suffix)
-                if found >= 0:
-                    return consumed - len(carry) + found + len(suffix)
-                carry = data[-len(suffix):]
-                consumed += len(chunk)
+            offset = _hinted(f, after.offset, suffix)
+            if offset is None:
+                offset = _scanned(f, suffix)
+            if offset is None:
+                return None
+            if _seq_ending_at(f, offset) != after.seq:
+                raise ChainBreak(f"{after.segment}@{after.offset}", f"the shipped record is not seq {after.seq} "
+                                 "(a checkpoint that does not match the chain)")
+            return offset
     except FileNotFoundError:
         return None
+
+
+def _hinted(f: BinaryIO, offset: int, suffix: bytes) -> int | None:
+    if offset < len(suffix):
+        return None
+    try:
+        f.seek(offset - len(suffix))
+    except (OverflowError, ValueError, OSError):
+        return None
+    return offset if f.read(len(suffix)) == suffix else None
+
+
+def _scanned(f: BinaryIO, suffix: bytes) -> int | None:
+    f.seek(0)
+    carry, consumed = b"", 0
+    while chunk := f.read(READ_CHUNK):
+        data = carry + chunk
+        found = data.find(suffix)
+        if found >= 0:
+            return consumed - len(carry) + found + len(suffix)
+        carry = data[-len(suffix):]
+        consumed += len(chunk)
     return None
+
+
+def _seq_ending_at(f: BinaryIO, offset: int) -> int | None:
+    """The seq of the record whose line ends (with its newline) at `offset`."""
+    start = max(0, offset - MAX_LINE_BYTES - 1)
+    f.seek(start)
+    data = f.read(offset - start)[:-1]
+    line = data[data.rfind(b"\n") + 1:]
+    try:
+        record, intact = parse_line(line)
+    except LineError:
+        return None
+    return int(record["seq"]) if intact else None
 
 
 def _verified(f: BinaryIO, path: Path, offset: int, expected: tuple[int, str] | None) -> Iterator[TailRecord]:

@@ -25,6 +25,7 @@ _LOG_GROUP = re.compile(r"[A-Za-z0-9._/#-]{1,512}")
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _IP_LIKE = re.compile(r"\d+\.\d+\.\d+\.\d+")
 _LOCK_MODES = ("COMPLIANCE", "GOVERNANCE")
+ANCHORS = "anchors"
 MAX_LOCK_DAYS = 36500
 
 
@@ -38,9 +39,18 @@ def _check_audit(audit: AuditConfig, spot: Spot) -> AuditConfig:
         spot.report("must be between 0 and 1 second", "group_commit_max_delay")
     if audit.rotate_seconds is not None and audit.rotate_seconds < 1:
         spot.report("must be at least 1 second", "rotate_seconds")
-    if audit.instance is not None and not INSTANCE.fullmatch(audit.instance):
-        spot.report("must match [A-Za-z0-9][A-Za-z0-9._-]{0,99}", "instance")
+    if audit.instance is not None and (why := instance_problem(audit.instance)):
+        spot.report(why, "instance")
     return audit
+
+
+def instance_problem(instance: str) -> str | None:
+    if not INSTANCE.fullmatch(instance):
+        return "must match [A-Za-z0-9][A-Za-z0-9._-]{0,99}"
+    if instance == ANCHORS or instance.endswith("." + ANCHORS):
+        # The anchors live in the stream <instance>.anchors and the S3 folder <instance>/anchors/.
+        return f"must not be '{ANCHORS}' or end with '.{ANCHORS}': those names hold the signed anchors"
+    return None
 
 
 def _check_shipping(shipping: ShippingConfig, spot: Spot) -> ShippingConfig:
@@ -72,8 +82,9 @@ def _check_s3(s3: S3SinkConfig, spot: Spot) -> S3SinkConfig:
     if not _BUCKET.fullmatch(s3.bucket) or ".." in s3.bucket or _IP_LIKE.fullmatch(s3.bucket):
         spot.report("is not an S3 bucket name (3-63 lower-case letters, digits, '.' and '-')", "bucket")
     if s3.prefix.startswith("/") or "//" in s3.prefix or len(s3.prefix) > 512 or \
-            any(part in (".", "..") for part in s3.prefix.split("/")):
-        spot.report("must be a relative key prefix (e.g. 'audit/'): no leading '/', '//', '.' or '..'", "prefix")
+            any(part in (".", "..", ANCHORS) for part in s3.prefix.split("/")):
+        spot.report(f"must be a relative key prefix (e.g. 'audit/'): no leading '/', '//', '.', '..' or "
+                    f"'{ANCHORS}' part", "prefix")
     _check_endpoint(s3, spot)
     return s3
 
@@ -118,8 +129,8 @@ def apply_audit_environment(audit: AuditConfig, env: Mapping[str, str]) -> Audit
 
 def check_audit_files(audit: AuditConfig, spot: Spot, env: Mapping[str, str], problems: list[ConfigProblem]) -> None:
     """After the environment: the instance it may have set, and the anchor key shipping needs."""
-    if env.get(ENV_AUDIT_INSTANCE) and not INSTANCE.fullmatch(audit.instance or ""):
-        problems.append(ConfigProblem(f"${ENV_AUDIT_INSTANCE}", None, "must match [A-Za-z0-9][A-Za-z0-9._-]{0,99}"))
+    if env.get(ENV_AUDIT_INSTANCE) and (why := instance_problem(audit.instance or "")):
+        problems.append(ConfigProblem(f"${ENV_AUDIT_INSTANCE}", None, why))
     shipping = audit.shipping
     if shipping is None:
         return

@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from proxy.audit.anchors import AnchorError, AnchorSigner, anchor_chain_problems, public_keys, read_anchor, record_problems
 from proxy.audit.chain import GENESIS, ChainState, SealedBatch, follows, unsealed
 from proxy.audit.cloudwatch import (
-    EVENT_OVERHEAD, MAX_BATCH_BYTES, MAX_BATCH_EVENTS, MAX_EVENT_BYTES, MAX_SPAN_MS, Rejected, _events_body, plan_batches,
+    EVENT_OVERHEAD, MAX_AHEAD_MS, MAX_BATCH_BYTES, MAX_BATCH_EVENTS, MAX_EVENT_BYTES, MAX_SPAN_MS, Rejected, _events_body, plan_batches,
     rejected_ranges,
 )
 from proxy.audit.s3_sink import check_segment
@@ -22,6 +22,7 @@ from proxy.audit.state import StateError, read_state, write_state
 from proxy.audit.tail import ChainBreak, ChainTail, Position, TailRecord
 
 EPOCH = 1_764_633_600.0          # 2025-12-02T00:00:00Z
+NOW_MS = 10 ** 13                # far after every stamp below: the floor's cap stays out of the way
 
 
 def record(seq: int, stamp: int, size: int = 100) -> TailRecord:
@@ -38,31 +39,39 @@ def sealed_lines(count: int, epoch: float = EPOCH, state: ChainState = ChainStat
 # --- PutLogEvents batches ------------------------------------------------------------------------
 
 def test_timestamps_never_go_back_within_or_across_batches() -> None:
-    batches, _ = plan_batches([record(1, 5000), record(2, 4000), record(3, 6000)], floor_ms=5500)
+    batches, _ = plan_batches([record(1, 5000), record(2, 4000), record(3, 6000)], 5500, NOW_MS)
     (batch,) = batches
     assert batch.timestamps == (5500, 5500, 6000)
 
 
+def test_a_clock_that_ran_fast_holds_the_floor_at_most_110_minutes_ahead() -> None:
+    """The records written while the clock ran 3 h fast set the floor; later ones are stamped at most
+    110 minutes ahead of now (CloudWatch takes up to 2 h ahead) instead of all being refused."""
+    now = 1_000_000_000_000
+    batches, _ = plan_batches([record(2, now + 1000)], now + 3 * 3600 * 1000, now)
+    assert batches[0].timestamps == (now + MAX_AHEAD_MS,)
+
+
 def test_a_batch_holds_at_most_10000_events() -> None:
-    batches, _ = plan_batches([record(i, 1000, size=10) for i in range(1, MAX_BATCH_EVENTS + 2)], 0)
+    batches, _ = plan_batches([record(i, 1000, size=10) for i in range(1, MAX_BATCH_EVENTS + 2)], 0, NOW_MS)
     assert [len(b.records) for b in batches] == [MAX_BATCH_EVENTS, 1]
 
 
 def test_a_batch_holds_at_most_1048576_bytes_counting_26_per_event() -> None:
     size = 100_000
     per_batch = MAX_BATCH_BYTES // (size + EVENT_OVERHEAD)
-    batches, _ = plan_batches([record(i, 1000, size=size) for i in range(1, 2 * per_batch + 1)], 0)
+    batches, _ = plan_batches([record(i, 1000, size=size) for i in range(1, 2 * per_batch + 1)], 0, NOW_MS)
     assert [len(b.records) for b in batches] == [per_batch, per_batch]
     assert all(sum(len(r.line) + EVENT_OVERHEAD for r in b.records) <= MAX_BATCH_BYTES for b in batches)
 
 
 def test_a_batch_spans_at_most_24_hours() -> None:
-    batches, _ = plan_batches([record(1, 0), record(2, MAX_SPAN_MS), record(3, MAX_SPAN_MS + 1)], 0)
+    batches, _ = plan_batches([record(1, 0), record(2, MAX_SPAN_MS), record(3, MAX_SPAN_MS + 1)], 0, NOW_MS)
     assert [[r.seq for r in b.records] for b in batches] == [[1, 2], [3]]
 
 
 def test_a_record_too_large_for_an_event_is_set_aside_not_sent() -> None:
-    batches, too_large = plan_batches([record(1, 0), record(2, 0, size=MAX_EVENT_BYTES + 1), record(3, 0)], 0)
+    batches, too_large = plan_batches([record(1, 0), record(2, 0, size=MAX_EVENT_BYTES + 1), record(3, 0)], 0, NOW_MS)
     assert [r.seq for b in batches for r in b.records] == [1, 3]
     assert [r.seq for r in too_large] == [2]
 
