@@ -1,7 +1,10 @@
-"""Small checks the config validators share: URLs, positive numbers, AWS region names."""
+"""Small checks the config validators share: URLs, IP networks, positive numbers, AWS region names, and
+whether an optional extra is installed."""
 
 from __future__ import annotations
 
+import importlib.util
+import ipaddress
 import re
 from typing import Any
 from urllib.parse import urlsplit
@@ -32,3 +35,19 @@ def check_positive(obj: Any, spot: Spot, *names: str) -> None:
         value = getattr(obj, name)
         if value is not None and value <= 0:
             spot.report("must be greater than 0", name)
+
+
+def cidr_problem(cidr: str) -> str | None:
+    try:
+        ipaddress.ip_network(cidr, strict=True)
+    except ValueError:
+        return f"'{cidr}' is not an IP address or CIDR network (host bits must be zero)"
+    return None
+
+
+def modules_installed(*names: str) -> bool:
+    """Whether an optional extra's modules are importable (without importing them: check-config stays light)."""
+    try:
+        return all(importlib.util.find_spec(name) is not None for name in names)
+    except ImportError:   # a parent package is missing (or another distribution owns its name: `envoy`)
+        return False

@@ -7,8 +7,6 @@ the audit's (audit_checks.py): IDGATE_AUDIT_PATH, IDGATE_AUDIT_INSTANCE, IDGATE_
 
 from __future__ import annotations
 
-import importlib.util
-import ipaddress
 import os
 import re
 import ssl
@@ -18,13 +16,14 @@ from pathlib import Path
 from types import MappingProxyType
 
 from proxy.config.audit_checks import AUDIT_VALIDATORS, apply_audit_environment, check_audit_files
-from proxy.config.checks import AWS_REGION, check_positive, http_url_problem
+from proxy.config.checks import AWS_REGION, check_positive, cidr_problem, http_url_problem, modules_installed
 from proxy.config.decoder import Decoder, Schema, Spot, read_yaml, readable_file_problem
+from proxy.config.tracing import check_tracing
 from proxy.config.schema import (
     ALLOWED_ALGORITHMS, ENV_ASSERTION_KEY_FILE, ENV_GATEWAY_KEYS, MAX_AWS_REGION_CHARS, MAX_BROKER_DURATION, MAX_LEEWAY,
     MIN_BROKER_DURATION, STALE_REFRESHES, AdminConfig, AssertionConfig, AwsConfig, Config,
     CredentialsConfig, ExtAuthzGrpcConfig, ExtAuthzHttpConfig, ForwardAuthConfig, IssuerConfig, LimitsConfig,
-    GatewayConfig, ListenerConfig, RouteConfig, TlsConfig, UpstreamTlsConfig,
+    GatewayConfig, ListenerConfig, RouteConfig, TlsConfig, TracingConfig, UpstreamTlsConfig,
 )
 from proxy.core.errors import ConfigError, ConfigProblem
 from proxy.core.hosts import is_host_name, is_loopback
@@ -188,7 +187,7 @@ def _check_ext_authz_grpc(grpc: ExtAuthzGrpcConfig, spot: Spot) -> ExtAuthzGrpcC
     _check_host(grpc.host, spot)
     _check_port(grpc.port, spot)
     check_positive(grpc, spot, "max_message_bytes")
-    if not _envoy_extra_installed():
+    if not modules_installed("hpack", "envoy.service.auth.v3"):   # core modules never import them
         spot.report("the gRPC ext_authz surface needs the envoy extra: pip install 'idgate[envoy]'")
     return grpc
 
@@ -241,11 +240,8 @@ def _check_aws(aws: AwsConfig, spot: Spot) -> AwsConfig:
 
 def _check_config(config: Config, spot: Spot) -> Config:
     for i, cidr in enumerate(config.trusted_proxies):
-        try:
-            ipaddress.ip_network(cidr, strict=True)
-        except ValueError:
-            spot.report(f"'{cidr}' is not an IP address or CIDR network (host bits must be zero)",
-                        "trusted_proxies", i)
+        if why := cidr_problem(cidr):
+            spot.report(why, "trusted_proxies", i)
     if not config.issuers:
         spot.report("at least one issuer is required", "issuers")
     _report_duplicates([i.issuer for i in config.issuers], spot, "issuers", "issuer", "issuer")
@@ -282,14 +278,6 @@ def _prefix_overlap(a: str, b: str) -> bool:
     return a.startswith(b) or b.startswith(a)   # both are matched as plain string prefixes
 
 
-def _envoy_extra_installed() -> bool:
-    """Whether xds-protos and hpack are importable; core modules never import them."""
-    try:
-        return all(importlib.util.find_spec(name) is not None for name in ("hpack", "envoy.service.auth.v3"))
-    except ImportError:   # a parent package is missing (another distribution owns `envoy`)
-        return False
-
-
 def _report_duplicates(values: list[str], spot: Spot, field: str, key: str, what: str) -> None:
     first: dict[str, int] = {}
     for i, value in enumerate(values):
@@ -310,7 +298,7 @@ _SCHEMA = Schema(
         ExtAuthzHttpConfig: _check_ext_authz_http, ExtAuthzGrpcConfig: _check_ext_authz_grpc,
         AssertionConfig: _check_assertion, Config: _check_config,
         CredentialsConfig: _check_credentials, AwsConfig: _check_aws, GatewayConfig: _check_gateway,
-        **AUDIT_VALIDATORS,
+        **AUDIT_VALIDATORS, TracingConfig: check_tracing,
     }),
 )
 

@@ -5,8 +5,10 @@ relative to the file.  proxy.config.load turns a file into these."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,6 +235,24 @@ class AwsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TracingConfig:
+    """OpenTelemetry tracing (the `otel` extra): spans exported over OTLP/HTTP; on when the section is given."""
+
+    endpoint: str = "http://127.0.0.1:4318/v1/traces"   # the collector's OTLP/HTTP traces URL
+    enabled: bool = True
+    sampling_ratio: float = 1.0                   # of new traces; a trusted parent's sampled flag decides its own
+    service_name: str = "idgate"
+    resource_attributes: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    export_enduser_id: bool = False               # also `enduser.id` = the subject (default: the pseudonym only)
+    pseudonym_key_file: Path | None = None        # HMAC key of enduser.pseudo.id; None = a new key per process
+    trusted_peers: tuple[str, ...] | None = None  # CIDRs whose trace context counts; None = trusted_proxies
+    xray_header: bool = False                     # also send X-Amzn-Trace-Id upstream
+    max_roles: int = 16                           # groups on `user.roles` (0: none)
+    max_queue_size: int = 2048                    # spans waiting for export; beyond it they are dropped (counted)
+    export_timeout: float = 10.0                  # one export to the collector, retries included
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     source: Path
     issuers: tuple[IssuerConfig, ...]
@@ -250,6 +270,7 @@ class Config:
     dev_mode: bool = False                        # enables `idgate token` and the demo issuer; loopback only
     credentials: CredentialsConfig = field(default_factory=CredentialsConfig)
     aws: AwsConfig = field(default_factory=AwsConfig)
+    tracing: TracingConfig | None = None          # None: tracing off
 
 
 ALLOWED_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
@@ -263,3 +284,4 @@ ENV_AUDIT_PATH = "IDGATE_AUDIT_PATH"
 ENV_AUDIT_INSTANCE = "IDGATE_AUDIT_INSTANCE"
 ENV_ANCHOR_KEY_FILE = "IDGATE_ANCHOR_KEY_FILE"
 ENV_GATEWAY_KEYS = "IDGATE_GATEWAY_KEYS"            # the gateway key ring's JSON itself (a secret: never a CLI flag)
+MIN_PSEUDONYM_KEY_BYTES = 16                      # tracing.pseudonym_key_file: at least 128 bits of key

@@ -87,7 +87,7 @@ def test_defaults_fill_everything_optional(tmp_path: Path) -> None:
 @pytest.mark.parametrize("name", [
     "unknown-keys.yaml", "wrong-types.yaml", "issuer-without-audiences.yaml", "duplicate-key.yaml",
     "bad-syntax.yaml", "invalid-values.yaml", "invalid-listeners.yaml", "invalid-gateway.yaml",
-    "invalid-shipping.yaml",
+    "invalid-shipping.yaml", "invalid-tracing.yaml",
 ])
 def test_bad_config_reports_every_marked_problem_with_file_and_line(name: str) -> None:
     path = DATA / name

@@ -92,7 +92,7 @@ def test_unknown_keys_are_errors(tmp_path):
 
 
 def test_grpc_without_the_envoy_extra_names_the_extra(tmp_path, monkeypatch):
-    monkeypatch.setattr(config_module, "_envoy_extra_installed", lambda: False)
+    monkeypatch.setattr(config_module, "modules_installed", lambda *names: False)
     path = write(tmp_path, """\
         ext_authz:
           grpc: {}
