@@ -119,9 +119,9 @@ class _Recording:
         self.audit = audit
         self.records: list[dict[str, Any]] = []
 
-    async def append(self, record: dict[str, Any]) -> None:
+    async def append(self, record: dict[str, Any]) -> int:
         self.records.append(record)
-        await self.audit.append(record)
+        return await self.audit.append(record)
 
     def append_nowait(self, record: dict[str, Any]) -> None:
         self.records.append(record)

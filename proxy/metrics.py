@@ -202,6 +202,13 @@ class Metrics:
         self.key_schema_fetches = Counter(
             "idgate_dynamodb_describe_table_total", "DescribeTable calls the gateway made for key schemas.",
             registry=r)
+        # Updated on the span processor's thread (tracing), hence prometheus-client's locked counters.
+        self.trace_spans_exported = Counter(
+            "idgate_trace_spans_exported_total", "Spans delivered to the OTLP collector (tracing).", registry=r)
+        self.trace_spans_dropped = Counter(
+            "idgate_trace_spans_dropped_total", "Spans never delivered, by reason: queue_full (the export queue was "
+            "full: the collector is slow or down; requests are not held up), export_failed (the collector refused "
+            "them or could not be reached within tracing.export_timeout).", ["reason"], registry=r)
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
 
     def child(self, metric: Any, *labels: str) -> Any:

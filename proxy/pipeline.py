@@ -32,6 +32,14 @@ from proxy.core.model import AccessRequest, Decision, Identity, Surface, Touch
 from proxy.policy.dynamodb import TableGrant, TouchVerdict, authorize as authorize_touches, table_grants
 from proxy.policy.engine import CompiledPolicy
 from proxy.policy.session_policy import RoleChoice, SessionPolicy, choose_role, render_session_policy
+from proxy.tracing import NO_TRACING, Tracing
+
+# Child spans of a request's server span (proxy.tracing); token verification's is the verifier's own.
+AUTHORIZE_SPAN = "idgate.authorize"
+AUDIT_SPAN = "idgate.audit.append"
+STS_SPAN = "idgate.sts"
+GATEWAY_AUTHENTICATE_SPAN = "idgate.authenticate"
+KEY_SCHEMA_SPAN = "idgate.dynamodb.key_schema"
 
 
 class TokenVerifier(Protocol):
@@ -39,7 +47,7 @@ class TokenVerifier(Protocol):
 
 
 class AuditSink(Protocol):
-    async def append(self, record: dict[str, Any]) -> None: ...
+    async def append(self, record: dict[str, Any]) -> int: ...     # the record's seq, once durable
     def append_nowait(self, record: dict[str, Any]) -> None: ...
 
 
@@ -69,11 +77,13 @@ class RejectedTarget(NamedTuple):
 
 
 class Pipeline:
-    def __init__(self, verifier: TokenVerifier, policy: PolicySource, audit: AuditSink, metrics: Metrics) -> None:
+    def __init__(self, verifier: TokenVerifier, policy: PolicySource, audit: AuditSink, metrics: Metrics,
+                 tracing: Tracing = NO_TRACING) -> None:
         self._verifier = verifier
         self._policy = policy
         self._audit = audit
         self._metrics = metrics
+        self._tracing = tracing
         # The errors whose record is on the audit log: kept here, not on the error, so that no edge can
         # forget to mark one or record one twice (WeakSet: an answered error is not kept alive).
         self._recorded: weakref.WeakSet[IdgateError] = weakref.WeakSet()
@@ -90,17 +100,21 @@ class Pipeline:
         """Allow (audited, durable) or raise the audited denial.  DependencyError when the audit
         cannot be written: nothing may move then."""
         started = time.perf_counter()
+        tracing = self._tracing
         identity: Identity | None = None
         try:
             if token is None:
                 raise AuthenticationError("a bearer token is required", reason=Reason.MISSING_TOKEN)
             identity = await self._verifier.verify(token)
-            decision = self._policy.current.decide_http(identity, request.method, request.host, request.path)
+            tracing.identified(identity)
+            with tracing.span(AUTHORIZE_SPAN):
+                decision = self._policy.current.decide_http(identity, request.method, request.host, request.path)
+                tracing.decided(decision)
         except IdgateError as err:
-            await self._audit.append(_decision_record(request, Decision(False, None, (err.reason,), identity)))
+            await self._durable(_decision_record(request, self._denial(None, err, identity)))
             self._recorded.add(err)
             raise
-        await self._audit.append(_decision_record(request, decision))
+        await self._durable(_decision_record(request, decision))
         self._metrics.child(self._metrics.decision_seconds, request.surface.value).observe(time.perf_counter() - started)
         if not decision.allowed:
             denied = AccessDenied("the policy does not allow this request", reason=decision.reasons[0])
@@ -115,6 +129,7 @@ class Pipeline:
         audited denial.  The matching rules' `aws` blocks give the role (`role` names one when several
         do) and the session policy; the broker turns them into STS credentials."""
         started = time.perf_counter()
+        tracing = self._tracing
         identity: Identity | None = None
         choice: RoleChoice | None = None
         policy: SessionPolicy | None = None
@@ -122,29 +137,34 @@ class Pipeline:
             if token is None:
                 raise AuthenticationError("a bearer token is required", reason=Reason.MISSING_TOKEN)
             identity = await self._verifier.verify(token)
-            compiled = self._policy.current
-            plan = self._aws_plans.get((token, role))
-            if plan is not None and plan.compiled is compiled:
-                choice, policy = plan.choice, plan.policy
-            else:
-                choice = choose_role(compiled.rules_for_identity(identity), role)
-                policy = render_session_policy(choice, identity.claims, broker.region)
-                self._aws_plans[(token, role)] = _AwsPlan(compiled, choice, policy, identity.expires_at)
+            tracing.identified(identity)
+            with tracing.span(AUTHORIZE_SPAN):
+                compiled = self._policy.current
+                plan = self._aws_plans.get((token, role))
+                if plan is not None and plan.compiled is compiled:
+                    choice, policy = plan.choice, plan.policy
+                else:
+                    choice = choose_role(compiled.rules_for_identity(identity), role)
+                    policy = render_session_policy(choice, identity.claims, broker.region)
+                    self._aws_plans[(token, role)] = _AwsPlan(compiled, choice, policy, identity.expires_at)
             if choice.gateway:
                 if gateway is None:
                     raise DependencyError("this role is served through the DynamoDB gateway, which is not enabled",
                                           reason=Reason.BROKER_UNAVAILABLE)
                 vended = gateway.vend(identity, choice, policy, compiled.aws_reads)
             else:
-                vended = await broker.credentials(identity, token, choice, policy)
+                with tracing.client(STS_SPAN) as span:
+                    vended = await broker.credentials(identity, token, choice, policy)
+                    span.set("idgate.credentials.source", vended.source)
         except IdgateError as err:
-            denied = Decision(False, choice.rule_ids[0] if choice else None, (err.reason,), identity)
-            await self._audit.append(_aws_record(request, denied, role, choice, policy, None))
+            denied = self._denial(choice.rule_ids[0] if choice else None, err, identity)
+            await self._durable(_aws_record(request, denied, role, choice, policy, None))
             self._recorded.add(err)
             raise
         assert identity is not None and choice is not None and policy is not None
         decision = Decision(True, choice.rule_ids[0], (Reason.MATCHED,), identity)
-        await self._audit.append(_aws_record(request, decision, role, choice, policy, vended))
+        tracing.decided(decision)
+        await self._durable(_aws_record(request, decision, role, choice, policy, vended))
         self._metrics.child(self._metrics.decision_seconds, request.surface.value).observe(time.perf_counter() - started)
         return decision, vended.credentials
 
@@ -155,38 +175,58 @@ class Pipeline:
         against the policy of the moment, and the decision record durable before the call may be
         forwarded; or the audited denial."""
         started = time.perf_counter()
+        tracing = self._tracing
         draft = _GatewayDraft(target=next((v for k, v in head.headers if k.lower() == "x-amz-target"), ""))
         try:
-            caller, credential = gateway.authenticate(head)
+            with tracing.span(GATEWAY_AUTHENTICATE_SPAN):
+                caller, credential = gateway.authenticate(head)
             draft.caller = caller
+            tracing.identified(caller.identity)
             body = draft.body = await read_body()
             signed = dataclasses.replace(head, body=body)
-            gateway.verify_body(caller, credential, signed)
-            operation = calls.operation(draft.target)
-            plan = self._gateway_plan(caller, gateway.region)
-            draft.choice, draft.policy = plan.choice, plan.policy
-            choice, policy, grants, namer = plan
-            call = draft.call = await gateway.decode(operation, body, namer)
-            if not all(any(g.table == table for g in grants) for table in call.tables):
-                # Before DescribeTable: a table no rule names is denied without idgate touching it.
-                raise AccessDenied("no rule grants access to this table", reason=Reason.ACTION_NOT_GRANTED)
-            credentials = await gateway.upstream_credentials(caller, choice, policy)
-            schemas = await gateway.key_schemas(namer, call.tables, credentials)
-            touches = draft.touches = await gateway.touches(call, schemas, namer, len(body))
-            verdict = draft.verdict = authorize_touches(touches, grants)
-            if not verdict.allowed:
-                raise AccessDenied("the policy does not allow this call", reason=verdict.reason)
+            with tracing.span(GATEWAY_AUTHENTICATE_SPAN):
+                gateway.verify_body(caller, credential, signed)
+            with tracing.span(AUTHORIZE_SPAN):
+                operation = calls.operation(draft.target)
+                plan = self._gateway_plan(caller, gateway.region)
+                draft.choice, draft.policy = plan.choice, plan.policy
+                choice, policy, grants, namer = plan
+                call = draft.call = await gateway.decode(operation, body, namer)
+                if not all(any(g.table == table for g in grants) for table in call.tables):
+                    # Before DescribeTable: a table no rule names is denied without idgate touching it.
+                    raise AccessDenied("no rule grants access to this table", reason=Reason.ACTION_NOT_GRANTED)
+                with tracing.client(STS_SPAN):
+                    credentials = await gateway.upstream_credentials(caller, choice, policy)
+                with tracing.client(KEY_SCHEMA_SPAN):
+                    schemas = await gateway.key_schemas(namer, call.tables, credentials)
+                touches = draft.touches = await gateway.touches(call, schemas, namer, len(body))
+                verdict = draft.verdict = authorize_touches(touches, grants)
+                if not verdict.allowed:
+                    raise AccessDenied("the policy does not allow this call", reason=verdict.reason)
         except IdgateError as err:
             identity = draft.caller.identity if draft.caller else None
-            denied = Decision(False, draft.choice.rule_ids[0] if draft.choice else None, (err.reason,), identity)
-            await self._audit.append(self._gateway_record(request, denied, draft, gateway))
+            denied = self._denial(draft.choice.rule_ids[0] if draft.choice else None, err, identity)
+            await self._durable(self._gateway_record(request, denied, draft, gateway))
             self._recorded.add(err)
             raise
         decision = Decision(True, verdict.rules[0], (Reason.MATCHED,), caller.identity)
-        await self._audit.append(self._gateway_record(request, decision, draft, gateway))
+        tracing.decided(decision)
+        await self._durable(self._gateway_record(request, decision, draft, gateway))
         self._metrics.child(self._metrics.decision_seconds, request.surface.value).observe(time.perf_counter() - started)
         return GatewayCall(decision, caller, call, body, head.headers, credentials, schemas, gateway_records.KeyRedactor(
             gateway.ring.redaction_key if gateway.config.redact_keys else None))
+
+    def _denial(self, rule_id: str | None, err: IdgateError, identity: Identity | None) -> Decision:
+        denied = Decision(False, rule_id, (err.reason,), identity)
+        self._tracing.decided(denied)
+        return denied
+
+    async def _durable(self, record: dict[str, Any]) -> None:
+        """Append a decision record and wait until it is durable, its seq and the fsync wait on the trace."""
+        tracing = self._tracing
+        tracing.stamp(record)
+        with tracing.span(AUDIT_SPAN):
+            tracing.recorded(await self._audit.append(record))
 
     def _gateway_plan(self, caller: Caller, region: str) -> _GatewayPlan:
         """The role, session policy and grants of gateway credentials under the policy of the moment: a rule
@@ -253,6 +293,7 @@ class Pipeline:
         }
         if error:
             record["error"] = error
+        self._tracing.stamp(record)
         self._audit.append_nowait(record)
 
     async def refuse(self, target: RejectedTarget, err: IdgateError) -> IdgateError:
@@ -261,8 +302,9 @@ class Pipeline:
         from `record_failure`), or the DependencyError when the audit cannot be written (fail closed)."""
         if err in self._recorded:
             return err
+        self._tracing.denied(err.reason)
         try:
-            await self._audit.append(_rejection_record(target, err))
+            await self._durable(_rejection_record(target, err))
         except DependencyError as audit_err:
             return audit_err
         self._recorded.add(err)
@@ -283,6 +325,7 @@ class Pipeline:
         }
         if error:
             record["error"] = error
+        self._tracing.stamp(record)
         self._audit.append_nowait(record)
 
     def record_failure(self, request: AccessRequest, decision: Decision, failure: IdgateError, *,

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp import web
@@ -29,7 +30,11 @@ from proxy.metrics import Metrics
 from proxy.oidc import TokenVerifier
 from proxy.pipeline import Pipeline
 from proxy.policy.store import PolicyStore
+from proxy.tracing import NO_TRACING, Tracing, start_tracing
 from proxy.transport import http1
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace.export import SpanExporter
 
 log = logging.getLogger("idgate")
 
@@ -53,6 +58,7 @@ class Services:
     broker: CredentialBroker | None = None      # when credentials or the DynamoDB gateway are enabled
     gateway: DynamoDbGateway | None = None      # when aws.gateway.enabled
     shipper: Shipper | None = None              # when audit.shipping is configured
+    tracing: Tracing = NO_TRACING               # on with a `tracing:` section (proxy.tracing)
 
     def request_reload(self) -> None:
         """SIGHUP: reload the policy files and refetch every issuer's keys, both in the background
@@ -102,23 +108,30 @@ def _websocket_session() -> aiohttp.ClientSession:
 
 @asynccontextmanager
 async def running_services(config: Config, *, metrics: Metrics | None = None,
-                           sts_client: StsClientFactory | None = None) -> AsyncIterator[Services]:
-    """`sts_client` builds the credential broker's STS client (default: boto3 with the usual credential chain).
-    Every resource is closed, in reverse order, however far startup got."""
+                           sts_client: StsClientFactory | None = None,
+                           span_exporter: SpanExporter | None = None) -> AsyncIterator[Services]:
+    """`sts_client` builds the credential broker's STS client (default: boto3 with the usual credential chain);
+    `span_exporter` replaces tracing's OTLP exporter (tests).  Every resource is closed, in reverse order,
+    however far startup got."""
     metrics = metrics or Metrics()
     policy = PolicyStore(config.policies_dir, metrics)
     signer = AssertionSigner(load_signing_key(config.assertion.key_file), config.assertion.ttl)
     if config.assertion.key_file is None:
         log.warning("no assertion.key_file configured: X-Idgate-Assertion keys are per process (pid %d)", os.getpid())
     background: list[asyncio.Task[None]] = []
+    trusted = TrustedProxies(config.trusted_proxies)
     async with AsyncExitStack() as stack:
+        # Reads the pseudonym key and starts the exporter's thread: not on the loop.
+        tracing = await asyncio.to_thread(start_tracing, config.tracing, trusted, metrics, exporter=span_exporter)
+        stack.push_async_callback(tracing.close)
         oidc_session = await stack.enter_async_context(
             aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10), trust_env=False))
         # TLS contexts are built here (reading CA bundles and keys), once per upstream.
         upstream, origins = await asyncio.to_thread(_upstream_pool, config)
         stack.push_async_callback(upstream.close)
         websocket_session = await stack.enter_async_context(_websocket_session())
-        verifier = TokenVerifier(config.issuers, oidc_session, metrics, cache_size=config.token_cache_size)
+        verifier = TokenVerifier(config.issuers, oidc_session, metrics, cache_size=config.token_cache_size,
+                                 tracing=tracing)
         stack.push_async_callback(verifier.close)
         audit = AuditLog(config.audit, metrics)
         stack.push_async_callback(audit.close)
@@ -147,10 +160,9 @@ async def running_services(config: Config, *, metrics: Metrics | None = None,
         await verifier.start()
         services = Services(
             config=config, metrics=metrics, verifier=verifier, policy=policy, audit=audit, signer=signer,
-            pipeline=Pipeline(verifier, policy, audit, metrics), upstream=upstream, origins=origins,
-            websocket_session=websocket_session,
-            trusted=TrustedProxies(config.trusted_proxies), background=background, broker=broker,
-            gateway=gateway, shipper=shipper,
+            pipeline=Pipeline(verifier, policy, audit, metrics, tracing), upstream=upstream, origins=origins,
+            websocket_session=websocket_session, trusted=trusted, background=background, broker=broker,
+            gateway=gateway, shipper=shipper, tracing=tracing,
         )
         stack.push_async_callback(_stop_tasks, background)
         background.append(asyncio.create_task(policy.watch(POLICY_POLL_SECONDS), name="policy-watch"))

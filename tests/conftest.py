@@ -17,6 +17,7 @@ from proxy import logs as proxy_logs
 
 from tests.harness.moto import MotoServer
 from tests.harness.oidc_provider import OidcProvider
+from tests.harness.otlp import OtlpReceiver
 
 pytest_plugins = ["tests.harness.stack", "tests.harness.broker", "tests.harness.gateway", "tests.harness.shipping"]
 
@@ -78,3 +79,11 @@ def json_logs() -> Iterator[Callable[..., JsonLogs]]:
     finally:
         root.handlers[:], server.filters[:] = handlers, filters
         root.setLevel(level)
+
+
+@pytest.fixture(scope="session")
+def otlp_receiver() -> Iterator[OtlpReceiver]:
+    """A real OTLP/HTTP receiver (oteltest's sink, tests/harness/otlp_receiver.py), one process for the
+    session: tests find their own spans by trace id (from their audit records or requests)."""
+    with OtlpReceiver() as receiver:
+        yield receiver

@@ -22,7 +22,8 @@ class GrpcListener:
         self._server = H2GrpcServer(self._handler.check, f"/{SERVICE}/{METHOD}",
                                     max_message_bytes=grpc_config.max_message_bytes,
                                     admit=services.trusted.__contains__,
-                                    on_refuse=lambda reason: metrics.child(metrics.grpc_refused, reason).inc())
+                                    on_refuse=lambda reason: metrics.child(metrics.grpc_refused, reason).inc(),
+                                    metadata=services.tracing.carrier_names)
         self.port = 0
 
     async def start(self, *, reuse_port: bool = False) -> None:

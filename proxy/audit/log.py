@@ -160,13 +160,14 @@ class AuditLog:
             self._thread = None
             self._healthy = False
 
-    async def append(self, record: dict[str, Any]) -> None:
-        """Return once the record is written and fsynced; DependencyError when it cannot be."""
+    async def append(self, record: dict[str, Any]) -> int:
+        """The record's seq, once it is written and fsynced; DependencyError when it cannot be."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._enqueue(record, future)
+        queued = self._enqueue(record, future)
         # A cancelled caller cancels only this future; the record stays queued and is written in its
         # place in the chain regardless (the writer skips futures that are already done).
         await future
+        return int(queued["seq"])       # sealed (seq assigned) before its future was answered
 
     def append_nowait(self, record: dict[str, Any]) -> None:
         """Queue a record (an outcome) without waiting; failures are counted and logged."""
@@ -183,7 +184,7 @@ class AuditLog:
         while self._settled < target or (self._maintaining and self._thread is not None):
             await self._next_progress()
 
-    def _enqueue(self, record: dict[str, Any], future: asyncio.Future[None] | None) -> None:
+    def _enqueue(self, record: dict[str, Any], future: asyncio.Future[None] | None) -> dict[str, Any]:
         if (problem := caller_fields_problem(record)) is not None:
             raise ValueError(problem)
         if "event" not in record:
@@ -193,14 +194,15 @@ class AuditLog:
         elif len(self._pending) >= self._max_pending:
             problem = "the audit log is overloaded"
         else:
-            self._pending.append((unsealed(record, self._instance), self._loop.time(), future))
+            queued = unsealed(record, self._instance)
+            self._pending.append((queued, self._loop.time(), future))
             self._enqueued += 1
             if not self._busy:
                 self._busy = True
                 self._loop.call_soon(self._commit)
             elif len(self._pending) >= _MAX_BATCH:
                 self._stop_waiting_for_companions()
-            return
+            return queued
         self._metrics.audit_failures.inc()
         raise DependencyError(problem, reason=Reason.AUDIT_UNAVAILABLE)
 

@@ -25,6 +25,11 @@ _IDENTITY_PREFIXES = ("x-idgate-", "x-auth-request-")
 _FORWARDING_EXACT = frozenset({"forwarded", "x-real-ip"})
 _FORWARDING_PREFIXES = ("x-forwarded-", "x-original-")
 
+# Trace context (W3C Trace Context and Baggage, AWS X-Ray): from a stranger, it would choose which trace an
+# upstream's spans join, or plant baggage that every service downstream reads as fact.  Passed on only from
+# peers trusted for it (tracing.trusted_peers; by default, and with tracing off, the trusted proxies).
+TRACE_CONTEXT_HEADERS = frozenset({"traceparent", "tracestate", "baggage", "x-amzn-trace-id"})
+
 # Frameworks that honour these would run a different method or path than the one idgate authorized
 # (X-Original-URL / X-Rewrite-URL: Zend/Laminas, older Symfony).
 OVERRIDE_HEADERS = frozenset({
@@ -61,11 +66,15 @@ def connection_listed(headers: Iterable[tuple[str, str]]) -> frozenset[str]:
 
 
 def clean_request_headers(
-    headers: Sequence[tuple[str, str]], *, trusted_peer: bool, keep_authorization: bool
+    headers: Sequence[tuple[str, str]], *, trusted_peer: bool, keep_authorization: bool,
+    trusted_context: bool | None = None,
 ) -> list[tuple[str, str]]:
     """Headers safe to pass upstream: no hop-by-hop, no client-supplied identity, no forwarding claims
-    from an untrusted peer, none of the headers idgate re-emits (Host, X-Forwarded-For/-Host/-Proto,
+    from an untrusted peer, no trace context from a peer not trusted for it (`trusted_context`, default:
+    as `trusted_peer`), none of the headers idgate re-emits (Host, X-Forwarded-For/-Host/-Proto,
     Forwarded, X-Request-Id) and no credential unless the route keeps it."""
+    if trusted_context is None:
+        trusted_context = trusted_peer
     listed = connection_listed(headers)
     kept = []
     for name, value in headers:
@@ -74,6 +83,8 @@ def clean_request_headers(
                 or norm == "host":
             continue
         if not trusted_peer and is_forwarding_header(norm):
+            continue
+        if not trusted_context and norm in TRACE_CONTEXT_HEADERS:
             continue
         if norm == "authorization" and not keep_authorization:
             continue

@@ -90,9 +90,11 @@ async def admit(services: Services, gate: Gate, received: Received,
             raise AccessDenied(f"{gate.surface.value} answers trusted proxies only", reason=Reason.UNTRUSTED_PEER)
         if original is not None:
             received = original(received)
-        return check(gate, received, services.config.limits)
+        admitted = check(gate, received, services.config.limits)
     except IdgateError as err:
         raise await services.pipeline.refuse(rejected(gate.surface, received), err) from None
+    services.tracing.admitted(admitted.access)
+    return admitted
 
 
 def check(gate: Gate, received: Received, limits: LimitsConfig) -> Admitted:

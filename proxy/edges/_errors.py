@@ -83,26 +83,30 @@ def guard_middleware(services: Services, in_flight: InFlight, surfaces: Mapping[
 
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-        rid = request_id(request.headers.get("X-Request-Id"), trusted_peer=client_addr(request) in services.trusted)
+        peer = client_addr(request)
+        rid = request_id(request.headers.get("X-Request-Id"), trusted_peer=peer in services.trusted)
         request[REQUEST_ID] = rid
-        request[REQUEST_SURFACE] = surfaces.get(request.match_info.handler, Surface.PROXY)
+        surface = request[REQUEST_SURFACE] = surfaces.get(request.match_info.handler, Surface.PROXY)
         in_flight.enter()
-        try:
+        # The request's server span: every span, decision and audit record of this request hangs below it.
+        with services.tracing.server(surface, request.method, peer, request.headers) as span:
             try:
-                response = await handler(request)
-            except web.HTTPException as exc:
-                # aiohttp's router refusing a target (OPTIONS *, CONNECT host:port): answered and
-                # audited like every other refusal, not with aiohttp's page.
-                raise _from_aiohttp(exc) from exc
-        except IdgateError as err:
-            if request.get(RESPONSE_STARTED):
-                raise  # the head is on the wire: aiohttp drops the connection so a partial body is visible
-            response = error_response(await services.pipeline.refuse(rejected_target(request), err), rid,
-                                      request[REQUEST_SURFACE])
-        finally:
-            in_flight.leave()
+                try:
+                    response = await handler(request)
+                except web.HTTPException as exc:
+                    # aiohttp's router refusing a target (OPTIONS *, CONNECT host:port): answered and
+                    # audited like every other refusal, not with aiohttp's page.
+                    raise _from_aiohttp(exc) from exc
+            except IdgateError as err:
+                if request.get(RESPONSE_STARTED):
+                    raise  # the head is on the wire: aiohttp drops the connection so a partial body is visible
+                response = error_response(await services.pipeline.refuse(rejected_target(request), err), rid,
+                                          surface)
+            finally:
+                in_flight.leave()
+            span.answered(response.status)
         metrics = services.metrics
-        metrics.child(metrics.requests, request[REQUEST_SURFACE].value, "allow" if response.status < 400 else "deny",
+        metrics.child(metrics.requests, surface.value, "allow" if response.status < 400 else "deny",
                       str(response.status)).inc()
         if not response.prepared:
             response.headers["X-Request-Id"] = rid

@@ -30,6 +30,7 @@ SURFACE = Surface.DYNAMODB
 GATE = Gate(SURFACE, token_form=TokenForm.SIGV4, methods=frozenset({"POST"}))
 _THROTTLED = frozenset({"ProvisionedThroughputExceededException", "ThrottlingException", "RequestLimitExceeded"})
 _SCHEMA_MISMATCH = "key element does not match the schema"
+DYNAMODB_SPAN = "idgate.dynamodb"
 
 
 async def handle(request: web.Request) -> web.Response:
@@ -67,7 +68,13 @@ async def _forward(services: Services, gateway: DynamoDbGateway, access: AccessR
     operation = call.call.operation
     metrics = services.metrics
     try:
-        answer = await gateway.send(operation, call.body, call.client_headers, call.credentials)
+        with services.tracing.client(DYNAMODB_SPAN) as span:
+            # AWS's own conventions; the operation is a known one (the call was decoded).
+            span.set("rpc.system", "aws-api")
+            span.set("rpc.service", "DynamoDB")
+            span.set("rpc.method", operation)
+            answer = await gateway.send(operation, call.body, call.client_headers, call.credentials)
+            span.set("http.response.status_code", answer.status)
     except IdgateError as failure:
         services.pipeline.record_failure(access, call.decision, failure, bytes_in=len(call.body),
                                          duration=time.perf_counter() - started)

@@ -32,7 +32,10 @@ SURFACE = Surface.EXT_AUTHZ_GRPC
 GATE = Gate(SURFACE, trusted_peers_only=True, forwarded_by_peer=True)
 SERVICE = "envoy.service.auth.v3.Authorization"
 METHOD = "Check"
+SPAN_NAME = f"{SERVICE}/{METHOD}"      # gRPC's span naming convention
 
+# The call's request headers the gRPC listener keeps for us (proxy.transport.h2.server.Metadata).
+Metadata = tuple[tuple[bytes, bytes], ...]
 _OVERWRITE = HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 # google.rpc.Code: what Envoy's access log shows as the check's outcome.
 _GRPC_CODE = {400: 3, 401: 16, 403: 7, 431: 3, 503: 14}
@@ -111,6 +114,19 @@ def deny_response(err: IdgateError, rid: str) -> CheckResponse:
     return response
 
 
+class _Metadata:
+    """The call's gRPC metadata as a tracing carrier (a value that is not ASCII fails the parse, as it should)."""
+
+    __slots__ = ("_pairs",)
+
+    def __init__(self, pairs: Metadata) -> None:
+        self._pairs = pairs
+
+    def getall(self, key: str, default: list[str], /) -> list[str]:
+        name = key.encode()
+        return [value.decode("ascii", "replace") for found, value in self._pairs if found == name] or default
+
+
 def _rejected(peer: str, rid: str, http: Any) -> RejectedTarget:
     """A refused check as received: as much of it as was decoded (built only for a refusal)."""
     if http is None:
@@ -127,15 +143,20 @@ class CheckHandler:
         self._allowed_count = services.metrics.requests.labels(SURFACE.value, "allow", "200")
         self._allow_cache: LRUCache[tuple[object, ...], bytes] = LRUCache(maxsize=_ALLOW_CACHE_SIZE)
 
-    async def check(self, raw: bytes, peer: str) -> bytes:
-        """A serialized CheckRequest from `peer` (an IP address) → a serialized CheckResponse.  Never raises."""
+    async def check(self, raw: bytes, peer: str, metadata: Metadata = ()) -> bytes:
+        """A serialized CheckRequest from `peer` (an IP address) → a serialized CheckResponse.  Never raises.
+        `metadata` may hold Envoy's trace context (its ext_authz span: the parent of this check's)."""
         self._in_flight.enter()
         try:
-            return await self._answer(raw, peer)
+            with self._services.tracing.server(SURFACE, "POST", peer, _Metadata(metadata), SPAN_NAME) as span:
+                span.set("rpc.system", "grpc")
+                answer, status = await self._answer(raw, peer)
+                span.answered(status)    # the HTTP status the check gave the original request
+                return answer
         finally:
             self._in_flight.leave()
 
-    async def _answer(self, raw: bytes, peer: str) -> bytes:
+    async def _answer(self, raw: bytes, peer: str) -> tuple[bytes, int]:
         services = self._services
         rid = ""
         http: Any = None       # the message's HttpRequest attributes, once decoded
@@ -161,10 +182,10 @@ class CheckHandler:
         answer = self._allow_cache.get(key)
         if answer is None:
             answer = self._allow_cache[key] = allow_response(allowed).SerializeToString()
-        return answer
+        return answer, 200
 
-    async def _deny(self, err: IdgateError, target: RejectedTarget) -> bytes:
+    async def _deny(self, err: IdgateError, target: RejectedTarget) -> tuple[bytes, int]:
         rid = target.request_id or request_id(None, trusted_peer=False)
         err = await self._services.pipeline.refuse(target._replace(request_id=rid), err)
         self._services.metrics.requests.labels(SURFACE.value, "deny", str(err.status)).inc()
-        return bytes(deny_response(err, rid).SerializeToString())
+        return bytes(deny_response(err, rid).SerializeToString()), err.status

@@ -26,6 +26,7 @@ from proxy.transport import http1
 
 SURFACE = Surface.PROXY
 GATE = Gate(SURFACE)
+UPSTREAM_SPAN = "idgate.upstream"
 
 CHUNK = 64 * 1024
 ROUTES: web.AppKey[RouteTable] = web.AppKey("idgate_routes", RouteTable)
@@ -83,7 +84,9 @@ def _upstream_headers(services: Services, request: web.Request, route: RouteConf
                       decision: Decision) -> list[tuple[str, str]]:
     trusted = access.client_addr in services.trusted
     headers = [(name, value) for name, value in
-               clean_request_headers(list(request.headers.items()), trusted_peer=trusted, keep_authorization=route.forward_token)
+               clean_request_headers(list(request.headers.items()), trusted_peer=trusted,
+                                     trusted_context=access.client_addr in services.tracing.peers,
+                                     keep_authorization=route.forward_token)
                if name.lower() != "content-length"]
     if request.content_length is not None:   # the length as parsed, never the client's spelling (002, +2)
         headers.append(("Content-Length", str(request.content_length)))
@@ -133,7 +136,10 @@ async def handle(request: web.Request) -> web.StreamResponse:
         async with request.app[SLOTS].hold(route, (decision.identity.issuer, decision.identity.subject)):
             if websocket:
                 url = URL(route.upstream.rstrip("/") + target, encoded=True)
-                return await relay(request, services, access, decision, url, headers, route)
+                with services.tracing.client(UPSTREAM_SPAN) as span:
+                    span.set("idgate.route", route.name)
+                    services.tracing.inject(headers)
+                    return await relay(request, services, access, decision, url, headers, route)
             if request.body_exists:
                 await continue_if_expected(request)
             return await _forward(request, services, access, decision, route, target, headers)
@@ -154,6 +160,17 @@ class _WithFirstChunk(web.StreamResponse):
 
 async def _forward(request: web.Request, services: Services, access: AccessRequest, decision: Decision,
                    route: RouteConfig, target: str, headers: list[tuple[str, str]]) -> web.StreamResponse:
+    # The upstream's own spans are children of this one: it covers the exchange until the last byte.
+    with services.tracing.client(UPSTREAM_SPAN) as span:
+        span.set("idgate.route", route.name)
+        services.tracing.inject(headers)
+        response = await _exchange(request, services, access, decision, route, target, headers)
+        span.set("http.response.status_code", response.status)
+        return response
+
+
+async def _exchange(request: web.Request, services: Services, access: AccessRequest, decision: Decision,
+                    route: RouteConfig, target: str, headers: list[tuple[str, str]]) -> web.StreamResponse:
     started = time.perf_counter()
     body = _BodyCounter(request.content, route.max_body_bytes, route.read_timeout)
     status, bytes_out = 502, 0

@@ -22,10 +22,13 @@ from proxy.oidc.claims import identity_from_claims
 from proxy.oidc.issuer import IssuerKeys
 from proxy.oidc.keys import SUPPORTED_ALGORITHMS
 from proxy.oidc.wire import parse_compact_jws
+from proxy.tracing import NO_TRACING, Tracing
 
 # A cached verification is re-done at least this often, so a key the issuer withdrew (or a fix to
 # the checks after a reload) takes effect within minutes even for long-lived tokens.
 CACHE_MAX_TTL = 300.0
+VERIFY_SPAN = "idgate.token.verify"
+CACHE_ATTRIBUTE = "idgate.token.cache"         # hit or miss
 # Header parameters that change how the JWS must be processed (RFC 7515 §4.1.11, RFC 7797): we
 # implement none of them, so a token that needs them is refused rather than half-understood.
 # (jku / x5u / jwk are simply never used to find a key.)
@@ -46,9 +49,11 @@ class TokenVerifier:
     """Verifies bearer tokens for a fixed set of issuers; one instance per process."""
 
     def __init__(self, issuers: Sequence[IssuerConfig], session: aiohttp.ClientSession, metrics: Metrics,
-                 *, cache_size: int = 10000, clock: Callable[[], float] = time.time) -> None:
+                 *, cache_size: int = 10000, clock: Callable[[], float] = time.time,
+                 tracing: Tracing = NO_TRACING) -> None:
         _check_issuers(issuers)
         self._clock = clock
+        self._tracing = tracing
         self._cache: TLRUCache[str, _Cached] = TLRUCache(maxsize=cache_size, ttu=_cached_until, timer=clock)
         self._issuers = {
             cfg.issuer: IssuerKeys(cfg, session, metrics, clock, on_keys_removed=self._cache.clear)
@@ -88,17 +93,20 @@ class TokenVerifier:
 
     async def verify(self, token: str) -> Identity:
         """The Identity of a valid token; AuthenticationError(reason=...) or DependencyError otherwise."""
-        try:
-            cached = self._cache[token]
-        except KeyError:
-            pass
-        else:
-            self._hit.inc()
-            return cached.identity
-        self._miss.inc()
-        identity, until = await self._verify_uncached(token)
-        self._cache[token] = _Cached(identity, until)
-        return identity
+        with self._tracing.span(VERIFY_SPAN) as span:
+            try:
+                cached = self._cache[token]
+            except KeyError:
+                pass
+            else:
+                self._hit.inc()
+                span.set(CACHE_ATTRIBUTE, "hit")
+                return cached.identity
+            self._miss.inc()
+            span.set(CACHE_ATTRIBUTE, "miss")
+            identity, until = await self._verify_uncached(token)
+            self._cache[token] = _Cached(identity, until)
+            return identity
 
     async def _verify_uncached(self, token: str) -> tuple[Identity, float]:
         if len(token) > self._max_token_bytes:

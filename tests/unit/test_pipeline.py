@@ -23,8 +23,9 @@ class Audit:
     def __init__(self) -> None:
         self.records: list[dict[str, Any]] = []
 
-    async def append(self, record: dict[str, Any]) -> None:
+    async def append(self, record: dict[str, Any]) -> int:
         self.records.append(record)
+        return len(self.records)
 
     def append_nowait(self, record: dict[str, Any]) -> None:
         self.records.append(record)

@@ -27,6 +27,7 @@ class Stream:
     refused: int | None = None                  # a gRPC status decided before the handler runs
     task: asyncio.Task[None] | None = None
     pending: memoryview | None = None           # answer DATA waiting for flow-control window
+    metadata: tuple[tuple[bytes, bytes], ...] = ()   # the request headers the handler asked for
 
 
 class Outbox:

@@ -42,8 +42,10 @@ from proxy.transport.h2.outbox import CLOSED, HALF_CLOSED, OPEN, Outbox, Stream
 
 log = logging.getLogger("idgate.grpc")
 
-# gRPC message handler: (request message, peer address) -> response message.  It must not raise.
-Handler = Callable[[bytes, str], Awaitable[bytes]]
+# Request headers the handler asked to see (name, value), in the order received: gRPC metadata.
+Metadata = tuple[tuple[bytes, bytes], ...]
+# gRPC message handler: (request message, peer address, metadata) -> response message.  It must not raise.
+Handler = Callable[[bytes, str, Metadata], Awaitable[bytes]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +59,7 @@ class _Shared:
     admission: Admission
     connections: set[H2GrpcProtocol]
     clock: Clock
+    metadata: frozenset[bytes]          # lower-case header names the handler is given
 
 
 class H2GrpcProtocol(asyncio.Protocol):
@@ -391,6 +394,8 @@ class H2GrpcProtocol(asyncio.Protocol):
         now = self._active_at = self._shared.clock()
         state = Stream(opened=now, recv_window=self._stream_recv_initial, send_window=self._out.initial_window)
         fields = dict(headers)
+        if self._shared.metadata:
+            state.metadata = tuple((name, value) for name, value in headers if name in self._shared.metadata)
         if (fields.get(b":method") != b"POST" or not fields.get(b"content-type", b"").startswith(b"application/grpc")
                 or fields.get(b":path", b"") != self._shared.method_path):
             state.refused = GRPC_UNIMPLEMENTED
@@ -460,7 +465,7 @@ class H2GrpcProtocol(asyncio.Protocol):
             return
         admission = self._shared.admission
         admission.calls += 1
-        task = state.task = asyncio.get_running_loop().create_task(self._call(stream, message))
+        task = state.task = asyncio.get_running_loop().create_task(self._call(stream, message, state.metadata))
         task.add_done_callback(lambda done: self._call_done(stream, done))
 
     def _call_done(self, stream: int, task: asyncio.Task[None]) -> None:
@@ -469,9 +474,9 @@ class H2GrpcProtocol(asyncio.Protocol):
         if state is not None and state.task is task and state.state == CLOSED:
             del self._streams[stream]       # reset while it ran: the slot is free only now
 
-    async def _call(self, stream: int, message: bytes) -> None:
+    async def _call(self, stream: int, message: bytes, metadata: Metadata) -> None:
         try:
-            answer = await self._shared.handler(message, self._peer)
+            answer = await self._shared.handler(message, self._peer, metadata)
         except Exception:   # noqa: BLE001 - the handler should not raise; if it does, the call fails, never allows
             log.exception("gRPC handler failed")
             self._out.respond(stream, None, GRPC_INTERNAL, "internal error")
@@ -495,12 +500,13 @@ class H2GrpcServer:
 
     def __init__(self, handler: Handler, method_path: str, *, max_message_bytes: int, limits: H2Limits = H2Limits(),
                  admit: Callable[[str], bool] | None = None, on_refuse: Callable[[str], None] | None = None,
-                 clock: Clock = time.monotonic) -> None:
+                 clock: Clock = time.monotonic, metadata: frozenset[bytes] = frozenset()) -> None:
         """`admit(peer address)` says whether a peer may connect at all (None: anyone); `on_refuse(reason)`
-        hears of every connection refused or closed for misbehaving (a metric)."""
+        hears of every connection refused or closed for misbehaving (a metric); `metadata` names the request
+        headers (lower case) the handler is given (say, the trace context)."""
         self.refusals = Refusals(clock, limits.report_interval, on_refuse)
         self._shared = _Shared(handler, method_path.encode(), max_message_bytes, limits,
-                               Admission(limits, admit, self.refusals), set(), clock)
+                               Admission(limits, admit, self.refusals), set(), clock, metadata)
         self._server: asyncio.Server | None = None
 
     @property

@@ -75,3 +75,14 @@ def test_groups_header_is_bounded_and_unambiguous():
     many = [f"group-{i:04d}" for i in range(1000)]
     value = groups_header(many, limit=100)
     assert len(value) <= 100 and value.split(",") == many[: len(value.split(","))]
+
+
+def test_trace_context_passes_only_from_a_peer_trusted_for_it():
+    incoming = [("traceparent", "00-1-2-01"), ("TraceState", "a=1"), ("baggage", "user=admin"),
+                ("X-Amzn-Trace-Id", "Root=1"), ("Accept", "*/*")]
+    assert names(clean_request_headers(incoming, trusted_peer=False, keep_authorization=False)) == ["Accept"]
+    assert len(clean_request_headers(incoming, trusted_peer=True, keep_authorization=False)) == 5
+    # tracing.trusted_peers may narrow (or widen) the trusted proxies for trace context alone
+    assert names(clean_request_headers(incoming, trusted_peer=True, trusted_context=False,
+                                       keep_authorization=False)) == ["Accept"]
+    assert len(clean_request_headers(incoming, trusted_peer=False, trusted_context=True, keep_authorization=False)) == 5

@@ -17,6 +17,7 @@ from proxy.edges import credentials
 from proxy.edges._http import REQUEST_ID
 from proxy.core.errors import AccessDenied, BadRequest, DependencyError
 from proxy.services import SERVICES
+from proxy.tracing import NO_TRACING
 
 JWT = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln"
 
@@ -28,7 +29,7 @@ def request_with(path: str, *, peer: str = "127.0.0.1", tls: bool = False, metho
                             tls=TlsConfig(Path("c.pem"), Path("k.pem")) if tls else None)
     config = replace(Config(source=Path("idgate.yaml"), issuers=(), policies_dir=Path(".")), listen=listen)
     app = web.Application()
-    app[SERVICES] = SimpleNamespace(config=config, broker=None)  # type: ignore[misc]
+    app[SERVICES] = SimpleNamespace(config=config, broker=None, tracing=NO_TRACING)  # type: ignore[misc]
     request = make_mocked_request(method, path, headers={"Host": "127.0.0.1", "Authorization": JWT},
                                   app=app, transport=transport)
     request[REQUEST_ID] = "test"

@@ -42,7 +42,7 @@ class Handler:
     hold: bool = True
     stubborn: bool = False       # outlives one cancellation, like a shielded audit write
 
-    async def __call__(self, message: bytes, peer: str) -> bytes:
+    async def __call__(self, message: bytes, peer: str, metadata: object) -> bytes:
         self.calls += 1
         self.running += 1
         try:

@@ -24,12 +24,14 @@ METHOD = "/envoy.service.auth.v3.Authorization/Check"
 @dataclass
 class Recorder:
     calls: list[tuple[bytes, str]] = field(default_factory=list)
+    metadata: list[tuple[tuple[bytes, bytes], ...]] = field(default_factory=list)
     release: asyncio.Event = field(default_factory=asyncio.Event)
     called: asyncio.Event = field(default_factory=asyncio.Event)   # set by the first call
     hold: bool = False
 
-    async def __call__(self, message: bytes, peer: str) -> bytes:
+    async def __call__(self, message: bytes, peer: str, metadata: tuple[tuple[bytes, bytes], ...]) -> bytes:
         self.calls.append((message, peer))
+        self.metadata.append(metadata)
         self.called.set()
         if self.hold:
             await self.release.wait()
@@ -129,6 +131,31 @@ async def test_unary_call(client, server):
     assert headers[":status"] == "200" and headers["content-type"] == "application/grpc"
     assert headers["grpc-status"] == "0" and body == b"echo:hello"
     assert server[1].calls == [(b"hello", "127.0.0.1")]
+
+
+async def test_the_handler_gets_the_metadata_it_asked_for_in_order_and_nothing_else() -> None:
+    recorder = Recorder()
+    h2 = H2GrpcServer(recorder, METHOD, max_message_bytes=1024, metadata=frozenset({b"traceparent", b"tracestate"}))
+    port = await h2.start("127.0.0.1", 0)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        c = Client(reader, writer)
+        block = c.encoder.encode([(":method", "POST"), (":scheme", "http"), (":path", METHOD), (":authority", "idgate"),
+                                  ("content-type", "application/grpc"), ("tracestate", "a=1"), ("x-other", "no"),
+                                  ("traceparent", "one"), ("traceparent", "two")])
+        c.send(PREFACE, _frame(SETTINGS, 0, 0), _frame(HEADERS, END_HEADERS, 1, block),
+               _frame(DATA, END_STREAM, 1, grpc_message(b"m")))
+        await c.response(1)
+        assert recorder.metadata == [((b"tracestate", b"a=1"), (b"traceparent", b"one"), (b"traceparent", b"two"))]
+    finally:
+        writer.close()
+        await h2.stop(1.0)
+
+
+async def test_without_names_the_handler_gets_no_metadata(client, server):
+    client.send(_frame(HEADERS, END_HEADERS, 1, client.headers_block()), _frame(DATA, END_STREAM, 1, grpc_message(b"m")))
+    await client.response(1)
+    assert server[1].metadata == [()]
 
 
 async def test_many_calls_on_one_connection_keep_hpack_in_step(client, server):

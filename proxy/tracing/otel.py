@@ -1,0 +1,245 @@
+"""Tracing on: proxy.tracing.api's calls on OpenTelemetry's SDK (the `otel` extra, imported only when
+configured).  One server span per request, its children (idgate's own work, its calls) below it, sampled
+by trace-id ratio unless a trusted parent says otherwise; a request that is not sampled gets no child spans
+at all, but its audit records still carry its trace and span ids (they join the audit to the logs of every
+hop that saw the trace context, sampled or not)."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import threading
+from contextvars import ContextVar, Token
+from types import TracebackType
+from typing import Any, NamedTuple
+
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SpanExporter
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
+
+import proxy
+from proxy.config import TracingConfig
+from proxy.core import caps
+from proxy.core.errors import IdgateError
+from proxy.core.headers import TrustedProxies
+from proxy.core.model import AccessRequest, Decision, Identity, Surface
+from proxy.metrics import Metrics
+from proxy.tracing.api import Attribute, Carrier, NO_SPAN, Span, Tracing
+from proxy.tracing.attributes import IdentityAttributes, http_method, request_attributes
+from proxy.tracing.export import BoundedBatchProcessor
+from proxy.tracing.propagation import format_traceparent, format_xray, parse_parent
+
+PSEUDONYM_KEY_BYTES = 32
+_EXPORT_DELAY_MILLIS = 1000.0      # a batch leaves at least this often (the SDK's default is 5 s)
+_EXPORT_BATCH = 512
+_CLOSE_GRACE = 5.0                 # at shutdown: flush for at most this long, then drop what is left
+_PROPAGATION = ("traceparent", "tracestate")
+_XRAY = "x-amzn-trace-id"
+
+
+class _Request:
+    """The server span of one request, and what its audit records and children need of it."""
+
+    __slots__ = ("span", "recording", "trace_hex", "span_hex")
+
+    def __init__(self, span: trace.Span) -> None:
+        context = span.get_span_context()
+        self.span = span
+        self.recording = span.is_recording()
+        self.trace_hex = f"{context.trace_id:032x}"
+        self.span_hex = f"{context.span_id:016x}"
+
+
+class _Frame(NamedTuple):
+    span: trace.Span           # the innermost span entered: the parent of the next child
+    request: _Request
+
+
+_current: ContextVar[_Frame | None] = ContextVar("idgate_trace_frame", default=None)
+
+
+def _end(span: trace.Span, exc: BaseException | None) -> None:
+    """Mark a span that an exception left: by idgate's reason code, or by the exception's type alone
+    (a message may quote anything)."""
+    if exc is not None:
+        if isinstance(exc, IdgateError):
+            span.set_attribute("idgate.reason", exc.reason.value)
+            span.set_status(Status(StatusCode.ERROR, exc.reason.value))
+        else:
+            span.set_attribute("error.type", type(exc).__qualname__)
+            span.set_status(Status(StatusCode.ERROR))
+    span.end()
+
+
+class _Entered(Span):
+    """A span of a sampled request, current while entered."""
+
+    __slots__ = ("_frame", "_token")
+
+    def __init__(self, frame: _Frame) -> None:
+        self._frame = frame
+        self._token: Token[_Frame | None] | None = None
+
+    def __enter__(self) -> Span:
+        self._token = _current.set(self._frame)
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        try:
+            _end(self._frame.span, exc)
+        finally:
+            if self._token is not None:
+                _current.reset(self._token)
+
+    def set(self, key: str, value: Attribute) -> None:
+        self._frame.span.set_attribute(key, value)
+
+    def answered(self, status: int) -> None:
+        span = self._frame.span
+        span.set_attribute("http.response.status_code", status)
+        if status >= 500:      # a 4xx is the client's: the server span's status stays unset (HTTP conventions)
+            span.set_attribute("error.type", str(status))
+            span.set_status(Status(StatusCode.ERROR))
+
+
+class OtelTracing(Tracing):
+    enabled = True
+    carrier_names = frozenset(name.encode() for name in _PROPAGATION)
+
+    def __init__(self, config: TracingConfig, peers: TrustedProxies, metrics: Metrics, *,
+                 exporter: SpanExporter | None = None, pseudonym_key: bytes | None = None) -> None:
+        super().__init__(peers)
+        resource = Resource.create({**config.resource_attributes, "service.name": config.service_name})
+        self._provider = TracerProvider(resource=resource, sampler=ParentBased(TraceIdRatioBased(config.sampling_ratio)))
+        if exporter is None:
+            exporter = OTLPSpanExporter(endpoint=config.endpoint, timeout=config.export_timeout)
+        self._processor = BoundedBatchProcessor(exporter, metrics, max_queue_size=config.max_queue_size,
+                                                schedule_delay_millis=_EXPORT_DELAY_MILLIS,
+                                                max_export_batch_size=min(_EXPORT_BATCH, config.max_queue_size))
+        self._provider.add_span_processor(self._processor)
+        self._tracer = self._provider.get_tracer("idgate", proxy.__version__)
+        self._identity = IdentityAttributes(pseudonym_key or secrets.token_bytes(PSEUDONYM_KEY_BYTES),
+                                            export_subject=config.export_enduser_id, max_roles=config.max_roles)
+        self._xray = config.xray_header
+        self._replaced = frozenset(_PROPAGATION + ((_XRAY,) if self._xray else ()))
+
+    # --- spans -------------------------------------------------------------------------------------
+
+    def server(self, surface: Surface, method: str, peer: str, carrier: Carrier, name: str | None = None) -> Span:
+        parent: Context | None = None
+        if peer in self.peers:
+            found = parse_parent(carrier.getall("traceparent", []), carrier.getall("tracestate", []))
+            if found is not None:
+                flags = TraceFlags(TraceFlags.SAMPLED if found.sampled else TraceFlags.DEFAULT)
+                remote = SpanContext(found.trace_id, found.span_id, is_remote=True, trace_flags=flags,
+                                     trace_state=TraceState(list(found.tracestate)))
+                parent = trace.set_span_in_context(NonRecordingSpan(remote))
+        method = http_method(method)
+        span = self._tracer.start_span(name or f"{method} {surface.value}", context=parent, kind=SpanKind.SERVER,
+                                       attributes={"http.request.method": method, "idgate.surface": surface.value,
+                                                   "network.peer.address": peer[:caps.CLIENT_ADDR]})
+        return _Entered(_Frame(span, _Request(span)))
+
+    def span(self, name: str) -> Span:
+        return self._child(name, SpanKind.INTERNAL)
+
+    def client(self, name: str) -> Span:
+        return self._child(name, SpanKind.CLIENT)
+
+    def _child(self, name: str, kind: SpanKind) -> Span:
+        frame = _current.get()
+        if frame is None or not frame.request.recording:
+            return NO_SPAN
+        span = self._tracer.start_span(name, context=trace.set_span_in_context(frame.span), kind=kind)
+        return _Entered(_Frame(span, frame.request))
+
+    # --- what the request span says ----------------------------------------------------------------
+
+    def admitted(self, access: AccessRequest) -> None:
+        frame = _current.get()
+        if frame is not None and frame.request.recording:
+            frame.request.span.set_attributes(request_attributes(access))
+
+    def identified(self, identity: Identity) -> None:
+        frame = _current.get()
+        if frame is not None and frame.request.recording:
+            frame.request.span.set_attributes(self._identity.of(identity.issuer, identity.subject, identity.groups))
+
+    def decided(self, decision: Decision) -> None:
+        attributes: dict[str, Attribute] = {"idgate.decision": "allow" if decision.allowed else "deny"}
+        if decision.reasons:
+            attributes["idgate.reason"] = decision.reasons[0].value
+        if decision.rule_id is not None:
+            attributes["idgate.rule"] = decision.rule_id
+        self._on_request_and_current(attributes)
+
+    def denied(self, reason: str) -> None:
+        self._on_request_and_current({"idgate.decision": "deny", "idgate.reason": reason})
+
+    def recorded(self, seq: int | None) -> None:
+        if seq is not None:
+            self._on_request_and_current({"idgate.audit.seq": seq})
+
+    def _on_request_and_current(self, attributes: dict[str, Attribute]) -> None:
+        frame = _current.get()
+        if frame is None or not frame.request.recording:
+            return
+        frame.request.span.set_attributes(attributes)
+        if frame.span is not frame.request.span:
+            frame.span.set_attributes(attributes)
+
+    # --- what leaves with the request --------------------------------------------------------------
+
+    def stamp(self, record: dict[str, Any]) -> None:
+        frame = _current.get()
+        if frame is not None:
+            record["trace_id"] = frame.request.trace_hex
+            record["span_id"] = frame.request.span_hex
+
+    def inject(self, headers: list[tuple[str, str]]) -> None:
+        frame = _current.get()
+        if frame is None:
+            return
+        context = frame.span.get_span_context()
+        replaced = self._replaced
+        headers[:] = [(name, value) for name, value in headers if name.lower() not in replaced]
+        sampled = context.trace_flags.sampled
+        headers.append(("traceparent", format_traceparent(context.trace_id, context.span_id, sampled)))
+        if context.trace_state:
+            headers.append(("tracestate", context.trace_state.to_header()))
+        if self._xray:
+            headers.append(("X-Amzn-Trace-Id", format_xray(context.trace_id, context.span_id, sampled)))
+
+    async def flush(self) -> None:
+        await asyncio.to_thread(self._processor.force_flush)
+
+    async def close(self) -> None:
+        # The processor's shutdown exports what is queued, to a collector that may be down: on a daemon
+        # thread, waited for a bounded time, so a dead collector cannot hold up idgate's exit.
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+
+        def finished() -> None:
+            if not done.done():
+                done.set_result(None)
+
+        def shut_down() -> None:
+            try:
+                self._provider.shutdown()
+            finally:
+                try:
+                    loop.call_soon_threadsafe(finished)
+                except RuntimeError:
+                    pass        # the loop is gone: nobody waits any more
+
+        threading.Thread(target=shut_down, name="idgate-trace-shutdown", daemon=True).start()
+        try:
+            await asyncio.wait_for(done, _CLOSE_GRACE)
+        except TimeoutError:
+            pass
