@@ -24,6 +24,7 @@ DEPLOY_ENVOY = DEPLOY / "envoy"
 ENV_BINARY = "IDGATE_ENVOY"            # override the binary; default: the one `make test` installs
 READY_TIMEOUT = 20.0
 MODES = ("http", "grpc")
+COLLECTOR_CLUSTER = "otel_collector"    # the shipped configs' OpenTelemetry tracer exports there
 
 
 def envoy_binary() -> Path:
@@ -45,14 +46,25 @@ def _socket(address: dict[str, Any]) -> dict[str, Any]:
     return dict(address["socket_address"])
 
 
-def render(config: dict[str, Any], *, app_port: int, idgate_port: int, ext_authz_timeout: str | None = None) -> dict[str, Any]:
+def render(config: dict[str, Any], *, app_port: int, idgate_port: int, ext_authz_timeout: str | None = None,
+           collector_port: int | None = None) -> dict[str, Any]:
     """The shipped config on loopback: Envoy's listener and admin on port 0 (Envoy picks; the harness asks
-    its admin which), the application and idgate clusters on the given ports.  Nothing else changes."""
+    its admin which), the application, idgate and OTLP collector clusters on the given ports; without a
+    `collector_port` (a test that does not look at traces) the tracer and its cluster are taken out.
+    Nothing else changes."""
     rendered = copy.deepcopy(config)
     rendered["admin"]["address"]["socket_address"] = {"address": HOST, "port_value": 0}
     for listener in rendered["static_resources"]["listeners"]:
         listener["address"]["socket_address"] = {"address": HOST, "port_value": 0}
-    ports = {"app": app_port, "idgate_http": idgate_port, "idgate_grpc": idgate_port}
+    hcm = http_connection_manager(rendered)
+    if collector_port is None:
+        hcm.pop("tracing", None)
+        rendered["static_resources"]["clusters"] = [cluster for cluster in rendered["static_resources"]["clusters"]
+                                                    if cluster["name"] != COLLECTOR_CLUSTER]
+    else:
+        http_uri = hcm["tracing"]["provider"]["typed_config"]["http_service"]["http_uri"]
+        http_uri["uri"] = f"http://{HOST}:{collector_port}/v1/traces"
+    ports = {"app": app_port, "idgate_http": idgate_port, "idgate_grpc": idgate_port, COLLECTOR_CLUSTER: collector_port}
     for cluster in rendered["static_resources"]["clusters"]:
         for group in cluster["load_assignment"]["endpoints"]:
             for endpoint in group["lb_endpoints"]:

@@ -75,9 +75,10 @@ def mode(request: pytest.FixtureRequest) -> str:
 async def make_envoy_stack(tmp_path: Path, mode: str):
     """Factory: issuer, recording upstream, idgate (both ext_authz surfaces, Envoy trusted), and Envoy
     from deploy/envoy/envoy-<mode>.yaml pointed at them.  Keyword arguments go to idgate's config;
-    `envoy_timeout` overrides the ext_authz timeout, `idgate_port` points Envoy elsewhere."""
+    `envoy_timeout` overrides the ext_authz timeout, `idgate_port` points Envoy elsewhere, `collector_port`
+    turns Envoy's OpenTelemetry tracer on (exporting there)."""
     async def factory(*, envoy_timeout: str | None = None, idgate_port: int | None = None,
-                      **config: Any) -> EnvoyStack:
+                      collector_port: int | None = None, **config: Any) -> EnvoyStack:
         issuer = await exits.enter_async_context(local_issuer(AUDIENCE))
         upstream = RecordingUpstream()
         upstream.port = await exits.enter_async_context(serve_app(upstream.app()))
@@ -94,7 +95,7 @@ async def make_envoy_stack(tmp_path: Path, mode: str):
         exits.callback(jwks.release.set)   # runs before idgate stops: nothing may hang its shutdown
         port = idgate_port or (idgate.listeners.grpc_port if mode == "grpc" else idgate.port)
         envoy_config = render(load_deploy_config(mode), app_port=upstream.port, idgate_port=port,
-                              ext_authz_timeout=envoy_timeout)
+                              ext_authz_timeout=envoy_timeout, collector_port=collector_port)
         envoy = await exits.enter_async_context(running_envoy(envoy_config, tmp_path / "envoy"))
         http = await exits.enter_async_context(aiohttp.ClientSession(auto_decompress=False))
         return EnvoyStack(issuer=issuer, upstream=upstream, idgate=idgate, http=http, mode=mode, envoy=envoy, jwks=jwks)

@@ -1,0 +1,58 @@
+"""One trace across Envoy, idgate and the application, with the shipped Envoy configs' OpenTelemetry tracer
+and idgate both exporting to one real OTLP/HTTP receiver: Envoy's spans and idgate's share the trace id,
+idgate's server span is a child of Envoy's ext_authz span, the application receives that trace's
+traceparent, and the audit record names the trace; a denial's span carries its reason."""
+
+from __future__ import annotations
+
+from tests.harness.otlp import OtlpReceiver, ReceivedSpan
+
+SERVER = 2
+IDGATE_SERVER_SPANS = ("GET ext_authz_http", "envoy.service.auth.v3.Authorization/Check")
+
+
+def idgate_server(spans: list[ReceivedSpan]) -> ReceivedSpan:
+    (found,) = [s for s in spans if s.service == "idgate" and s.kind == SERVER]
+    return found
+
+
+def has_both(spans: list[ReceivedSpan]) -> bool:
+    services = {span.service for span in spans}
+    # Envoy ends its ingress span with the response: wait for it and for idgate's server span.
+    return "envoy" in services and any(s.service == "envoy" and s.parent_span_id == "" for s in spans) and \
+        any(s.service == "idgate" and s.kind == SERVER for s in spans)
+
+
+async def traced_envoy_stack(make_envoy_stack, receiver: OtlpReceiver):
+    return await make_envoy_stack(collector_port=receiver.port, tracing={"endpoint": receiver.endpoint})
+
+
+async def test_envoy_idgate_and_the_application_share_one_trace(make_envoy_stack, otlp_receiver, mode):
+    stack = await traced_envoy_stack(make_envoy_stack, otlp_receiver)
+    response = await stack.get("/v1/orders/7", token=stack.etl_token())
+    assert response.status == 200
+    await stack.idgate.settled()
+    [record] = await stack.decisions()
+    await stack.idgate.services.tracing.flush()
+    spans = await otlp_receiver.wait_for_trace(record["trace_id"], has_both, "Envoy's and idgate's spans")
+    ours = idgate_server(spans)
+    assert ours.name in IDGATE_SERVER_SPANS and ours.span_id == record["span_id"]
+    parent = next(s for s in spans if s.span_id == ours.parent_span_id)
+    assert parent.service == "envoy"                 # idgate continued the trace Envoy's ext_authz call carried
+    assert ours.attributes["idgate.rule"] == "etl-read-orders" and ours.attributes["idgate.decision"] == "allow"
+    assert ours.attributes["enduser.pseudo.id"] and "svc-etl-7".encode() not in otlp_receiver.raw()
+    (traceparent,) = stack.upstream.received[-1].header("traceparent")
+    assert traceparent.split("-")[1] == record["trace_id"]       # Envoy's router passed the same trace on
+
+
+async def test_a_denial_through_envoy_carries_its_reason_on_idgates_span(make_envoy_stack, otlp_receiver, mode):
+    stack = await traced_envoy_stack(make_envoy_stack, otlp_receiver)
+    assert (await stack.get("/v1/orders/7", token=stack.web_token())).status == 403
+    await stack.idgate.settled()
+    [record] = await stack.decisions()
+    await stack.idgate.services.tracing.flush()
+    spans = await otlp_receiver.wait_for_trace(record["trace_id"], has_both, "Envoy's and idgate's spans")
+    ours = idgate_server(spans)
+    assert (ours.attributes["idgate.decision"], ours.attributes["idgate.reason"]) == ("deny", record["reasons"][0])
+    assert ours.attributes["http.response.status_code"] == 403
+    assert stack.upstream.received == []
