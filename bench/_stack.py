@@ -172,10 +172,12 @@ class Idgate(ServerUrls):
 def start_idgate(procs: ProcessGroup, workdir: Path, issuer_url: str, upstream_port: int, *,
                  name: str = "idgate", rules: int = 100, audit: dict[str, Any] | None = None,
                  limits: dict[str, Any] | None = None, loop: str = "asyncio", workers: int = 1,
-                 ext_authz: bool = False) -> Idgate:
+                 ext_authz: bool = False, tracing: dict[str, Any] | None = None,
+                 source: Path | None = None) -> Idgate:
     """`idgate serve --loop LOOP --workers N` with audit on, fsync true unless `audit` overrides it, forward
-    auth for loopback and, with `ext_authz`, Envoy's HTTP and gRPC ext_authz surfaces.  Fails unless idgate
-    reports serving on `loop`: a row's label must say what ran."""
+    auth for loopback and, with `ext_authz`, Envoy's HTTP and gRPC ext_authz surfaces; with `tracing`, that
+    `tracing:` section; with `source`, idgate's code from that checkout instead of this one (a build to compare
+    with).  Fails unless idgate reports serving on `loop`: a row's label must say what ran."""
     home = workdir / name
     policies = home / "policies"
     write_policies(policies, issuer_url, rules)
@@ -197,10 +199,14 @@ def start_idgate(procs: ProcessGroup, workdir: Path, issuer_url: str, upstream_p
         "audit": {"path": str(audit_path), "fsync": True, **(audit or {})},
         **({"limits": limits} if limits else {}),
         **({"ext_authz": {"http": {}, "grpc": {"host": HOST, "port": grpc_port}}} if ext_authz else {}),
+        **({"tracing": tracing} if tracing is not None else {}),
     }
     config_path = home / "idgate.yaml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-    proc = procs.start(name, [sys.executable, "-m", "proxy", "serve", "--config", str(config_path),
+    cli = [sys.executable, "-m", "proxy"] if source is None else [
+        sys.executable, "-c", f"import sys; sys.path.insert(0, {str(source)!r}); from proxy.cli import main; "
+                              "sys.exit(main(sys.argv[1:]))"]
+    proc = procs.start(name, [*cli, "serve", "--config", str(config_path),
                               "--log-level", "warning", "--loop", loop, "--workers", str(workers)])
     idgate = Idgate(proc, port, admin_port, audit_path, grpc_port)
     wait_ready(proc, idgate.admin_url + "/readyz")

@@ -38,6 +38,7 @@ BENCHES = (
     Bench("envoy", "bench_envoy", ("--quick",), needs_wrk=True),
     Bench("broker", "bench_broker", ("--quick",), needs_wrk=True),
     Bench("gateway", "bench_gateway", ("--quick",)),
+    Bench("tracing", "bench_tracing", ("--quick",), needs_wrk=True),
     Bench("stream_memory", "bench_stream_memory", ("--quick",)),
     Bench("head_flood", "bench_head_flood", ("--quick",)),
     Bench("jwt", "bench_jwt", ("--quick",)),
@@ -62,6 +63,7 @@ TARGETS = {
     "audit shipping on, reverse proxy": "≥ 0.95 × the req/s with shipping off",                    # issue 11
     "audit shipping on, forward auth": "≥ 0.95 × the req/s with shipping off",
     "audit shipping, sinks down": "≥ 0.95 × the req/s with shipping off",
+    "tracing on at 1 % vs off": "≥ 0.95 × tracing off req/s",                                       # issue 13
 }
 ISSUE_9 = tuple(TARGETS)[:5]
 

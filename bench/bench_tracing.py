@@ -1,0 +1,125 @@
+"""Issue 13's cost of tracing, in one sitting with wrk: idgate's reverse proxy with tracing off, on at 100 %
+sampling and on at 1 %, the spans exported over OTLP/HTTP to a real receiver (oteltest's sink, the tests'
+tests/harness/otlp_receiver.py) on the load core; with --baseline DIR also the same proxy from another
+checkout (the build before tracing), so "off costs nothing" is measured, not assumed.  Each idgate runs alone
+on the server core; targets take turns over rounds; ratios are medians of same-round ratios.  The spans
+idgate exported and dropped go into the JSON (a dropped span is cheaper than an exported one: a row that
+dropped many says less).  Writes bench/results/tracing.json.
+
+Run: .venv/bin/python -m bench.bench_tracing [--quick] [--rounds 3] [--duration 5] [--connections 32]
+                                             [--baseline DIR]
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+from bench._servers import SMALL_BODY
+from bench._sitting import Cores, LoadOptions, LoadTarget, Runs, bench_cores, load_options, pin, ratio_verdict, sitting
+from bench._stack import (
+    PROXY_HOST, PROXY_PATH, Idgate, exit_code, measured_and_written, metric_values, mint_token, server_group,
+    start_echo, start_idgate, start_issuer, workdir,
+)
+from tests.harness.paths import HARNESS
+from tests.harness.processes import HOST, ProcessGroup, free_port
+
+RULES = 100
+OFF, FULL, ONE_PERCENT, BASELINE = ("tracing off", "tracing on, 100 % sampled", "tracing on, 1 % sampled",
+                                    "before tracing (--baseline)")
+SLUGS = {OFF: "idgate-off", FULL: "idgate-full", ONE_PERCENT: "idgate-1pct", BASELINE: "idgate-baseline"}
+SAMPLING = {FULL: 1.0, ONE_PERCENT: 0.01}
+OFF_FLOOR = 0.98          # tracing off: within 2 % of the build before it
+ONE_PERCENT_FLOOR = 0.95  # 1 % sampling: within 5 % of tracing off
+
+
+def _row(name: str) -> str:
+    return f"reverse proxy, {name}"
+
+
+def _start_receiver(procs: ProcessGroup, tmp: Path) -> str:
+    port = free_port()
+    out = tmp / "otlp"
+    out.mkdir()
+    proc = procs.start("otlp-receiver", [sys.executable, str(HARNESS / "otlp_receiver.py"), "--port", str(port),
+                                         "--out", str(out)])
+
+    def accepts() -> bool:
+        with socket.create_connection((HOST, port), timeout=1):
+            return True
+
+    proc.wait_until(accepts, "accepting connections")
+    return f"http://{HOST}:{port}/v1/traces"
+
+
+def _targets(procs: ProcessGroup, tmp: Path, cores: Cores, options: LoadOptions, baseline: Path | None,
+             ) -> tuple[list[LoadTarget], dict[str, Idgate]]:
+    upstream, upstream_port = start_echo(procs, "upstream")
+    _, issuer_url = start_issuer(procs)
+    endpoint = _start_receiver(procs, tmp)
+    auth = {"Host": PROXY_HOST, "Authorization": f"Bearer {mint_token(issuer_url)}"}
+    configs: dict[str, dict[str, Any]] = {
+        OFF: {}, **{name: {"tracing": {"endpoint": endpoint, "sampling_ratio": ratio}} for name, ratio in SAMPLING.items()}}
+    if baseline is not None:
+        configs[BASELINE] = {"source": baseline}
+    targets, idgates = [], {}
+    for name, extra in configs.items():
+        idgate = idgates[name] = start_idgate(procs, tmp, issuer_url, upstream_port, name=SLUGS[name],
+                                              rules=RULES, **extra)
+        pin(idgate.proc.pid, cores.server)
+        targets.append(LoadTarget(_row(name), idgate.url + PROXY_PATH, auth, SMALL_BODY,
+                                  {"idgate": idgate.proc, "upstream": upstream}, options.settings))
+    return targets, idgates
+
+
+def _judge(runs: Runs, baseline: bool) -> dict[str, dict[str, Any]]:
+    judged = {
+        "tracing on at 1 % vs off": ratio_verdict(runs, _row(ONE_PERCENT), _row(OFF),
+                                                  f"≥ {ONE_PERCENT_FLOOR:.2f} × tracing off req/s", ONE_PERCENT_FLOOR),
+        "tracing on at 100 % vs off": ratio_verdict(runs, _row(FULL), _row(OFF)),
+    }
+    if baseline:
+        judged["tracing off vs the build before tracing"] = ratio_verdict(
+            runs, _row(OFF), _row(BASELINE), f"≥ {OFF_FLOOR:.2f} × the build before tracing", OFF_FLOOR)
+    return judged
+
+
+def _spans(idgate: Idgate) -> dict[str, float]:
+    metrics = metric_values(idgate.admin_url)
+    return {name: value for name, value in metrics.items()
+            if name.startswith("idgate_trace_spans") and "_created" not in name}
+
+
+def run(options: LoadOptions, baseline: Path | None) -> dict[str, Any]:
+    cores = bench_cores()
+    with workdir("idgate-bench-tracing-") as tmp:
+        procs = server_group(tmp)
+        try:
+            targets, idgates = _targets(procs, tmp, cores, options, baseline)
+            settings = options.settings
+            print(f"wrk -t{settings.threads} -c{settings.connections} -d{settings.duration}s --latency, "
+                  f"{options.rounds} interleaved round(s); idgate on core(s) {sorted(cores.server)}, wrk, upstream, "
+                  f"issuer and OTLP receiver on {sorted(cores.load)}", flush=True)
+            done = sitting(targets, options, {})
+            return done.result("tracing", options, pinning=cores.describe(), policy_rules=RULES,
+                               baseline=str(baseline) if baseline else None,
+                               spans={name: _spans(idgate) for name, idgate in idgates.items()},
+                               targets=_judge(done.runs, baseline is not None))
+        finally:
+            procs.stop_all()
+
+
+def main() -> int:
+    baseline = None
+    if "--baseline" in sys.argv:      # taken out before the shared load options parse the rest
+        at = sys.argv.index("--baseline")
+        baseline = Path(sys.argv[at + 1]).resolve()
+        del sys.argv[at:at + 2]
+    options = load_options(__doc__)
+    return measured_and_written("tracing", lambda: run(options, baseline))
+
+
+if __name__ == "__main__":
+    sys.exit(exit_code(main))
