@@ -1,13 +1,17 @@
 """A real OTLP/HTTP receiver for the tests, as a process of its own: oteltest's HttpSink (its HTTP handling
 and OTLP decoding, from PyPI), bound to loopback (the sink itself listens on every interface), writing each
 ExportTraceServiceRequest it receives to DIR as <n>.pb, written aside and then renamed so that a reader
-never sees half a file.  The sink reads a body by its Content-Length only; a chunked one is de-chunked first.  Usage: python otlp_receiver.py --port PORT --out DIR"""
+never sees half a file, and printing a line per span (service, trace id, span id, parent, name, attributes).
+The sink reads a body by its Content-Length only; a chunked one is de-chunked first.
+
+Usage: python tests/harness/otlp_receiver.py --port PORT --out DIR"""
 
 from __future__ import annotations
 
 import argparse
 import io
 import itertools
+import json
 import logging
 import os
 from http.server import HTTPServer
@@ -15,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import oteltest.sink
+from google.protobuf.json_format import MessageToDict
 from oteltest.sink.handler import RequestHandler
 
 HOST = "127.0.0.1"
@@ -70,6 +75,14 @@ class _Writer(RequestHandler):
         aside = self._out / f".{number}.tmp"
         aside.write_bytes(request.SerializeToString())
         os.replace(aside, self._out / f"{number:06d}.pb")
+        for resource_spans in request.resource_spans:       # and a line per span, for a person watching
+            service = next((a.value.string_value for a in resource_spans.resource.attributes
+                            if a.key == "service.name"), "")
+            for scope in resource_spans.scope_spans:
+                for span in scope.spans:
+                    attributes = {a.key: MessageToDict(a.value) for a in span.attributes}
+                    print(service, span.trace_id.hex(), span.span_id.hex(), span.parent_span_id.hex() or "-",
+                          span.name, json.dumps(attributes, separators=(",", ":")), flush=True)
 
     def handle_metrics(self, request: Any, headers: Any) -> None:
         pass
