@@ -32,14 +32,7 @@ from proxy.core.model import AccessRequest, Decision, Identity, Surface, Touch
 from proxy.policy.dynamodb import TableGrant, TouchVerdict, authorize as authorize_touches, table_grants
 from proxy.policy.engine import CompiledPolicy
 from proxy.policy.session_policy import RoleChoice, SessionPolicy, choose_role, render_session_policy
-from proxy.tracing import NO_TRACING, Tracing
-
-# Child spans of a request's server span (proxy.tracing); token verification's is the verifier's own.
-AUTHORIZE_SPAN = "idgate.authorize"
-AUDIT_SPAN = "idgate.audit.append"
-STS_SPAN = "idgate.sts"
-GATEWAY_AUTHENTICATE_SPAN = "idgate.authenticate"
-KEY_SCHEMA_SPAN = "idgate.dynamodb.key_schema"
+from proxy.tracing import NO_TRACING, SpanName, Tracing
 
 
 class TokenVerifier(Protocol):
@@ -107,7 +100,7 @@ class Pipeline:
                 raise AuthenticationError("a bearer token is required", reason=Reason.MISSING_TOKEN)
             identity = await self._verifier.verify(token)
             tracing.identified(identity)
-            with tracing.span(AUTHORIZE_SPAN):
+            with tracing.span(SpanName.AUTHORIZE):
                 decision = self._policy.current.decide_http(identity, request.method, request.host, request.path)
                 tracing.decided(decision)
         except IdgateError as err:
@@ -138,7 +131,7 @@ class Pipeline:
                 raise AuthenticationError("a bearer token is required", reason=Reason.MISSING_TOKEN)
             identity = await self._verifier.verify(token)
             tracing.identified(identity)
-            with tracing.span(AUTHORIZE_SPAN):
+            with tracing.span(SpanName.AUTHORIZE):
                 compiled = self._policy.current
                 plan = self._aws_plans.get((token, role))
                 if plan is not None and plan.compiled is compiled:
@@ -153,7 +146,7 @@ class Pipeline:
                                           reason=Reason.BROKER_UNAVAILABLE)
                 vended = gateway.vend(identity, choice, policy, compiled.aws_reads)
             else:
-                with tracing.client(STS_SPAN) as span:
+                with tracing.client(SpanName.STS) as span:
                     vended = await broker.credentials(identity, token, choice, policy)
                     span.set("idgate.credentials.source", vended.source)
         except IdgateError as err:
@@ -178,15 +171,15 @@ class Pipeline:
         tracing = self._tracing
         draft = _GatewayDraft(target=next((v for k, v in head.headers if k.lower() == "x-amz-target"), ""))
         try:
-            with tracing.span(GATEWAY_AUTHENTICATE_SPAN):
+            with tracing.span(SpanName.AUTHENTICATE):
                 caller, credential = gateway.authenticate(head)
             draft.caller = caller
             tracing.identified(caller.identity)
             body = draft.body = await read_body()
             signed = dataclasses.replace(head, body=body)
-            with tracing.span(GATEWAY_AUTHENTICATE_SPAN):
+            with tracing.span(SpanName.AUTHENTICATE):
                 gateway.verify_body(caller, credential, signed)
-            with tracing.span(AUTHORIZE_SPAN):
+            with tracing.span(SpanName.AUTHORIZE):
                 operation = calls.operation(draft.target)
                 plan = self._gateway_plan(caller, gateway.region)
                 draft.choice, draft.policy = plan.choice, plan.policy
@@ -195,9 +188,9 @@ class Pipeline:
                 if not all(any(g.table == table for g in grants) for table in call.tables):
                     # Before DescribeTable: a table no rule names is denied without idgate touching it.
                     raise AccessDenied("no rule grants access to this table", reason=Reason.ACTION_NOT_GRANTED)
-                with tracing.client(STS_SPAN):
+                with tracing.client(SpanName.STS):
                     credentials = await gateway.upstream_credentials(caller, choice, policy)
-                with tracing.client(KEY_SCHEMA_SPAN):
+                with tracing.client(SpanName.KEY_SCHEMA):
                     schemas = await gateway.key_schemas(namer, call.tables, credentials)
                 touches = draft.touches = await gateway.touches(call, schemas, namer, len(body))
                 verdict = draft.verdict = authorize_touches(touches, grants)
@@ -225,7 +218,7 @@ class Pipeline:
         """Append a decision record and wait until it is durable, its seq and the fsync wait on the trace."""
         tracing = self._tracing
         tracing.stamp(record)
-        with tracing.span(AUDIT_SPAN):
+        with tracing.span(SpanName.AUDIT_APPEND):
             tracing.recorded(await self._audit.append(record))
 
     def _gateway_plan(self, caller: Caller, region: str) -> _GatewayPlan:

@@ -25,12 +25,12 @@ from proxy.edges._admission import Gate, TokenForm, admit
 from proxy.edges._http import continue_if_expected, received
 from proxy.pipeline import GatewayCall
 from proxy.services import SERVICES, Services
+from proxy.tracing import SpanName
 
 SURFACE = Surface.DYNAMODB
 GATE = Gate(SURFACE, token_form=TokenForm.SIGV4, methods=frozenset({"POST"}))
 _THROTTLED = frozenset({"ProvisionedThroughputExceededException", "ThrottlingException", "RequestLimitExceeded"})
 _SCHEMA_MISMATCH = "key element does not match the schema"
-DYNAMODB_SPAN = "idgate.dynamodb"
 
 
 async def handle(request: web.Request) -> web.Response:
@@ -68,7 +68,7 @@ async def _forward(services: Services, gateway: DynamoDbGateway, access: AccessR
     operation = call.call.operation
     metrics = services.metrics
     try:
-        with services.tracing.client(DYNAMODB_SPAN) as span:
+        with services.tracing.client(SpanName.DYNAMODB) as span:
             # AWS's own conventions; the operation is a known one (the call was decoded).
             span.set("rpc.system", "aws-api")
             span.set("rpc.service", "DynamoDB")

@@ -22,11 +22,11 @@ from proxy.edges._http import RESPONSE_STARTED, continue_if_expected, identity_h
 from proxy.edges._routes import RouteSlots, RouteTable
 from proxy.edges._websocket import relay
 from proxy.services import SERVICES, Services
+from proxy.tracing import SpanName
 from proxy.transport import http1
 
 SURFACE = Surface.PROXY
 GATE = Gate(SURFACE)
-UPSTREAM_SPAN = "idgate.upstream"
 
 CHUNK = 64 * 1024
 ROUTES: web.AppKey[RouteTable] = web.AppKey("idgate_routes", RouteTable)
@@ -136,7 +136,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
         async with request.app[SLOTS].hold(route, (decision.identity.issuer, decision.identity.subject)):
             if websocket:
                 url = URL(route.upstream.rstrip("/") + target, encoded=True)
-                with services.tracing.client(UPSTREAM_SPAN) as span:
+                with services.tracing.client(SpanName.UPSTREAM) as span:
                     span.set("idgate.route", route.name)
                     services.tracing.inject(headers)
                     return await relay(request, services, access, decision, url, headers, route)
@@ -161,7 +161,7 @@ class _WithFirstChunk(web.StreamResponse):
 async def _forward(request: web.Request, services: Services, access: AccessRequest, decision: Decision,
                    route: RouteConfig, target: str, headers: list[tuple[str, str]]) -> web.StreamResponse:
     # The upstream's own spans are children of this one: it covers the exchange until the last byte.
-    with services.tracing.client(UPSTREAM_SPAN) as span:
+    with services.tracing.client(SpanName.UPSTREAM) as span:
         span.set("idgate.route", route.name)
         services.tracing.inject(headers)
         response = await _exchange(request, services, access, decision, route, target, headers)

@@ -22,12 +22,11 @@ from proxy.oidc.claims import identity_from_claims
 from proxy.oidc.issuer import IssuerKeys
 from proxy.oidc.keys import SUPPORTED_ALGORITHMS
 from proxy.oidc.wire import parse_compact_jws
-from proxy.tracing import NO_TRACING, Tracing
+from proxy.tracing import NO_TRACING, SpanName, Tracing
 
 # A cached verification is re-done at least this often, so a key the issuer withdrew (or a fix to
 # the checks after a reload) takes effect within minutes even for long-lived tokens.
 CACHE_MAX_TTL = 300.0
-VERIFY_SPAN = "idgate.token.verify"
 CACHE_ATTRIBUTE = "idgate.token.cache"         # hit or miss
 # Header parameters that change how the JWS must be processed (RFC 7515 §4.1.11, RFC 7797): we
 # implement none of them, so a token that needs them is refused rather than half-understood.
@@ -93,7 +92,7 @@ class TokenVerifier:
 
     async def verify(self, token: str) -> Identity:
         """The Identity of a valid token; AuthenticationError(reason=...) or DependencyError otherwise."""
-        with self._tracing.span(VERIFY_SPAN) as span:
+        with self._tracing.span(SpanName.TOKEN_VERIFY) as span:
             try:
                 cached = self._cache[token]
             except KeyError:

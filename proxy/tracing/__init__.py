@@ -11,11 +11,12 @@ from proxy.config import TracingConfig
 from proxy.core.headers import TrustedProxies
 from proxy.metrics import Metrics
 from proxy.tracing.api import NO_SPAN, Carrier, Span, Tracing
+from proxy.tracing.names import SpanName
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace.export import SpanExporter
 
-__all__ = ["NO_SPAN", "NO_TRACING", "Carrier", "Span", "Tracing", "start_tracing"]
+__all__ = ["NO_SPAN", "NO_TRACING", "Carrier", "Span", "SpanName", "Tracing", "start_tracing"]
 
 NO_TRACING = Tracing(TrustedProxies(()))
 
