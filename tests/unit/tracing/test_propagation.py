@@ -52,3 +52,14 @@ def test_the_headers_written_upstream() -> None:
     assert format_traceparent(1, 2, False) == f"00-{1:032x}-{2:016x}-00"
     assert format_xray(int(TRACE, 16), int(SPAN, 16), False) == \
         f"Root=1-{TRACE[:8]}-{TRACE[8:]};Parent={SPAN};Sampled=0"
+
+
+def test_tracestate_at_the_limit_is_kept_and_one_over_is_dropped() -> None:
+    first, second = "a=" + "x" * 254, "b=" + "y" * 253
+    assert len(first + "," + second) == MAX_TRACESTATE_CHARS
+    assert parse_tracestate([first, second]) == (("a", "x" * 254), ("b", "y" * 253))
+    assert parse_tracestate([first, second + "y"]) == ()
+    members = [f"k{i:02d}=" + "v" * 10 for i in range(32)]          # 32 members, 14 chars each, 479 with commas
+    assert len(parse_tracestate([",".join(members)])) == 32
+    assert len(parse_tracestate(members)) == 32                      # the same, one header each
+    assert parse_tracestate(members + ["x" * 40]) == ()              # the headers together over 512
