@@ -5,6 +5,7 @@ trace context believed from trusted peers only; a dead collector costs requests 
 
 from __future__ import annotations
 
+import asyncio
 import re
 import secrets
 from typing import Any
@@ -227,3 +228,16 @@ async def test_without_a_tracing_section_audit_records_carry_no_trace_ids(stack)
     record = (await stack.decisions())[-1]
     assert "trace_id" not in record and "span_id" not in record
     assert stack.upstream.received[-1].header("traceparent") == []      # a stranger's, with tracing off too
+
+
+async def test_a_websocket_upgrade_is_traced_and_the_upstream_gets_its_traceparent(make_stack, otlp_receiver):
+    stack = await traced_stack(make_stack, otlp_receiver, orders_route={"websocket": True})
+    async with stack.http.ws_connect(stack.idgate.url + "/v1/orders/stream", headers={
+            "Host": "orders.internal", "Authorization": f"Bearer {stack.etl_token()}", "baggage": "user.id=admin"}) as ws:
+        await ws.send_str("hi")
+        assert (await asyncio.wait_for(ws.receive(), timeout=5)).data == "echo:hi"
+    record, spans = await request_trace(stack, otlp_receiver, event="outcome", names=("idgate.upstream",))
+    received = stack.upstream.received[-1]
+    (traceparent,) = received.header("traceparent")
+    assert traceparent == f"00-{record['trace_id']}-{named(spans, 'idgate.upstream').span_id}-01"
+    assert received.header("baggage") == []
