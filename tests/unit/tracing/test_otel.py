@@ -142,3 +142,31 @@ async def test_a_failed_export_is_counted() -> None:
     await traced.flush()
     assert metrics.trace_spans_dropped.labels("export_failed")._value.get() == 1
     await traced.close()
+
+
+async def test_a_trusted_parent_that_is_not_sampled_keeps_its_trace_and_state_but_nothing_is_recorded() -> None:
+    exporter = InMemorySpanExporter()
+    traced, _ = tracing(exporter)                       # sampling_ratio 1.0: the parent's flag still decides
+    record: dict[str, object] = {}
+    headers: list[tuple[str, str]] = []
+    with traced.server(Surface.PROXY, "GET", "10.1.2.3", carrier(traceparent=f"00-{TRACE}-{SPAN}-00",
+                                                                 tracestate="v=1,w=2")):
+        assert traced.client("idgate.upstream") is NO_SPAN
+        traced.stamp(record)
+        traced.inject(headers)
+    await traced.flush()
+    assert exporter.get_finished_spans() == ()
+    assert record["trace_id"] == TRACE and record["span_id"] != SPAN
+    assert headers == [("traceparent", f"00-{TRACE}-{record['span_id']}-00"), ("tracestate", "v=1,w=2")]
+    await traced.close()
+
+
+async def test_a_trusted_sampled_parent_is_recorded_whatever_the_ratio() -> None:
+    exporter = InMemorySpanExporter()
+    traced, _ = tracing(exporter, sampling_ratio=0.0)
+    with traced.server(Surface.PROXY, "GET", "10.1.2.3", carrier(traceparent=f"00-{TRACE}-{SPAN}-01")):
+        with traced.span("idgate.authorize"):
+            pass
+    await traced.flush()
+    assert {span.name for span in exporter.get_finished_spans()} == {"GET proxy", "idgate.authorize"}
+    await traced.close()
