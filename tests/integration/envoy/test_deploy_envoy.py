@@ -74,7 +74,7 @@ def test_shipped_config_strips_client_identity_headers_on_every_route(mode):
     assert all(m.pop("ignore_case") is True for m in removed)
     assert removed == [{"prefix": "x-idgate-"}, {"prefix": "x-auth-request-"}] + [{"exact": name} for name in (
         "x-forwarded-user", "x-forwarded-email", "x-forwarded-groups", "x-forwarded-preferred-username",
-        "x-remote-user", "remote-user")]
+        "x-remote-user", "remote-user", "baggage")]
     [virtual_host] = hcm["route_config"]["virtual_hosts"]
     for scope in [hcm["route_config"], virtual_host, *virtual_host["routes"]]:
         assert strip["name"] not in scope.get("typed_per_filter_config", {})

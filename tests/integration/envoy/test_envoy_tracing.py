@@ -29,7 +29,7 @@ async def traced_envoy_stack(make_envoy_stack, receiver: OtlpReceiver):
 
 async def test_envoy_idgate_and_the_application_share_one_trace(make_envoy_stack, otlp_receiver, mode):
     stack = await traced_envoy_stack(make_envoy_stack, otlp_receiver)
-    response = await stack.get("/v1/orders/7", token=stack.etl_token())
+    response = await stack.get("/v1/orders/7", token=stack.etl_token(), headers={"baggage": "user.id=admin"})
     assert response.status == 200
     await stack.idgate.settled()
     [record] = await stack.decisions()
@@ -43,6 +43,7 @@ async def test_envoy_idgate_and_the_application_share_one_trace(make_envoy_stack
     assert ours.attributes["enduser.pseudo.id"] and "svc-etl-7".encode() not in otlp_receiver.raw()
     (traceparent,) = stack.upstream.received[-1].header("traceparent")
     assert traceparent.split("-")[1] == record["trace_id"]       # Envoy's router passed the same trace on
+    assert stack.upstream.received[-1].header("baggage") == []   # a client's baggage stops at Envoy
 
 
 async def test_a_denial_through_envoy_carries_its_reason_on_idgates_span(make_envoy_stack, otlp_receiver, mode):
