@@ -4,10 +4,11 @@ tests/harness/otlp_receiver.py) on the load core; with --baseline DIR also the s
 checkout (the build before tracing), so "off costs nothing" is measured, not assumed.  Each idgate runs alone
 on the server core; targets take turns over rounds; ratios are medians of same-round ratios.  The spans
 idgate exported and dropped go into the JSON (a dropped span is cheaper than an exported one: a row that
-dropped many says less).  Writes bench/results/tracing.json.
+dropped many says less), and then, in process, what tracing's calls cost one request (bench/_tracing_cost.py:
+a shared machine's wrk figures cannot resolve a few µs).  Writes bench/results/tracing.json.
 
 Run: .venv/bin/python -m bench.bench_tracing [--quick] [--rounds 3] [--duration 5] [--connections 32]
-                                             [--baseline DIR]
+                                             [--no-profile] [--baseline DIR]
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from bench._servers import SMALL_BODY
+from bench._tracing_cost import tracing_cost
 from bench._sitting import Cores, LoadOptions, LoadTarget, Runs, bench_cores, load_options, pin, ratio_verdict, sitting
 from bench._stack import (
     PROXY_HOST, PROXY_PATH, Idgate, exit_code, measured_and_written, metric_values, mint_token, server_group,
@@ -102,8 +104,12 @@ def run(options: LoadOptions, baseline: Path | None) -> dict[str, Any]:
             print(f"wrk -t{settings.threads} -c{settings.connections} -d{settings.duration}s --latency, "
                   f"{options.rounds} interleaved round(s); idgate on core(s) {sorted(cores.server)}, wrk, upstream, "
                   f"issuer and OTLP receiver on {sorted(cores.load)}", flush=True)
-            done = sitting(targets, options, {})
-            return done.result("tracing", options, pinning=cores.describe(), policy_rules=RULES,
+            # Where tracing's CPU goes, apart from the measured runs: a py-spy profile per tracing row.
+            done = sitting(targets, options, {_row(name): idgates[name].proc.pid for name in (OFF, FULL, ONE_PERCENT)})
+            cost = tracing_cost()
+            for name, value in cost.items():
+                print(f"  {name:<58} {value:>8.2f}", flush=True)
+            return done.result("tracing", options, pinning=cores.describe(), policy_rules=RULES, in_process=cost,
                                baseline=str(baseline) if baseline else None,
                                spans={name: _spans(idgate) for name, idgate in idgates.items()},
                                targets=_judge(done.runs, baseline is not None))
