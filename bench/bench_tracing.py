@@ -62,10 +62,12 @@ def _targets(procs: ProcessGroup, tmp: Path, cores: Cores, options: LoadOptions,
     _, issuer_url = start_issuer(procs)
     endpoint = _start_receiver(procs, tmp)
     auth = {"Host": PROXY_HOST, "Authorization": f"Bearer {mint_token(issuer_url)}"}
-    configs: dict[str, dict[str, Any]] = {
-        OFF: {}, **{name: {"tracing": {"endpoint": endpoint, "sampling_ratio": ratio}} for name, ratio in SAMPLING.items()}}
-    if baseline is not None:
-        configs[BASELINE] = {"source": baseline}
+    # The order of each round: the baseline and tracing off side by side, 100 % last (the receiver then has
+    # until the next round to take in its spans).
+    configs: dict[str, dict[str, Any]] = {BASELINE: {"source": baseline}} if baseline is not None else {}
+    configs[OFF] = {}
+    configs.update({name: {"tracing": {"endpoint": endpoint, "sampling_ratio": ratio}}
+                    for name, ratio in sorted(SAMPLING.items(), key=lambda item: item[1])})
     targets, idgates = [], {}
     for name, extra in configs.items():
         idgate = idgates[name] = start_idgate(procs, tmp, issuer_url, upstream_port, name=SLUGS[name],
