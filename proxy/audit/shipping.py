@@ -176,7 +176,7 @@ class Shipper:
     async def _round(self, *, final: bool) -> bool:
         """Ship, anchor and store anchors once; whether there is more to do right away."""
         durable = self._audit.durable
-        if not self._prepared and not await self._prepare():
+        if self._sinks is None and not await self._build_sinks():
             return False
         more = False
         # Each step on its own: a bug or a surprise in one sink's step fails that sink (with backoff),
@@ -201,21 +201,35 @@ class Shipper:
             self._failed(sink, ShipError("InternalError", repr(exc)[:200]))
             return False
 
-    async def _prepare(self) -> bool:
+    async def _build_sinks(self) -> bool:
+        """The AWS clients, once (building them costs tens of milliseconds); retried with backoff."""
+        if not any(self._may_try(sink) for sink in self._all_sinks()):
+            return False
         try:
-            sinks = await self._run_on_thread(lambda: self._make_sinks(self._config, self._region))
-            if sinks.cloudwatch is not None:
-                await self._run_on_thread(sinks.cloudwatch.prepare)
+            self._sinks = await self._run_on_thread(lambda: self._make_sinks(self._config, self._region))
         except ShipError as exc:
             for sink in self._all_sinks():
                 self._failed(sink, exc)
             return False
-        self._sinks, self._prepared = sinks, True
+        return True
+
+    async def _prepare_cloudwatch(self, sink: _Sink) -> bool:
+        """The log group and streams, before the first call and after one went missing; a failure
+        backs off like any other (and never holds S3 or the anchors)."""
+        if self._prepared:
+            return True
+        assert self._sinks is not None and self._sinks.cloudwatch is not None
+        try:
+            await self._run_on_thread(self._sinks.cloudwatch.prepare)
+        except ShipError as exc:
+            self._failed(sink, exc)
+            return False
+        self._prepared = True
         return True
 
     async def _ship_records(self, sink: _Sink, durable: ChainState) -> bool:
         self._note_lag(sink, durable.seq - sink.seq)
-        if not self._may_try(sink) or sink.seq >= durable.seq:
+        if not self._may_try(sink) or sink.seq >= durable.seq or not await self._prepare_cloudwatch(sink):
             return False
         assert self._sinks is not None and self._sinks.cloudwatch is not None
         cloudwatch = self._sinks.cloudwatch
@@ -320,6 +334,8 @@ class Shipper:
         assert self._sinks is not None
         for sink, store in ((self._cw, self._sinks.cloudwatch), (self._s3, self._sinks.s3)):
             if sink is None or store is None or not self._may_try(sink):
+                continue
+            if isinstance(store, CloudWatchSink) and not await self._prepare_cloudwatch(sink):
                 continue
             for anchor in [a for a in self._pending if sink.anchor is None or a.number > sink.anchor.number]:
                 try:
