@@ -38,13 +38,20 @@ $(VENV)/.demo: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[demo,fast]'
 	touch $@ $(VENV)/.runtime
 
+# xds-protos (the envoy extra) ships an old copy of OpenTelemetry's protos in the same files as
+# opentelemetry-proto; whichever pip installs last wins, and the OTLP exporter needs opentelemetry-proto's.
+OTEL_PROTO_WINS = $(BIN)/pip install -q --force-reinstall --no-deps \
+	"opentelemetry-proto==$$($(BIN)/python -c 'import importlib.metadata as m; print(m.version("opentelemetry-proto"))')"
+
 $(VENV)/.test: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[test]'
+	$(OTEL_PROTO_WINS)
 	touch $@ $(VENV)/.runtime
 
 # `make bench`: the test extra (the benchmarks reuse the tests' harness), uvloop and py-spy.
 $(VENV)/.bench: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[test,fast,bench]'
+	$(OTEL_PROTO_WINS)
 	touch $@ $(VENV)/.test $(VENV)/.runtime
 
 $(ENVOY_STAMP):
