@@ -112,6 +112,17 @@ class AuditLog:
     def path(self) -> Path:
         return self._sink.path
 
+    async def rotate(self) -> None:
+        """Rotate the live segment after what is queued, when it holds a record (the shipper, before a clean
+        stop, so that S3 gets every record)."""
+        if self._thread is None or self._closing or not self._sink.holds_records():
+            return
+        if self._busy:
+            self._rotate_due = True          # the batch in flight rotates when it comes back
+        else:
+            self._rotation_timer_fired()
+        await self.flush()
+
     def guard_retention(self, may_delete: Callable[[Path], bool]) -> None:
         """Retention deletes a rotated segment only when `may_delete` says so (audit shipping: once it is
         shipped and anchored); called on the file thread."""

@@ -128,6 +128,8 @@ class Shipper:
         self._closing = True
         self._wake.set()
         done, _ = await asyncio.wait({self._task}, timeout=CLOSE_TIMEOUT)
+        if self._s3 is not None and done:
+            await self._audit.rotate()        # the live segment too: after a clean stop S3 holds every record
         await self._audit.close()
         if not done:
             # A sink call that never ends (an endpoint that drips its answer): leave it to its thread.

@@ -133,6 +133,9 @@ class SegmentSink:
     def path(self) -> Path:
         return self._path
 
+    def holds_records(self) -> bool:
+        return self._good is not None and self._good.size > 0
+
     def needs_rotation(self) -> bool:
         return self._good is not None and self._good.size > self._rotate_bytes
 

@@ -96,3 +96,19 @@ async def test_a_field_that_would_sort_after_ts_is_refused(tmp_path: Path) -> No
         await log.close()
     (line,) = (tmp_path / "audit.jsonl").read_bytes().splitlines()
     assert line_ts(line) == json.loads(line)["ts"]
+
+
+async def test_rotate_now_rotates_a_segment_with_records_and_never_an_empty_one(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    log = make_log(path, instance="web-1")
+    heard: list[ChainState] = []
+    log.on_rotation(heard.append)
+    await log.open()
+    await log.rotate()                        # nothing written yet: no empty segment for S3 to refuse
+    assert segment_files(path) == [path] and heard == []
+    await log.append({"event": "decision"})
+    await log.rotate()
+    assert [s.seq for s in heard] == [1] and len(segment_files(path)) == 2
+    await log.rotate()                        # the fresh live segment is empty again
+    assert len(segment_files(path)) == 2
+    await log.close()
