@@ -12,7 +12,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
@@ -211,6 +211,15 @@ async def eventually(condition: Callable[[], bool], what: str, timeout: float = 
     failing after `timeout`: the async counterpart of ServerProcess.wait_until."""
     deadline = time.monotonic() + timeout
     while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not {what} within {timeout}s")
+        await asyncio.sleep(POLL_INTERVAL)   # polling a condition, bounded by the deadline
+
+
+async def eventually_true(condition: Callable[[], Awaitable[bool]], what: str, timeout: float = 15.0) -> None:
+    """`eventually` for a condition that must itself await (an HTTP probe)."""
+    deadline = time.monotonic() + timeout
+    while not await condition():
         if time.monotonic() > deadline:
             raise AssertionError(f"not {what} within {timeout}s")
         await asyncio.sleep(POLL_INTERVAL)   # polling a condition, bounded by the deadline

@@ -14,7 +14,7 @@ from botocore.exceptions import ClientError
 
 from proxy.audit import segment_files, verify_files
 from tests.harness.moto import MotoServer
-from tests.harness.processes import eventually
+from tests.harness.processes import eventually, eventually_true
 from tests.harness.shipping import BUCKET, ShippingTarget, write_anchor_key, write_rotated_segment
 from tests.harness.stack import Stack
 
@@ -73,26 +73,18 @@ async def test_a_cloudwatch_outage_never_holds_a_request_and_shipping_catches_up
             status, body = await readiness(stack)
             return status == 503 and body["checks"]["audit_shipping"] is False
 
-        await eventually_async(behind, "/readyz not ready while shipping is behind")
+        await eventually_true(behind, "/readyz not ready while shipping is behind")
         _, body = await readiness(stack)
         assert body["audit_shipping"]["cloudwatch"]["lag_records"] == durable - before
         moto.start()                                # the same port, no state: the group and streams are gone
         await eventually(lambda: len(target.messages("node-1")) >= durable - before, "shipping caught up", timeout=30)
         shipped = target.records("node-1")
         assert [r["seq"] for r in shipped] == list(range(before + 1, durable + 1))
-        await eventually_async(lambda: _ready(stack), "/readyz ready again")
+        await eventually_true(lambda: _ready(stack), "/readyz ready again")
 
 
 async def _ready(stack: Stack) -> bool:
     return (await readiness(stack))[0] == 200
-
-
-async def eventually_async(condition: Any, what: str, timeout: float = 15.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await condition():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"not {what} within {timeout}s")
-        await asyncio.sleep(0.05)                   # polling a condition, bounded by the deadline
 
 
 async def test_shipped_objects_are_locked_and_never_overwritten(make_stack: Any, shipping_target: ShippingTarget,

@@ -18,7 +18,7 @@ import aiohttp
 from proxy.audit import segment_files, verify_files
 from tests.harness.moto import REGION, TEST_KEYS
 from tests.harness.paths import REPO
-from tests.harness.processes import HOST, free_port
+from tests.harness.processes import HOST, POLL_INTERVAL, free_port
 from tests.harness.servers import local_issuer, write_config
 from tests.harness.relay import holding_relay
 from tests.harness.shipping import LOG_GROUP, ShippingTarget, prewrite_chain
@@ -51,7 +51,7 @@ async def wait_for(condition: Callable[[], bool], what: str, process: asyncio.su
     while not condition():
         assert process is None or process.returncode is None, f"idgate exited before {what}"
         assert time.monotonic() < deadline, f"not {what} within {DEADLINE}s"
-        await asyncio.sleep(0.005)               # polling a file another process writes, bounded by the deadline
+        await asyncio.sleep(POLL_INTERVAL)       # polling a file another process writes, bounded by the deadline
 
 
 async def start_idgate(config: Path, log: Path, env: dict[str, str]) -> asyncio.subprocess.Process:
