@@ -12,8 +12,8 @@ Each round, on the shipper's own thread:
   anchors     every anchors.interval while records keep coming, after each rotation and at shutdown,
               sign the last durable record; append it to the local anchors file, then store it in
               every sink (S3 object, CloudWatch stream `<instance>.anchors`).
-A sink that fails backs off (exponential, with jitter, at most MAX_BACKOFF) and resumes where its
-checkpoint says.  A broken local chain, or other bytes under a name already shipped, halts that sink:
+A sink that fails backs off (exponential, with jitter, at most a minute: ship_progress.py) and resumes
+where its checkpoint says.  A broken local chain, or other bytes under a name already shipped, halts that sink:
 it is logged, counted (idgate_audit_ship_halted) and retention keeps every segment it has not shipped.
 
 Retention deletes a rotated segment only once every sink holds it and an anchor stored in every sink
@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -40,7 +39,8 @@ from proxy.audit.cloudwatch import CloudWatchSink, Rejected, plan_batches
 from proxy.audit.file_thread import FileThread
 from proxy.audit.log import AuditLog
 from proxy.audit.s3_sink import S3Sink, check_segment
-from proxy.audit.ship_state import ShipState, StoredAnchor, load_ship_state
+from proxy.audit.ship_progress import SinkProgress, loop_time
+from proxy.audit.ship_state import ShipState, load_ship_state
 from proxy.audit.sink_clients import Sinks, build_sinks
 from proxy.audit.sink import segment_files
 from proxy.audit.state import StateError, append_line, write_state
@@ -54,22 +54,7 @@ T = TypeVar("T")
 
 MAX_ROUND_RECORDS = 10_000
 MAX_ROUND_BYTES = 4 << 20
-MAX_BACKOFF = 60.0
 CLOSE_TIMEOUT = 10.0                 # shutdown waits at most this long for the last shipment
-
-
-@dataclass(slots=True)
-class _Sink:
-    """What the shipper tracks of one sink between rounds (on the loop)."""
-
-    name: str
-    seq: int = 0                     # the last record it holds
-    anchor: StoredAnchor | None = None   # the newest anchor it holds
-    retry_at: float = 0.0            # loop time: no call before this
-    failures: int = 0
-    halted: str | None = None
-    behind_since: float | None = None
-    lag_records: int = 0
 
 
 SinkFactory = Callable[[AuditConfig, str], Sinks]
@@ -87,8 +72,8 @@ class Shipper:
         self._tail = ChainTail(config.path)
         self._sinks: Sinks | None = None
         self._prepared = False
-        self._cw = _Sink("cloudwatch") if self._shipping.cloudwatch is not None else None
-        self._s3 = _Sink("s3") if self._shipping.s3 is not None else None
+        self._cw = SinkProgress("cloudwatch") if self._shipping.cloudwatch is not None else None
+        self._s3 = SinkProgress("s3") if self._shipping.s3 is not None else None
         self._state = ShipState()
         self._pending: list[Anchor] = []          # signed, not yet in every sink
         self._refused: list[tuple[int, int]] = []   # seq ranges CloudWatch refused for good (the gap ledger)
@@ -195,27 +180,27 @@ class Shipper:
         self._report_lag(durable)
         return more
 
-    async def _guarded(self, sink: _Sink, step: Coroutine[Any, Any, bool]) -> bool:
+    async def _guarded(self, sink: SinkProgress, step: Coroutine[Any, Any, bool]) -> bool:
         try:
             return await step
         except Exception as exc:
             _log.exception("audit shipping to %s: unexpected failure", sink.name)
-            self._failed(sink, ShipError("InternalError", repr(exc)[:200]))
+            sink.failed(loop_time(), self._metrics, ShipError("InternalError", repr(exc)[:200]))
             return False
 
     async def _build_sinks(self) -> bool:
         """The AWS clients, once (building them costs tens of milliseconds); retried with backoff."""
-        if not any(self._may_try(sink) for sink in self._all_sinks()):
+        if not any(sink.may_try(loop_time()) for sink in self._all_sinks()):
             return False
         try:
             self._sinks = await self._run_on_thread(lambda: self._make_sinks(self._config, self._region))
         except ShipError as exc:
             for sink in self._all_sinks():
-                self._failed(sink, exc)
+                sink.failed(loop_time(), self._metrics, exc)
             return False
         return True
 
-    async def _prepare_cloudwatch(self, sink: _Sink) -> bool:
+    async def _prepare_cloudwatch(self, sink: SinkProgress) -> bool:
         """The log group and streams, before the first call and after one went missing; a failure
         backs off like any other (and never holds S3 or the anchors)."""
         if self._prepared:
@@ -224,14 +209,14 @@ class Shipper:
         try:
             await self._run_on_thread(self._sinks.cloudwatch.prepare)
         except ShipError as exc:
-            self._failed(sink, exc)
+            sink.failed(loop_time(), self._metrics, exc)
             return False
         self._prepared = True
         return True
 
-    async def _ship_records(self, sink: _Sink, durable: ChainState) -> bool:
-        self._note_lag(sink, durable.seq - sink.seq)
-        if not self._may_try(sink) or sink.seq >= durable.seq or not await self._prepare_cloudwatch(sink):
+    async def _ship_records(self, sink: SinkProgress, durable: ChainState) -> bool:
+        sink.note_lag(loop_time(), durable.seq - sink.seq)
+        if not sink.may_try(loop_time()) or sink.seq >= durable.seq or not await self._prepare_cloudwatch(sink):
             return False
         assert self._sinks is not None and self._sinks.cloudwatch is not None
         cloudwatch = self._sinks.cloudwatch
@@ -240,7 +225,7 @@ class Shipper:
             records = await self._run_on_thread(lambda: self._tail.read(
                 position, durable.seq, max_records=MAX_ROUND_RECORDS, max_bytes=MAX_ROUND_BYTES))
         except ChainBreak as exc:
-            self._halt(sink, f"the local chain is broken at {exc}")
+            sink.halt(self._metrics, f"the local chain is broken at {exc}")
             return False
         batches, too_large = plan_batches(records, self._state.cloudwatch_floor_ms, int(self._clock() * 1000))
         if too_large:
@@ -251,21 +236,21 @@ class Shipper:
             except ShipError as exc:
                 if exc.code == "ResourceNotFoundException":
                     self._prepared = False          # the group or stream went away: create them again
-                self._failed(sink, exc)
+                sink.failed(loop_time(), self._metrics, exc)
                 return False
             for gap in rejected:                    # the ledger first, then the checkpoint past them
                 await self._run_on_thread(partial(self._ledger, sink, list(batch.records[gap.first:gap.last + 1]),
                                                   gap.reason))
             state = self._state.with_cloudwatch(batch.records[-1].position, batch.timestamps[-1])
             await self._save(sink, state)
-            self._succeeded(sink, len(batch.records))
+            sink.succeeded(self._metrics, len(batch.records))
         if records and records[-1].seq > sink.seq:
             # What is left after the last batch was too large for any event, and is in the ledger now.
             await self._save(sink, self._state.with_cloudwatch(records[-1].position, self._state.cloudwatch_floor_ms))
-        self._note_lag(sink, durable.seq - sink.seq)
+        sink.note_lag(loop_time(), durable.seq - sink.seq)
         return bool(records) and sink.seq < durable.seq
 
-    async def _save(self, sink: _Sink, state: ShipState) -> None:
+    async def _save(self, sink: SinkProgress, state: ShipState) -> None:
         """Make the sink's part of `state` durable, then take it as the shipper's."""
         name, body = ("cloudwatch.json", state.cloudwatch_json()) if sink.name == "cloudwatch" \
             else ("s3.json", state.s3_json())
@@ -274,13 +259,13 @@ class Shipper:
         sink.seq = state.seq(sink.name)
         sink.anchor = state.stored_anchor(sink.name)
 
-    async def _ship_segment(self, sink: _Sink) -> bool:
-        if not self._may_try(sink):
+    async def _ship_segment(self, sink: SinkProgress) -> bool:
+        if not sink.may_try(loop_time()):
             return False
         assert self._sinks is not None and self._sinks.s3 is not None
         s3 = self._sinks.s3
         waiting = await self._run_on_thread(self._segments_to_upload)
-        self._note_lag(sink, (rotated_last_seq(waiting[-1]) or 0) - sink.seq if waiting else 0)
+        sink.note_lag(loop_time(), (rotated_last_seq(waiting[-1]) or 0) - sink.seq if waiting else 0)
         if not waiting:
             return False
         after = self._state.s3_state
@@ -288,19 +273,19 @@ class Shipper:
             checked = await self._run_on_thread(partial(check_segment, waiting[0], after))
             await self._run_on_thread(partial(s3.upload_segment, checked))
         except ChainBreak as exc:
-            self._halt(sink, f"the local chain is broken at {exc}")
+            sink.halt(self._metrics, f"the local chain is broken at {exc}")
             return False
         except ShipError as exc:
             if exc.code == "Conflict":
-                self._halt(sink, exc.message)
+                sink.halt(self._metrics, exc.message)
             else:
-                self._failed(sink, exc)
+                sink.failed(loop_time(), self._metrics, exc)
             return False
         except OSError as exc:
-            self._failed(sink, ShipError("FileError", str(exc)))
+            sink.failed(loop_time(), self._metrics, ShipError("FileError", str(exc)))
             return False
         await self._save(sink, self._state.with_s3(checked.last, checked.path.name))
-        self._succeeded(sink, checked.last.seq - checked.first + 1)
+        sink.succeeded(self._metrics, checked.last.seq - checked.first + 1)
         return len(waiting) > 1
 
     def _segments_to_upload(self) -> list[Path]:
@@ -335,7 +320,7 @@ class Shipper:
     async def _store_anchors(self) -> None:
         assert self._sinks is not None
         for sink, store in ((self._cw, self._sinks.cloudwatch), (self._s3, self._sinks.s3)):
-            if sink is None or store is None or not self._may_try(sink):
+            if sink is None or store is None or not sink.may_try(loop_time()):
                 continue
             if isinstance(store, CloudWatchSink) and not await self._prepare_cloudwatch(sink):
                 continue
@@ -349,7 +334,10 @@ class Shipper:
                         await self._run_on_thread(partial(store.put_anchor, anchor.token.encode("ascii"), stamp))
                         state = self._state.with_anchor_floor(stamp)
                 except ShipError as exc:
-                    (self._halt if exc.code == "Conflict" else self._failed)(sink, exc)
+                    if exc.code == "Conflict":
+                        sink.halt(self._metrics, exc)
+                    else:
+                        sink.failed(loop_time(), self._metrics, exc)
                     break
                 await self._save(sink, state.with_stored_anchor(sink.name, anchor))
         self._pending = [a for a in self._pending if self._unstored(a)]
@@ -398,40 +386,7 @@ class Shipper:
             self._metrics.audit_ship_lag_records.labels(sink.name).set(sink.lag_records)
             self._metrics.audit_ship_lag_seconds.labels(sink.name).set(lag)
 
-    def _note_lag(self, sink: _Sink, behind: int) -> None:
-        sink.lag_records = max(0, behind)
-        if behind <= 0:
-            sink.behind_since = None
-        elif sink.behind_since is None:
-            sink.behind_since = asyncio.get_running_loop().time()
-
-    # --- failures ---------------------------------------------------------------------------------
-
-    def _may_try(self, sink: _Sink) -> bool:
-        return sink.halted is None and asyncio.get_running_loop().time() >= sink.retry_at
-
-    def _failed(self, sink: _Sink, error: ShipError) -> None:
-        sink.failures += 1
-        delay = min(MAX_BACKOFF, 0.5 * 2 ** min(sink.failures, 10)) * random.uniform(0.5, 1.0)
-        sink.retry_at = asyncio.get_running_loop().time() + delay
-        self._metrics.audit_ship_failures.labels(sink.name, error.code[:64]).inc()
-        level = logging.WARNING if sink.failures <= 3 or sink.failures % 20 == 0 else logging.DEBUG
-        _log.log(level, "audit shipping to %s failed (%s), attempt %d; retrying in %.1f s",
-                 sink.name, error, sink.failures, delay)
-
-    def _succeeded(self, sink: _Sink, records: int) -> None:
-        if sink.failures:
-            _log.info("audit shipping to %s works again after %d failed attempt(s)", sink.name, sink.failures)
-        sink.failures, sink.retry_at = 0, 0.0
-        self._metrics.audit_shipped.labels(sink.name).inc(records)
-
-    def _halt(self, sink: _Sink, why: str | ShipError) -> None:
-        why = why.message if isinstance(why, ShipError) else why
-        sink.halted = why
-        self._metrics.audit_ship_halted.labels(sink.name).set(1)
-        _log.error("audit shipping to %s halted: %s; segments it has not shipped are kept", sink.name, why)
-
-    def _ledger(self, sink: _Sink, records: list[TailRecord], reason: str) -> None:
+    def _ledger(self, sink: SinkProgress, records: list[TailRecord], reason: str) -> None:
         """On the thread: refused records, as contiguous seq ranges, to the gap ledger (durable), the metric
         and the log.  They stay in the local segments, and in S3 when it is configured."""
         ranges: list[list[int]] = []
@@ -450,7 +405,7 @@ class Shipper:
                          sink.name, first, last, reason, self._dir / "gaps.jsonl")
         self._metrics.audit_ship_gaps.labels(sink.name, reason).inc(len(records))
 
-    def _all_sinks(self) -> list[_Sink]:
+    def _all_sinks(self) -> list[SinkProgress]:
         return [s for s in (self._cw, self._s3) if s is not None]
 
     async def _run_on_thread(self, work: Callable[[], T]) -> T:
