@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 
 from tests.harness.processes import HOST
+from tests.harness.servers import tcp_server
 
 
 class HoldingRelay:
@@ -69,13 +70,10 @@ class HoldingRelay:
 @asynccontextmanager
 async def holding_relay(target_port: int) -> AsyncIterator[HoldingRelay]:
     relay = HoldingRelay(target_port)
-    server = await asyncio.start_server(relay._serve, HOST, 0)
-    relay.port = server.sockets[0].getsockname()[1]
-    try:
-        yield relay
-    finally:
-        server.close()
-        relay.drop_all()
-        for task in list(relay._tasks):
-            task.cancel()
-        await server.wait_closed()
+    async with tcp_server(relay._serve) as relay.port:
+        try:
+            yield relay
+        finally:
+            relay.drop_all()
+            for task in list(relay._tasks):
+                task.cancel()

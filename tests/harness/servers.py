@@ -42,6 +42,18 @@ async def serve_app(app: web.Application, port: int = 0) -> AsyncIterator[int]:
         await runner.cleanup()
 
 
+@asynccontextmanager
+async def tcp_server(handle: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+                     ) -> AsyncIterator[int]:
+    """A raw TCP server on a free loopback port (for peers that misbehave on purpose); its port."""
+    server = await asyncio.start_server(handle, HOST, 0)
+    try:
+        yield int(server.sockets[0].getsockname()[1])
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
 @dataclass
 class Received:
     method: str

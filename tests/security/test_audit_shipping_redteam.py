@@ -37,7 +37,7 @@ from proxy.core.errors import ConfigError
 from tests.factories import minimal_config
 from tests.harness.paths import REPO
 from tests.harness.processes import HOST, eventually
-from tests.harness.servers import serve_app
+from tests.harness.servers import serve_app, tcp_server
 from tests.harness.shipping import (
     BUCKET, LOG_GROUP, ShippingTarget, prewrite_chain, write_anchor_key, write_rotated_segment,
 )
@@ -309,13 +309,11 @@ class DripServer:
 @asynccontextmanager
 async def drip_server() -> AsyncIterator[DripServer]:
     drip = DripServer()
-    server = await asyncio.start_server(drip._serve, HOST, 0)
-    drip.port = server.sockets[0].getsockname()[1]
-    try:
-        yield drip
-    finally:
-        drip.stop()
-        server.close()
+    async with tcp_server(drip._serve) as drip.port:
+        try:
+            yield drip
+        finally:
+            drip.stop()
 
 
 async def test_a_sink_that_drips_its_answer_holds_shutdown_past_every_bound(
