@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import importlib.metadata
 import json
 import logging
 import signal
@@ -37,8 +38,17 @@ def _loop_arg(parser: argparse.ArgumentParser) -> None:
                         help="event loop: uvloop when it is installed (auto, the default), or force one")
 
 
+def installed_version() -> str:
+    """The version pip installed (pyproject.toml's), so a bug report names the build that ran."""
+    try:
+        return importlib.metadata.version("idgate")
+    except importlib.metadata.PackageNotFoundError:
+        return "(not installed: run from a source tree)"
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="idgate", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"idgate {installed_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the proxy")
     _config_arg(serve)
