@@ -92,8 +92,10 @@ test-airflow: $(VENV)/.test $(OP_DIR)/node_modules/.package-lock.json $(AIRFLOW_
 bench: $(VENV)/.bench $(ENVOY_STAMP) $(WRK)
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
+# No default file: there is no idgate.yaml at the top of a clone, and checking a guess would say nothing.
 check-config: $(VENV)/.runtime
-	$(BIN)/idgate check-config --config $(or $(CONFIG),idgate.yaml)
+	@test -n "$(CONFIG)" || { echo "make check-config needs CONFIG=path/to/idgate.yaml (the file to check)" >&2; exit 2; }
+	$(BIN)/idgate check-config --config $(CONFIG)
 
 clean:
 	rm -rf $(VENV) $(ENVOY_VENV) $(AIRFLOW_VENV) $(OP_DIR)/node_modules .demo .pytest_cache

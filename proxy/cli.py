@@ -30,7 +30,8 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 def _config_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", "-c", type=Path, default=Path("idgate.yaml"), help="path to idgate.yaml")
+    parser.add_argument("--config", "-c", type=Path, default=Path("idgate.yaml"),
+                        help="path to idgate.yaml (default: %(default)s)")
 
 
 def _loop_arg(parser: argparse.ArgumentParser) -> None:
@@ -52,7 +53,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the proxy")
     _config_arg(serve)
-    serve.add_argument("--log-level", default="info")
+    serve.add_argument("--log-level", default="info", type=str.lower, choices=logs.LEVELS,
+                       help="the least severe records logged: %(choices)s (default: %(default)s)")
     serve.add_argument("--workers", type=int, default=1, help="processes sharing the listeners (SO_REUSEPORT)")
     serve.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
     _loop_arg(serve)

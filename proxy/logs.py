@@ -209,6 +209,9 @@ class RateLimitedHandler(logging.StreamHandler[TextIO]):
         return admitted
 
 
+LEVELS = ("debug", "info", "warning", "error", "critical")     # what `serve --log-level` accepts
+
+
 def configure(level: str = "info", stream: TextIO = sys.stderr, *, limit: RateLimit | None = None) -> None:
     handler = RateLimitedHandler(stream, limit or RateLimit())
     handler.setFormatter(JsonFormatter())
