@@ -48,6 +48,9 @@ async def jwks(request: web.Request) -> web.Response:
     return web.json_response(request.app[SERVICES].signer.jwks(), headers={"Cache-Control": "max-age=300"})
 
 
+_ERROR_CODES = {404: "not_found", 405: "method_not_allowed"}
+
+
 @web.middleware
 async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     """The admin listener answers like the main one: JSON errors, idgate's Server header."""
@@ -55,7 +58,7 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         response = await handler(request)
     except web.HTTPException as exc:
         rid = request_id(None, trusted_peer=False)
-        response = web.json_response({"code": "not_found" if exc.status == 404 else "bad_request",
+        response = web.json_response({"code": _ERROR_CODES.get(exc.status, "bad_request"),
                                       "message": exc.reason, "request_id": rid},
                                      status=exc.status, headers={"X-Request-Id": rid})
     if not response.prepared:

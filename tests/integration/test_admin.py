@@ -38,3 +38,26 @@ async def test_metrics_show_audit_bytes_written_and_free_space(stack):
     audit = stack.idgate.services.config.audit.path
     assert float(samples["idgate_audit_bytes_written_total"]) == audit.stat().st_size
     assert float(samples["idgate_audit_free_bytes"]) > 0
+
+
+async def _error_shape(response) -> dict:
+    body = await response.json()
+    assert response.headers["Server"] == "idgate"
+    assert response.content_type == "application/json"
+    assert set(body) == {"code", "message", "request_id"}
+    assert response.headers["X-Request-Id"] == body["request_id"]
+    return body
+
+
+async def test_admin_errors_have_the_main_listeners_shape_and_server_header(stack):
+    main = await stack.get("/v1/orders/7")                        # no token: the main listener's 401
+    assert main.status == 401
+    await _error_shape(main)
+    async with stack.http.get(stack.idgate.admin_url + "/no-such-page") as response:
+        assert response.status == 404
+        assert (await _error_shape(response))["code"] == "not_found"
+    async with stack.http.post(stack.idgate.admin_url + "/metrics") as response:
+        assert response.status == 405
+        assert (await _error_shape(response))["code"] == "method_not_allowed"
+    async with stack.http.get(stack.idgate.admin_url + "/healthz") as response:
+        assert response.status == 200 and response.headers["Server"] == "idgate"
