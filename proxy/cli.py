@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 from proxy import cli_audit, logs
 from proxy.config import Config, load_config
-from proxy.core.errors import AuthenticationError, ConfigError, ConfigProblem, IdgateError
+from proxy.core.errors import AuthenticationError, ConfigError, ConfigProblem, IdgateError, StartupError
 from proxy.core.model import Identity
 from proxy.core.reasons import Reason
 from proxy.policy.engine import CompiledPolicy
@@ -398,6 +398,9 @@ def main(argv: list[str] | None = None) -> int:
         return commands[args.command](args)
     except ConfigError as err:
         return _report_config_error(err)
+    except StartupError as err:
+        print(f"idgate: {err.message}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

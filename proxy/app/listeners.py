@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import ssl
+from collections.abc import Awaitable
 from typing import Any
 
 from aiohttp import web
@@ -10,6 +12,7 @@ from aiohttp import web
 from proxy.app.http import build_admin_app, build_main_app, runner_args
 from proxy.app.protocol import ConnectionBounds, GuardedAppRunner
 from proxy.config import Config
+from proxy.core.errors import StartupError
 from proxy.edges._in_flight import InFlight
 from proxy.services import Services
 
@@ -52,14 +55,15 @@ class Listeners:
         main = web.TCPSite(self._main, config.listen.host, config.listen.port,
                            ssl_context=tls_context(config), reuse_port=reuse_port or None, backlog=1024)
         admin_site = web.TCPSite(self._admin, config.admin.host, config.admin.port, reuse_port=reuse_port or None)
-        await main.start()
-        await admin_site.start()
+        await _bound("listen", config.listen.host, config.listen.port, main.start())
+        await _bound("admin", config.admin.host, config.admin.port, admin_site.start())
         self.main_port = _bound_port(self._main)
         self.admin_port = _bound_port(self._admin)
         if config.ext_authz.grpc is not None:
             from proxy.app.grpc import GrpcListener
             self._grpc = GrpcListener(self._services, self.in_flight)
-            await self._grpc.start(reuse_port=reuse_port)
+            grpc = config.ext_authz.grpc
+            await _bound("ext_authz.grpc", grpc.host, grpc.port, self._grpc.start(reuse_port=reuse_port))
             self.grpc_port = self._grpc.port
 
     async def stop(self) -> None:
@@ -67,6 +71,25 @@ class Listeners:
             await self._grpc.stop()
         await self._main.cleanup()
         await self._admin.cleanup()
+
+
+_BIND_FAILURES = {
+    errno.EADDRINUSE: "the address is already in use (another idgate, or another server, listens there)",
+    errno.EACCES: "permission denied (ports below 1024 need CAP_NET_BIND_SERVICE)",
+    errno.EADDRNOTAVAIL: "no interface of this machine has that address",
+}
+
+
+async def _bound(key: str, host: str, port: int, binding: Awaitable[None]) -> None:
+    """Bind one listener; the everyday failures become one line naming the config key and the fix."""
+    try:
+        await binding
+    except OSError as exc:
+        cause = _BIND_FAILURES.get(exc.errno or 0)
+        if cause is None:
+            raise
+        raise StartupError(f"cannot listen on {host}:{port} ({key}): {cause}; stop the other process or "
+                           f"choose another {key}.host/{key}.port") from exc
 
 
 def _bound_port(runner: web.AppRunner) -> int:

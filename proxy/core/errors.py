@@ -2,6 +2,7 @@
 
     IdgateError                      500  internal
     ├── ConfigError                  (startup only: a list of file:line problems, never an HTTP answer)
+    ├── StartupError                 (startup only: something the config names that idgate cannot take, e.g. a port in use)
     ├── BadRequest                   400  bad_request       malformed request, path trick, malformed Authorization header
     │   ├── RequestTooLarge          413  too_large         body over the route limit
     │   ├── RequestTimeout           408  request_timeout   client stopped sending its body
@@ -60,6 +61,13 @@ class ConfigError(IdgateError):
 
 
 # The HTTP answer of each class, as drawn in the tree above (one line each: they differ only in these).
+class StartupError(IdgateError):
+    """A listener or file idgate cannot take at start: one line for the operator naming the cause and the fix."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, reason=Reason.INTERNAL)
+
+
 class BadRequest(IdgateError): status, code = 400, "bad_request"
 class RequestTooLarge(BadRequest): status, code = 413, "too_large"
 class RequestTimeout(BadRequest): status, code = 408, "request_timeout"

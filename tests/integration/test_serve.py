@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -181,3 +182,26 @@ async def test_the_in_process_suite_runs_idgate_on_the_asyncio_loop():
     # Every other test runs idgate in pytest's loop: that is what keeps the asyncio loop tested now that
     # `idgate serve` takes uvloop by default.
     assert _loop_name(asyncio.get_running_loop()) == "asyncio"
+
+
+@pytest.mark.parametrize("taken", ["listen", "admin", "ext_authz.grpc"])
+async def test_a_port_in_use_is_one_line_naming_the_listener_and_the_fix(tmp_path, taken):
+    ports = {"listen": free_port(), "admin": free_port(), "ext_authz.grpc": free_port()}
+    holder = socket.create_server((HOST, ports[taken]))          # someone else listens there
+    try:
+        async with local_issuer() as issuer:
+            config = await stack_config(tmp_path, issuer, listen={"host": HOST, "port": ports["listen"]},
+                                        admin={"host": HOST, "port": ports["admin"]},
+                                        ext_authz={"grpc": {"host": HOST, "port": ports["ext_authz.grpc"]}})
+            done = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "proxy", "serve", "--config", str(config),
+                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+            _, stderr = await asyncio.wait_for(done.communicate(), DEADLINE)
+    finally:
+        holder.close()
+    text = stderr.decode()
+    assert done.returncode == 1
+    assert "Traceback" not in text
+    assert (f"idgate: cannot listen on {HOST}:{ports[taken]} ({taken}): the address is already in use "
+            f"(another idgate, or another server, listens there); stop the other process or choose another "
+            f"{taken}.host/{taken}.port") in text
