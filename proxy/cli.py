@@ -19,7 +19,9 @@ from urllib.parse import urlsplit
 
 from proxy import cli_audit, logs
 from proxy.config import Config, load_config
-from proxy.core.errors import AuthenticationError, ConfigError, ConfigProblem, IdgateError, StartupError
+from proxy.core.errors import (
+    AuthenticationError, ConfigError, ConfigProblem, DependencyError, IdgateError, StartupError,
+)
 from proxy.core.model import Identity
 from proxy.core.reasons import Reason
 from proxy.policy.engine import CompiledPolicy
@@ -400,6 +402,9 @@ def main(argv: list[str] | None = None) -> int:
         return _report_config_error(err)
     except StartupError as err:
         print(f"idgate: {err.message}", file=sys.stderr)
+        return EXIT_FAILED
+    except DependencyError as err:     # something the command needs is not there (the audit file, at start)
+        print(f"idgate: cannot start: {err.message}", file=sys.stderr)
         return EXIT_FAILED
 
 

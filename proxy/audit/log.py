@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import logging
 import os
 import time
@@ -53,6 +54,14 @@ _MAX_SKIP = 1024
 # latency metric), and the future its caller awaits (None for append_nowait).  A tuple: one is built
 # per record on the hot path.
 _Pending = tuple[dict[str, Any], float, "asyncio.Future[None] | None"]
+
+
+# What the operator can do about the everyday reasons the file cannot be taken at start.
+_OPEN_FIXES = {
+    errno.EWOULDBLOCK: "; each idgate (each --workers worker has its own) needs its own audit.path: stop the other "
+                       "idgate or choose another audit.path",
+    errno.EACCES: "; give the user idgate runs as write access to audit.path's directory, or choose another",
+}
 
 
 class AuditLog:
@@ -149,7 +158,9 @@ class AuditLog:
         except OSError as exc:
             thread.stop()
             _log.error("audit log cannot be opened: %s", exc)
-            raise DependencyError(f"the audit log cannot be opened: {exc}", reason=Reason.AUDIT_UNAVAILABLE) from exc
+            fix = _OPEN_FIXES.get(exc.errno or 0, "")
+            raise DependencyError(f"the audit log cannot be opened: {exc}{fix}",
+                                  reason=Reason.AUDIT_UNAVAILABLE) from exc
         self._loop, self._thread = loop, thread
         self._closing = False
         self._healthy = True

@@ -205,3 +205,20 @@ async def test_a_port_in_use_is_one_line_naming_the_listener_and_the_fix(tmp_pat
     assert (f"idgate: cannot listen on {HOST}:{ports[taken]} ({taken}): the address is already in use "
             f"(another idgate, or another server, listens there); stop the other process or choose another "
             f"{taken}.host/{taken}.port") in text
+
+
+async def test_an_audit_file_another_idgate_holds_is_one_line_naming_the_fix(tmp_path):
+    async with local_issuer() as issuer:
+        config = await stack_config(tmp_path, issuer)          # ports 0: only the audit file is shared
+        async with serve(config):
+            second = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "proxy", "serve", "--config", str(config),
+                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+            _, stderr = await asyncio.wait_for(second.communicate(), DEADLINE)
+    text = stderr.decode()
+    assert second.returncode == 1
+    assert "Traceback" not in text
+    last = text.strip().splitlines()[-1]
+    assert last.startswith("idgate: cannot start: the audit log cannot be opened: ")
+    assert "the audit file is locked by another process" in last
+    assert last.endswith("stop the other idgate or choose another audit.path")
