@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 import textwrap
 from pathlib import Path
 
 from aiohttp import web
 
 from proxy.config import load_config
+from proxy.core.errors import StartupError
 from proxy.dev import local_aws
 from proxy.dev.issuer import DevIssuer, require_loopback
 from proxy.dev.local_aws import LocalAws
@@ -95,8 +97,27 @@ async def _start_local_aws(workdir: Path) -> LocalAws | None:
     return aws
 
 
+_DEMO_PORTS = {ISSUER_PORT: "development issuer", UPSTREAM_PORT: "echo upstream", AWS_PORT: "local AWS",
+               PROXY_PORT: "idgate", ADMIN_PORT: "idgate admin"}
+
+
+def _require_demo_ports_free() -> None:
+    """Checked before anything starts: a second demo would otherwise reach the first one's moto and stop
+    on its half-made state (EntityAlreadyExists) rather than on the port."""
+    for port, name in _DEMO_PORTS.items():
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((HOST, port))
+            except OSError as exc:
+                raise StartupError(f"the demo's {name} port {HOST}:{port} is taken ({exc.strerror}): another "
+                                   "`make demo` is probably running; stop it (Ctrl-C in its terminal) or free the "
+                                   "port") from exc
+
+
 async def run_demo(workdir: Path, policies: Path) -> None:
     require_loopback(HOST)
+    _require_demo_ports_free()
     workdir.mkdir(parents=True, exist_ok=True)
     aws = await _start_local_aws(workdir)
     if aws is not None:
