@@ -69,6 +69,8 @@ def _parser() -> argparse.ArgumentParser:
     what = check.add_mutually_exclusive_group(required=True)
     what.add_argument("--url", help="e.g. http://orders.internal/v1/orders/7")
     what.add_argument("--dynamodb", metavar="OPERATION", help="a DynamoDB gateway call, e.g. GetItem (with --body)")
+    what.add_argument("--aws", action="store_true",
+                      help="only the AWS part: the roles and session policies a worker with these claims would get")
     check.add_argument("--body", help="the DynamoDB call's JSON body (--dynamodb)")
     check.add_argument("--key-schema", action="append", default=[], metavar="TABLE[/INDEX]=PK[,SK]",
                        help="a table's (or index's) key attributes, as DescribeTable would give them (--dynamodb)")
@@ -155,6 +157,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     if args.dynamodb is not None:
         return _check_dynamodb(args, config, policy, claims)
+    if args.aws:
+        return _check_aws(config, policy, claims)
     url = urlsplit(args.url)
     target = url.path or "/"
     if url.query:
@@ -251,6 +255,20 @@ def cmd_gateway_keys(args: argparse.Namespace) -> int:
         print(f"idgate: {exc}", file=sys.stderr)
         return EXIT_USAGE
     return EXIT_OK
+
+
+def _check_aws(config: Config, policy: CompiledPolicy, claims: dict[str, Any]) -> int:
+    """What the credential broker (or gateway) would vend, with no HTTP request to judge: allow when at
+    least one role would be granted."""
+    try:
+        identity = explained_identity(config, claims)
+    except IdgateError as err:
+        return _print_refusal(err)
+    roles = aws_explanation(config, policy, identity)
+    granted = any("denied" not in role for role in roles)
+    print(json.dumps({"decision": "allow" if granted else "deny", "identity": identity.audit_view(), "aws": roles},
+                     indent=2))
+    return EXIT_OK if granted else EXIT_FAILED
 
 
 def aws_explanation(config: Config, policy: CompiledPolicy, identity: Identity) -> list[dict[str, Any]]:
