@@ -418,11 +418,8 @@ def main(argv: list[str] | None = None) -> int:
         return commands[args.command](args)
     except ConfigError as err:
         return _report_config_error(err)
-    except StartupError as err:
+    except (StartupError, DependencyError) as err:   # a port taken, the audit file held, a service away
         print(f"idgate: {err.message}", file=sys.stderr)
-        return EXIT_FAILED
-    except DependencyError as err:     # something the command needs is not there (the audit file, at start)
-        print(f"idgate: cannot start: {err.message}", file=sys.stderr)
         return EXIT_FAILED
 
 

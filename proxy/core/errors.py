@@ -60,7 +60,6 @@ class ConfigError(IdgateError):
         super().__init__("\n".join(str(p) for p in self.problems) or "invalid configuration", reason=Reason.CONFIG_ERROR)
 
 
-# The HTTP answer of each class, as drawn in the tree above (one line each: they differ only in these).
 class StartupError(IdgateError):
     """A listener or file idgate cannot take at start: one line for the operator naming the cause and the fix."""
 
@@ -68,6 +67,7 @@ class StartupError(IdgateError):
         super().__init__(message, reason=Reason.INTERNAL)
 
 
+# The HTTP answer of each class, as drawn in the tree above (one line each: they differ only in these).
 class BadRequest(IdgateError): status, code = 400, "bad_request"
 class RequestTooLarge(BadRequest): status, code = 413, "too_large"
 class RequestTimeout(BadRequest): status, code = 408, "request_timeout"

@@ -219,6 +219,6 @@ async def test_an_audit_file_another_idgate_holds_is_one_line_naming_the_fix(tmp
     assert second.returncode == 1
     assert "Traceback" not in text
     last = text.strip().splitlines()[-1]
-    assert last.startswith("idgate: cannot start: the audit log cannot be opened: ")
+    assert last.startswith("idgate: the audit log cannot be opened: ")
     assert "the audit file is locked by another process" in last
     assert last.endswith("stop the other idgate or choose another audit.path")
