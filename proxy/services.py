@@ -32,6 +32,7 @@ from proxy.pipeline import Pipeline
 from proxy.policy.store import PolicyStore
 from proxy.tracing import NO_TRACING, Tracing, start_tracing
 from proxy.transport import http1
+from proxy.worker_state import RestartsCollector, WorkerSeat
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace.export import SpanExporter
@@ -59,6 +60,7 @@ class Services:
     gateway: DynamoDbGateway | None = None      # when aws.gateway.enabled
     shipper: Shipper | None = None              # when audit.shipping is configured
     tracing: Tracing = NO_TRACING               # on with a `tracing:` section (proxy.tracing)
+    workers: WorkerSeat | None = None           # a `--workers N` worker: its place among its siblings
 
     def request_reload(self) -> None:
         """SIGHUP: reload the policy files and refetch every issuer's keys, both in the background
@@ -109,11 +111,14 @@ def _websocket_session() -> aiohttp.ClientSession:
 @asynccontextmanager
 async def running_services(config: Config, *, metrics: Metrics | None = None,
                            sts_client: StsClientFactory | None = None,
-                           span_exporter: SpanExporter | None = None) -> AsyncIterator[Services]:
+                           span_exporter: SpanExporter | None = None,
+                           workers: WorkerSeat | None = None) -> AsyncIterator[Services]:
     """`sts_client` builds the credential broker's STS client (default: boto3 with the usual credential chain);
-    `span_exporter` replaces tracing's OTLP exporter (tests).  Every resource is closed, in reverse order,
+    `span_exporter` replaces tracing's OTLP exporter (tests); `workers` is given to a `--workers N` worker.  Every resource is closed, in reverse order,
     however far startup got."""
     metrics = metrics or Metrics()
+    if workers is not None:
+        RestartsCollector(workers.table, metrics.registry)
     policy = PolicyStore(config.policies_dir, metrics)
     signer = AssertionSigner(load_signing_key(config.assertion.key_file), config.assertion.ttl)
     if config.assertion.key_file is None:
@@ -162,7 +167,7 @@ async def running_services(config: Config, *, metrics: Metrics | None = None,
             config=config, metrics=metrics, verifier=verifier, policy=policy, audit=audit, signer=signer,
             pipeline=Pipeline(verifier, policy, audit, metrics, tracing), upstream=upstream, origins=origins,
             websocket_session=websocket_session, trusted=trusted, background=background, broker=broker,
-            gateway=gateway, shipper=shipper, tracing=tracing,
+            gateway=gateway, shipper=shipper, tracing=tracing, workers=workers,
         )
         stack.push_async_callback(_stop_tasks, background)
         background.append(asyncio.create_task(policy.watch(POLICY_POLL_SECONDS), name="policy-watch"))

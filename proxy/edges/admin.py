@@ -20,8 +20,9 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Ready only with a loaded policy, keys for every issuer, a writable audit log, and audit shipping
-    not halted and within audit.shipping.max_lag_seconds (when configured)."""
+    """Ready only with a loaded policy, keys for every issuer, a writable audit log, audit shipping
+    not halted and within audit.shipping.max_lag_seconds (when configured), and, under `--workers N`,
+    every worker serving: a load balancer probing the shared admin port reaches any one of them."""
     services = request.app[SERVICES]
     checks = {
         "policy": services.policy.current is not None,
@@ -31,9 +32,14 @@ async def readyz(request: web.Request) -> web.Response:
     shipping = services.shipper.status() if services.shipper is not None else None
     if shipping is not None:
         checks["audit_shipping"] = bool(shipping["ok"])
+    workers = services.workers.readiness() if services.workers is not None else None
+    if workers is not None:
+        checks["workers"] = not workers["missing"]
     body = {"ready": all(checks.values()), "checks": checks, "issuers": services.verifier.status()}
     if shipping is not None:
         body["audit_shipping"] = shipping["sinks"]
+    if workers is not None:
+        body["workers"] = workers
     if services.policy.last_error:
         body["policy_reload_error"] = services.policy.last_error
     return web.json_response(body, status=200 if body["ready"] else 503)
