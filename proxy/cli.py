@@ -4,27 +4,28 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import importlib.metadata
 import json
 import logging
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from proxy import cli_audit, logs
 from proxy.config import Config, load_config
 from proxy.core.errors import (
-    AuthenticationError, ConfigError, ConfigProblem, DependencyError, IdgateError, StartupError,
+    AuthenticationError, ConfigError, DependencyError, IdgateError, StartupError,
 )
 from proxy.core.model import Identity
 from proxy.core.reasons import Reason
 from proxy.policy.engine import CompiledPolicy
+
+if TYPE_CHECKING:
+    from proxy.worker_state import WorkerSeat
 
 log = logging.getLogger("idgate")
 
@@ -59,6 +60,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="the least severe records logged: %(choices)s (default: %(default)s)")
     serve.add_argument("--workers", type=int, default=1, help="processes sharing the listeners (SO_REUSEPORT)")
     serve.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
+    serve.add_argument("--worker-state-fd", type=int, default=None, help=argparse.SUPPRESS)
     _loop_arg(serve)
     check_config = sub.add_parser("check-config", help="validate idgate.yaml and the policy files")
     _config_arg(check_config)
@@ -333,13 +335,13 @@ def _run(factory: LoopFactory, main: Coroutine[Any, Any, None]) -> int:
     return EXIT_OK
 
 
-async def _serve(config: Config, *, reuse_port: bool = False) -> None:
+async def _serve(config: Config, *, reuse_port: bool = False, seat: WorkerSeat | None = None) -> None:
     from proxy.services import running_services
     from proxy.app.listeners import Listeners
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    async with running_services(config) as services:
+    async with running_services(config, workers=seat) as services:
         loop.add_signal_handler(signal.SIGHUP, services.request_reload)
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
@@ -350,41 +352,13 @@ async def _serve(config: Config, *, reuse_port: bool = False) -> None:
         log.info("idgate serving", extra={"listen": f"{config.listen.host}:{listeners.main_port}",
                                           "admin": f"{config.admin.host}:{listeners.admin_port}",
                                           "loop": running_loop})
+        if seat is not None:
+            seat.mark_serving()
         await stop.wait()
         log.info("idgate stopping")
+        if seat is not None:
+            seat.unmark()       # draining: readiness says so while the listeners close
         await listeners.stop()
-
-
-def worker_config(config: Config, index: int) -> Config:
-    """Each worker writes its own audit segment under its own instance id: one hash chain per writer,
-    no cross-process locking, and its own shipped stream."""
-    audit = config.audit
-    audit_path = audit.path.with_name(f"{audit.path.stem}.w{index}{audit.path.suffix}")
-    return dataclasses.replace(config, audit=dataclasses.replace(audit, path=audit_path,
-                                                                 instance=f"{audit.instance}.w{index}"))
-
-
-def _supervise(args: argparse.Namespace, config: Config) -> int:
-    """Start N worker processes on the same ports and relay SIGHUP/SIGTERM/SIGINT to them."""
-    if config.listen.port == 0 or config.admin.port == 0:
-        raise ConfigError([ConfigProblem(str(args.config), None, "--workers needs fixed listen and admin ports")])
-    base = [sys.executable, "-m", "proxy", "serve", "--config", str(args.config), "--log-level", args.log_level,
-            "--loop", args.loop]
-    workers = [subprocess.Popen([*base, "--worker-index", str(i)]) for i in range(args.workers)]
-    stop_requested = False
-
-    def relay(signum: int, _frame: object) -> None:
-        nonlocal stop_requested
-        stop_requested = stop_requested or signum != signal.SIGHUP
-        for worker in workers:
-            worker.send_signal(signum)
-
-    for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, relay)
-    codes = [worker.wait() for worker in workers]
-    # A worker stopped before it had installed its handlers dies by the signal itself: still a clean stop.
-    stopped_by_us = {0, -signal.SIGTERM, -signal.SIGINT} if stop_requested else {0}
-    return EXIT_OK if all(code in stopped_by_us for code in codes) else EXIT_FAILED
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -394,10 +368,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if factory is None:
         return EXIT_USAGE
     if args.worker_index is not None:
-        return _run(factory, _serve(worker_config(config, args.worker_index), reuse_port=True))
+        from proxy.app.supervisor import worker_config
+
+        seat = None if args.worker_state_fd is None else _worker_seat(args.worker_state_fd, args.worker_index)
+        return _run(factory, _serve(worker_config(config, args.worker_index), reuse_port=True, seat=seat))
     if args.workers > 1:
-        return _supervise(args, config)
+        from proxy.app.supervisor import run_workers
+
+        return run_workers(config, args.config, args.workers, ["--log-level", args.log_level, "--loop", args.loop])
     return _run(factory, _serve(config))
+
+
+def _worker_seat(fd: int, index: int) -> WorkerSeat:
+    from proxy.worker_state import WorkerSeat, WorkerStateError, WorkerTable
+
+    try:
+        table = WorkerTable.attach(fd)
+        table.slot(index)
+    except WorkerStateError as exc:
+        raise StartupError(str(exc)) from exc
+    return WorkerSeat(table, index)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from proxy.cli import explained_identity, worker_config
+from proxy.app.supervisor import worker_config
+from proxy.cli import explained_identity
 from proxy.cli_audit import TerminalProgress, progress_for
 from proxy.config import Config, IssuerConfig, load_config
 from proxy.core.errors import AuthenticationError
