@@ -2,9 +2,10 @@
 serving there (0 while that worker is missing) and how often it was restarted.  A leaf module.
 
 The table lives in an anonymous memory file (memfd) the supervisor maps and hands to every worker by
-descriptor (`pass_fds`): nothing on disk to clean up or for another user to open.  Each field has one
-writer at a time: a worker marks its own slot once it serves and unmarks it when it stops; the supervisor
-unmarks a slot when it reaps that slot's pid (before starting the next one) and counts its restarts."""
+descriptor (`pass_fds`): nothing on disk to clean up or for another user to open.  A slot has one writer
+at a time, so no lock: its worker marks it once it serves and unmarks it when it stops, and the supervisor
+writes it only while no process holds that index (unmarking the pid it reaped, counting the restart before
+it starts the next one)."""
 
 from __future__ import annotations
 
