@@ -64,6 +64,12 @@ def _parser() -> argparse.ArgumentParser:
     _loop_arg(serve)
     check_config = sub.add_parser("check-config", help="validate idgate.yaml and the policy files")
     _config_arg(check_config)
+    check_config.add_argument("--offline", action="store_true",
+                              help="lint away from the machine that serves: do not open the key, TLS, JWKS and "
+                                   "audit files the config names, nor require the secrets the environment "
+                                   "supplies at runtime")
+    check_config.add_argument("--policies", type=Path, default=None, metavar="DIR",
+                              help="check these policy files instead of policies_dir (e.g. a checkout's copy)")
     check = sub.add_parser("check", help="explain the decision for one request, without a server")
     _config_arg(check)
     check.add_argument("--token-claims", required=True, help="JSON claims of the (already verified) token")
@@ -104,8 +110,30 @@ def _report_config_error(err: ConfigError) -> int:
 def cmd_check_config(args: argparse.Namespace) -> int:
     from proxy.policy.store import compile_directory
 
-    config = load_config(args.config)
-    policy = compile_directory(config.policies_dir)
+    config = load_config(args.config, offline=args.offline)
+    policies_dir = args.policies or config.policies_dir
+    if args.offline and args.policies is None and not policies_dir.is_dir():
+        policy = None   # a runtime path (e.g. /etc/idgate/policies) that this machine does not have
+    else:
+        policy = compile_directory(policies_dir)
+    if not args.offline:
+        _check_runtime_keys(config)
+    if policy is None:
+        checked = f"policies not checked: {policies_dir} is not here (give --policies DIR)"
+    else:
+        checked = f"{len(policy.rules)} rule(s) from {policies_dir}"
+        for rule in policy.rules:
+            unknown = sorted(set(rule.who.issuers) - {issuer.issuer for issuer in config.issuers})
+            if unknown:
+                print(f"idgate: warning: {rule.file}:{rule.line}: rule '{rule.id}' names issuer(s) the config "
+                      f"does not trust ({', '.join(unknown)}): it can never match", file=sys.stderr)
+    print(f"{args.config}: ok{' (offline)' if args.offline else ''} ({len(config.issuers)} issuer(s), "
+          f"{len(config.routes)} route(s), {checked})")
+    return EXIT_OK
+
+
+def _check_runtime_keys(config: Config) -> None:
+    """Load the keys the server will load, so that a file that is readable but no key fails here."""
     if config.aws.gateway.enabled:
         import os
 
@@ -117,9 +145,6 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         from proxy.keys import load_p256_private_key
 
         load_p256_private_key(shipping.anchors.key_file, "audit anchor key")
-    print(f"{args.config}: ok ({len(config.issuers)} issuer(s), {len(config.routes)} route(s), "
-          f"{len(policy.rules)} rule(s) from {config.policies_dir})")
-    return EXIT_OK
 
 
 def explained_identity(config: Config, claims: dict[str, Any]) -> Identity:

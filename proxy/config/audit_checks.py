@@ -139,8 +139,7 @@ def check_audit_files(audit: AuditConfig, spot: Spot, env: Mapping[str, str], pr
         # Without signed anchors a cut-off tail goes unnoticed: shipping never runs without them.
         spot.child("shipping").report(f"shipping needs key_file (an EC P-256 private key; `idgate audit "
                                       f"anchor-key` makes one) or ${ENV_ANCHOR_KEY_FILE}", "anchors")
-    elif why := readable_file_problem(key_file):
-        if env.get(ENV_ANCHOR_KEY_FILE):
-            problems.append(ConfigProblem(f"${ENV_ANCHOR_KEY_FILE}", None, f"{key_file}: {why}"))
-        else:
-            spot.child("shipping").child("anchors").report(why, "key_file")
+    elif not env.get(ENV_ANCHOR_KEY_FILE):
+        spot.child("shipping").child("anchors").report_unreadable(key_file, "key_file")
+    elif not spot.decoder.offline and (why := readable_file_problem(key_file)):
+        problems.append(ConfigProblem(f"${ENV_ANCHOR_KEY_FILE}", None, f"{key_file}: {why}"))

@@ -178,12 +178,23 @@ class Spot:
             where += f"[{index}]"
         self.decoder.report(self.line(field, index), f"{where}: {message}" if where else message)
 
+    def report_unreadable(self, path: Path | None, field: str) -> bool:
+        """Report a file the config names that cannot be read, naming its path; True when reported.
+        Offline (a config linted away from the machine that runs it) the file is not opened."""
+        if path is None or self.decoder.offline:
+            return False
+        why = readable_file_problem(path)
+        if why:
+            self.report(f"{path}: {why}", field)
+        return why is not None
+
 
 class Decoder:
     """Decodes the nodes of one file; collects problems instead of stopping at the first."""
 
-    def __init__(self, file: Path, schema: Schema) -> None:
+    def __init__(self, file: Path, schema: Schema, *, offline: bool = False) -> None:
         self.name = str(file)
+        self.offline = offline                   # check-config --offline: the runtime files are not here
         self.base_dir = file.absolute().parent   # relative Paths in the file are relative to the file
         self.schema = schema
         self.problems: list[ConfigProblem] = []

@@ -58,9 +58,7 @@ def _check_admin(admin: AdminConfig, spot: Spot) -> AdminConfig:
 
 def _check_tls(tls: TlsConfig, spot: Spot) -> TlsConfig:
     for name in ("cert_file", "key_file"):
-        why = readable_file_problem(getattr(tls, name))
-        if why:
-            spot.report(why, name)
+        spot.report_unreadable(getattr(tls, name), name)
     return tls
 
 
@@ -83,8 +81,7 @@ def _check_issuer(issuer: IssuerConfig, spot: Spot) -> IssuerConfig:
         spot.report("give jwks_uri or jwks_file, not both", "jwks_file")
     if issuer.jwks_uri is not None and (why := http_url_problem(issuer.jwks_uri, bare=False)):
         spot.report(why, "jwks_uri")
-    if issuer.jwks_file is not None and (why := readable_file_problem(issuer.jwks_file)):
-        spot.report(why, "jwks_file")
+    spot.report_unreadable(issuer.jwks_file, "jwks_file")
     if not issuer.algorithms:
         spot.report("must list at least one algorithm", "algorithms")
     for i, alg in enumerate(issuer.algorithms):
@@ -139,11 +136,9 @@ def _no_password() -> bytes:
 def _check_upstream_tls(tls: UpstreamTlsConfig, spot: Spot) -> UpstreamTlsConfig:
     """Each file readable (a problem names the file), then loaded as the proxy will load it, so that
     `idgate check-config` finds a bundle that is no PEM or a key that is not the certificate's."""
-    readable = True
+    readable = not spot.decoder.offline
     for name in ("ca_file", "cert_file", "key_file"):
-        path = getattr(tls, name)
-        if path is not None and (why := readable_file_problem(path)):
-            spot.report(f"{path}: {why}", name)
+        if spot.report_unreadable(getattr(tls, name), name):
             readable = False
     if (tls.cert_file is None) != (tls.key_file is None):
         spot.report("give cert_file and key_file together", "key_file" if tls.key_file is None else "cert_file")
@@ -249,8 +244,8 @@ def _check_config(config: Config, spot: Spot) -> Config:
     listen, admin = config.listen, config.admin
     if (listen.host, listen.port) == (admin.host, admin.port) and listen.port != 0:
         spot.child("admin").report("admin must not use the same host and port as listen", "port")
-    if not config.policies_dir.is_dir():
-        spot.report("must be an existing directory", "policies_dir")
+    if not spot.decoder.offline and not config.policies_dir.is_dir():
+        spot.report(f"{config.policies_dir}: must be an existing directory", "policies_dir")
     grpc = config.ext_authz.grpc
     if grpc is not None and grpc.port != 0 and (grpc.host, grpc.port) in ((listen.host, listen.port), (admin.host, admin.port)):
         spot.child("ext_authz").child("grpc").report("must not use the same host and port as listen or admin", "port")
@@ -310,39 +305,39 @@ def _apply_environment(config: Config, env: Mapping[str, str]) -> Config:
     return replace(config, audit=apply_audit_environment(config.audit, env))
 
 
-def load_config(path: Path, env: Mapping[str, str] | None = None) -> Config:
-    """Read, decode and validate idgate.yaml; raise ConfigError listing every problem with file:line."""
+def load_config(path: Path, env: Mapping[str, str] | None = None, *, offline: bool = False) -> Config:
+    """Read, decode and validate idgate.yaml; raise ConfigError listing every problem with file:line.
+    Offline, the files and directories it names and the secrets the environment supplies at runtime are
+    not required (every other check runs)."""
     env = os.environ if env is None else env
     node = read_yaml(path)
-    decoder = Decoder(path, _SCHEMA)
+    decoder = Decoder(path, _SCHEMA, offline=offline)
     if node is None:
         raise ConfigError([ConfigProblem(str(path), None, "file is empty")])
     config = decoder.decode(node, Config, injected={"source": path})
     if config is not None:
         config = _apply_environment(config, env)
         key_file = config.assertion.key_file
-        if key_file is not None and (why := readable_file_problem(key_file)):
-            if env.get(ENV_ASSERTION_KEY_FILE):
-                decoder.problems.append(ConfigProblem(f"${ENV_ASSERTION_KEY_FILE}", None, f"{key_file}: {why}"))
-            else:
-                decoder.spot(node, Config, "").child("assertion").report(why, "key_file")
+        if env.get(ENV_ASSERTION_KEY_FILE) and key_file and not offline and (why := readable_file_problem(key_file)):
+            decoder.problems.append(ConfigProblem(f"${ENV_ASSERTION_KEY_FILE}", None, f"{key_file}: {why}"))
+        elif not env.get(ENV_ASSERTION_KEY_FILE):
+            decoder.spot(node, Config, "").child("assertion").report_unreadable(key_file, "key_file")
         gateway = config.aws.gateway
         if gateway.enabled and not env.get(ENV_GATEWAY_KEYS):
             spot = decoder.spot(node, Config, "").child("aws").child("gateway")
-            if gateway.key_file is None:
+            if gateway.key_file is None and not offline:   # offline, $IDGATE_GATEWAY_KEYS may come at runtime
                 spot.report(f"the gateway needs its key ring: key_file, or ${ENV_GATEWAY_KEYS}", "enabled")
-            elif why := readable_file_problem(gateway.key_file):
-                spot.report(why, "key_file")
+            spot.report_unreadable(gateway.key_file, "key_file")
         check_audit_files(config.audit, decoder.spot(node, Config, "").child("audit"), env, decoder.problems)
     decoder.raise_if_problems()
     assert config is not None   # decode returns None only after reporting a problem
     return config
 
 
-def check_config(path: Path, env: Mapping[str, str] | None = None) -> list[str]:
+def check_config(path: Path, env: Mapping[str, str] | None = None, *, offline: bool = False) -> list[str]:
     """What `idgate check-config` prints: one line per problem, empty when the file is valid."""
     try:
-        load_config(path, env)
+        load_config(path, env, offline=offline)
     except ConfigError as exc:
         return [str(p) for p in exc.problems]
     return []

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from proxy.config.decoder import Spot, readable_file_problem
+from proxy.config.decoder import Spot
 from proxy.config.schema import MIN_PSEUDONYM_KEY_BYTES, TracingConfig
 from proxy.config.checks import cidr_problem, http_url_problem, modules_installed
 
@@ -25,10 +25,9 @@ def check_tracing(tracing: TracingConfig, spot: Spot) -> TracingConfig:
     if len(tracing.service_name) > MAX_NAME_CHARS or not tracing.service_name.isprintable():
         spot.report(f"must be printable and at most {MAX_NAME_CHARS} characters", "service_name")
     _check_resource(tracing, spot)
-    if tracing.pseudonym_key_file is not None:
-        if why := readable_file_problem(tracing.pseudonym_key_file):
-            spot.report(why, "pseudonym_key_file")
-        elif os.stat(tracing.pseudonym_key_file).st_size < MIN_PSEUDONYM_KEY_BYTES:
+    key_file = tracing.pseudonym_key_file
+    if key_file is not None and not spot.decoder.offline and not spot.report_unreadable(key_file, "pseudonym_key_file"):
+        if os.stat(key_file).st_size < MIN_PSEUDONYM_KEY_BYTES:
             spot.report(f"must hold at least {MIN_PSEUDONYM_KEY_BYTES} bytes of key (e.g. head -c 32 /dev/urandom)",
                         "pseudonym_key_file")
     for i, cidr in enumerate(tracing.trusted_peers or ()):

@@ -149,8 +149,8 @@ def test_tls_files_must_exist_and_be_readable(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(bad, env={})
     assert [(p.line, p.message) for p in info.value.problems] == [
-        (6, "listen.tls.cert_file: cannot read: No such file or directory"),
-        (7, "listen.tls.key_file: cannot read: not a regular file"),
+        (6, f"listen.tls.cert_file: {tmp_path / 'missing.pem'}: cannot read: No such file or directory"),
+        (7, f"listen.tls.key_file: {tmp_path / 'dir.pem'}: cannot read: not a regular file"),
     ]
 
 
@@ -230,7 +230,7 @@ def test_missing_assertion_key_is_reported_where_it_came_from(tmp_path: Path) ->
         load_config(path, env={})
     assert [(p.file, p.line, p.message) for p in info.value.problems] == [
         (str(path), 3, "token_cache_size: must be greater than 0"),
-        (str(path), 5, "assertion.key_file: cannot read: No such file or directory"),
+        (str(path), 5, f"assertion.key_file: {tmp_path / 'missing.pem'}: cannot read: No such file or directory"),
     ]
     with pytest.raises(ConfigError) as info:
         load_config(path, env={ENV_ASSERTION_KEY_FILE: str(tmp_path / "env-missing.pem")})
