@@ -110,6 +110,23 @@ async def test_an_abusive_tracestate_is_dropped_and_the_trace_still_continues(va
     assert record["trace_id"] == TRACE and "tracestate" not in upstream and not span.context.trace_state
 
 
+@pytest.mark.parametrize("flag", ["01", "00"], ids=["sampled", "not-sampled"])
+@pytest.mark.parametrize("state", ["1vendor=abc", "t" * 242 + "@vendor=abc", "tenant@" + "v" * 15 + "=abc"],
+                         ids=["digit-first-simple-key", "tenant-over-241", "system-over-14"])
+async def test_a_tracestate_key_outside_w3cs_grammar_is_dropped_alike_sampled_or_not(flag, state, caplog) -> None:
+    # The SDK's TraceState refuses such a key with a WARNING per request; the sampled path dropped it, the
+    # unsampled one passed it on: one rule (W3C's) decides both, before the SDK sees it.
+    tracing, _ = traced()
+    with caplog.at_level("WARNING", logger="opentelemetry"):
+        record, upstream = one_request(tracing, TRUSTED_PEER, [("traceparent", f"00-{TRACE}-{SPAN}-{flag}"),
+                                                               ("tracestate", f"{state},good=1")])
+    assert record["trace_id"] == TRACE and "tracestate" not in upstream
+    assert not [r for r in caplog.records if r.name.startswith("opentelemetry")]
+    _, upstream = one_request(tracing, TRUSTED_PEER, [("traceparent", f"00-{TRACE}-{SPAN}-{flag}"),
+                                                      ("tracestate", "0tenant@vendor=abc,good=1")])
+    assert upstream["tracestate"] == "0tenant@vendor=abc,good=1"       # a tenant may start with a digit
+
+
 @pytest.mark.parametrize("ratio", [1.0, 0.0], ids=["sampled", "not-sampled"])
 @pytest.mark.parametrize("peer", [STRANGER, TRUSTED_PEER], ids=["new-trace", "trusted-without-parent"])
 async def test_the_xray_root_of_a_new_trace_starts_with_the_current_epoch(ratio: float, peer: str) -> None:
