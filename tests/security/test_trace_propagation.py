@@ -143,6 +143,22 @@ async def test_the_xray_root_of_a_new_trace_starts_with_the_current_epoch(ratio:
     assert parent == f"Parent={record['span_id']}" and sampled == f"Sampled={1 if ratio else 0}"
 
 
+@pytest.mark.parametrize("xray", [True, False], ids=["xray-on", "xray-off"])
+async def test_idgates_trace_context_upstream_is_the_only_one_in_any_spelling(xray: bool) -> None:
+    # A framework that reads X_Amzn_Trace_Id as X-Amzn-Trace-Id (CGI, some servers) must not find the peer's
+    # beside idgate's: what idgate replaces, it replaces in every spelling.
+    tracing, _ = traced(xray_header=xray)
+    record, upstream = one_request(tracing, TRUSTED_PEER, [
+        ("traceparent", PARENT), ("X_Amzn_Trace_Id", "Root=1-5759e988-bd862e3fe1be46a994272793"), ("TRACEPARENT", PARENT)])
+    names = [name.lower().replace("_", "-") for name in upstream]
+    assert names.count("traceparent") == 1 and upstream["traceparent"].startswith(f"00-{record['trace_id']}-")
+    assert names.count("x-amzn-trace-id") == 1
+    if xray:
+        assert upstream["X-Amzn-Trace-Id"].startswith("Root=1-")
+    else:
+        assert upstream["X_Amzn_Trace_Id"] == "Root=1-5759e988-bd862e3fe1be46a994272793"   # trusted, not ours to replace
+
+
 # --- on the wire ------------------------------------------------------------------------------------
 
 async def test_forwarding_headers_do_not_make_a_stranger_trusted_for_trace_context(make_stack, otlp_receiver):
