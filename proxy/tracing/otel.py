@@ -33,7 +33,7 @@ import proxy
 from proxy.config import TracingConfig
 from proxy.core import caps
 from proxy.core.errors import IdgateError
-from proxy.core.headers import TrustedProxies
+from proxy.core.headers import TrustedProxies, normalized_name
 from proxy.core.model import AccessRequest, Decision, Identity, Surface
 from proxy.metrics import Metrics
 from proxy.tracing.api import Attribute, Carrier, NO_SPAN, Span, Tracing
@@ -272,7 +272,8 @@ class OtelTracing(Tracing):
             trace_id, span_id, sampled = context.trace_id, context.span_id, context.trace_flags.sampled
             state = context.trace_state.to_header() if context.trace_state else ""
         replaced = self._replaced
-        headers[:] = [(name, value) for name, value in headers if name.lower() not in replaced]
+        # In every spelling: some servers (and CGI) read X_Amzn_Trace_Id as X-Amzn-Trace-Id.
+        headers[:] = [(name, value) for name, value in headers if normalized_name(name) not in replaced]
         headers.append(("traceparent", format_traceparent(trace_id, span_id, sampled)))
         if state:
             headers.append(("tracestate", state))
