@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 from proxy.config import LimitsConfig
 from proxy.core.errors import AccessDenied, BadRequest, ExpectationFailed, HeadersTooLarge, IdgateError
-from proxy.core.headers import OVERRIDE_HEADERS, is_identity_header
+from proxy.core.headers import OVERRIDE_HEADERS, TRACE_CONTEXT_HEADERS, is_identity_header
 from proxy.core.hosts import parse_host
 from proxy.core.model import AccessRequest, Surface
 from proxy.core.paths import normalize_path, split_target
@@ -68,6 +68,7 @@ class Admitted(NamedTuple):
     raw_path: str
     query: str
     identity_headers: tuple[str, ...]          # lower-case names of client-sent identity headers
+    context_headers: tuple[str, ...]           # lower-case names of client-sent trace context headers (any spelling)
 
 
 def rejected(surface: Surface, received: Received) -> RejectedTarget:
@@ -99,7 +100,7 @@ async def admit(services: Services, gate: Gate, received: Received,
 
 def check(gate: Gate, received: Received, limits: LimitsConfig) -> Admitted:
     """Every admission check but the trusted-peer gate: pure, raising the IdgateError of the first that fails."""
-    authorization, identity = _scan(received.headers, limits)
+    authorization, identity, context = _scan(received.headers, limits)
     if not _METHOD.fullmatch(received.method):
         raise BadRequest("invalid method", reason=Reason.BAD_METHOD)
     if gate.methods is not None and received.method not in gate.methods:
@@ -117,16 +118,18 @@ def check(gate: Gate, received: Received, limits: LimitsConfig) -> Admitted:
         raise BadRequest("the request path is not in canonical form", reason=Reason.NON_CANONICAL_PATH)
     access = AccessRequest(surface=gate.surface, request_id=received.request_id, method=received.method, host=host,
                            path=path, client_addr=received.client_addr)
-    return Admitted(access, _token(gate, authorization), raw_path, query, identity)
+    return Admitted(access, _token(gate, authorization), raw_path, query, identity, context)
 
 
-def _scan(headers: Sequence[tuple[str, str]], limits: LimitsConfig) -> tuple[str | None, tuple[str, ...]]:
+def _scan(headers: Sequence[tuple[str, str]],
+          limits: LimitsConfig) -> tuple[str | None, tuple[str, ...], tuple[str, ...]]:
     """One pass over the head: its limits, the override-header refusal, the one Authorization, and the
-    identity headers a client sent (this runs on every request)."""
+    identity and trace context headers a client sent (this runs on every request)."""
     if len(headers) > limits.max_headers:
         raise HeadersTooLarge("too many request headers", reason=Reason.TOO_MANY_HEADERS)
     authorization: str | None = None
     identity: list[str] = []
+    context: list[str] = []
     for name, value in headers:
         if len(name) + len(value) > limits.max_header_bytes:
             raise HeadersTooLarge("a request header is too large", reason=Reason.HEADER_TOO_LARGE)
@@ -147,7 +150,9 @@ def _scan(headers: Sequence[tuple[str, str]], limits: LimitsConfig) -> tuple[str
             raise BadRequest("method or URL override headers are not accepted", reason=Reason.OVERRIDE_HEADER)
         if is_identity_header(norm):
             identity.append(lower)
-    return authorization, tuple(identity)
+        elif norm in TRACE_CONTEXT_HEADERS:
+            context.append(lower)
+    return authorization, tuple(identity), tuple(context)
 
 
 def _token(gate: Gate, authorization: str | None) -> str | None:

@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 from proxy.assertion import audience
+from proxy.core.headers import TRACE_CONTEXT_HEADERS
 from proxy.core.model import AccessRequest, Decision
 from proxy.edges._admission import Gate, Received, admit
 from proxy.edges._http import IDENTITY_HEADER_NAMES, identity_headers
@@ -47,11 +48,16 @@ _SET_NAMES = frozenset(name.lower() for name in IDENTITY_HEADER_NAMES)
 
 
 @functools.lru_cache(maxsize=256)     # nearly always the same: no identity headers were sent
-def _remove(identity: tuple[str, ...], forward_token: bool) -> tuple[str, ...]:
+def _remove(identity: tuple[str, ...], forward_token: bool, context: tuple[str, ...] | None = None) -> tuple[str, ...]:
+    """`context`: the client's trace context headers, to remove (None: a client trusted for them keeps them)."""
     set_names = _SET_NAMES
     remove = [] if forward_token else ["authorization"]
     remove += [n for n in ALWAYS_REMOVED if n not in set_names]
     remove += [n for n in identity if n not in set_names and n not in remove]
+    if context is not None:
+        # Envoy passes the client's request on with them: from a stranger they would pick the trace an
+        # upstream joins or plant baggage it reads as fact, as on the reverse proxy (core/headers.py).
+        remove += [n for n in (*sorted(TRACE_CONTEXT_HEADERS), *context) if n not in remove]
     return tuple(remove)
 
 
@@ -63,5 +69,6 @@ async def authorize(services: Services, gate: Gate, received: Received,
     decision = await services.pipeline.authorize(access, admitted.token)
     set_headers = tuple((name.lower(), value)
                         for name, value in identity_headers(services, decision, audience(gate.surface, access.host)))
+    context = None if access.client_addr in services.tracing.peers else admitted.context_headers
     return Allowed(decision, access, set_headers,
-                   _remove(admitted.identity_headers, services.config.ext_authz.forward_token))
+                   _remove(admitted.identity_headers, services.config.ext_authz.forward_token, context))

@@ -10,9 +10,11 @@ the logs of every hop that saw the trace, sampled or not."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 import secrets
 import threading
+import time
 from contextvars import ContextVar, Token
 from types import TracebackType
 from typing import Any, NamedTuple
@@ -23,6 +25,7 @@ from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExport
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
 
@@ -30,7 +33,7 @@ import proxy
 from proxy.config import TracingConfig
 from proxy.core import caps
 from proxy.core.errors import IdgateError
-from proxy.core.headers import TrustedProxies
+from proxy.core.headers import TrustedProxies, normalized_name
 from proxy.core.model import AccessRequest, Decision, Identity, Surface
 from proxy.metrics import Metrics
 from proxy.tracing.api import Attribute, Carrier, NO_SPAN, Span, Tracing
@@ -74,6 +77,23 @@ def _random_id(bits: int) -> int:
     while not (value := random.getrandbits(bits)):
         pass
     return value
+
+
+def _xray_trace_id() -> int:
+    """A trace id X-Ray accepts: it reads the first 32 bits as the trace's start (Unix seconds) and refuses
+    the segments of a trace that started more than 30 days ago, so a random id there loses nearly every
+    trace.  96 random bits follow (as in AWS's OpenTelemetry id generator)."""
+    return (int(time.time()) & 0xFFFFFFFF) << 96 | _random_id(96)
+
+
+class _XrayIds(RandomIdGenerator):
+    """The SDK's ids for a sampled request's new trace, with xray_header on."""
+
+    def generate_trace_id(self) -> int:
+        return _xray_trace_id()
+
+    def is_trace_id_random(self) -> bool:
+        return False        # W3C level 2's random flag: only the low 96 bits are
 
 
 _current: ContextVar[_Frame | None] = ContextVar("idgate_trace_frame", default=None)
@@ -147,7 +167,10 @@ class OtelTracing(Tracing):
         super().__init__(peers)
         resource = Resource.create({**config.resource_attributes, "service.name": config.service_name})
         # Every span that reaches the SDK is sampled already (server() decides): it records them all.
-        self._provider = TracerProvider(resource=resource, sampler=ParentBased(ALWAYS_ON))
+        self._xray = config.xray_header
+        self._new_trace_id = _xray_trace_id if self._xray else functools.partial(_random_id, 128)
+        self._provider = TracerProvider(resource=resource, sampler=ParentBased(ALWAYS_ON),
+                                        id_generator=_XrayIds() if self._xray else None)
         self._ratio = config.sampling_ratio
         if exporter is None:
             exporter = OTLPSpanExporter(endpoint=config.endpoint, timeout=config.export_timeout)
@@ -158,7 +181,6 @@ class OtelTracing(Tracing):
         self._tracer = self._provider.get_tracer("idgate", proxy.__version__)
         self._identity = IdentityAttributes(pseudonym_key or secrets.token_bytes(PSEUDONYM_KEY_BYTES),
                                             export_subject=config.export_enduser_id, max_roles=config.max_roles)
-        self._xray = config.xray_header
         self._replaced = frozenset(_PROPAGATION + ((_XRAY,) if self._xray else ()))
 
     # --- spans -------------------------------------------------------------------------------------
@@ -168,7 +190,7 @@ class OtelTracing(Tracing):
             if peer in self.peers else None
         if not (found.sampled if found is not None else self._ratio >= 1.0 or random.random() < self._ratio):
             if found is None:
-                return _Unsampled(_Frame(None, _Request(None, _random_id(128), _random_id(64))))
+                return _Unsampled(_Frame(None, _Request(None, self._new_trace_id(), _random_id(64))))
             return _Unsampled(_Frame(None, _Request(None, found.trace_id, _random_id(64),
                                                     format_tracestate(found.tracestate))))
         parent: Context | None = None
@@ -250,7 +272,8 @@ class OtelTracing(Tracing):
             trace_id, span_id, sampled = context.trace_id, context.span_id, context.trace_flags.sampled
             state = context.trace_state.to_header() if context.trace_state else ""
         replaced = self._replaced
-        headers[:] = [(name, value) for name, value in headers if name.lower() not in replaced]
+        # In every spelling: some servers (and CGI) read X_Amzn_Trace_Id as X-Amzn-Trace-Id.
+        headers[:] = [(name, value) for name, value in headers if normalized_name(name) not in replaced]
         headers.append(("traceparent", format_traceparent(trace_id, span_id, sampled)))
         if state:
             headers.append(("tracestate", state))

@@ -12,8 +12,10 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 _TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})", re.ASCII)
-# W3C Trace Context §3.3.1: a (possibly multi-tenant) key and a value of printable ASCII without ',' '='.
-_MEMBER = re.compile(r"([a-z0-9][a-z0-9_\-*/]{0,255}(?:@[a-z][a-z0-9_\-*/]{0,13})?)"
+# W3C Trace Context §3.3.1: a simple key (a letter first) or a multi-tenant one (tenant@system), and a value of
+# printable ASCII without ',' '='.  Exactly the grammar the SDK's TraceState checks, so a member believed here
+# is passed on alike whether or not the request is sampled (the SDK would drop it, warning each time).
+_MEMBER = re.compile(r"([a-z][a-z0-9_\-*/]{0,255}|[a-z0-9][a-z0-9_\-*/]{0,240}@[a-z][a-z0-9_\-*/]{0,13})"
                      r"=([\x20-\x2b\x2d-\x3c\x3e-\x7e]{0,255}[\x21-\x2b\x2d-\x3c\x3e-\x7e])", re.ASCII)
 MAX_TRACESTATE_CHARS = 512         # what W3C asks every vendor to pass on; more may be cut, so we drop it
 MAX_TRACESTATE_MEMBERS = 32

@@ -5,6 +5,10 @@ traceparent, and the audit record names the trace; a denial's span carries its r
 
 from __future__ import annotations
 
+import secrets
+
+import aiohttp
+
 from tests.harness.otlp import OtlpReceiver, ReceivedSpan
 
 SERVER = 2
@@ -57,3 +61,22 @@ async def test_a_denial_through_envoy_carries_its_reason_on_idgates_span(make_en
     assert (ours.attributes["idgate.decision"], ours.attributes["idgate.reason"]) == ("deny", record["reasons"][0])
     assert ours.attributes["http.response.status_code"] == 403
     assert stack.upstream.received == []
+
+
+async def test_a_strangers_x_ray_header_and_traceparent_stop_at_envoy(make_envoy_stack, otlp_receiver, mode):
+    # The client connects from 127.0.0.2: not the trusted Envoy (127.0.0.1), so not trusted for trace context.
+    # Envoy's shipped config removes baggage itself; X-Amzn-Trace-Id only idgate's allow removes (issue 13).
+    stack = await traced_envoy_stack(make_envoy_stack, otlp_receiver)
+    their_trace = secrets.token_hex(16)
+    headers = {"Host": "orders.internal", "Authorization": f"Bearer {stack.etl_token()}",
+               "X-Amzn-Trace-Id": "Root=1-5759e988-bd862e3fe1be46a994272793;Sampled=1",
+               "traceparent": f"00-{their_trace}-{secrets.token_hex(8)}-01"}
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))) as stranger:
+        async with stranger.get(stack.base_url + "/v1/orders/7", headers=headers) as response:
+            assert response.status == 200
+    await stack.idgate.settled()
+    [record] = await stack.decisions()
+    received = stack.upstream.received[-1]
+    assert received.header("x-amzn-trace-id") == []
+    (traceparent,) = received.header("traceparent")
+    assert traceparent.split("-")[1] == record["trace_id"]       # Envoy's own trace, continued by idgate
