@@ -34,12 +34,12 @@ def test_exit_status_names_the_signal() -> None:
 
 # A worker that kills itself on its first run; its restart asks the supervisor to stop, then waits for it.
 WORKER = """
-import os, signal, sys, time
+import os, signal, sys
 from proxy.worker_state import WorkerTable
 if WorkerTable.attach(int(sys.argv[1])).slot(int(sys.argv[2])).restarts == 0:
     os.kill(os.getpid(), signal.SIGKILL)
 os.kill(os.getppid(), signal.SIGTERM)
-time.sleep(60)
+signal.pause()   # until the supervisor stops it
 """
 
 
