@@ -124,8 +124,13 @@ def test_pod_configmaps_hold_the_deploy_files_verbatim():
     docs = pod_documents()
     assert docs["ConfigMap/orders-envoy"]["data"]["envoy.yaml"] == (DEPLOY_ENVOY / "envoy-grpc.yaml").read_text()
     assert docs["ConfigMap/orders-idgate"]["data"]["idgate.yaml"] == (DEPLOY_ENVOY / "idgate.yaml").read_text()
+    # The demo policies, re-issued to the issuer the pod's config trusts (the demo's is a loopback one).
     policies = docs["ConfigMap/orders-idgate-policies"]["data"]
-    assert policies == {p.name: p.read_text() for p in sorted((REPO / "policies").glob("*.yaml"))}
+    demo = {p.name: p.read_text() for p in sorted((REPO / "policies").glob("*.yaml"))}
+    assert policies == {
+        name: text.replace("  Issuer http://127.0.0.1:9400 is the demo issuer (`idgate demo`).", "")
+        .replace("issuer: http://127.0.0.1:9400", "issuer: https://login.example.com")
+        for name, text in demo.items()}
 
 
 def test_pod_embedded_envoy_config_passes_envoy_validate(tmp_path):
