@@ -114,8 +114,8 @@ async def running_services(config: Config, *, metrics: Metrics | None = None,
                            span_exporter: SpanExporter | None = None,
                            workers: WorkerSeat | None = None) -> AsyncIterator[Services]:
     """`sts_client` builds the credential broker's STS client (default: boto3 with the usual credential chain);
-    `span_exporter` replaces tracing's OTLP exporter (tests); `workers` is given to a `--workers N` worker.  Every resource is closed, in reverse order,
-    however far startup got."""
+    `span_exporter` replaces tracing's OTLP exporter (tests); `workers` is given to a `--workers N` worker.
+    Every resource is closed, in reverse order, however far startup got."""
     metrics = metrics or Metrics()
     if workers is not None:
         RestartsCollector(workers.table, metrics.registry)
