@@ -8,10 +8,18 @@
 // the issuer URL carries the real port; the Provider behind it can then be replaced in-process (key
 // rotation builds a new Provider with a new JWKS and swaps the request handler).
 //
+// Browser login (authorization code + PKCE S256): web clients register themselves (open Dynamic Client
+// Registration at /reg, test-only); GET /interaction/:uid is a minimal login form, POST
+// /interaction/:uid/login with `username` logs a user of the config in (an unknown one ends the
+// authorization with access_denied); consent is granted at once.  RP-initiated logout and back-channel
+// logout are on.
+//
 // Control endpoints (header "X-Test-Control: <IDGATE_OP_CONTROL_TOKEN>"):
 //   POST /__test/rotate              add a new RSA + EC signing key; new tokens are signed with it
 //   POST /__test/outage {"on": bool} discovery and JWKS answer 503 while on
-//   GET  /__test/state               {kids, outage}
+//   POST /__test/ttl {"IdToken": 5}  lifetimes (seconds) of code-flow artifacts; replaces the previous
+//                                    overrides, {} restores the defaults
+//   GET  /__test/state               {kids, outage, ttl}
 
 import * as crypto from 'node:crypto';
 import * as http from 'node:http';
@@ -34,8 +42,30 @@ if (!controlToken) {
 }
 // clients: client_credentials clients (groups -> the access token's groups claim) and CIBA clients
 // (ciba: true), which yield real ID tokens with no browser; resources: resource indicator -> the
-// signing alg and scopes of its JWT access tokens; users: accounts a CIBA login_hint may name.
+// signing alg and scopes of its JWT access tokens; users: accounts a CIBA login_hint may name and
+// the interaction login form accepts.
 const config = JSON.parse(readFileSync(args.config, 'utf8'));
+
+// Code-flow lifetimes when no test overrides them: short enough that a test run never outlives them
+// by accident, long enough that nothing expires under a slow machine.
+const DEFAULT_TTL = { AccessToken: 600, IdToken: 600, RefreshToken: 3600, AuthorizationCode: 60 };
+let ttlOverrides = {};
+
+function ttl(name) {
+  return () => ttlOverrides[name] ?? DEFAULT_TTL[name];
+}
+
+function setTtls(body) {
+  for (const [name, seconds] of Object.entries(body)) {
+    if (!Object.hasOwn(DEFAULT_TTL, name)) throw new Error(`unknown ttl ${name}`);
+    if (!Number.isInteger(seconds) || seconds <= 0) throw new Error(`ttl ${name} must be a positive integer`);
+  }
+  ttlOverrides = { ...body };
+}
+
+// The session and interaction cookies are signed with a key that outlives key rotation's rebuilt
+// Provider, so a login in progress survives a rotation.
+const cookieKeys = [crypto.randomBytes(32).toString('base64url')];
 
 function newSigningKeys() {
   const rsa = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey.export({ format: 'jwk' });
@@ -60,7 +90,7 @@ function signingKid(alg) {
   return keys.find((k) => k.alg === alg)?.kid;
 }
 
-function buildProvider(issuer) {
+function buildProvider(issuerUrl) {
   const clients = config.clients.map((c) => (c.ciba
     ? {
       client_id: c.client_id,
@@ -78,11 +108,39 @@ function buildProvider(issuer) {
       redirect_uris: [],
     }));
 
-  const provider = new Provider(issuer, {
+  const op = new Provider(issuerUrl, {
     clients,
     jwks: { keys },
-    scopes: ['openid', ...new Set(Object.values(config.resources).flatMap((r) => r.scope.split(' ')))],
+    cookies: { keys: cookieKeys },
+    scopes: ['openid', 'offline_access',
+      ...new Set(Object.values(config.resources).flatMap((r) => r.scope.split(' ')))],
     claims: { openid: ['sub'], groups: ['groups'] },
+    // The ID token carries the claims of its scopes (groups) even when an access token is issued too,
+    // as Okta, Keycloak and Entra do when configured to: idgate's browser login reads them there.
+    conformIdTokenClaims: false,
+    clientAuthMethods: ['client_secret_basic', 'client_secret_post', 'none'],
+    // The code flow only: no implicit or hybrid responses put tokens in the front channel.
+    responseTypes: ['code'],
+    // PKCE for every client, confidential ones too (oidc-provider knows only S256).
+    pkce: { required: () => true },
+    // Every code grant of a client allowed the refresh_token grant gets a refresh token (no
+    // offline_access needed); it still ends with the OP session, so RP-initiated logout kills it.
+    // Rotated on every use: the old one is then refused, and reusing it revokes the grant.
+    issueRefreshToken: async (_ctx, client) => client.grantTypeAllowed('refresh_token'),
+    rotateRefreshToken: true,
+    ttl: {
+      AccessToken: ttl('AccessToken'),
+      IdToken: ttl('IdToken'),
+      RefreshToken: ttl('RefreshToken'),
+      AuthorizationCode: ttl('AuthorizationCode'),
+    },
+    // oidc-provider refuses to call special-use addresses (SSRF protection), loopback included; this
+    // test OP's only outgoing calls are back-channel logouts to relying parties on loopback, so it calls
+    // those and nothing else.
+    async fetch(url, { dispatcher: _ssrfChecking, ...options }) {
+      if (new URL(url).hostname !== '127.0.0.1') throw new Error(`refusing to call ${url}: not loopback`);
+      return globalThis.fetch(url, options);
+    },
     async findAccount(_ctx, sub) {
       if (!Object.hasOwn(config.users, sub)) return undefined;
       const user = config.users[sub];
@@ -95,6 +153,9 @@ function buildProvider(issuer) {
     },
     features: {
       devInteractions: { enabled: false },
+      registration: { enabled: true },
+      backchannelLogout: { enabled: true },
+      rpInitiatedLogout: { enabled: true },
       clientCredentials: { enabled: true },
       introspection: { enabled: false },
       revocation: { enabled: false },
@@ -133,8 +194,9 @@ function buildProvider(issuer) {
       },
     },
   });
-  provider.on('server_error', (_ctx, err) => console.error('server_error', err));
-  return provider;
+  op.on('server_error', (_ctx, err) => console.error('server_error', err));
+  op.on('backchannel.error', (_ctx, err, client) => console.error('backchannel.error', client.clientId, err));
+  return op;
 }
 
 function json(res, status, body) {
@@ -142,10 +204,19 @@ function json(res, status, body) {
   res.end(JSON.stringify(body));
 }
 
-async function readJson(req) {
+function html(res, status, body) {
+  res.writeHead(status, { 'content-type': 'text/html; charset=utf-8', 'cache-control': 'no-store' });
+  res.end(body);
+}
+
+async function readBody(req) {
   const chunks = [];
   for await (const chunk of req) chunks.push(chunk);
-  const text = Buffer.concat(chunks).toString('utf8');
+  return Buffer.concat(chunks).toString('utf8');
+}
+
+async function readJson(req) {
+  const text = await readBody(req);
   return text ? JSON.parse(text) : {};
 }
 
@@ -156,29 +227,89 @@ function authorizedControl(req) {
 }
 
 let issuer;
+let provider;
 let handler;
+
+function usingProvider(next) {
+  provider = next;
+  handler = next.callback();
+}
 
 async function control(req, res, path) {
   if (!authorizedControl(req)) return json(res, 403, { error: 'forbidden' });
   if (req.method === 'POST' && path === '/__test/rotate') {
     keys = [...newSigningKeys(), ...keys];
-    handler = buildProvider(issuer).callback();
+    usingProvider(buildProvider(issuer));
     return json(res, 200, { kids: keys.map((k) => k.kid) });
   }
   if (req.method === 'POST' && path === '/__test/outage') {
     outage = (await readJson(req)).on === true;
     return json(res, 200, { outage });
   }
+  if (req.method === 'POST' && path === '/__test/ttl') {
+    setTtls(await readJson(req));
+    return json(res, 200, { ttl: ttlOverrides });
+  }
   if (req.method === 'GET' && path === '/__test/state') {
-    return json(res, 200, { kids: keys.map((k) => k.kid), outage });
+    return json(res, 200, { kids: keys.map((k) => k.kid), outage, ttl: ttlOverrides });
   }
   return json(res, 404, { error: 'not_found' });
+}
+
+// The interaction endpoints, as oidc-provider's documented examples write them: the interaction is
+// the one the _interaction cookie names (interactionDetails), and it must be the one the URL names.
+const INTERACTION_PATH = /^\/interaction\/([\w-]+)(\/login)?$/;
+
+function loginForm(uid) {
+  return `<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>Sign in</title></head>
+<body><form method="post" action="/interaction/${encodeURIComponent(uid)}/login">
+<input name="username" autofocus><button type="submit">Sign in</button>
+</form></body></html>`;
+}
+
+// Consent is granted at once, for exactly what the prompt says is missing.
+async function grantConsent(req, res, details) {
+  const { prompt: { details: missing }, params, session } = details;
+  const grant = details.grantId
+    ? await provider.Grant.find(details.grantId)
+    : new provider.Grant({ accountId: session.accountId, clientId: params.client_id });
+  if (missing.missingOIDCScope) grant.addOIDCScope(missing.missingOIDCScope.join(' '));
+  if (missing.missingOIDCClaims) grant.addOIDCClaims(missing.missingOIDCClaims);
+  for (const [indicator, scopes] of Object.entries(missing.missingResourceScopes ?? {})) {
+    grant.addResourceScope(indicator, scopes.join(' '));
+  }
+  const grantId = await grant.save();
+  await provider.interactionFinished(req, res, { consent: { grantId } }, { mergeWithLastSubmission: true });
+}
+
+async function login(req, res) {
+  const username = new URLSearchParams(await readBody(req)).get('username') ?? '';
+  const result = Object.hasOwn(config.users, username)
+    ? { login: { accountId: username } }
+    : { error: 'access_denied', error_description: 'unknown user' };
+  await provider.interactionFinished(req, res, result, { mergeWithLastSubmission: false });
+}
+
+async function interaction(req, res, [, uid, loginPath]) {
+  const details = await provider.interactionDetails(req, res);
+  if (details.uid !== uid) return html(res, 400, 'interaction mismatch');
+  const { name } = details.prompt;
+  if (req.method === 'GET' && !loginPath && name === 'login') return html(res, 200, loginForm(uid));
+  if (req.method === 'GET' && !loginPath && name === 'consent') return grantConsent(req, res, details);
+  if (req.method === 'POST' && loginPath && name === 'login') return login(req, res);
+  return html(res, 400, `unexpected ${req.method} for the ${name} prompt`);
 }
 
 const server = http.createServer((req, res) => {
   const path = new URL(req.url, 'http://localhost').pathname;
   if (path.startsWith('/__test/')) {
     control(req, res, path).catch((err) => json(res, 400, { error: String(err.message) }));
+    return;
+  }
+  const interactionPath = INTERACTION_PATH.exec(path);
+  if (interactionPath) {
+    interaction(req, res, interactionPath).catch((err) => html(res, 400, String(err.message)));
     return;
   }
   if (outage && (path === '/jwks' || path.startsWith('/.well-known/'))) {
@@ -191,7 +322,7 @@ const server = http.createServer((req, res) => {
 server.listen(Number(args.port), '127.0.0.1', () => {
   const { port } = server.address();
   issuer = `http://127.0.0.1:${port}`;
-  handler = buildProvider(issuer).callback();
+  usingProvider(buildProvider(issuer));
   console.log(`READY ${port}`);
 });
 
