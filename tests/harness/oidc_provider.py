@@ -1,5 +1,6 @@
 """Starts and drives the real OpenID Provider of tests/harness/oidc_provider_node (node, oidc-provider 9.x): free
-loopback port, polled readiness, tokens over HTTP, key rotation and JWKS outage switches."""
+loopback port, polled readiness, tokens over HTTP, web clients registered for the code flow (the browser's part is
+tests/harness/browserless.py), key rotation, JWKS outage and token lifetime switches."""
 
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ import shutil
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +29,17 @@ _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 class OidcProviderError(RuntimeError):
     """The provider could not be started or refused a request; the message carries its log tail."""
+
+
+@dataclass(frozen=True, slots=True)
+class WebClient:
+    """A client registered for the authorization code flow; client_secret is None for a public client
+    (auth_method "none")."""
+
+    client_id: str
+    client_secret: str | None
+    auth_method: str
+    redirect_uris: tuple[str, ...]
 
 
 class OidcProvider(ManagedServer):
@@ -93,6 +108,31 @@ class OidcProvider(ManagedServer):
             "grant_type": "urn:openid:params:grant-type:ciba", "auth_req_id": started["auth_req_id"]})
         return str(tokens["id_token"])
 
+    # -- code flow ----------------------------------------------------------------------------
+
+    def discovery(self) -> dict[str, Any]:
+        return self._request("GET", "/.well-known/openid-configuration")
+
+    def register_web_client(self, redirect_uris: Sequence[str], *, post_logout_redirect_uris: Sequence[str] = (),
+                            backchannel_logout_uri: str | None = None,
+                            auth_method: str = "client_secret_basic") -> WebClient:
+        """Registers a code-flow client (Dynamic Client Registration) once its URIs are known: grants
+        authorization_code and refresh_token, response type code; with a back-channel logout URI, its
+        logout tokens and ID tokens carry sid."""
+        metadata: dict[str, Any] = {
+            "application_type": "web", "redirect_uris": list(redirect_uris),
+            "post_logout_redirect_uris": list(post_logout_redirect_uris),
+            "grant_types": ["authorization_code", "refresh_token"], "response_types": ["code"],
+            "token_endpoint_auth_method": auth_method}
+        if backchannel_logout_uri is not None:
+            metadata |= {"backchannel_logout_uri": backchannel_logout_uri,
+                         "backchannel_logout_session_required": True}
+        registered = self._request("POST", "/reg", json.dumps(metadata).encode(),
+                                   {"Content-Type": "application/json"})
+        return WebClient(client_id=str(registered["client_id"]), client_secret=registered.get("client_secret"),
+                         auth_method=str(registered["token_endpoint_auth_method"]),
+                         redirect_uris=tuple(registered["redirect_uris"]))
+
     # -- test controls ------------------------------------------------------------------------
 
     def rotate_keys(self) -> list[str]:
@@ -105,6 +145,21 @@ class OidcProvider(ManagedServer):
 
     def kids(self) -> list[str]:
         return list(self._control("GET", "/__test/state")["kids"])
+
+    def set_ttls(self, **seconds: int) -> dict[str, int]:
+        """Lifetimes of the code flow's AccessToken, IdToken, RefreshToken and AuthorizationCode for what is
+        issued from now on; replaces earlier overrides, and no argument restores the defaults (600, 600, 3600
+        and 60 s).  Returns the overrides in force."""
+        return dict(self._control("POST", "/__test/ttl", seconds)["ttl"])
+
+    @contextmanager
+    def short_ttls(self, **seconds: int) -> Iterator[None]:
+        """set_ttls for a block, defaults again after it: the session-scoped provider is shared."""
+        self.set_ttls(**seconds)
+        try:
+            yield
+        finally:
+            self.set_ttls()
 
     # -- http ---------------------------------------------------------------------------------
 
