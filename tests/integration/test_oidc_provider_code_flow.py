@@ -50,10 +50,20 @@ class TinyRp:
         async def signed_out(_request: web.Request) -> web.Response:
             return web.Response(text="signed out")
 
+        async def set_host_cookie(_request: web.Request) -> web.Response:
+            response = web.Response(text="set")
+            response.headers["Set-Cookie"] = "__Host-rp=1; Secure; HttpOnly; Path=/; SameSite=Lax"
+            return response
+
+        async def cookies(request: web.Request) -> web.Response:
+            return web.json_response(dict(request.cookies))
+
         app = web.Application()
         app.router.add_get("/callback", callback)
         app.router.add_post("/backchannel-logout", backchannel_logout)
         app.router.add_get("/signed-out", signed_out)
+        app.router.add_get("/set-host-cookie", set_host_cookie)
+        app.router.add_get("/cookies", cookies)
         return app
 
 
@@ -309,3 +319,14 @@ async def test_offline_access_outlives_the_op_session(oidc_provider: OidcProvide
     status, refreshed = await token_request(http, oidc_provider, client, {
         "grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]})
     assert status == 200 and refreshed["scope"] == "openid groups offline_access"
+
+
+@pytest.mark.parametrize("secure", [True, False])
+async def test_a_secure_cookie_goes_back_over_http_only_to_a_secure_origin(rp: TinyRp, secure: bool) -> None:
+    """What a relying party's __Host- session cookie needs from the browser on http://127.0.0.1."""
+    async with browser_session([rp.url] if secure else []) as session:
+        async with session.get(rp.url + "/set-host-cookie", allow_redirects=False) as response:
+            assert response.status == 200
+        async with session.get(rp.url + "/cookies", allow_redirects=False) as response:
+            sent = await response.json()
+    assert sent == ({"__Host-rp": "1"} if secure else {})
