@@ -31,6 +31,7 @@ from proxy.metrics import Metrics
 from proxy.core.model import AccessRequest, Decision, Identity, Surface, Touch
 from proxy.policy.dynamodb import TableGrant, TouchVerdict, authorize as authorize_touches, table_grants
 from proxy.policy.engine import CompiledPolicy
+from proxy.sessions.manager import SessionIdentity, Sessions
 from proxy.policy.session_policy import RoleChoice, SessionPolicy, choose_role, render_session_policy
 from proxy.tracing import NO_TRACING, SpanName, Tracing
 
@@ -58,6 +59,16 @@ class CredentialSource(Protocol):
                           policy: SessionPolicy) -> Vended: ...
 
 
+class SessionCookie(NamedTuple):
+    """A browser's session cookie, as admission found it: the credential when no bearer token is given."""
+
+    value: str
+    cross_site: bool                   # Origin / Sec-Fetch-Site say another site made the browser send it
+
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
 class RejectedTarget(NamedTuple):
     """What an edge knows about a request it could not turn into an AccessRequest (e.g. a path trick)."""
 
@@ -71,8 +82,9 @@ class RejectedTarget(NamedTuple):
 
 class Pipeline:
     def __init__(self, verifier: TokenVerifier, policy: PolicySource, audit: AuditSink, metrics: Metrics,
-                 tracing: Tracing = NO_TRACING) -> None:
+                 tracing: Tracing = NO_TRACING, sessions: Sessions | None = None) -> None:
         self._verifier = verifier
+        self._sessions = sessions
         self._policy = policy
         self._audit = audit
         self._metrics = metrics
@@ -89,25 +101,35 @@ class Pipeline:
         self._gateway_plans: TLRUCache[str, _Compiled] = TLRUCache(
             maxsize=_AWS_PLAN_CACHE_SIZE, ttu=lambda _key, entry, _now: entry.until, timer=time.time)
 
-    async def authorize(self, request: AccessRequest, token: str | None) -> Decision:
+    async def authorize(self, request: AccessRequest, token: str | None,
+                        session: SessionCookie | None = None) -> Decision:
         """Allow (audited, durable) or raise the audited denial.  DependencyError when the audit
-        cannot be written: nothing may move then."""
+        cannot be written: nothing may move then.  A bearer token wins over a session cookie."""
         started = time.perf_counter()
         tracing = self._tracing
         identity: Identity | None = None
+        held: SessionIdentity | None = None
         try:
-            if token is None:
+            if token is not None:
+                identity = await self._verifier.verify(token)
+            elif session is not None and self._sessions is not None:
+                held = await self._session_identity(request, session)
+                identity = held.identity
+            else:
                 raise AuthenticationError("a bearer token is required", reason=Reason.MISSING_TOKEN)
-            identity = await self._verifier.verify(token)
             tracing.identified(identity)
+            if held is not None and session is not None and session.cross_site and request.method not in SAFE_METHODS:
+                # The cookie rides along on any request the browser makes, whoever made it make it (CSRF).
+                raise AccessDenied("a cross-site request cannot change anything with the session cookie",
+                                   reason=Reason.CROSS_SITE_REQUEST)
             with tracing.span(SpanName.AUTHORIZE):
                 decision = self._policy.current.decide_http(identity, request.method, request.host, request.path)
                 tracing.decided(decision)
         except IdgateError as err:
-            await self._durable(_decision_record(request, self._denial(None, err, identity)))
+            await self._durable(_decision_record(request, self._denial(None, err, identity), held))
             self._recorded.add(err)
             raise
-        await self._durable(_decision_record(request, decision))
+        await self._durable(_decision_record(request, decision, held))
         self._metrics.child(self._metrics.decision_seconds, request.surface.value).observe(time.perf_counter() - started)
         if not decision.allowed:
             denied = AccessDenied("the policy does not allow this request", reason=decision.reasons[0])
@@ -208,6 +230,29 @@ class Pipeline:
         self._metrics.child(self._metrics.decision_seconds, request.surface.value).observe(time.perf_counter() - started)
         return GatewayCall(decision, caller, call, body, head.headers, credentials, schemas, gateway_records.KeyRedactor(
             gateway.ring.redaction_key if gateway.config.redact_keys else None))
+
+    async def _session_identity(self, request: AccessRequest, session: SessionCookie) -> SessionIdentity:
+        assert self._sessions is not None
+        try:
+            held = await self._sessions.authenticate(session.value)
+        except AuthenticationError as err:
+            if err.reason in (Reason.SESSION_EXPIRED, Reason.SESSION_REVOKED):
+                key = self._sessions.session_key(session.value)
+                self._audit.append_nowait(_session_record(request, _ended(err.reason), None, key))
+            raise
+        if held.refreshed:
+            self._audit.append_nowait(_session_record(request, "refresh", held.identity, held.key))
+        return held
+
+    async def record_session(self, request: AccessRequest, action: str, identity: Identity | None,
+                             key: str | None, *, logout: dict[str, Any] | None = None) -> None:
+        """A login, logout or back-channel logout (`logout`: what its token named and how many sessions
+        ended), durable before the browser or the issuer hears of it."""
+        record = _session_record(request, action, identity, key)
+        if logout is not None:
+            record["logout"] = {k: caps.capped_optional(v, caps.CLAIM) if isinstance(v, str) or v is None else v
+                                for k, v in logout.items()}
+        await self._durable(record)
 
     def _denial(self, rule_id: str | None, err: IdgateError, identity: Identity | None) -> Decision:
         denied = Decision(False, rule_id, (err.reason,), identity)
@@ -330,6 +375,23 @@ class Pipeline:
         self._recorded.add(failure)
 
 
+def _ended(reason: Reason) -> str:
+    return "expired" if reason is Reason.SESSION_EXPIRED else "revoked"
+
+
+def _session_record(request: AccessRequest, action: str, identity: Identity | None, key: str | None) -> dict[str, Any]:
+    """A session's life: login, refresh, logout, backchannel_logout, expired, revoked."""
+    return {
+        "event": "session",
+        "action": action,
+        "request_id": caps.capped(request.request_id, caps.REQUEST_ID),
+        "surface": request.surface.value,
+        "session": key[:32] if key else None,
+        "identity": identity.audit_view() if identity else None,
+        "client": {"addr": caps.capped(request.client_addr, caps.CLIENT_ADDR)},
+    }
+
+
 def _rejection_record(target: RejectedTarget, err: IdgateError) -> dict[str, Any]:
     """Every string here may be the attacker's, as received: each is capped (proxy.core.caps)."""
     return {
@@ -346,8 +408,9 @@ def _rejection_record(target: RejectedTarget, err: IdgateError) -> dict[str, Any
     }
 
 
-def _decision_record(request: AccessRequest, decision: Decision) -> dict[str, Any]:
-    return {
+def _decision_record(request: AccessRequest, decision: Decision,
+                     session: SessionIdentity | None = None) -> dict[str, Any]:
+    record = {
         "event": "decision",
         "request_id": caps.capped(request.request_id, caps.REQUEST_ID),
         "surface": request.surface.value,
@@ -358,6 +421,9 @@ def _decision_record(request: AccessRequest, decision: Decision) -> dict[str, An
         "client": {"addr": caps.capped(request.client_addr, caps.CLIENT_ADDR)},
         "target": request.audit_target(),
     }
+    if session is not None:
+        record["session"] = session.audit_id     # a hash of the session id: which session, never the cookie
+    return record
 
 
 _AWS_PLAN_CACHE_SIZE = 10000

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -30,6 +30,7 @@ from proxy.metrics import Metrics
 from proxy.oidc import TokenVerifier
 from proxy.pipeline import Pipeline
 from proxy.policy.store import PolicyStore
+from proxy.sessions import Sessions, private_cookie, start_sessions
 from proxy.tracing import NO_TRACING, Tracing, start_tracing
 from proxy.transport import http1
 from proxy.worker_state import RestartsCollector, WorkerSeat
@@ -61,6 +62,8 @@ class Services:
     shipper: Shipper | None = None              # when audit.shipping is configured
     tracing: Tracing = NO_TRACING               # on with a `tracing:` section (proxy.tracing)
     workers: WorkerSeat | None = None           # a `--workers N` worker: its place among its siblings
+    sessions: Sessions | None = None            # browser login, with a `login:` section
+    private_cookie: Callable[[str], bool] | None = None   # idgate's own cookies, never sent upstream
 
     def request_reload(self) -> None:
         """SIGHUP: reload the policy files and refetch every issuer's keys, both in the background
@@ -162,12 +165,17 @@ async def running_services(config: Config, *, metrics: Metrics | None = None,
             await asyncio.to_thread(known_operations)      # botocore's DynamoDB model, read from disk once
             gateway = DynamoDbGateway(gateway_config, config.aws.region, ring, broker, upstream, metrics)
             stack.callback(gateway.close)
+        sessions = await asyncio.to_thread(start_sessions, config, oidc_session, verifier, os.environ,
+                                           workers=workers.table.count if workers is not None else 1)
+        if sessions is not None:
+            stack.push_async_callback(sessions.close)
         await verifier.start()
         services = Services(
             config=config, metrics=metrics, verifier=verifier, policy=policy, audit=audit, signer=signer,
-            pipeline=Pipeline(verifier, policy, audit, metrics, tracing), upstream=upstream, origins=origins,
+            pipeline=Pipeline(verifier, policy, audit, metrics, tracing, sessions), upstream=upstream, origins=origins,
             websocket_session=websocket_session, trusted=trusted, background=background, broker=broker,
-            gateway=gateway, shipper=shipper, tracing=tracing, workers=workers,
+            gateway=gateway, shipper=shipper, tracing=tracing, workers=workers, sessions=sessions,
+            private_cookie=private_cookie(config.login.session_cookie) if config.login is not None else None,
         )
         stack.push_async_callback(_stop_tasks, background)
         background.append(asyncio.create_task(policy.watch(POLICY_POLL_SECONDS), name="policy-watch"))

@@ -9,11 +9,11 @@ from aiohttp import web
 
 from proxy.config import LimitsConfig
 from proxy.core.model import Surface
-from proxy.edges import admin, credentials, dynamodb, ext_authz_http, forward_auth, reverse_proxy
+from proxy.edges import admin, credentials, dynamodb, ext_authz_http, forward_auth, login, reverse_proxy
 from proxy.edges._errors import guard_middleware
 from proxy.edges._in_flight import InFlight
 from proxy.app.protocol import deferred_expect, idgate_server_header
-from proxy.edges._routes import RouteSlots, RouteTable
+from proxy.edges._routes import ROUTES, RouteSlots, RouteTable
 from proxy.services import SERVICES, Services
 
 # aiohttp's own parser limits sit above idgate's, so an oversized head normally reaches the
@@ -22,14 +22,14 @@ _PARSER_HEADROOM = 2
 
 # The surface each route serves, known before its handler runs (the reverse proxy is the rest).
 _ROUTE_SURFACES: dict[object, Surface] = {
-    edge.handle: edge.SURFACE for edge in (forward_auth, ext_authz_http, credentials, dynamodb, reverse_proxy)
+    edge.handle: edge.SURFACE for edge in (forward_auth, ext_authz_http, credentials, dynamodb, login, reverse_proxy)
 }
 
 
 def build_main_app(services: Services, in_flight: InFlight) -> web.Application:
     app = web.Application(middlewares=[guard_middleware(services, in_flight, _ROUTE_SURFACES)], client_max_size=1024)
     app[SERVICES] = services
-    app[reverse_proxy.ROUTES] = RouteTable(services.config.routes)
+    app[ROUTES] = RouteTable(services.config.routes)
     app[reverse_proxy.SLOTS] = RouteSlots(services.config.routes)
     if services.config.forward_auth.enabled:
         app.router.add_route("*", services.config.forward_auth.path, forward_auth.handle, expect_handler=deferred_expect)
@@ -37,6 +37,10 @@ def build_main_app(services: Services, in_flight: InFlight) -> web.Application:
         app.router.add_route("*", services.config.credentials.path, credentials.handle, expect_handler=deferred_expect)
     if services.config.aws.gateway.enabled:
         app.router.add_route("*", services.config.aws.gateway.path, dynamodb.handle, expect_handler=deferred_expect)
+    if (login_config := services.config.login) is not None:
+        for path in (login_config.login_path, login_config.callback_path, login_config.logout_path,
+                     login_config.backchannel_logout_path):
+            app.router.add_route("*", path, login.handle, expect_handler=deferred_expect)
     if services.config.ext_authz.http is not None:
         # Everything under the prefix, also a target without '/', so none of it falls through to the proxy.
         app.router.add_route("*", services.config.ext_authz.http.path_prefix + "{tail:.*}", ext_authz_http.handle,

@@ -186,14 +186,16 @@ def parse_key_ring(text: str, source: str) -> KeyRing:
     return KeyRing(active=keys[active], keys=keys, redaction_key=redaction_key)
 
 
-def load_key_ring(path: Path | None, environ: Mapping[str, str]) -> KeyRing:
-    """The ring from $IDGATE_GATEWAY_KEYS when it is set (even to nothing: a secret that templating emptied
-    must not fall back quietly to a stale file), else from the file at `path`."""
-    if ENV_GATEWAY_KEYS in environ:
-        return parse_key_ring(environ[ENV_GATEWAY_KEYS], f"${ENV_GATEWAY_KEYS}")
+def load_key_ring(path: Path | None, environ: Mapping[str, str], *, env: str = ENV_GATEWAY_KEYS,
+                  what: str = "gateway") -> KeyRing:
+    """The ring from $`env` when it is set (even to nothing: a secret that templating emptied must not fall
+    back quietly to a stale file), else from the file at `path`.  The session key ring (`what` = session,
+    proxy.sessions) has this format too; its users derive their own keys from the ring's."""
+    if env in environ:
+        return parse_key_ring(environ[env], f"${env}")
     if path is None:
         raise ConfigError([ConfigProblem(
-            "gateway keys", None, f"no gateway key ring: set ${ENV_GATEWAY_KEYS} or configure a gateway key file")])
+            f"{what} keys", None, f"no {what} key ring: set ${env} or configure a {what} key file")])
     name = str(path)
     try:
         # O_NONBLOCK: a FIFO must not hang startup; the checks below are on the opened fd, not the name.
@@ -207,8 +209,8 @@ def load_key_ring(path: Path | None, environ: Mapping[str, str]) -> KeyRing:
     if len(data) > MAX_RING_CHARS:
         raise ConfigError([ConfigProblem(name, None, f"file is larger than {MAX_RING_CHARS} bytes")])
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        log.warning("gateway key file %s is open to group or others (mode %03o): it holds secret keys; "
-                    "chmod 600 it", name, stat.S_IMODE(mode))
+        log.warning("%s key file %s is open to group or others (mode %03o): it holds secret keys; "
+                    "chmod 600 it", what, name, stat.S_IMODE(mode))
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:

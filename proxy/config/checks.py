@@ -30,6 +30,14 @@ def http_url_problem(url: str, *, bare: bool) -> str | None:
     return None
 
 
+def path_prefix_problem(prefix: str) -> str | None:
+    if not prefix.startswith("/"):
+        return "must start with '/'"
+    if "//" in prefix or any(c in prefix for c in "?#%;\\") or any(s in (".", "..") for s in prefix.split("/")):
+        return "must be a normalized path: no '//', '.', '..', '?', '#', '%', ';' or '\\'"
+    return None
+
+
 def check_positive(obj: Any, spot: Spot, *names: str) -> None:
     for name in names:
         value = getattr(obj, name)

@@ -16,14 +16,20 @@ from pathlib import Path
 from types import MappingProxyType
 
 from proxy.config.audit_checks import AUDIT_VALIDATORS, apply_audit_environment, check_audit_files
-from proxy.config.checks import AWS_REGION, check_positive, cidr_problem, http_url_problem, modules_installed
+from proxy.config.checks import (
+    AWS_REGION, check_positive, cidr_problem, http_url_problem, modules_installed, path_prefix_problem,
+)
 from proxy.config.decoder import Decoder, Schema, Spot, read_yaml, readable_file_problem
+from proxy.config.login_checks import (
+    check_client, check_login, check_login_references, check_session_keys, check_store,
+)
 from proxy.config.tracing import check_tracing
 from proxy.config.schema import (
     ALLOWED_ALGORITHMS, ENV_ASSERTION_KEY_FILE, ENV_GATEWAY_KEYS, MAX_AWS_REGION_CHARS, MAX_BROKER_DURATION, MAX_LEEWAY,
     MIN_BROKER_DURATION, STALE_REFRESHES, AdminConfig, AssertionConfig, AwsConfig, Config,
     CredentialsConfig, ExtAuthzGrpcConfig, ExtAuthzHttpConfig, ForwardAuthConfig, IssuerConfig, LimitsConfig,
-    GatewayConfig, ListenerConfig, RouteConfig, TlsConfig, TracingConfig, UpstreamTlsConfig,
+    GatewayConfig, ListenerConfig, LoginConfig, OidcClientConfig, RouteConfig, SessionStoreConfig, TlsConfig,
+    TracingConfig, UpstreamTlsConfig,
 )
 from proxy.core.errors import ConfigError, ConfigProblem
 from proxy.core.hosts import is_host_name, is_loopback
@@ -102,14 +108,6 @@ def _check_issuer(issuer: IssuerConfig, spot: Spot) -> IssuerConfig:
     return issuer
 
 
-def _path_prefix_problem(prefix: str) -> str | None:
-    if not prefix.startswith("/"):
-        return "must start with '/'"
-    if "//" in prefix or any(c in prefix for c in "?#%;\\") or any(s in (".", "..") for s in prefix.split("/")):
-        return "must be a normalized path: no '//', '.', '..', '?', '#', '%', ';' or '\\'"
-    return None
-
-
 def _check_route(route: RouteConfig, spot: Spot) -> RouteConfig:
     if not _ROUTE_NAME.fullmatch(route.name):
         spot.report("must match [A-Za-z0-9][A-Za-z0-9._-]{0,63}", "name")
@@ -121,7 +119,7 @@ def _check_route(route: RouteConfig, spot: Spot) -> RouteConfig:
     for i, host in enumerate(hosts):
         if not is_host_name(host):
             spot.report(f"'{host}' is not a valid host name (no port, no wildcard)", "hosts", i)
-    if why := _path_prefix_problem(route.path_prefix):
+    if why := path_prefix_problem(route.path_prefix):
         spot.report(why, "path_prefix")
     check_positive(route, spot, "connect_timeout", "read_timeout", "max_body_bytes", "max_connections", "pool_timeout",
                     "max_connections_per_identity",
@@ -164,13 +162,13 @@ def _check_upstream_tls(tls: UpstreamTlsConfig, spot: Spot) -> UpstreamTlsConfig
 
 
 def _check_forward_auth(forward_auth: ForwardAuthConfig, spot: Spot) -> ForwardAuthConfig:
-    if why := _path_prefix_problem(forward_auth.path):
+    if why := path_prefix_problem(forward_auth.path):
         spot.report(why, "path")
     return forward_auth
 
 
 def _check_ext_authz_http(http: ExtAuthzHttpConfig, spot: Spot) -> ExtAuthzHttpConfig:
-    if why := _path_prefix_problem(http.path_prefix):
+    if why := path_prefix_problem(http.path_prefix):
         spot.report(why, "path_prefix")
     elif http.path_prefix == "/" or http.path_prefix.endswith("/"):
         # Envoy prepends the prefix to the original path, which starts with '/' already.
@@ -193,13 +191,13 @@ def _check_assertion(assertion: AssertionConfig, spot: Spot) -> AssertionConfig:
 
 
 def _check_credentials(credentials: CredentialsConfig, spot: Spot) -> CredentialsConfig:
-    if why := _path_prefix_problem(credentials.path):
+    if why := path_prefix_problem(credentials.path):
         spot.report(why, "path")
     return credentials
 
 
 def _check_gateway(gateway: GatewayConfig, spot: Spot) -> GatewayConfig:
-    if why := _path_prefix_problem(gateway.path):
+    if why := path_prefix_problem(gateway.path):
         spot.report(why, "path")
     elif gateway.path == "/":
         spot.report("must not be '/': the reverse proxy serves the rest of the listener", "path")
@@ -265,6 +263,7 @@ def _check_config(config: Config, spot: Spot) -> Config:
     if config.dev_mode and not (is_loopback(listen.host) and is_loopback(admin.host)):
         spot.report("only allowed when listen.host and admin.host are loopback addresses",
                     "dev_mode")
+    check_login_references(config, spot)
     check_positive(config, spot, "token_cache_size")
     return config
 
@@ -294,6 +293,7 @@ _SCHEMA = Schema(
         AssertionConfig: _check_assertion, Config: _check_config,
         CredentialsConfig: _check_credentials, AwsConfig: _check_aws, GatewayConfig: _check_gateway,
         **AUDIT_VALIDATORS, TracingConfig: check_tracing,
+        OidcClientConfig: check_client, LoginConfig: check_login, SessionStoreConfig: check_store,
     }),
 )
 
@@ -329,6 +329,7 @@ def load_config(path: Path, env: Mapping[str, str] | None = None, *, offline: bo
                 spot.report(f"the gateway needs its key ring: key_file, or ${ENV_GATEWAY_KEYS}", "enabled")
             spot.report_unreadable(gateway.key_file, "key_file")
         check_audit_files(config.audit, decoder.spot(node, Config, "").child("audit"), env, decoder.problems)
+        check_session_keys(config, decoder.spot(node, Config, ""), env)
     decoder.raise_if_problems()
     assert config is not None   # decode returns None only after reporting a problem
     return config

@@ -61,6 +61,19 @@ class IssuerConfig:
     refresh_interval: float = 300.0               # background JWKS refresh
     unknown_kid_min_interval: float = 60.0        # at most one refetch per interval on an unknown kid
     max_stale: float = 86400.0                    # serve last-good keys this long while the issuer is down
+    client: OidcClientConfig | None = None        # browser login with this issuer (needs the `login:` section)
+
+
+@dataclass(frozen=True, slots=True)
+class OidcClientConfig:
+    """The OAuth client idgate logs browsers in as: authorization code flow with PKCE (S256)."""
+
+    id: str
+    redirect_uris: tuple[str, ...]                # as registered at the issuer: one per host, path = login.callback_path
+    secret_file: Path | None = None               # the client secret; None: a public client (PKCE only)
+    auth_method: str = "client_secret_basic"      # or client_secret_post; `none` for a public client
+    scopes: tuple[str, ...] = ("openid", "profile", "email", "offline_access")   # offline_access: a refresh token
+    post_logout_redirect_uri: str | None = None   # where the issuer sends the browser after logout
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +103,8 @@ class RouteConfig:
     websocket_idle_timeout: float = 300.0         # close a WebSocket with no message either way for this long
     websocket_max_lifetime: float = 3600.0        # ... and at this age, or when the caller's token expires
     tls: UpstreamTlsConfig | None = None          # https:// upstreams only
+    login: bool = False                           # an unauthenticated page load is sent to the issuer's login
+    login_issuer: str | None = None               # which issuer's client; needed when several have one
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,6 +268,35 @@ class TracingConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class SessionStoreConfig:
+    """Where browser sessions live: `embedded` (in memory, or a SQLite file that the workers of one host
+    share) or `dynamodb` (a table with TTL that every replica shares)."""
+
+    type: str = "embedded"
+    path: Path | None = None                      # embedded: the SQLite file; None: in memory (one process only)
+    table: str | None = None                      # dynamodb: the table (partition key `pk`, TTL attribute `ttl`)
+    region: str | None = None                     # dynamodb: None = aws.region
+    endpoint: str | None = None                   # dynamodb: None = AWS (or $AWS_ENDPOINT_URL_DYNAMODB)
+
+
+@dataclass(frozen=True, slots=True)
+class LoginConfig:
+    """Browser login: the paths idgate answers itself, the session cookie, and the session store."""
+
+    key_file: Path | None = None                  # AES-256 key ring sealing cookies and stored tokens; $IDGATE_SESSION_KEYS wins
+    login_path: str = "/.idgate/login"            # GET ?rd=/path starts a login
+    callback_path: str = "/.idgate/callback"      # the redirect_uris' path
+    logout_path: str = "/.idgate/logout"          # POST ends the session (and at the issuer)
+    backchannel_logout_path: str = "/.idgate/backchannel-logout"   # the issuer POSTs logout tokens here
+    session_cookie: str = "__Host-idgate-session"
+    session_lifetime: float = 43200.0             # a new login after this long, refreshes or not
+    idle_timeout: float = 3600.0                  # ... or after this long without a request
+    refresh_margin: float = 60.0                  # refresh this long before the ID token expires
+    login_timeout: float = 600.0                  # a login must come back from the issuer within this
+    store: SessionStoreConfig = field(default_factory=SessionStoreConfig)
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     source: Path
     issuers: tuple[IssuerConfig, ...]
@@ -271,6 +315,7 @@ class Config:
     credentials: CredentialsConfig = field(default_factory=CredentialsConfig)
     aws: AwsConfig = field(default_factory=AwsConfig)
     tracing: TracingConfig | None = None          # None: tracing off
+    login: LoginConfig | None = None              # None: no browser login
 
 
 ALLOWED_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
@@ -284,4 +329,5 @@ ENV_AUDIT_PATH = "IDGATE_AUDIT_PATH"
 ENV_AUDIT_INSTANCE = "IDGATE_AUDIT_INSTANCE"
 ENV_ANCHOR_KEY_FILE = "IDGATE_ANCHOR_KEY_FILE"
 ENV_GATEWAY_KEYS = "IDGATE_GATEWAY_KEYS"            # the gateway key ring's JSON itself (a secret: never a CLI flag)
+ENV_SESSION_KEYS = "IDGATE_SESSION_KEYS"            # the session key ring itself (a secret: never a CLI flag)
 MIN_PSEUDONYM_KEY_BYTES = 16                      # tracing.pseudonym_key_file: at least 128 bits of key

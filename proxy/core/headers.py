@@ -7,7 +7,7 @@ import ipaddress
 import itertools
 import re
 import secrets
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
@@ -65,14 +65,37 @@ def connection_listed(headers: Iterable[tuple[str, str]]) -> frozenset[str]:
     return frozenset(listed)
 
 
+def cookie_pairs(value: str) -> list[tuple[str, str]]:
+    """The (name, value) pairs of one Cookie header, as servers split it (RFC 6265 §5.4, leniently)."""
+    pairs = []
+    for part in value.split(";"):
+        name, sep, val = part.partition("=")
+        name = name.strip()
+        if sep and name:
+            pairs.append((name, val.strip()))
+    return pairs
+
+
+def cookie_values(headers: Iterable[tuple[str, str]], name: str) -> list[str]:
+    """Every value sent for the cookie `name`, over all Cookie headers (more than one is suspicious)."""
+    return [v for n, value in headers if n.lower() == "cookie" for k, v in cookie_pairs(value) if k == name]
+
+
+def without_cookies(value: str, private: Callable[[str], bool]) -> str:
+    """A Cookie header without the cookies idgate keeps to itself (compared case-insensitively: an upstream
+    framework may be lenient about names)."""
+    return "; ".join(f"{k}={v}" for k, v in cookie_pairs(value) if not private(k.lower()))
+
+
 def clean_request_headers(
     headers: Sequence[tuple[str, str]], *, trusted_peer: bool, keep_authorization: bool,
-    trusted_context: bool | None = None,
+    trusted_context: bool | None = None, private_cookie: Callable[[str], bool] | None = None,
 ) -> list[tuple[str, str]]:
     """Headers safe to pass upstream: no hop-by-hop, no client-supplied identity, no forwarding claims
     from an untrusted peer, no trace context from a peer not trusted for it (`trusted_context`, default:
     as `trusted_peer`), none of the headers idgate re-emits (Host, X-Forwarded-For/-Host/-Proto,
-    Forwarded, X-Request-Id) and no credential unless the route keeps it."""
+    Forwarded, X-Request-Id), no credential unless the route keeps it, and none of idgate's own cookies
+    (`private_cookie`, given a lower-case name: the session and login cookies never reach an upstream)."""
     if trusted_context is None:
         trusted_context = trusted_peer
     listed = connection_listed(headers)
@@ -90,6 +113,10 @@ def clean_request_headers(
             continue
         if norm == "expect":  # aiohttp already answered 100-continue to the client
             continue
+        if private_cookie is not None and norm == "cookie":
+            value = without_cookies(value, private_cookie)
+            if not value:
+                continue
         kept.append((name, value))
     return kept
 

@@ -28,6 +28,7 @@ class Surface(str, Enum):
     EXT_AUTHZ_GRPC = "ext_authz_grpc"
     CREDENTIALS = "credentials"
     DYNAMODB = "dynamodb"
+    LOGIN = "login"                 # browser login: its callback, logout and back-channel logout
 
 
 @dataclass(frozen=True, slots=True)

@@ -84,6 +84,21 @@ class Reason(StrEnum):
     TOO_MANY_GROUPS = "too_many_groups"
     ISSUER_UNAVAILABLE = "issuer_unavailable"
 
+    # --- browser login and sessions (proxy.sessions, proxy.edges.login) ---
+    NO_SESSION = "no_session"                             # a session cookie that does not open, or names no live session
+    SESSION_EXPIRED = "session_expired"                   # past its lifetime or idle timeout
+    SESSION_REVOKED = "session_revoked"                   # the issuer refused its refresh token
+    SESSION_STORE_UNAVAILABLE = "session_store_unavailable"
+    CROSS_SITE_REQUEST = "cross_site_request"             # a state-changing request carried by the session cookie, from another origin
+    LOGIN_STATE_INVALID = "login_state_invalid"           # the login cookie is missing, tampered, expired or not this state's
+    LOGIN_STATE_REPLAYED = "login_state_replayed"         # a login state already used once
+    ISS_MISMATCH = "iss_mismatch"                         # RFC 9207: the callback's `iss` is missing or another issuer's
+    NONCE_MISMATCH = "nonce_mismatch"                     # the ID token is not this login's
+    LOGIN_REFUSED = "login_refused"                       # the issuer answered the login with an error
+    CODE_EXCHANGE_FAILED = "code_exchange_failed"         # the token endpoint refused the code (or was unreachable)
+    LOGIN_UNAVAILABLE = "login_unavailable"               # no client redirect URI for this host, or login is not configured here
+    LOGOUT_TOKEN_INVALID = "logout_token_invalid"         # a back-channel logout token that fails its checks
+
     # --- AWS roles and session policies (proxy.policy.session_policy, proxy.aws) ---
     NO_AWS_RULE = "no_aws_rule"
     ROLE_REQUIRED = "role_required"

@@ -9,20 +9,21 @@ one host, and a target that is canonical where idgate cannot rewrite what is for
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import NamedTuple
+from urllib.parse import urlsplit
 
 from proxy.config import LimitsConfig
 from proxy.core.errors import AccessDenied, BadRequest, ExpectationFailed, HeadersTooLarge, IdgateError
-from proxy.core.headers import OVERRIDE_HEADERS, TRACE_CONTEXT_HEADERS, is_identity_header
-from proxy.core.hosts import parse_host
+from proxy.core.headers import OVERRIDE_HEADERS, TRACE_CONTEXT_HEADERS, cookie_values, is_identity_header
+from proxy.core.hosts import is_loopback, parse_host
 from proxy.core.model import AccessRequest, Surface
 from proxy.core.paths import normalize_path, split_target
 from proxy.core.reasons import Reason
 from proxy.oidc import bearer_token
-from proxy.pipeline import RejectedTarget
+from proxy.pipeline import RejectedTarget, SessionCookie
 from proxy.services import Services
 
 _METHOD = re.compile(r"[A-Z]{1,16}")
@@ -48,6 +49,7 @@ class Gate:
     forwarded_by_peer: bool = False
     token_form: TokenForm = TokenForm.BEARER
     methods: frozenset[str] | None = None      # None: any method
+    sessions: bool = False                     # a browser's session cookie may stand in for a bearer token
 
 
 class Received(NamedTuple):
@@ -69,6 +71,7 @@ class Admitted(NamedTuple):
     query: str
     identity_headers: tuple[str, ...]          # lower-case names of client-sent identity headers
     context_headers: tuple[str, ...]           # lower-case names of client-sent trace context headers (any spelling)
+    session: SessionCookie | None = None       # the session cookie, when the gate takes one and no token came
 
 
 def rejected(surface: Surface, received: Received) -> RejectedTarget:
@@ -92,6 +95,8 @@ async def admit(services: Services, gate: Gate, received: Received,
         if original is not None:
             received = original(received)
         admitted = check(gate, received, services.config.limits)
+        if gate.sessions and admitted.token is None and services.sessions is not None:
+            admitted = admitted._replace(session=_session_cookie(received, services.sessions.config.session_cookie))
     except IdgateError as err:
         raise await services.pipeline.refuse(rejected(gate.surface, received), err) from None
     services.tracing.admitted(admitted.access)
@@ -153,6 +158,39 @@ def _scan(headers: Sequence[tuple[str, str]],
         elif norm in TRACE_CONTEXT_HEADERS:
             context.append(lower)
     return authorization, tuple(identity), tuple(context)
+
+
+def _session_cookie(received: Received, name: str) -> SessionCookie | None:
+    values = cookie_values(received.headers, name)
+    if not values:
+        return None
+    # Sent twice, a cookie is ambiguous (which one would an upstream or a framework read?): neither counts.
+    return SessionCookie(values[0] if len(values) == 1 else "", is_cross_site(received.headers, received.hosts[0]))
+
+
+def is_cross_site(headers: Iterable[tuple[str, str]], host: str) -> bool:
+    """Whether a browser request was made by another site (Fetch Metadata, else Origin): what decides if a
+    state-changing request that only the session cookie authenticates may go through (CSRF).  A request
+    that says nothing either way counts as cross-site: every browser that keeps cookies sends Origin on
+    a POST."""
+    site = origin = None
+    for name, value in headers:
+        lower = name.lower()
+        if lower == "sec-fetch-site":
+            site = value.strip().lower()
+        elif lower == "origin":
+            origin = value.strip()
+    if site is not None:
+        # same-site (a sibling subdomain) is still another origin, which may be less trusted than this one.
+        return site not in ("same-origin", "none")
+    if origin is None or origin == "null":
+        return True
+    parts = urlsplit(origin)
+    if parts.scheme not in ("https", "http") or parts.path or parts.query:
+        return True
+    if parts.scheme == "http" and not is_loopback(parts.hostname or ""):
+        return True      # the session cookie is Secure: only a loopback test setup serves it over http
+    return parts.netloc.lower() != host.strip().lower()
 
 
 def _token(gate: Gate, authorization: str | None) -> str | None:

@@ -7,6 +7,8 @@ import asyncio
 from collections import Counter
 from collections.abc import Sequence
 
+from aiohttp import web
+
 from proxy.config import RouteConfig
 from proxy.core.errors import DependencyError, NotFound
 from proxy.core.reasons import Reason
@@ -84,3 +86,6 @@ class _Slot:
         held[key] -= 1
         if held[key] <= 0:
             del held[key]
+
+
+ROUTES: web.AppKey[RouteTable] = web.AppKey("idgate_routes", RouteTable)   # the main app's route table

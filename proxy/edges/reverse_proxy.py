@@ -13,23 +13,23 @@ from yarl import URL
 
 from proxy.assertion import audience
 from proxy.config import RouteConfig
-from proxy.core.errors import BadRequest, DependencyError, IdgateError, RequestTimeout, RequestTooLarge, UpstreamError, UpstreamTimeout
+from proxy.core.errors import AuthenticationError, BadRequest, DependencyError, IdgateError, RequestTimeout, RequestTooLarge, UpstreamError, UpstreamTimeout
 from proxy.core.headers import clean_request_headers, clean_response_headers, forwarded_for
 from proxy.core.model import AccessRequest, Decision, Surface
 from proxy.core.reasons import Reason
 from proxy.edges._admission import Gate, admit
+from proxy.edges._login import is_navigation, login_redirect
 from proxy.edges._http import RESPONSE_STARTED, continue_if_expected, identity_headers, received
-from proxy.edges._routes import RouteSlots, RouteTable
+from proxy.edges._routes import ROUTES, RouteSlots
 from proxy.edges._websocket import relay
 from proxy.services import SERVICES, Services
 from proxy.tracing import SpanName
 from proxy.transport import http1
 
 SURFACE = Surface.PROXY
-GATE = Gate(SURFACE)
+GATE = Gate(SURFACE, sessions=True)
 
 CHUNK = 64 * 1024
-ROUTES: web.AppKey[RouteTable] = web.AppKey("idgate_routes", RouteTable)
 SLOTS: web.AppKey[RouteSlots] = web.AppKey("idgate_route_slots", RouteSlots)
 
 
@@ -86,7 +86,8 @@ def _upstream_headers(services: Services, request: web.Request, route: RouteConf
     headers = [(name, value) for name, value in
                clean_request_headers(list(request.headers.items()), trusted_peer=trusted,
                                      trusted_context=access.client_addr in services.tracing.peers,
-                                     keep_authorization=route.forward_token)
+                                     keep_authorization=route.forward_token,
+                                     private_cookie=services.private_cookie)
                if name.lower() != "content-length"]
     if request.content_length is not None:   # the length as parsed, never the client's spelling (002, +2)
         headers.append(("Content-Length", str(request.content_length)))
@@ -126,7 +127,14 @@ async def handle(request: web.Request) -> web.StreamResponse:
     route = request.app[ROUTES].match(access.host, access.path)
     _check_declared_length(request, route)
     websocket = _wants_websocket(request, route)
-    decision = await services.pipeline.authorize(access, admitted.token)
+    try:
+        decision = await services.pipeline.authorize(access, admitted.token, admitted.session)
+    except AuthenticationError:
+        # A person's page load on a login route goes to the issuer's login (its denial is already on the
+        # audit log); an API call, or a bad bearer token, gets its 401.
+        if route.login and admitted.token is None and services.sessions is not None and is_navigation(request):
+            return await login_redirect(services.sessions, request, route, request.raw_path)
+        raise
     # The path idgate decided on is the path it sends: normalized, never the client's spelling; the
     # query as the client sent it.  Neither is re-encoded or resolved on the way.
     target = access.path + (f"?{admitted.query}" if admitted.query else "")

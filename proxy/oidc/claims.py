@@ -21,6 +21,13 @@ MAX_NUMERIC_DATE = 253402300799
 def identity_from_claims(header: Mapping[str, Any], claims: dict[str, Any], issuer: IssuerConfig,
                          now: float) -> Identity:
     """The Identity of a token whose signature already verified; AuthenticationError otherwise."""
+    audience, exp = check_token_claims(header, claims, issuer, now)
+    return mapped_identity(claims, issuer, audience, exp)
+
+
+def check_token_claims(header: Mapping[str, Any], claims: Mapping[str, Any], issuer: IssuerConfig,
+                       now: float) -> tuple[tuple[str, ...], float]:
+    """Type, times and audience of a signature-verified token: its audience and expiry, or AuthenticationError."""
     _check_type(header, issuer)
     leeway = issuer.leeway
     exp = _time_claim(claims, "exp")
@@ -43,7 +50,7 @@ def identity_from_claims(header: Mapping[str, Any], claims: dict[str, Any], issu
     # issuer misconfigured): its lifetime from issue, or from now when it does not say when it was issued.
     if exp - (iat if iat is not None else now) > issuer.max_lifetime + leeway:
         raise AuthenticationError("token lifetime exceeds the accepted maximum", reason=Reason.TOKEN_LIFETIME_TOO_LONG)
-    return mapped_identity(claims, issuer, _audience(claims, issuer), float(exp))
+    return _audience(claims, issuer), float(exp)
 
 
 def mapped_identity(claims: Mapping[str, Any], issuer: IssuerConfig, audience: tuple[str, ...],

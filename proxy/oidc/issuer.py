@@ -15,17 +15,12 @@ import yarl
 
 from proxy.config import IssuerConfig
 from proxy.metrics import Metrics
+from proxy.oidc.fetch import MAX_DOCUMENT_BYTES, FetchError, get_json
 from proxy.oidc.keys import JwksError, KeySet, parse_jwks
 
 log = logging.getLogger(__name__)
 
-MAX_DOCUMENT_BYTES = 512 * 1024       # discovery and JWKS documents are a few KiB
-FETCH_TIMEOUT = aiohttp.ClientTimeout(total=10.0, connect=5.0)
 RETRY_MIN = 1.0                       # first retry after a failed fetch; doubles up to refresh_interval
-
-
-class FetchError(Exception):
-    """A discovery or JWKS fetch failed; the message is safe for /readyz and logs."""
 
 
 class IssuerKeys:
@@ -148,7 +143,7 @@ class IssuerKeys:
             if self._jwks_uri is None:
                 self._jwks_uri = await self._discover_jwks_uri()
             try:
-                document = await self._get_json(self._jwks_uri)
+                document = await get_json(self._session, self._jwks_uri)
             except FetchError:
                 if self.config.jwks_uri is None:
                     self._jwks_uri = None  # rediscover next time: the issuer may have moved its JWKS
@@ -159,7 +154,7 @@ class IssuerKeys:
             raise FetchError(str(exc)) from exc
 
     async def _discover_jwks_uri(self) -> str:
-        document = await self._get_json(self.config.issuer.rstrip("/") + "/.well-known/openid-configuration")
+        document = await get_json(self._session, self.config.issuer.rstrip("/") + "/.well-known/openid-configuration")
         if not isinstance(document, dict) or document.get("issuer") != self.config.issuer:
             # OIDC Discovery §4.3: a document for another issuer must not supply our keys.
             raise FetchError("discovery document names another issuer")
@@ -167,27 +162,6 @@ class IssuerKeys:
         if not isinstance(jwks_uri, str) or yarl.URL(jwks_uri).scheme not in ("https", "http"):
             raise FetchError("discovery document has no usable jwks_uri")
         return jwks_uri
-
-    async def _get_json(self, url: str) -> Any:
-        try:
-            async with self._session.get(url, timeout=FETCH_TIMEOUT, allow_redirects=False,
-                                         headers={"Accept": "application/json"}) as response:
-                if response.status != 200:
-                    raise FetchError(f"HTTP {response.status} from {_where(url)}")
-                if (response.content_length or 0) > MAX_DOCUMENT_BYTES:
-                    raise FetchError(f"document from {_where(url)} is too large")
-                body = bytearray()
-                async for chunk in response.content.iter_chunked(64 * 1024):
-                    body += chunk
-                    if len(body) > MAX_DOCUMENT_BYTES:
-                        raise FetchError(f"document from {_where(url)} is too large")
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
-            raise FetchError(f"{type(exc).__name__} fetching {_where(url)}") from exc
-        try:
-            return json.loads(bytes(body))
-        except ValueError as exc:
-            raise FetchError(f"document from {_where(url)} is not JSON") from exc
-
 
 def _read_json_file(path: str) -> Any:
     try:
@@ -201,10 +175,3 @@ def _read_json_file(path: str) -> Any:
         return json.loads(raw)
     except ValueError as exc:
         raise FetchError("JWKS file is not JSON") from exc
-
-
-def _where(url: str) -> str:
-    # Scheme, host and path only: a query string could carry something that should not reach logs.
-    parsed = yarl.URL(url)
-    return str(parsed.with_query(None).with_fragment(None).with_user(None).with_password(None))
-

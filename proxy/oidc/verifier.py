@@ -4,6 +4,7 @@ PyJWS signature check, idgate's own claim checks, and a verified-token cache who
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from proxy.core.errors import AuthenticationError, ConfigError, ConfigProblem, D
 from proxy.core.reasons import Reason
 from proxy.metrics import Metrics
 from proxy.core.model import Identity
-from proxy.oidc.claims import identity_from_claims
+from proxy.oidc.claims import check_token_claims, identity_from_claims
 from proxy.oidc.issuer import IssuerKeys
 from proxy.oidc.keys import SUPPORTED_ALGORITHMS
 from proxy.oidc.wire import parse_compact_jws
@@ -107,7 +108,37 @@ class TokenVerifier:
             self._cache[token] = _Cached(identity, until)
             return identity
 
-    async def _verify_uncached(self, token: str) -> tuple[Identity, float]:
+    async def verify_id_token(self, token: str, client_id: str) -> Identity:
+        """An ID token from the code flow, by the bearer checks (OIDC Core 3.1.3.7) but for its audience (this
+        client, and `azp` this client when present or when there are several) and type (ID tokens have none).
+        Never cached: each is verified once, at login or refresh.  The caller checks the nonce."""
+        with self._tracing.span(SpanName.TOKEN_VERIFY):
+            identity, _ = await self._verify_uncached(token, id_token_of=client_id)
+        audience, azp = identity.audience, identity.claims.get("azp")
+        if (len(audience) > 1 or azp is not None) and azp != client_id:
+            raise AuthenticationError("ID token was issued to another client", reason=Reason.BAD_CLIENT)
+        return identity
+
+    async def verify_logout_token(self, token: str, client_id: str) -> dict[str, Any]:
+        """The claims of a back-channel logout token for this client: signature, issuer, algorithm, audience
+        and times as for an ID token (no subject required: a logout token may name only a `sid`).  The
+        caller checks what makes it a logout token (events, sid or sub, no nonce)."""
+        header, claims, config = await self._verified(token, id_token_of=client_id)
+        check_token_claims(header, claims, config, self._clock())
+        return claims
+
+    async def _verify_uncached(self, token: str, *, id_token_of: str | None = None) -> tuple[Identity, float]:
+        header, claims, config = await self._verified(token, id_token_of=id_token_of)
+        now = self._clock()
+        identity = identity_from_claims(header, claims, config, now)
+        until = min(identity.expires_at, now + CACHE_MAX_TTL)
+        if config.max_age is not None:
+            until = min(until, claims["iat"] + config.max_age)
+        return identity, until
+
+    async def _verified(self, token: str, *, id_token_of: str | None) -> tuple[dict[str, Any], dict[str, Any],
+                                                                                  IssuerConfig]:
+        """Header, claims and issuer config of a token whose signature verified with its issuer's key."""
         if len(token) > self._max_token_bytes:
             raise AuthenticationError("token is too large", reason=Reason.TOKEN_TOO_LARGE)
         jws = parse_compact_jws(token)
@@ -116,6 +147,8 @@ class TokenVerifier:
         if keys is None:
             raise AuthenticationError("token issuer is not accepted", reason=Reason.UNKNOWN_ISSUER)
         config = keys.config
+        if id_token_of is not None:
+            config = dataclasses.replace(config, audiences=(id_token_of,), require_typ=None, allowed_client_ids=())
         if len(token) > config.max_token_bytes:
             raise AuthenticationError("token is too large", reason=Reason.TOKEN_TOO_LARGE)
         alg = jws.header.get("alg")
@@ -128,12 +161,7 @@ class TokenVerifier:
             raise AuthenticationError("token kid is not a string", reason=Reason.MALFORMED_TOKEN)
         key = await self._key_for(keys, kid, alg)
         self._check_signature(token, key, alg)
-        now = self._clock()
-        identity = identity_from_claims(jws.header, jws.payload, config, now)
-        until = min(identity.expires_at, now + CACHE_MAX_TTL)
-        if config.max_age is not None:
-            until = min(until, jws.payload["iat"] + config.max_age)
-        return identity, until
+        return jws.header, jws.payload, config
 
     async def _key_for(self, keys: IssuerKeys, kid: str | None, alg: str) -> jwt.PyJWK:
         key_set = keys.usable_keys()

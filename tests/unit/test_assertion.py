@@ -78,7 +78,7 @@ def test_audiences_of_different_surfaces_never_collide():
     from proxy.core.model import Surface
 
     minted = {surface: audience(surface, "orders") for surface in Surface
-              if surface not in (Surface.CREDENTIALS, Surface.DYNAMODB)}
+              if surface not in (Surface.CREDENTIALS, Surface.DYNAMODB, Surface.LOGIN)}
     assert minted[Surface.PROXY] == "route:orders"
     assert minted[Surface.FORWARD_AUTH] == "forward-auth:orders"
     assert minted[Surface.EXT_AUTHZ_HTTP] == minted[Surface.EXT_AUTHZ_GRPC] == "ext-authz:orders"

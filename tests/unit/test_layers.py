@@ -18,7 +18,7 @@ RANKS: tuple[tuple[str, int], ...] = (
     ("proxy.config", 1), ("proxy.metrics", 1), ("proxy.logs", 1), ("proxy.keys", 1), ("proxy.tracing", 1),
     ("proxy.worker_state", 1),
     ("proxy.policy", 2),
-    ("proxy.oidc", 3), ("proxy.audit", 3), ("proxy.aws", 3), ("proxy.assertion", 3),
+    ("proxy.oidc", 3), ("proxy.audit", 3), ("proxy.aws", 3), ("proxy.assertion", 3), ("proxy.sessions", 3),
     ("proxy.pipeline", 4),
     ("proxy.services", 5),
     ("proxy.edges", 6),

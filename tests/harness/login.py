@@ -1,0 +1,103 @@
+"""idgate with browser login in front of a recording upstream, logged into by the real OP's code flow: the
+stack the browser-login tests share, and the steps of a login they take one hop at a time."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+
+from proxy.aws.gateway_keys import new_key_ring_text
+from tests.harness.browserless import browser_session, login_at_op
+from tests.harness.oidc_provider import OidcProvider, WebClient
+from tests.harness.processes import HOST, free_port
+from tests.harness.servers import RecordingUpstream, RunningIdgate, running_idgate, serve_app
+
+NAVIGATE = {"Sec-Fetch-Mode": "navigate", "Sec-Fetch-Site": "none", "Accept": "text/html"}
+SESSION_COOKIE = "__Host-idgate-session"
+
+
+def login_policy(directory: Path, issuer: str) -> Path:
+    directory.mkdir(exist_ok=True)
+    (directory / "app.yaml").write_text(f"""\
+rules:
+  - id: data-eng-use-the-app
+    who: {{issuer: "{issuer}", groups: [data-eng]}}
+    http:
+      - methods: [GET, HEAD, POST]
+        paths: ["/app", "/app/**"]
+""")
+    return directory
+
+
+@dataclass
+class LoginStack:
+    idgate: RunningIdgate
+    upstream: RecordingUpstream
+    client: WebClient
+    op: OidcProvider
+
+    @property
+    def url(self) -> str:
+        return self.idgate.url
+
+    def browser(self) -> aiohttp.ClientSession:
+        return browser_session(secure_origins=[self.url])
+
+    async def records(self, event: str | None = None) -> list[dict[str, Any]]:
+        return [r for r in await self.idgate.audit_records() if event is None or r["event"] == event]
+
+    async def start_login(self, browser: aiohttp.ClientSession, path: str = "/app/page") -> str:
+        """A page load that is sent to the OP: the authorization URL idgate redirected to."""
+        async with browser.get(self.url + path, headers=NAVIGATE, allow_redirects=False) as response:
+            assert response.status == 302, await response.text()
+            return response.headers["Location"]
+
+    async def log_in(self, browser: aiohttp.ClientSession, user: str = "alice", path: str = "/app/page") -> str:
+        """The whole login: the URL idgate's callback redirected the browser back to."""
+        callback = await login_at_op(browser, await self.start_login(browser, path), user)
+        async with browser.get(callback, allow_redirects=False) as response:
+            assert response.status == 303, await response.text()
+            return response.headers["Location"]
+
+
+def write_login_config(tmp: Path, op: OidcProvider, client: WebClient, port: int, upstream_port: int,
+                       **login: Any) -> Path:
+    key_file = tmp / "session-keys.json"
+    key_file.write_text(new_key_ring_text())
+    key_file.chmod(0o600)
+    secret_file = tmp / "client-secret"
+    secret_file.write_text(client.client_secret or "")
+    config = {
+        "listen": {"host": HOST, "port": port},
+        "admin": {"host": HOST, "port": 0},
+        "issuers": [{"issuer": op.issuer, "audiences": ["https://orders.internal"], "client": {
+            "id": client.client_id, "redirect_uris": list(client.redirect_uris),
+            "secret_file": str(secret_file), "scopes": ["openid", "groups"],
+            "post_logout_redirect_uri": f"http://{HOST}:{port}/"}}],
+        "policies_dir": str(login_policy(tmp / "policies", op.issuer)),
+        "routes": [{"name": "app", "upstream": f"http://{HOST}:{upstream_port}", "login": True}],
+        "audit": {"path": str(tmp / "audit" / "audit.jsonl")},
+        "login": {"key_file": str(key_file), **login},
+    }
+    path = tmp / "idgate.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+@asynccontextmanager
+async def login_stack(op: OidcProvider, tmp: Path, **login: Any) -> AsyncIterator[LoginStack]:
+    port = free_port()
+    base = f"http://{HOST}:{port}"
+    client = op.register_web_client([base + "/.idgate/callback"], post_logout_redirect_uris=[base + "/"],
+                                    backchannel_logout_uri=base + "/.idgate/backchannel-logout")
+    upstream = RecordingUpstream()
+    async with serve_app(upstream.app()) as upstream_port:
+        upstream.port = upstream_port
+        async with running_idgate(write_login_config(tmp, op, client, port, upstream_port, **login)) as idgate:
+            yield LoginStack(idgate, upstream, client, op)

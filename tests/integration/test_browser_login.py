@@ -1,0 +1,105 @@
+"""Browser login through the real OpenID Provider (npm oidc-provider, code flow with PKCE): a person's page
+load goes to login, comes back with a session, reaches the upstream as the same identity a bearer token
+would, and ends with logout; every step is on the audit log."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from tests.harness.browserless import end_session_at_op
+from tests.harness.login import NAVIGATE, SESSION_COOKIE, LoginStack, login_stack
+
+
+@pytest.fixture
+async def stack(oidc_provider, tmp_path) -> AsyncIterator[LoginStack]:
+    async with login_stack(oidc_provider, tmp_path) as running:
+        yield running
+
+
+async def test_a_page_load_logs_in_and_reaches_the_upstream_as_the_user(stack):
+    async with stack.browser() as browser:
+        authorize = await stack.start_login(browser)
+        query = parse_qs(urlsplit(authorize).query)
+        assert authorize.startswith(stack.op.issuer + "/auth?")
+        assert query["code_challenge_method"] == ["S256"] and query["response_type"] == ["code"]
+        assert query["client_id"] == [stack.client.client_id] and query["state"] and query["nonce"]
+        assert stack.upstream.received == []
+
+        from tests.harness.browserless import login_at_op
+        callback = await login_at_op(browser, authorize, "alice")
+        async with browser.get(callback, allow_redirects=False) as response:
+            assert response.status == 303
+            assert response.headers["Location"] == "/app/page"
+            assert SESSION_COOKIE in response.cookies
+            morsel = response.cookies[SESSION_COOKIE]
+            assert morsel["secure"] and morsel["httponly"] and morsel["samesite"] == "Lax" and morsel["path"] == "/"
+            assert not morsel["domain"]
+
+        async with browser.get(stack.url + "/app/page", headers=NAVIGATE, allow_redirects=False) as response:
+            assert response.status == 200
+        seen = stack.upstream.received[-1]
+        assert seen.header("X-Idgate-Subject") == ["alice"]
+        assert seen.header("X-Idgate-Issuer") == [stack.op.issuer]
+        assert "data-eng" in seen.header("X-Idgate-Groups")[0]
+        assert seen.header("X-Idgate-Assertion")
+        # idgate's cookies never reach the upstream; the OP's (same host in this test) still do.
+        assert not any("idgate" in value for value in seen.header("Cookie"))
+
+    logins = await stack.records("session")
+    assert [r["action"] for r in logins] == ["login"]
+    assert logins[0]["identity"]["sub"] == "alice" and len(logins[0]["session"]) == 32
+    allowed = [r for r in await stack.records("decision") if r["decision"] == "allow"]
+    assert allowed[-1]["session"] == logins[0]["session"]
+    assert allowed[-1]["rule"] == "data-eng-use-the-app"
+
+
+async def test_an_api_call_without_credentials_gets_401_not_a_redirect(stack):
+    async with stack.browser() as browser:
+        async with browser.get(stack.url + "/app/api", headers={"Accept": "application/json"},
+                               allow_redirects=False) as response:
+            assert response.status == 401
+            assert (await response.json())["code"] == "unauthenticated"
+        async with browser.get(stack.url + "/app/api", headers={"Sec-Fetch-Mode": "cors", "Accept": "text/html"},
+                               allow_redirects=False) as response:
+            assert response.status == 401
+    assert stack.upstream.received == []
+
+
+async def test_a_bearer_token_still_works_on_a_login_route(stack):
+    token = stack.op.id_token()       # any token the issuer's audiences accept; this one is denied by audience
+    async with stack.browser() as browser:
+        async with browser.get(stack.url + "/app/page", headers={**NAVIGATE, "Authorization": f"Bearer {token}"},
+                               allow_redirects=False) as response:
+            # A bad bearer token on a page load is a 401, not a login: the caller chose its credential.
+            assert response.status == 401
+    assert stack.upstream.received == []
+
+
+async def test_a_user_the_policy_does_not_name_is_403_after_login(stack):
+    async with stack.browser() as browser:
+        await stack.log_in(browser, user="bob")
+        async with browser.get(stack.url + "/app/page", headers=NAVIGATE, allow_redirects=False) as response:
+            assert response.status == 403
+    assert stack.upstream.received == []
+    denied = (await stack.records("decision"))[-1]
+    assert denied["identity"]["sub"] == "bob" and denied["reasons"] == ["no_matching_rule"] and denied["session"]
+
+
+async def test_logout_ends_the_session_here_and_at_the_issuer(stack):
+    async with stack.browser() as browser:
+        await stack.log_in(browser)
+        async with browser.post(stack.url + "/.idgate/logout", headers={"Origin": stack.url},
+                                allow_redirects=False) as response:
+            assert response.status == 303
+            end_session = response.headers["Location"]
+            assert end_session.startswith(stack.op.issuer + "/session/end?")
+            assert response.cookies[SESSION_COOKIE].value == ""
+        after = await end_session_at_op(browser, end_session)
+        assert after.startswith(stack.url + "/")
+        # The old cookie value, replayed, names no session any more.
+        async with browser.get(stack.url + "/app/page", headers=NAVIGATE, allow_redirects=False) as response:
+            assert response.status == 302
+    assert [r["action"] for r in await stack.records("session")][:2] == ["login", "logout"]
