@@ -16,6 +16,7 @@ from proxy.core.errors import StartupError
 from proxy.dev import local_aws
 from proxy.dev.issuer import DevIssuer, require_loopback
 from proxy.dev.local_aws import LocalAws
+from proxy.dev.login_issuer import DevLogin
 from proxy.dev.upstream import echo_app
 from proxy.services import running_services
 from proxy.app.listeners import Listeners
@@ -24,10 +25,18 @@ HOST = "127.0.0.1"
 ISSUER_PORT, UPSTREAM_PORT, PROXY_PORT, ADMIN_PORT = 9400, 9401, 8080, 9090
 AWS_PORT = 9402                             # moto_server, when moto[server] is installed (make demo does)
 AUDIENCE = "idgate-demo"
+WEB_HOST = "localhost"                      # the browser route: browsers keep Secure cookies on http://localhost
+WEB_BASE = f"http://{WEB_HOST}:{PROXY_PORT}"
+WEB_CLIENT = "idgate-demo-web"
 
 
 def anchor_key_path(workdir: Path) -> Path:
     return local_aws.write_anchor_key((workdir / "anchor-key.pem").resolve())
+
+
+def session_key_path(workdir: Path) -> Path:
+    """The demo's session key ring (a new one per demo: sessions do not outlive it)."""
+    return local_aws.write_key_ring((workdir / "session-keys.json").resolve())
 
 
 def write_demo_config(workdir: Path, policies: Path, aws: LocalAws | None = None) -> Path:
@@ -42,11 +51,23 @@ def write_demo_config(workdir: Path, policies: Path, aws: LocalAws | None = None
           - issuer: http://{HOST}:{ISSUER_PORT}
             audiences: [{AUDIENCE}]
             require_typ: at+jwt
+            client:                       # browser login at the development issuer's login page
+              id: {WEB_CLIENT}
+              auth_method: none           # a public client: PKCE only
+              redirect_uris: [{WEB_BASE}/.idgate/callback]
+              scopes: [openid, groups]
+              post_logout_redirect_uri: {WEB_BASE}/
         policies_dir: {policies.resolve()}
         trusted_proxies: [127.0.0.1/32]
         routes:
+          - name: demo-web                # people, with a browser
+            upstream: http://{HOST}:{UPSTREAM_PORT}
+            hosts: [{WEB_HOST}]
+            login: true
           - name: demo-upstream
             upstream: http://{HOST}:{UPSTREAM_PORT}
+        login:
+          key_file: {session_key_path(workdir)}
         audit:
           path: {(workdir / 'audit' / 'idgate-audit.jsonl').resolve()}
         """) + (local_aws.audit_shipping_yaml(aws, anchor_key_path(workdir)) if aws else "")
@@ -72,6 +93,10 @@ def instructions(audit_path: Path) -> str:
 
         Denied (401): no token
           curl -si -H 'Host: orders.internal' {base}/v1/orders/7
+
+        Browser login: open {WEB_BASE}/ and pick a person on the issuer's login page
+          alice (operators) sees the echo app, with the identity idgate added; mallory gets 403
+          log out: {WEB_BASE}/.idgate/logout
 
         Audit log: {audit_path}
           tail -n 3 {audit_path}
@@ -132,7 +157,8 @@ async def run_demo(workdir: Path, policies: Path) -> None:
 async def _run_demo(workdir: Path, policies: Path, aws: LocalAws | None) -> None:
     config = load_config(write_demo_config(workdir, policies, aws))
     issuer = DevIssuer(f"http://{HOST}:{ISSUER_PORT}", AUDIENCE)
-    helpers = [await _run_app(issuer.app(), ISSUER_PORT), await _run_app(echo_app(), UPSTREAM_PORT)]
+    login = DevLogin(issuer.issuer_url, WEB_CLIENT, f"{WEB_BASE}/.idgate/callback", f"{WEB_BASE}/", issuer.sign)
+    helpers = [await _run_app(issuer.app(login), ISSUER_PORT), await _run_app(echo_app(), UPSTREAM_PORT)]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -8,13 +8,16 @@ import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jwt
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from proxy.core.errors import ConfigError, ConfigProblem
+
+if TYPE_CHECKING:
+    from proxy.dev.login_issuer import DevLogin
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,14 +61,20 @@ class DevIssuer:
         }
         return jwt.encode(claims, self._key, algorithm="ES256", headers={"kid": self.kid, "typ": "at+jwt"})
 
+    def sign(self, claims: dict[str, Any]) -> str:
+        """An ID token (or any JWT) with the issuer's key: `typ` JWT, not an access token."""
+        return jwt.encode(claims, self._key, algorithm="ES256", headers={"kid": self.kid, "typ": "JWT"})
+
     def jwks(self) -> dict[str, Any]:
         """The issuer's public key as a JWKS document (served at /jwks, or written to a `jwks_file`)."""
         return {"keys": [{**self._jwk, "kid": self.kid, "use": "sig", "alg": "ES256"}]}
 
-    def app(self) -> web.Application:
+    def app(self, login: DevLogin | None = None) -> web.Application:
+        """Discovery, JWKS and machine tokens; with `login`, the browser login of proxy.dev.login_issuer too."""
         async def discovery(request: web.Request) -> web.Response:
             return web.json_response({"issuer": self.issuer_url, "jwks_uri": f"{self.issuer_url}/jwks",
-                                      "token_endpoint": f"{self.issuer_url}/token"})
+                                      "token_endpoint": f"{self.issuer_url}/token",
+                                      **(login.discovery() if login else {})})
 
         async def jwks(request: web.Request) -> web.Response:
             return web.json_response(self.jwks())
@@ -81,4 +90,6 @@ class DevIssuer:
         app.router.add_get("/.well-known/openid-configuration", discovery)
         app.router.add_get("/jwks", jwks)
         app.router.add_get("/token", token)
+        if login is not None:
+            login.add_routes(app)
         return app

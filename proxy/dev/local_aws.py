@@ -149,7 +149,7 @@ def write_anchor_key(path: Path) -> Path:
 
 
 def write_key_ring(path: Path) -> Path:
-    """A fresh gateway key ring for the demo (owner-only, as in production)."""
+    """A fresh key ring (the gateway's or the sessions') for the demo, owner-only as in production."""
     from proxy.aws.gateway_keys import new_key_ring_text
 
     path.write_text(new_key_ring_text("demo"))
