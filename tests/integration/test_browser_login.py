@@ -103,3 +103,19 @@ async def test_logout_ends_the_session_here_and_at_the_issuer(stack):
         async with browser.get(stack.url + "/app/page", headers=NAVIGATE, allow_redirects=False) as response:
             assert response.status == 302
     assert [r["action"] for r in await stack.records("session")][:2] == ["login", "logout"]
+
+
+async def test_a_session_refreshes_its_tokens_before_the_id_token_expires(oidc_provider, tmp_path):
+    # ID tokens of 5 s and a 60 s refresh margin: every request after login is due for a refresh, so each
+    # one uses the refresh token the previous refresh got (the OP rotates them and revokes the grant if an
+    # old one comes back).
+    with oidc_provider.short_ttls(IdToken=5, AccessToken=5):
+        async with login_stack(oidc_provider, tmp_path) as stack, stack.browser() as browser:
+            await stack.log_in(browser)
+            for _ in range(3):
+                async with browser.get(stack.url + "/app/page", headers=NAVIGATE, allow_redirects=False) as response:
+                    assert response.status == 200
+            sessions = await stack.records("session")
+    assert [r["action"] for r in sessions] == ["login", "refresh", "refresh", "refresh"]
+    assert len({r["session"] for r in sessions}) == 1
+    assert all(r["identity"]["sub"] == "alice" for r in sessions)
