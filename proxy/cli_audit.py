@@ -196,7 +196,9 @@ def _add_query_parser(audit_sub: Any) -> None:
     query.add_argument("--since", help="ISO 8601 date or timestamp (UTC unless given), or a duration ago: 24h, 7d")
     query.add_argument("--until", help="as --since; records before it")
     query.add_argument("--request-id")
-    query.add_argument("--event", choices=("decision", "outcome"), help="show only these records of each request")
+    query.add_argument("--event", choices=("decision", "outcome", "session"),
+                       help="show only these records (session: browser logins, refreshes, logouts)")
+    query.add_argument("--session", help="a browser session, as its records name it: what it did and its life")
     query.add_argument("--format", choices=("table", "jsonl"), default="table",
                        help="table (the default, wherever stdout goes) or jsonl: the stored lines, exactly")
 
@@ -218,7 +220,7 @@ def cmd_query(args: argparse.Namespace) -> int:
     filters = Filters(issuer=args.issuer, subject=args.subject, rule=args.rule, decision=args.decision,
                       surface=args.surface, route=_route_matcher(config, args.route) if args.route else None,
                       table=args.table, keys=keys, since=since, until=until, request_id=args.request_id,
-                      event=args.event)
+                      event=args.event, session=args.session)
     search = Search(filters, _complain)
     writer = TableWriter(sys.stdout, {form: args.key for form in keys}) if args.format == "table" else None
     try:

@@ -68,7 +68,8 @@ class Filters:
     since: str | None = None               # parse_when: records at or after it
     until: str | None = None               # ... and before it
     request_id: str | None = None
-    event: str | None = None               # decision | outcome: which records of a matching request are shown
+    event: str | None = None               # decision | outcome | session: which records of a matching request are shown
+    session: str | None = None             # a browser session (its 32 hex digits): its decisions and life events
 
     def matches(self, record: dict[str, Any], decision: dict[str, Any] | None = None) -> bool:
         """Whether `record` (with `decision`, the decision of the outcome `record`, when known) answers."""
@@ -77,6 +78,8 @@ class Filters:
         if self.request_id is not None and not same(record.get("request_id"), self.request_id):
             return False
         if self.surface is not None and record.get("surface") != self.surface:
+            return False
+        if self.session is not None and decided.get("session") != self.session:
             return False
         if self.decision is not None and decided.get("decision") != self.decision:
             return False

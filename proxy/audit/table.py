@@ -97,6 +97,8 @@ def _text(value: object, also: str = "") -> str:
 
 
 def _result(record: dict[str, Any]) -> str:
+    if record.get("event") == "session":
+        return _text(record.get("action"))
     if record.get("event") == "outcome":
         error = record.get("error")
         return _text(record.get("status")) + (":" + _text(error) if error else "")

@@ -4,6 +4,9 @@ would, and ends with logout; every step is on the audit log."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from urllib.parse import parse_qs, urlsplit
 
@@ -119,3 +122,27 @@ async def test_a_session_refreshes_its_tokens_before_the_id_token_expires(oidc_p
     assert [r["action"] for r in sessions] == ["login", "refresh", "refresh", "refresh"]
     assert len({r["session"] for r in sessions}) == 1
     assert all(r["identity"]["sub"] == "alice" for r in sessions)
+
+
+async def test_audit_query_finds_a_session_and_what_it_did(stack):
+    async with stack.browser() as browser:
+        await stack.log_in(browser)
+        async with browser.get(stack.url + "/app/page", headers=NAVIGATE, allow_redirects=False) as response:
+            assert response.status == 200
+    session = (await stack.records("session"))[0]["session"]
+    audit = str(stack.idgate.services.config.audit.path)
+
+    def query(*args: str) -> list[dict]:
+        done = subprocess.run([sys.executable, "-m", "proxy", "audit", "query", "--format", "jsonl", *args, audit],
+                              capture_output=True, text=True, timeout=60, check=False)
+        assert done.returncode == (0 if done.stdout else 1), done.stderr    # 1: nothing found, as grep
+        return [json.loads(line) for line in done.stdout.splitlines()]
+
+    assert [r["action"] for r in query("--event", "session")] == ["login"]
+    did = query("--session", session)
+    assert [r["event"] for r in did] == ["session", "decision", "outcome"]
+    assert did[1]["target"]["path"] == "/app/page" and did[1]["decision"] == "allow"
+    assert query("--session", "0" * 32) == []
+    table = subprocess.run([sys.executable, "-m", "proxy", "audit", "query", "--event", "session", audit],
+                           capture_output=True, text=True, timeout=60, check=True).stdout
+    assert " login " in table and "alice" in table
