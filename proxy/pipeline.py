@@ -63,10 +63,10 @@ class SessionCookie(NamedTuple):
     """A browser's session cookie, as admission found it: the credential when no bearer token is given."""
 
     value: str
-    cross_site: bool                   # Origin / Sec-Fetch-Site say another site made the browser send it
-
-
-SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+    # Another site made the browser send a request that can change something (a method other than GET, HEAD
+    # or OPTIONS, or a WebSocket handshake, which is a GET that opens a two-way channel): CSRF, or
+    # cross-site WebSocket hijacking, when the cookie is its only credential.
+    cross_site_change: bool
 
 
 class RejectedTarget(NamedTuple):
@@ -118,7 +118,7 @@ class Pipeline:
             else:
                 raise AuthenticationError("a bearer token is required", reason=Reason.MISSING_TOKEN)
             tracing.identified(identity)
-            if held is not None and session is not None and session.cross_site and request.method not in SAFE_METHODS:
+            if held is not None and session is not None and session.cross_site_change:
                 # The cookie rides along on any request the browser makes, whoever made it make it (CSRF).
                 raise AccessDenied("a cross-site request cannot change anything with the session cookie",
                                    reason=Reason.CROSS_SITE_REQUEST)

@@ -160,12 +160,18 @@ def _scan(headers: Sequence[tuple[str, str]],
     return authorization, tuple(identity), tuple(context)
 
 
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
 def _session_cookie(received: Received, name: str) -> SessionCookie | None:
     values = cookie_values(received.headers, name)
     if not values:
         return None
     # Sent twice, a cookie is ambiguous (which one would an upstream or a framework read?): neither counts.
-    return SessionCookie(values[0] if len(values) == 1 else "", is_cross_site(received.headers, received.hosts[0]))
+    changes = received.method not in SAFE_METHODS or any(
+        name.lower() == "upgrade" for name, _ in received.headers)
+    return SessionCookie(values[0] if len(values) == 1 else "",
+                         changes and is_cross_site(received.headers, received.hosts[0]))
 
 
 def is_cross_site(headers: Iterable[tuple[str, str]], host: str) -> bool:

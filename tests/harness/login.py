@@ -67,7 +67,7 @@ class LoginStack:
 
 
 def write_login_config(tmp: Path, op: OidcProvider, client: WebClient, port: int, upstream_port: int,
-                       **login: Any) -> Path:
+                       route: dict[str, Any] | None = None, **login: Any) -> Path:
     key_file = tmp / "session-keys.json"
     key_file.write_text(new_key_ring_text())
     key_file.chmod(0o600)
@@ -81,7 +81,7 @@ def write_login_config(tmp: Path, op: OidcProvider, client: WebClient, port: int
             "secret_file": str(secret_file), "scopes": ["openid", "groups"],
             "post_logout_redirect_uri": f"http://{HOST}:{port}/"}}],
         "policies_dir": str(login_policy(tmp / "policies", op.issuer)),
-        "routes": [{"name": "app", "upstream": f"http://{HOST}:{upstream_port}", "login": True}],
+        "routes": [{"name": "app", "upstream": f"http://{HOST}:{upstream_port}", "login": True, **(route or {})}],
         "audit": {"path": str(tmp / "audit" / "audit.jsonl")},
         "login": {"key_file": str(key_file), **login},
     }
@@ -91,7 +91,9 @@ def write_login_config(tmp: Path, op: OidcProvider, client: WebClient, port: int
 
 
 @asynccontextmanager
-async def login_stack(op: OidcProvider, tmp: Path, **login: Any) -> AsyncIterator[LoginStack]:
+async def login_stack(op: OidcProvider, tmp: Path, route: dict[str, Any] | None = None,
+                      **login: Any) -> AsyncIterator[LoginStack]:
+    """`route`: more settings of the login route (e.g. websocket); `login`: of the login: section."""
     port = free_port()
     base = f"http://{HOST}:{port}"
     client = op.register_web_client([base + "/.idgate/callback"], post_logout_redirect_uris=[base + "/"],
@@ -99,5 +101,5 @@ async def login_stack(op: OidcProvider, tmp: Path, **login: Any) -> AsyncIterato
     upstream = RecordingUpstream()
     async with serve_app(upstream.app()) as upstream_port:
         upstream.port = upstream_port
-        async with running_idgate(write_login_config(tmp, op, client, port, upstream_port, **login)) as idgate:
+        async with running_idgate(write_login_config(tmp, op, client, port, upstream_port, route, **login)) as idgate:
             yield LoginStack(idgate, upstream, client, op)

@@ -10,6 +10,7 @@ import sys
 from collections.abc import AsyncIterator
 from urllib.parse import parse_qs, urlsplit
 
+import aiohttp
 import pytest
 
 from tests.harness.browserless import end_session_at_op
@@ -146,3 +147,24 @@ async def test_audit_query_finds_a_session_and_what_it_did(stack):
     table = subprocess.run([sys.executable, "-m", "proxy", "audit", "query", "--event", "session", audit],
                            capture_output=True, text=True, timeout=60, check=True).stdout
     assert " login " in table and "alice" in table
+
+
+async def test_a_cross_site_websocket_handshake_with_the_cookie_is_refused(oidc_provider, tmp_path):
+    # A WebSocket handshake is a GET, but it opens a channel that can change anything: another site's page
+    # must not open one with the user's cookie (cross-site WebSocket hijacking).
+    async with login_stack(oidc_provider, tmp_path, route={"websocket": True}) as stack, \
+            stack.browser() as browser:
+        await stack.log_in(browser)
+        for origin in ("https://evil.example", "null", f"http://127.0.0.2:{stack.idgate.port}"):
+            with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                await browser.ws_connect(stack.url + "/app/ws", headers={"Origin": origin})
+            assert refused.value.status == 403
+        assert stack.upstream.received == []
+        async with browser.ws_connect(stack.url + "/app/ws", headers={"Origin": stack.url}) as socket_:
+            await socket_.send_str("hi")
+            assert (await socket_.receive_str()) == "echo:hi"
+    refusals = [r for r in await stack.records("decision") if r["decision"] == "deny"]
+    # The page load before login, then the three handshakes.
+    assert [r["reasons"] for r in refusals] == [["missing_token"]] + [["cross_site_request"]] * 3
+    refusals = refusals[1:]
+    assert all(r["identity"]["sub"] == "alice" and r["session"] for r in refusals)
