@@ -3,7 +3,10 @@
 #   make bench  measure the hot path against its targets (installs wrk, py-spy and Envoy too)
 #   make test   install everything the tests need (Python packages, the npm OpenID Provider, Envoy) and run them
 #   make test-airflow   also run the example Airflow DAG's hook against moto (installs Airflow, ~375 MB)
+#   make clean  remove everything the targets above and the tests create in the checkout
 PYTHON ?= python3
+# The checkout this Makefile is in, whatever directory make runs from: `make clean` deletes under it only.
+TOP    := $(patsubst %/,%,$(dir $(abspath $(lastword $(MAKEFILE_LIST)))))
 VENV   := .venv
 BIN    := $(VENV)/bin
 OP_DIR := tests/harness/oidc_provider_node
@@ -97,5 +100,11 @@ check-config: $(VENV)/.runtime
 	@test -n "$(CONFIG)" || { echo "make check-config needs CONFIG=path/to/idgate.yaml (the file to check)" >&2; exit 2; }
 	$(BIN)/idgate check-config --config $(CONFIG)
 
+# Everything the targets above create in the checkout: the virtualenvs (Envoy's binary is in its own), the npm
+# packages, the demo's state, the benchmarks' results, pip's editable-install metadata and what pytest, mypy
+# and Python cache.  A virtualenv or node_modules that is a symlink loses the link, never what it points to.
+# Not removed: the Debian packages (nginx-light, wrk) and pip's and npm's download caches in your home directory.
 clean:
-	rm -rf $(VENV) $(ENVOY_VENV) $(AIRFLOW_VENV) $(OP_DIR)/node_modules .demo .pytest_cache
+	cd '$(TOP)' && rm -rf -- $(VENV) $(ENVOY_VENV) $(AIRFLOW_VENV) $(OP_DIR)/node_modules .demo bench/results \
+	    .pytest_cache .mypy_cache build *.egg-info
+	cd '$(TOP)' && find . -path ./.git -prune -o -type d -name __pycache__ -prune -exec rm -rf -- {} +
