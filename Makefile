@@ -1,6 +1,6 @@
 # Two commands for a fresh clone (Python >= 3.11 with venv, node >= 20.12 with npm, git, make, curl):
 #   make demo   build .venv and run idgate with a dev issuer, an echo upstream and the example policies
-#   make bench  measure the hot path against its targets (installs wrk, py-spy and Envoy too)
+#   make bench  measure the hot path against its goals (installs wrk, py-spy and Envoy too)
 #   make test   install everything the tests need (Python packages, the npm OpenID Provider, Envoy) and run them
 #   make test-airflow   also run the example Airflow DAG's hook against moto (installs Airflow, ~375 MB)
 #   make clean  remove everything the targets above and the tests create in the checkout
