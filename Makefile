@@ -99,6 +99,7 @@ demo: $(VENV)/.demo
 
 test: $(VENV)/.test $(OP_DIR)/node_modules/.package-lock.json $(ENVOY_STAMP) $(NGINX)
 	$(BIN)/python -m mypy
+	$(BIN)/idgate test --policies policies
 	$(BIN)/python -m pytest -q
 
 test-airflow: $(VENV)/.test $(OP_DIR)/node_modules/.package-lock.json $(AIRFLOW_STAMP)

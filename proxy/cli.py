@@ -1,4 +1,5 @@
-"""The `idgate` command: serve, check-config, check, audit (cli_audit.py), gateway-keys, token (dev), demo."""
+"""The `idgate` command: serve, check-config, check, test (cli_policy.py), audit (cli_audit.py), gateway-keys,
+token (dev), demo."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from proxy import cli_audit, logs
+from proxy import cli_audit, cli_policy, logs
 from proxy.config import Config, load_config
 from proxy.core.errors import (
     AuthenticationError, ConfigError, DependencyError, IdgateError, StartupError,
@@ -83,6 +84,7 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--key-schema", action="append", default=[], metavar="TABLE[/INDEX]=PK[,SK]",
                        help="a table's (or index's) key attributes, as DescribeTable would give them (--dynamodb)")
     check.add_argument("--role", help="the role of the caller's credentials, when several are granted (--dynamodb)")
+    cli_policy.add_parser(sub)
     cli_audit.add_parser(sub)
     keys = sub.add_parser("gateway-keys", help="print a new DynamoDB gateway key ring (JSON) to stdout")
     keys.add_argument("--key-id", default="k1", help="the id of its one (active) key: [A-Za-z0-9]{1,16}")
@@ -427,7 +429,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     commands = {
         "serve": cmd_serve, "check-config": cmd_check_config, "check": cmd_check,
-        "audit": cli_audit.run, "token": cmd_token, "demo": cmd_demo, "gateway-keys": cmd_gateway_keys,
+        "test": cli_policy.cmd_test, "audit": cli_audit.run, "token": cmd_token, "demo": cmd_demo, "gateway-keys": cmd_gateway_keys,
     }
     try:
         return commands[args.command](args)

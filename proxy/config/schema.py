@@ -311,7 +311,7 @@ class Config:
     audit: AuditConfig = field(default_factory=AuditConfig)
     assertion: AssertionConfig = field(default_factory=AssertionConfig)
     token_cache_size: int = 10000
-    dev_mode: bool = False                        # enables `idgate token` and the demo issuer; loopback only
+    dev_mode: bool = False                        # a development setup: listen and admin must be loopback
     credentials: CredentialsConfig = field(default_factory=CredentialsConfig)
     aws: AwsConfig = field(default_factory=AwsConfig)
     tracing: TracingConfig | None = None          # None: tracing off

@@ -8,7 +8,7 @@ import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import jwt
 from aiohttp import web
@@ -16,8 +16,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from proxy.core.errors import ConfigError, ConfigProblem
 
-if TYPE_CHECKING:
-    from proxy.dev.login_issuer import DevLogin
+
+class LoginRoutes(Protocol):
+    """Browser login at this issuer (proxy.dev.login_issuer.DevLogin)."""
+
+    def discovery(self) -> dict[str, Any]: ...
+    def add_routes(self, app: web.Application) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +73,7 @@ class DevIssuer:
         """The issuer's public key as a JWKS document (served at /jwks, or written to a `jwks_file`)."""
         return {"keys": [{**self._jwk, "kid": self.kid, "use": "sig", "alg": "ES256"}]}
 
-    def app(self, login: DevLogin | None = None) -> web.Application:
+    def app(self, login: LoginRoutes | None = None) -> web.Application:
         """Discovery, JWKS and machine tokens; with `login`, the browser login of proxy.dev.login_issuer too."""
         async def discovery(request: web.Request) -> web.Response:
             return web.json_response({"issuer": self.issuer_url, "jwks_uri": f"{self.issuer_url}/jwks",

@@ -23,7 +23,7 @@ RANKS: tuple[tuple[str, int], ...] = (
     ("proxy.services", 5),
     ("proxy.edges", 6),
     ("proxy.app", 7),
-    ("proxy.dev", 8), ("proxy.cli_audit", 8),
+    ("proxy.dev", 8), ("proxy.cli_audit", 8), ("proxy.cli_policy", 8),
     ("proxy.cli", 9), ("proxy.__main__", 10),
 )
 
