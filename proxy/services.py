@@ -29,7 +29,9 @@ from proxy.keys import load_p256_private_key
 from proxy.metrics import Metrics
 from proxy.oidc import TokenVerifier
 from proxy.pipeline import Pipeline
-from proxy.policy.store import PolicyStore
+from proxy.policy.diff import PolicyDiff
+from proxy.policy.engine import CompiledPolicy
+from proxy.policy.store import OnChange, PolicyStore
 from proxy.sessions import Sessions, private_cookie, start_sessions
 from proxy.tracing import NO_TRACING, Tracing, start_tracing
 from proxy.transport import http1
@@ -144,6 +146,7 @@ async def running_services(config: Config, *, metrics: Metrics | None = None,
         audit = AuditLog(config.audit, metrics)
         stack.push_async_callback(audit.close)
         await audit.open()
+        policy.on_change = _policy_change_recorder(audit)
         shipper: Shipper | None = None
         if config.audit.shipping is not None:
             shipper = await asyncio.to_thread(_shipper, audit, config.audit, config.aws.region, metrics)
@@ -180,6 +183,14 @@ async def running_services(config: Config, *, metrics: Metrics | None = None,
         stack.push_async_callback(_stop_tasks, background)
         background.append(asyncio.create_task(policy.watch(POLICY_POLL_SECONDS), name="policy-watch"))
         yield services
+
+
+def _policy_change_recorder(audit: AuditLog) -> OnChange:
+    async def record(change: PolicyDiff, compiled: CompiledPolicy) -> None:
+        body = {"rules": len(compiled.rules), **change.record()}
+        await audit.append({"event": "policy_change", **body})     # durable before the new policy serves
+        log.info("policy changed", extra=body)
+    return record
 
 
 def _shipper(audit: AuditLog, config: AuditConfig, region: str, metrics: Metrics) -> Shipper:

@@ -206,6 +206,10 @@ class CompiledPolicy:
         decision = self.decide_http(identity, method, host, path)
         return HttpExplanation(decision, tuple(deny), tuple(allow), tuple(other))
 
+    def who_matches(self, rule: Rule, identity: Identity) -> bool:
+        """Whether `rule` (one of this policy's) is about `identity`, by its compiled `who`."""
+        return self._matcher_of[rule.id].matches(identity)
+
     def rules_for_identity(self, identity: Identity) -> tuple[Rule, ...]:
         """Allow rules with an `aws` block whose `who` matches, in load order (for the credential broker)."""
         return tuple(

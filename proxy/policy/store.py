@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from proxy.core.errors import ConfigError
+from proxy.core.errors import ConfigError, IdgateError
 from proxy.metrics import Metrics
+from proxy.policy.diff import PolicyDiff, diff
 from proxy.policy.engine import CompiledPolicy
 from proxy.policy.loader import load_policies
 
@@ -33,10 +35,20 @@ def compile_directory(directory: Path) -> CompiledPolicy:
     return CompiledPolicy.compile(load_policies(directory))
 
 
+# Up to this many rules a reload's record also says which identities gain and lose what (rules x
+# identities work, in the reload's thread); above it, which rules changed and how.
+PER_IDENTITY_MAX_RULES = 500
+
+OnChange = Callable[[PolicyDiff, CompiledPolicy], Awaitable[None]]
+
+
 class PolicyStore:
-    def __init__(self, directory: Path, metrics: Metrics) -> None:
+    def __init__(self, directory: Path, metrics: Metrics, on_change: OnChange | None = None) -> None:
         self.directory = directory
         self._metrics = metrics
+        # Told of a change before it is swapped in (the audit's policy_change record): when it raises, the
+        # old policy stays, so no policy serves that the audit does not know of.
+        self.on_change = on_change
         self.current: CompiledPolicy = compile_directory(directory)
         self.last_error: str | None = None
         self._fingerprint = _fingerprint(directory)
@@ -51,7 +63,11 @@ class PolicyStore:
                 # Remember what was tried even when it fails, so the watcher reports a bad file once.
                 self._fingerprint = await asyncio.to_thread(_fingerprint, self.directory)
                 compiled = await asyncio.to_thread(compile_directory, self.directory)
-            except (ConfigError, OSError) as exc:
+                change = await asyncio.to_thread(
+                    diff, self.current, compiled, per_identity=len(compiled.rules) <= PER_IDENTITY_MAX_RULES)
+                if self.on_change is not None and not change.empty:
+                    await self.on_change(change, compiled)
+            except (ConfigError, OSError, IdgateError) as exc:
                 self.last_error = str(exc)
                 self._metrics.policy_reloads.labels("error").inc()
                 log.error("policy reload failed, keeping the previous policy", extra={"error": str(exc)})

@@ -2,23 +2,7 @@
 
 from __future__ import annotations
 
-import resource
-import signal
-from contextlib import contextmanager
-
-
-@contextmanager
-def file_size_limit(limit: int):
-    """A real write failure that root cannot override: the kernel refuses writes past RLIMIT_FSIZE
-    with EFBIG (SIGXFSZ ignored so the test process is not killed)."""
-    previous_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
-    try:
-        yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
-        signal.signal(signal.SIGXFSZ, previous_handler)
+from tests.harness.faults import file_size_limit
 
 
 async def test_audit_write_failure_fails_closed_then_recovers(stack):

@@ -4,6 +4,7 @@ guards it with both file:lines, and a broken test file is reported at its lines.
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -80,3 +81,41 @@ def test_no_test_files_is_a_usage_error(tmp_path):
     (tmp_path / "policies").mkdir()
     done = idgate_test("--policies", tmp_path / "policies")
     assert done.returncode == 2 and "no test files" in done.stderr
+
+
+def idgate_diff(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "proxy", "diff", *map(str, args)], capture_output=True, text=True,
+                          timeout=60, check=False, cwd=REPO)
+
+
+def test_diff_of_a_policy_with_itself_is_no_change():
+    done = idgate_diff("policies", "policies")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["rules: 0 added, 0 removed, 0 changed", "access: 0 identities changed"]
+
+
+def test_diff_states_a_change_as_who_gains_what(tmp_path):
+    policies = copy_of_policies(tmp_path)
+    orders = policies / "orders.yaml"
+    orders.write_text(orders.read_text().replace("methods: [GET, HEAD]", "methods: [GET, HEAD, POST]"))
+    (policies / "admin-deny.yaml").unlink()
+    done = idgate_diff("policies", policies)
+    assert done.returncode == 1, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == "rules: 0 added, 1 removed, 1 changed"
+    assert "  - nobody-touches-admin  (was policies/admin-deny.yaml:3)" in lines
+    assert f"  ~ etl-read-orders  ({orders}:4): wider" in lines
+    assert "      grants: + allow POST orders.internal /v1/orders/**" in lines
+    etl = lines.index("  issuer=http://127.0.0.1:9400 subject=svc-etl-* groups=data-eng claims.tenant=acme")
+    assert lines[etl + 1:etl + 5] == ["      + allow POST orders.internal /v1/orders",
+                                      "      + allow POST orders.internal /v1/orders/**",
+                                      "      no longer denied: * * /admin", "      no longer denied: * * /admin/**"]
+    as_json = json.loads(idgate_diff("--format", "json", "policies", policies).stdout)
+    assert as_json["removed"] == [["nobody-touches-admin", "policies/admin-deny.yaml:3"]]
+
+
+def test_diff_of_a_broken_policy_names_its_line(tmp_path):
+    policies = copy_of_policies(tmp_path)
+    (policies / "orders.yaml").write_text("rules:\n  - id: x\n    who: {any: true}\n    http: [{paths: [nope]}]\n")
+    done = idgate_diff("policies", policies)
+    assert done.returncode == 2 and f"{policies}/orders.yaml:4" in done.stderr and "Traceback" not in done.stderr

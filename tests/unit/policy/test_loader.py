@@ -67,7 +67,7 @@ def write(directory: Path, name: str, text: str) -> Path:
 def test_shipped_policies_load() -> None:
     rules = {rule.id: rule for rule in load_policies(SHIPPED)}
     assert set(rules) == {"nobody-touches-admin", "etl-read-orders", "etl-orders-table", "etl-orders-gateway",
-                          "data-eng-read-reports"}
+                          "data-eng-read-reports", "operators-use-the-web-app"}
     gateway = rules["etl-orders-gateway"].aws
     assert gateway is not None and gateway.gateway and not gateway.web_identity
     assert rules["etl-read-orders"] == Rule(
