@@ -1,5 +1,5 @@
-"""The `idgate` command: serve, check-config, check, test and diff (cli_policy.py), audit (cli_audit.py), gateway-keys,
-token (dev), demo."""
+"""The `idgate` command: serve, check-config, check, test, diff and suggest (cli_policy.py), audit
+(cli_audit.py), gateway-keys, token (dev), demo."""
 
 from __future__ import annotations
 
@@ -429,7 +429,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     commands = {
         "serve": cmd_serve, "check-config": cmd_check_config, "check": cmd_check,
-        "test": cli_policy.cmd_test, "diff": cli_policy.cmd_diff, "audit": cli_audit.run, "token": cmd_token, "demo": cmd_demo, "gateway-keys": cmd_gateway_keys,
+        "test": cli_policy.cmd_test, "diff": cli_policy.cmd_diff, "suggest": cli_policy.cmd_suggest, "audit": cli_audit.run, "token": cmd_token, "demo": cmd_demo, "gateway-keys": cmd_gateway_keys,
     }
     try:
         return commands[args.command](args)

@@ -139,7 +139,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         if progress is not None:
             progress.clear()
     for problem in (*notes, *report.problems, *(anchored.problems if anchored else ())):
-        _complain(problem)
+        complain(problem)
     ok = report.ok and (anchored is None or anchored.ok) and not notes
     since = f", from seq {report.starts_after + 1} (earlier segments deleted by retention)" \
         if report.starts_after else ""
@@ -168,7 +168,7 @@ def _anchors_summary(anchored: Any) -> str:
 
 
 def _verify_usage(message: str) -> int:
-    _complain(f"idgate audit verify: {message}")
+    complain(f"idgate audit verify: {message}")
     return EXIT_USAGE
 
 
@@ -221,7 +221,7 @@ def cmd_query(args: argparse.Namespace) -> int:
                       surface=args.surface, route=_route_matcher(config, args.route) if args.route else None,
                       table=args.table, keys=keys, since=since, until=until, request_id=args.request_id,
                       event=args.event, session=args.session)
-    search = Search(filters, _complain)
+    search = Search(filters, complain)
     writer = TableWriter(sys.stdout, {form: args.key for form in keys}) if args.format == "table" else None
     try:
         status = _answer(args.sources, search, writer)
@@ -241,9 +241,9 @@ def _answer(specs: list[str], search: Search, writer: TableWriter | None) -> int
         sources = [open_source(spec, clients) for spec in specs]
         for source in sources:
             for note in source.notes:
-                _complain(f"warning: {note}")
+                complain(f"warning: {note}")
             if source.ignored:
-                _complain(f"{source.spec}: {len(source.ignored)} object(s) neither segments nor anchors, ignored "
+                complain(f"{source.spec}: {len(source.ignored)} object(s) neither segments nor anchors, ignored "
                           f"(the first: {source.ignored[0]})")
         for found in search.run(chain for source in sources for chain in source.chains):
             if writer is not None:
@@ -253,7 +253,7 @@ def _answer(specs: list[str], search: Search, writer: TableWriter | None) -> int
     except SourceError as exc:
         if writer is not None:
             writer.flush()
-        _complain(str(exc))
+        complain(str(exc))
         return EXIT_USAGE
     if writer is not None:
         writer.flush()
@@ -262,11 +262,11 @@ def _answer(specs: list[str], search: Search, writer: TableWriter | None) -> int
 
 
 def _usage(message: str) -> int:
-    _complain(f"idgate audit query: {message}")
+    complain(f"idgate audit query: {message}")
     return EXIT_USAGE
 
 
-def _complain(message: str) -> None:
+def complain(message: str) -> None:
     """One line on stderr; what a record or a source name put in it cannot act on the terminal."""
     from proxy.audit.table import escape
 

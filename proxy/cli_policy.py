@@ -32,6 +32,19 @@ def add_parser(sub: Any) -> None:
     diff.add_argument("old", type=Path, metavar="OLD")
     diff.add_argument("new", type=Path, metavar="NEW")
     diff.add_argument("--format", choices=("text", "json"), default="text")
+    suggest = sub.add_parser("suggest", help="propose the narrowest rules for the traffic an audit window allowed, "
+                                             "and list the rules and grants it never used",
+                             description="Reads the allowed HTTP decisions of the window and prints a policy file "
+                                         "(stdout) that allows exactly that traffic per identity, with the evidence "
+                                         "for each path; the rules and grants of --policies that no record used go "
+                                         "to stderr.  It proposes; a person applies.")
+    suggest.add_argument("--audit", nargs="+", required=True, metavar="SOURCE",
+                         help="audit segments or sinks, as for idgate audit query")
+    suggest.add_argument("--since", help="ISO 8601 date or timestamp, or a duration ago (24h, 30d)")
+    suggest.add_argument("--until", help="as --since")
+    suggest.add_argument("--policies", type=Path, help="the current policies, to report what the window did not use")
+    suggest.add_argument("--min-distinct", type=int, default=3, metavar="N",
+                         help="values seen at one path position before it becomes '*' (default: %(default)s)")
 
 
 def cmd_test(args: argparse.Namespace) -> int:
@@ -91,3 +104,44 @@ def _gained(grant: str) -> str:
 def _lost(grant: str) -> str:
     # A deny rule that no longer applies is access gained: say so in words, not with a minus sign.
     return f"no longer denied: {grant.removeprefix('deny ')}" if grant.startswith("deny ") else f"- {grant}"
+
+
+def cmd_suggest(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from proxy.audit.query import Filters, parse_when
+    from proxy.audit.search import Search
+    from proxy.audit.sources import SourceError, boto3_clients, open_source
+    from proxy.cli_audit import complain
+    from proxy.policy.store import compile_directory
+    from proxy.policy.suggest import Observations, policy_text
+
+    if args.min_distinct < 2:
+        complain("idgate suggest: --min-distinct must be at least 2")
+        return EXIT_USAGE
+    now = datetime.now(UTC)
+    try:
+        since, until = (parse_when(v, now) if v else None for v in (args.since, args.until))
+    except ValueError as exc:
+        complain(f"idgate suggest: --since/--until: {exc}")
+        return EXIT_USAGE
+    policy = compile_directory(args.policies) if args.policies else None
+    seen = Observations(min_distinct=args.min_distinct)
+    search = Search(Filters(since=since, until=until, event="decision", decision="allow"), complain)
+    try:
+        clients = boto3_clients()
+        sources = [open_source(spec, clients) for spec in args.audit]
+        for found in search.run(chain for source in sources for chain in source.chains):
+            seen.add(found.record)
+    except SourceError as exc:
+        complain(str(exc))
+        return EXIT_USAGE
+    window = f"{since or 'the start'} to {until or 'the end'}"
+    sys.stdout.write(policy_text(seen.suggestions(), f"{seen.used} allowed request(s), {window}"))
+    complain(f"idgate suggest: {seen.used} allowed HTTP request(s) used of {search.tally.records} record(s) read"
+             + (f"; {seen.skipped} skipped (a capped path or identity)" if seen.skipped else ""))
+    for idle in seen.unused(policy) if policy is not None else ():
+        what = "not used in the window" if idle.whole_rule else "grants not used in the window"
+        complain(f"{idle.where}: rule '{idle.rule_id}': {what}: {'; '.join(idle.grants)}"
+                 + (" (sampled: more distinct requests than kept)" if idle.sampled else ""))
+    return EXIT_OK if seen.used else EXIT_FAILED
