@@ -88,7 +88,7 @@ def test_offline_still_reports_every_structural_problem(tmp_path: Path) -> None:
 def test_offline_with_policies_checks_them_and_names_rules_no_trusted_issuer_can_match(tmp_path: Path) -> None:
     result = idgate("check-config", "--offline", "--config", "deploy/config/idgate.yaml", "--policies", "policies")
     assert result.returncode == 0, result.stderr
-    assert "5 rule(s) from policies" in result.stdout
+    assert "6 rule(s) from policies" in result.stdout
     warnings = result.stderr.splitlines()
     assert warnings and all("does not trust (http://127.0.0.1:9400): it can never match" in w for w in warnings)
     assert any(w.startswith("idgate: warning: policies/orders.yaml:4: rule 'etl-read-orders'") for w in warnings)
