@@ -32,6 +32,10 @@ def add_parser(sub: Any) -> None:
     diff.add_argument("old", type=Path, metavar="OLD")
     diff.add_argument("new", type=Path, metavar="NEW")
     diff.add_argument("--format", choices=("text", "json"), default="text")
+    diff.add_argument("--audit", nargs="+", metavar="SOURCE",
+                      help="also the identities these audit sources saw (their issuer, subject, client and groups; "
+                           "claims are not in the audit)")
+    diff.add_argument("--since", help="with --audit: ISO 8601 date or timestamp, or a duration ago (24h, 30d)")
     suggest = sub.add_parser("suggest", help="propose the narrowest rules for the traffic an audit window allowed, "
                                              "and list the rules and grants it never used",
                              description="Reads the allowed HTTP decisions of the window and prints a policy file "
@@ -74,7 +78,10 @@ def cmd_diff(args: argparse.Namespace) -> int:
     from proxy.policy.diff import diff
     from proxy.policy.store import compile_directory
 
-    change = diff(compile_directory(args.old), compile_directory(args.new))
+    seen = _audited_identities(args.audit, args.since) if args.audit else []
+    if seen is None:
+        return EXIT_USAGE
+    change = diff(compile_directory(args.old), compile_directory(args.new), seen)
     if args.format == "json":
         print(json.dumps(dataclasses.asdict(change), indent=2))
         return EXIT_FAILED if not change.empty else EXIT_OK
@@ -95,6 +102,47 @@ def cmd_diff(args: argparse.Namespace) -> int:
         print(f"  {person.label}")
         print("\n".join([*(f"      {_gained(g)}" for g in person.gained), *(f"      {_lost(g)}" for g in person.lost)]))
     return EXIT_FAILED if not change.empty else EXIT_OK
+
+
+MAX_AUDITED_IDENTITIES = 10_000
+
+
+def _audited_identities(sources: list[str], since: str | None) -> list[Any] | None:
+    """The distinct identities of the decision records in `sources` (at most MAX_AUDITED_IDENTITIES), or None
+    after saying why they cannot be read."""
+    import time
+    from datetime import UTC, datetime
+    from types import MappingProxyType
+
+    from proxy.audit.query import Filters, parse_when
+    from proxy.audit.search import Search
+    from proxy.audit.sources import SourceError, boto3_clients, open_source
+    from proxy.cli_audit import complain
+    from proxy.core.model import Identity
+
+    try:
+        when = parse_when(since, datetime.now(UTC)) if since else None
+    except ValueError as exc:
+        complain(f"idgate diff: --since: {exc}")
+        return None
+    found: dict[tuple[Any, ...], Identity] = {}
+    search = Search(Filters(since=when, event="decision"), complain, remember_shown=False)
+    try:
+        clients = boto3_clients()
+        for result in search.run(c for spec in sources for c in open_source(spec, clients).chains):
+            who = result.record.get("identity")
+            if not isinstance(who, dict) or not isinstance(who.get("iss"), str) or not isinstance(who.get("sub"), str):
+                continue                   # an unauthenticated refusal, or a capped value standing for a longer one
+            groups = tuple(g for g in who.get("groups") or () if isinstance(g, str))
+            client = who.get("client_id") if isinstance(who.get("client_id"), str) else None
+            key = (who["iss"], who["sub"], client, groups)
+            if key not in found and len(found) < MAX_AUDITED_IDENTITIES:
+                found[key] = Identity(who["iss"], who["sub"], (), client, groups, time.time() + 300,
+                                      MappingProxyType({"iss": who["iss"], "sub": who["sub"]}))
+    except SourceError as exc:
+        complain(str(exc))
+        return None
+    return list(found.values())
 
 
 def _gained(grant: str) -> str:
@@ -127,7 +175,8 @@ def cmd_suggest(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     policy = compile_directory(args.policies) if args.policies else None
     seen = Observations(min_distinct=args.min_distinct)
-    search = Search(Filters(since=since, until=until, event="decision", decision="allow"), complain)
+    search = Search(Filters(since=since, until=until, event="decision", decision="allow"), complain,
+                    remember_shown=False)
     try:
         clients = boto3_clients()
         sources = [open_source(spec, clients) for spec in args.audit]

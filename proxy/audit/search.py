@@ -60,10 +60,13 @@ class Tally:
 
 class Search:
     def __init__(self, filters: Filters, report: Callable[[str], None], *, window: int = WINDOW,
-                 held_bytes: int = HELD_BYTES) -> None:
+                 held_bytes: int = HELD_BYTES, remember_shown: bool = True) -> None:
+        """`remember_shown` False: a record shown is compared again only within the window, so memory stays
+        flat however many are shown (idgate suggest, which aggregates); a copy of it met further on (the
+        same record in another sink) is then counted as not compared rather than recognized."""
         self._filters = filters
         self._report = report
-        self._seen = _Seen(window)
+        self._seen = _Seen(window, remember_shown)
         self._held: LRUCache[tuple[str, str], _Held] = LRUCache(held_bytes, getsizeof=lambda held: len(held.line) + 256)
         self._hmac_blind = bool(filters.keys) and not any(k.startswith(_HMAC) for k in filters.keys)
         self.tally = Tally()
@@ -189,8 +192,9 @@ class _Seen:
     few), with line digests for the last `window` records and for every one shown: a record met again is
     a duplicate (same bytes) or a conflict (another line), or beyond the window, not compared."""
 
-    def __init__(self, window: int) -> None:
+    def __init__(self, window: int, remember_shown: bool = True) -> None:
         self._window = window
+        self._remember_shown = remember_shown
         self._ranges: dict[str, _Ranges] = {}
         self._recent: OrderedDict[tuple[str, int], bytes] = OrderedDict()
         self._shown: dict[tuple[str, int], bytes] = {}
@@ -208,7 +212,8 @@ class _Seen:
         return _NEW
 
     def shown(self, instance: str, seq: int, digest: bytes) -> None:
-        self._shown[(instance, seq)] = digest
+        if self._remember_shown:
+            self._shown[(instance, seq)] = digest
 
 
 class _Ranges:

@@ -79,3 +79,22 @@ def test_a_window_without_allowed_traffic_proposes_nothing(tmp_path: Path) -> No
     empty.write_text("")
     done = suggest("--audit", empty)
     assert done.returncode in (1, 2) and "Traceback" not in done.stderr
+
+
+async def test_diff_with_an_audit_window_names_the_identities_seen(stack: Stack, tmp_path: Path) -> None:
+    await serve_traffic(stack)                                   # svc-etl-7 and svc-web-1 (groups web) asked
+    await stack.idgate.settled()
+    old = stack.idgate.services.config.policies_dir
+    new = tmp_path / "new"
+    new.mkdir()
+    for source in old.glob("*.yaml"):
+        (new / source.name).write_text(source.read_text().replace("groups: [data-eng]", "groups: [data-eng, web]"))
+    done = subprocess.run([sys.executable, "-m", "proxy", "diff", str(old), str(new), "--audit",
+                           str(stack.idgate.services.config.audit.path), "--since", "1h"],
+                          capture_output=True, text=True, timeout=60, check=False, cwd=REPO)
+    assert done.returncode == 1, done.stderr
+    lines = done.stdout.splitlines()
+    issuer = stack.issuer.issuer.issuer_url
+    assert f"  issuer={issuer} subject=svc-web-1 groups=web client_id=idgate-demo" in lines, done.stdout
+    seen = lines.index(f"  issuer={issuer} subject=svc-web-1 groups=web client_id=idgate-demo")   # from the audit, not from a rule
+    assert "      + allow GET reports.internal /v1/reports" in lines[seen + 1:seen + 4]
