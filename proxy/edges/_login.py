@@ -11,10 +11,13 @@ from aiohttp import web
 
 from proxy.config import RouteConfig
 from proxy.core.errors import AuthenticationError
-from proxy.core.headers import cookie_values
+from proxy.core.headers import cookie_pairs, cookie_values
 from proxy.core.reasons import Reason
 from proxy.sessions import Sessions
+from proxy.sessions.manager import LOGIN_COOKIE_PREFIX
 from proxy.sessions.return_path import safe_return_path
+
+MAX_PENDING_LOGINS = 4
 
 
 def is_navigation(request: web.BaseRequest) -> bool:
@@ -24,7 +27,9 @@ def is_navigation(request: web.BaseRequest) -> bool:
         return False
     mode = request.headers.get("Sec-Fetch-Mode")
     if mode is not None:
-        return mode.lower() == "navigate"
+        # A frame's load is a navigation too, but no login belongs in a frame (the issuer refuses to be
+        # framed, and another site's page could stack frames to pile login cookies on the browser).
+        return mode.lower() == "navigate" and request.headers.get("Sec-Fetch-Dest", "document").lower() == "document"
     return "text/html" in request.headers.get("Accept", "").lower()
 
 
@@ -48,14 +53,19 @@ def redirect_uri_for(sessions: Sessions, issuer: str, host_header: str) -> str:
 
 async def login_redirect(sessions: Sessions, request: web.BaseRequest, route: RouteConfig | None,
                          return_to: str) -> web.Response:
-    """302 to the issuer's login, with this login's sealed state cookie; a stale session cookie is cleared."""
+    """302 to the issuer's login, with this login's sealed state cookie."""
     issuer = login_issuer(sessions, route)
     redirect_uri = redirect_uri_for(sessions, issuer, request.headers.get("Host", ""))
     started = await sessions.start_login(issuer, redirect_uri, safe_return_path(return_to))
     response = web.Response(status=302, headers={"Location": started.location, "Cache-Control": "no-store"})
+    # One login cookie per login in flight (two tabs may log in at once), but not without end: past a few,
+    # the older ones go (their logins must start again), so a browser's Cookie header stays small.
+    pending = [name for name, _ in _cookie_names(request) if name.startswith(LOGIN_COOKIE_PREFIX)]
+    if len(pending) >= MAX_PENDING_LOGINS:
+        for name in pending:
+            clear_cookie(response, name)
+    # A session cookie the browser holds stays until the callback, which ends that session and sets the new one.
     set_cookie(response, started.cookie_name, started.cookie_value, started.max_age)
-    if cookie_values(request.headers.items(), sessions.config.session_cookie):
-        clear_cookie(response, sessions.config.session_cookie)
     return response
 
 
@@ -67,6 +77,10 @@ def set_cookie(response: web.StreamResponse, name: str, value: str, max_age: int
 def clear_cookie(response: web.StreamResponse, name: str) -> None:
     response.set_cookie(name, "", max_age=0, expires="Thu, 01 Jan 1970 00:00:00 GMT", path="/", secure=True,
                         httponly=True, samesite="Lax")
+
+
+def _cookie_names(request: web.BaseRequest) -> list[tuple[str, str]]:
+    return [pair for name, value in request.headers.items() if name.lower() == "cookie" for pair in cookie_pairs(value)]
 
 
 def request_cookies(request: web.BaseRequest, names: Sequence[str]) -> dict[str, str]:

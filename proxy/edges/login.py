@@ -23,6 +23,9 @@ SURFACE = Surface.LOGIN
 GATE = Gate(SURFACE, methods=frozenset({"GET", "HEAD", "POST"}))
 MAX_FORM_BYTES = 16 * 1024          # a logout token is a few KiB
 _NO_STORE = {"Cache-Control": "no-store"}
+# The logout page is idgate's own: nothing loads into it, nothing frames it, its form posts only here.
+_PAGE_HEADERS = {**_NO_STORE, "Content-Security-Policy": "default-src 'none'; form-action 'self'; frame-ancestors 'none'",
+                 "X-Frame-Options": "DENY", "X-Content-Type-Options": "nosniff"}
 _LOGOUT_PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>Log out</title></head>
 <body><form method="post"><button type="submit">Log out</button></form></body></html>
 """
@@ -44,7 +47,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
         return await _callback(request, services, access)
     if access.path == login.logout_path and method in ("GET", "HEAD"):
         # Logging out changes state, so it is a POST; a page load gets the button that posts it.
-        return web.Response(text=_LOGOUT_PAGE, content_type="text/html", headers=_NO_STORE)
+        return web.Response(text=_LOGOUT_PAGE, content_type="text/html", headers=_PAGE_HEADERS)
     if access.path == login.logout_path:
         return await _logout(request, services, access)
     if access.path == login.backchannel_logout_path and method == "POST":
@@ -68,6 +71,11 @@ async def _callback(request: web.Request, services: Services, access: AccessRequ
     state = request.query.get("state", "")
     cookies = request_cookies(request, [login_cookie_name(state)]) if state else {}
     finished = await sessions.finish_login(dict(request.query), cookies)
+    # A session this browser held before (another user's, or its own older one) ends with the new login.
+    previous = request_cookies(request, [sessions.config.session_cookie]).get(sessions.config.session_cookie)
+    replaced = await sessions.discard(previous) if previous is not None else None
+    if replaced is not None:
+        await services.pipeline.record_session(access, "replaced", sessions.identity_of(replaced), replaced.key)
     # Durable before the browser holds the cookie: no session exists that the audit does not know of.
     await services.pipeline.record_session(access, "login", finished.session.identity, finished.session.key)
     response = web.Response(status=303, headers={"Location": finished.return_path, **_NO_STORE})

@@ -195,6 +195,14 @@ class Sessions:
             await self._store.update(stored.advanced(seen_at=now))
         return SessionIdentity(self.identity_of(stored), key, refreshed)
 
+    async def discard(self, cookie_value: str) -> StoredSession | None:
+        """End the session a cookie names, here only (a new login in the same browser replaces it)."""
+        key = self.session_key(cookie_value)
+        stored = await self._store.get(key) if key is not None else None
+        if stored is not None:
+            await self._store.delete(stored.key)
+        return stored
+
     async def end(self, cookie_value: str) -> tuple[StoredSession | None, str | None]:
         """Logout: the session ended here, and the issuer's logout URL for it (None without one)."""
         key = self.session_key(cookie_value)

@@ -11,9 +11,10 @@ from collections.abc import AsyncIterator
 from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
+from yarl import URL
 import pytest
 
-from tests.harness.browserless import end_session_at_op
+from tests.harness.browserless import end_session_at_op, login_at_op
 from tests.harness.login import NAVIGATE, SESSION_COOKIE, LoginStack, login_stack
 
 
@@ -32,7 +33,6 @@ async def test_a_page_load_logs_in_and_reaches_the_upstream_as_the_user(stack):
         assert query["client_id"] == [stack.client.client_id] and query["state"] and query["nonce"]
         assert stack.upstream.received == []
 
-        from tests.harness.browserless import login_at_op
         callback = await login_at_op(browser, authorize, "alice")
         async with browser.get(callback, allow_redirects=False) as response:
             assert response.status == 303
@@ -168,3 +168,43 @@ async def test_a_cross_site_websocket_handshake_with_the_cookie_is_refused(oidc_
     assert [r["reasons"] for r in refusals] == [["missing_token"]] + [["cross_site_request"]] * 3
     refusals = refusals[1:]
     assert all(r["identity"]["sub"] == "alice" and r["session"] for r in refusals)
+
+
+async def test_a_new_login_in_the_same_browser_ends_the_session_it_replaces(stack):
+    async with stack.browser() as browser:
+        await stack.log_in(browser, user="bob")
+        bob_cookie = next(c.value for c in browser.cookie_jar if c.key == SESSION_COOKIE)
+        # The OP remembers bob; a fresh OP session (its cookies cleared) lets alice log in here.
+        browser.cookie_jar.clear(lambda c: not c.key.startswith("__Host-idgate"))
+        async with browser.get(stack.url + "/.idgate/login?rd=/app/page", allow_redirects=False) as response:
+            assert response.status == 302                     # an explicit login, though a session is held
+            authorize = response.headers["Location"]
+        async with browser.get(await login_at_op(browser, authorize, "alice"), allow_redirects=False) as response:
+            assert response.status == 303 and response.headers["Location"] == "/app/page"
+    async with stack.browser() as other:
+        other.cookie_jar.update_cookies({SESSION_COOKIE: bob_cookie}, response_url=URL(stack.url))
+        async with other.get(stack.url + "/app/page", headers=NAVIGATE, allow_redirects=False) as response:
+            assert response.status == 302                     # bob's session ended with alice's login
+    actions = [(r["action"], r["identity"]["sub"]) for r in await stack.records("session")]
+    assert actions == [("login", "bob"), ("replaced", "bob"), ("login", "alice")]
+
+
+async def test_a_frame_is_not_sent_to_login_and_login_cookies_do_not_pile_up(stack):
+    async with stack.browser() as browser:
+        frame = {**NAVIGATE, "Sec-Fetch-Dest": "iframe"}
+        async with browser.get(stack.url + "/app/page", headers=frame, allow_redirects=False) as response:
+            assert response.status == 401
+        for _ in range(6):
+            await stack.start_login(browser)
+        pending = [c.key for c in browser.cookie_jar if c.key.startswith("__Host-idgate-login-")]
+        assert 1 <= len(pending) <= 4
+    assert stack.upstream.received == []
+
+
+async def test_the_logout_page_posts_only_here_and_cannot_be_framed(stack):
+    async with stack.browser() as browser:
+        async with browser.get(stack.url + "/.idgate/logout") as response:
+            assert response.status == 200 and '<form method="post">' in await response.text()
+            assert response.headers["X-Frame-Options"] == "DENY"
+            assert "frame-ancestors 'none'" in response.headers["Content-Security-Policy"]
+            assert "form-action 'self'" in response.headers["Content-Security-Policy"]
