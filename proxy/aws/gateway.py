@@ -8,8 +8,10 @@ DynamoDB without idgate's decision and audit record (DESIGN §5)."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import re
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -176,11 +178,14 @@ class DynamoDbGateway:
                 raise DependencyError("the gateway is busy with other large calls; retry",
                                       reason=Reason.GATEWAY_BUSY) from None
             try:
-                return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
+                return await self._on_thread(function, *args)
             finally:
                 self._large.release()
         finally:
             self.large_calls -= 1
+
+    async def _on_thread(self, function: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, _without_collection, function, *args)
 
     async def _decoding(self, size: int, function: Callable[..., T], *args: Any) -> T:
         """A decoding step; anything it fails on unexpectedly is a request idgate cannot decode (denied)."""
@@ -243,6 +248,46 @@ class DynamoDbGateway:
             raise UpstreamError("DynamoDB's answer was malformed", reason=Reason.UPSTREAM_BAD_RESPONSE) from exc
         except http1.ClientError as exc:
             raise UpstreamError("DynamoDB could not be reached", reason=Reason.UPSTREAM_FAILED) from exc
+
+
+class _CollectionPause:
+    """Pauses the garbage collector's automatic runs while any gateway thread (of any gateway in the
+    process) is in a job, and restores it as it was once the last one leaves."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._inside = 0
+        self._resume = False
+
+    def enter(self) -> None:
+        with self._lock:
+            if self._inside == 0:
+                self._resume = gc.isenabled()
+                gc.disable()
+            self._inside += 1
+
+    def leave(self) -> None:
+        with self._lock:
+            self._inside -= 1
+            if self._inside == 0 and self._resume:
+                gc.enable()
+
+
+_PAUSE = _CollectionPause()
+
+
+def _without_collection(function: Callable[..., T], *args: Any) -> T:
+    """`function(*args)` with no automatic garbage collection meanwhile.  A large call's job builds a JSON
+    tree of up to millions of objects with no cycle in it, and every few hundred thousand allocations
+    triggers a full collection that walks the whole heap holding the GIL: measured, 4 of them (0.45 s
+    of a 0.6 s call) for one 1.8 MB BatchWriteItem, 11 (2.1 s, up to 0.33 s each) behind 16 of them,
+    during which the loop, a policy reload's thread and every other request stand still.  Reference
+    counting frees the tree; the loop's own cyclic garbage waits for the job to end."""
+    _PAUSE.enter()
+    try:
+        return function(*args)
+    finally:
+        _PAUSE.leave()
 
 
 def table_namer(role_arn: str, region: str) -> TableNamer:
