@@ -172,7 +172,8 @@ class DynamoDbGateway:
         reading 16 MB of JSON takes seconds the event loop must not lose.  One such thread, so large calls
         take turns rather than starve the loop of the GIL (or the default executor, which a policy reload
         needs); a call that cannot have it within LARGE_CALL_WAIT is answered busy (503: SDKs retry).  A
-        `decoded` call had its turn already: it queues behind at most the one job on the thread."""
+        `decoded` call had its turn already: it queues behind what is on the thread's queue (one decode at
+        most, and other decoded calls' touches), never behind calls still waiting for a turn."""
         if size <= OFF_LOOP_BYTES:
             return function(*args)
         self.large_calls += 1
