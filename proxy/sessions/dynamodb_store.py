@@ -104,11 +104,12 @@ class DynamoDbStore:
 
     async def get(self, key: str) -> StoredSession | None:
         answer = await self._run(self._call, "get_item", Key=_pk("s#", key), ConsistentRead=True,
-                                 ProjectionExpression="body, #exp", ExpressionAttributeNames={"#exp": "exp"})
+                                 ProjectionExpression="body")
         item = answer.get("Item")
-        if item is None or float(item["exp"]["N"]) <= self._clock():
+        if item is None:
             return None
-        return session_from_text(item["body"]["S"])
+        session = session_from_text(str(item.get("body", {}).get("S", "")))
+        return session if session.expires_at > self._clock() else None
 
     async def update(self, session: StoredSession) -> bool:
         return await self._run(self._put, _session_item(session), "#v = :expected AND #exp > :now", {

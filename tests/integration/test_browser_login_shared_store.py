@@ -7,8 +7,9 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import sqlite3
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from urllib.parse import urlencode
@@ -27,15 +28,25 @@ from tests.harness.servers import RecordingUpstream, serve_app
 TABLE = "idgate-sessions"
 
 
+def store_section(kind: str, request: pytest.FixtureRequest, tmp: Path) -> tuple[dict, Callable[[], None]]:
+    """The login.store section of a shared store of this kind, and how to break that store under idgate."""
+    if kind == "sqlite":
+        path = tmp / "sessions.db"
+
+        def drop_tables() -> None:
+            with sqlite3.connect(path) as db:
+                db.executescript("DROP TABLE sessions; DROP TABLE claims;")
+        return {"path": str(path)}, drop_tables
+    request.getfixturevalue("aws_env")              # idgate's own AWS credentials: moto's test keys
+    moto = request.getfixturevalue("moto")
+    moto.client("dynamodb").create_table(**table_definition(TABLE))
+    return ({"type": "dynamodb", "table": TABLE, "region": REGION, "endpoint": moto.url},
+            lambda: moto.client("dynamodb").delete_table(TableName=TABLE))
+
+
 @pytest.fixture(params=["sqlite", "dynamodb"])
 async def stacks(request, oidc_provider, tmp_path) -> AsyncIterator[list[LoginStack]]:
-    if request.param == "sqlite":
-        store = {"path": str(tmp_path / "sessions.db")}
-    else:
-        request.getfixturevalue("aws_env")          # idgate's own AWS credentials: moto's test keys
-        moto = request.getfixturevalue("moto")
-        moto.client("dynamodb").create_table(**table_definition(TABLE))
-        store = {"type": "dynamodb", "table": TABLE, "region": REGION, "endpoint": moto.url}
+    store, _ = store_section(request.param, request, tmp_path)
     async with shared_store_stacks(oidc_provider, tmp_path, store) as running:
         yield running
 
@@ -88,6 +99,20 @@ async def test_logout_on_one_instance_ends_the_session_on_the_other(stacks):
         assert await page_status(browser, a) == 302 and await page_status(browser, b) == 302
     assert [r["action"] for r in await b.records("session")] == ["logout"]
     assert b.upstream.received == []
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "dynamodb"])
+async def test_a_shared_store_that_cannot_answer_fails_the_session_closed(kind, request, oidc_provider, tmp_path):
+    store, break_store = store_section(kind, request, tmp_path)
+    async with shared_store_stacks(oidc_provider, tmp_path, store) as stacks, shared_browser(stacks) as browser:
+        a, b = stacks
+        await a.log_in(browser)
+        break_store()
+        async with browser.get(b.url + "/app/page", headers=NAVIGATE, allow_redirects=False) as response:
+            assert response.status == 503
+            assert (await response.json())["code"] == "unavailable"
+        assert b.upstream.received == []
+        assert (await b.records("decision"))[-1]["reasons"] == ["session_store_unavailable"]
 
 
 # -- real processes: `idgate serve --workers 2` on one SQLite file --------------------------------

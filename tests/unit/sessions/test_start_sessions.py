@@ -57,6 +57,12 @@ async def test_dynamodb_takes_the_aws_region_unless_it_has_its_own(tmp_path):
     assert store._client.meta.endpoint_url == "http://127.0.0.1:9"                              # noqa: SLF001
 
 
+async def test_dynamodb_without_an_endpoint_takes_botocores_environment_variable(tmp_path, monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL_DYNAMODB", "http://127.0.0.1:7")
+    store = await started(config_with(tmp_path, type="dynamodb", table="idgate-sessions"))
+    assert store._client.meta.endpoint_url == "http://127.0.0.1:7"                              # noqa: SLF001
+
+
 def test_a_sqlite_path_in_a_missing_directory_is_a_config_problem_except_offline(tmp_path):
     path = config_with(tmp_path, path=str(tmp_path / "missing" / "sessions.db"))
     [problem] = check_config(path)

@@ -240,10 +240,14 @@ async def test_claims_and_sessions_do_not_share_keys(stores):
 async def test_sqlite_creates_its_file_0600_and_refuses_one_open_to_others(tmp_path):
     path = tmp_path / "sessions.db"
     store = await asyncio.to_thread(SqliteStore.open, path)
-    await store.create(make_session())
-    await store.close()
-    for made in tmp_path.iterdir():
-        assert stat.S_IMODE(made.stat().st_mode) == 0o600, made
+    try:
+        await store.create(make_session())
+        made = sorted(p.name for p in tmp_path.iterdir())
+        assert made == ["sessions.db", "sessions.db-shm", "sessions.db-wal"]
+        for name in made:
+            assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o600, name
+    finally:
+        await store.close()
     path.chmod(0o644)
     with pytest.raises(StartupError, match="chmod 600"):
         await asyncio.to_thread(SqliteStore.open, path)
@@ -348,6 +352,17 @@ async def test_dynamodb_without_its_table_or_its_endpoint_is_unavailable(moto):
                 await store.create(make_session())
         finally:
             await store.close()
+
+
+async def test_dynamodb_an_item_that_is_not_a_session_is_the_store_gone_wrong(dynamodb_table):
+    dynamodb_table.client("dynamodb").put_item(TableName=TABLE, Item={"pk": {"S": "s#" + "a" * 64},
+                                                                     "body": {"S": '{"key": "x"}'}})
+    store = await asyncio.to_thread(open_dynamodb, dynamodb_table, Clock())
+    try:
+        with pytest.raises(DependencyError, match="does not decode"):
+            await store.get("a" * 64)
+    finally:
+        await store.close()
 
 
 def test_the_table_definition_names_the_indexes_the_store_queries():
