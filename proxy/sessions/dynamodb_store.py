@@ -99,7 +99,11 @@ class DynamoDbStore:
         return cls(client, table, executor, clock)
 
     async def create(self, session: StoredSession) -> None:
-        if not await self._run(self._put, _session_item(session), "attribute_not_exists(pk)", {}):
+        if await self._run(self._put, _session_item(session), "attribute_not_exists(pk)", {}):
+            return
+        # botocore retries a call whose answer was lost: the retry then finds the item the first try wrote.
+        stored = await self.get(session.key)
+        if stored is None or session_text(stored) != session_text(session):
             raise ValueError("a new session's key is already stored")
 
     async def get(self, key: str) -> StoredSession | None:

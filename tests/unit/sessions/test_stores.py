@@ -5,6 +5,7 @@ connection or client on the same file or table, as another worker or replica wou
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sqlite3
 import stat
 from collections.abc import AsyncIterator, Callable
@@ -361,6 +362,18 @@ async def test_dynamodb_an_item_that_is_not_a_session_is_the_store_gone_wrong(dy
     try:
         with pytest.raises(DependencyError, match="does not decode"):
             await store.get("a" * 64)
+    finally:
+        await store.close()
+
+
+async def test_dynamodb_create_retried_after_a_lost_answer_finds_its_own_item(dynamodb_table):
+    # What botocore's retry meets when the first PutItem was written but its answer lost on the way.
+    store = await asyncio.to_thread(open_dynamodb, dynamodb_table, Clock())
+    try:
+        await store.create(make_session())
+        await store.create(make_session())
+        with pytest.raises(ValueError):
+            await store.create(dataclasses.replace(make_session(), sealed_tokens="another"))
     finally:
         await store.close()
 
