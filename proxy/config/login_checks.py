@@ -79,6 +79,9 @@ def check_store(store: SessionStoreConfig, spot: Spot) -> SessionStoreConfig:
         for name in ("table", "region", "endpoint"):
             if getattr(store, name) is not None:
                 spot.report("only for the dynamodb store", name)
+        # Offline (linted away from the host that runs it) the directory need not be here.
+        if store.path is not None and not spot.decoder.offline and not store.path.parent.is_dir():
+            spot.report(f"{store.path}: the directory {store.path.parent} does not exist", "path")
     return store
 
 

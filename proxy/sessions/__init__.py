@@ -10,8 +10,10 @@ import aiohttp
 from proxy.config import Config
 from proxy.core.errors import ConfigError, ConfigProblem
 from proxy.sessions.code_flow import CodeFlowClient, load_client_secret
+from proxy.sessions.dynamodb_store import DynamoDbStore
 from proxy.sessions.manager import LOGIN_COOKIE_PREFIX, IdTokenVerifier, Sessions
 from proxy.sessions.sealing import load_sealer
+from proxy.sessions.sqlite_store import SqliteStore
 from proxy.sessions.store import MemoryStore, SessionStore
 
 
@@ -25,17 +27,18 @@ def start_sessions(config: Config, session: aiohttp.ClientSession, verifier: IdT
     clients = {issuer.issuer: CodeFlowClient(issuer, issuer.client, load_client_secret(issuer.client), session)
                for issuer in config.issuers if issuer.client is not None}
     store: SessionStore
-    if login.store.type == "embedded" and login.store.path is None:
-        if workers > 1:
-            # Each worker would hold its own sessions: a browser would be logged out whenever the kernel
-            # hands its connection to another worker.
-            raise ConfigError([ConfigProblem(str(config.source), None, "login.store: the in-memory session store "
-                                             "serves one process: give login.store.path (SQLite) for --workers")])
-        store = MemoryStore()
+    if login.store.type == "dynamodb":
+        assert login.store.table is not None          # the config checks require it
+        store = DynamoDbStore.open(login.store.table, login.store.region or config.aws.region, login.store.endpoint)
+    elif login.store.path is not None:
+        store = SqliteStore.open(login.store.path)
+    elif workers > 1:
+        # Each worker would hold its own sessions: a browser would be logged out whenever the kernel
+        # hands its connection to another worker.
+        raise ConfigError([ConfigProblem(str(config.source), None, "login.store: the in-memory session store "
+                                         "serves one process: give login.store.path (SQLite) for --workers")])
     else:
-        raise ConfigError([ConfigProblem(str(config.source), None,
-                                         f"login.store: the {login.store.type} store with these settings is "
-                                         "not available in this build")])
+        store = MemoryStore()
     return Sessions(login, sealer, store, clients, {i.issuer: i for i in config.issuers}, verifier)
 
 

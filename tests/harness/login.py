@@ -4,7 +4,7 @@ stack the browser-login tests share, and the steps of a login they take one hop 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,10 +67,12 @@ class LoginStack:
 
 
 def write_login_config(tmp: Path, op: OidcProvider, client: WebClient, port: int, upstream_port: int,
-                       route: dict[str, Any] | None = None, **login: Any) -> Path:
-    key_file = tmp / "session-keys.json"
-    key_file.write_text(new_key_ring_text())
-    key_file.chmod(0o600)
+                       route: dict[str, Any] | None = None, *, key_file: Path | None = None,
+                       **login: Any) -> Path:
+    """idgate.yaml (and its policies, client secret and, unless `key_file` is given, a new session key
+    ring) in `tmp`; `route` adds to the login route, `login` to the login: section (e.g. store=...)."""
+    if key_file is None:
+        key_file = new_session_keys(tmp / "session-keys.json")
     secret_file = tmp / "client-secret"
     secret_file.write_text(client.client_secret or "")
     config = {
@@ -90,6 +92,12 @@ def write_login_config(tmp: Path, op: OidcProvider, client: WebClient, port: int
     return path
 
 
+def new_session_keys(path: Path) -> Path:
+    path.write_text(new_key_ring_text())
+    path.chmod(0o600)
+    return path
+
+
 @asynccontextmanager
 async def login_stack(op: OidcProvider, tmp: Path, route: dict[str, Any] | None = None,
                       **login: Any) -> AsyncIterator[LoginStack]:
@@ -103,3 +111,34 @@ async def login_stack(op: OidcProvider, tmp: Path, route: dict[str, Any] | None 
         upstream.port = upstream_port
         async with running_idgate(write_login_config(tmp, op, client, port, upstream_port, route, **login)) as idgate:
             yield LoginStack(idgate, upstream, client, op)
+
+
+def shared_browser(stacks: list[LoginStack]) -> aiohttp.ClientSession:
+    """One browser for several instances on one host: its cookies (per host, not per port) reach them all."""
+    return browser_session(secure_origins=[stack.url for stack in stacks])
+
+
+@asynccontextmanager
+async def shared_store_stacks(op: OidcProvider, tmp: Path, store: dict[str, Any],
+                              count: int = 2) -> AsyncIterator[list[LoginStack]]:
+    """`count` idgate instances, each on its own port with its own config and audit log, sharing what
+    replicas behind a load balancer share: the session store (`store`, the login.store section), the
+    session key ring, one OP client (a redirect URI per instance; the back-channel logout URI is the first
+    instance's, so the OP's logout calls reach that one only) and the upstream."""
+    ports = [free_port() for _ in range(count)]
+    bases = [f"http://{HOST}:{port}" for port in ports]
+    client = op.register_web_client([base + "/.idgate/callback" for base in bases],
+                                    post_logout_redirect_uris=[base + "/" for base in bases],
+                                    backchannel_logout_uri=bases[0] + "/.idgate/backchannel-logout")
+    key_file = new_session_keys(tmp / "session-keys.json")
+    upstream = RecordingUpstream()
+    async with serve_app(upstream.app()) as upstream_port, AsyncExitStack() as running:
+        upstream.port = upstream_port
+        stacks = []
+        for i, port in enumerate(ports):
+            directory = tmp / f"idgate-{i}"
+            directory.mkdir()
+            config = write_login_config(directory, op, client, port, upstream_port, key_file=key_file, store=store)
+            idgate = await running.enter_async_context(running_idgate(config))
+            stacks.append(LoginStack(idgate, upstream, client, op))
+        yield stacks
