@@ -3,6 +3,7 @@
 #   make bench  measure the hot path against its targets (installs wrk, py-spy and Envoy too)
 #   make test   install everything the tests need (Python packages, the npm OpenID Provider, Envoy) and run them
 #   make test-airflow   also run the example Airflow DAG's hook against moto (installs Airflow, ~375 MB)
+#   make test-browser   the real-browser tests (tests/browser: installs Debian's Chromium, ~120 MB, and selenium)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -20,11 +21,14 @@ AIRFLOW_STAMP := $(AIRFLOW_VENV)/.providers-amazon-$(AIRFLOW_PROVIDER_VERSION)
 
 # Debian's nginx-light for the forward-auth tests (the shipped deploy/nginx config in front of idgate).
 NGINX := /usr/sbin/nginx
+# Debian's chromium and its chromedriver for `make test-browser`: selenium is handed this driver (and the
+# browser) by path, so Selenium Manager never downloads one.
+CHROMEDRIVER := /usr/bin/chromedriver
 # Debian's wrk, the load generator of `make bench`.
 WRK   := /usr/bin/wrk
 SUDO  := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test test-airflow bench check-config clean
+.PHONY: demo test test-airflow test-browser bench check-config clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +52,11 @@ $(VENV)/.test: pyproject.toml | $(BIN)/python
 	$(OTEL_PROTO_WINS)
 	touch $@ $(VENV)/.runtime
 
+# `make test-browser`: selenium (the browser extra) beside the test extra, whose harness the browser tests reuse.
+$(VENV)/.browser: pyproject.toml $(VENV)/.test
+	$(BIN)/pip install -q -e '.[browser]'
+	touch $@
+
 # `make bench`: the test extra (the benchmarks reuse the tests' harness), uvloop and py-spy.
 $(VENV)/.bench: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[test,fast,bench]'
@@ -64,6 +73,11 @@ $(NGINX):
 	@echo "installing Debian's nginx-light (about 1 MB) for the forward-auth tests"
 	$(SUDO) apt-get update -qq
 	$(SUDO) apt-get install -y -qq --no-install-recommends nginx-light
+
+$(CHROMEDRIVER):
+	@echo "installing Debian's chromium and chromium-driver (about 120 MB to download, 380 MB installed) for make test-browser"
+	$(SUDO) apt-get update -qq
+	$(SUDO) apt-get install -y -qq --no-install-recommends chromium chromium-driver
 
 $(WRK):
 	@echo "installing Debian's wrk (the HTTP load generator) for make bench"
@@ -87,6 +101,10 @@ test: $(VENV)/.test $(OP_DIR)/node_modules/.package-lock.json $(ENVOY_STAMP) $(N
 
 test-airflow: $(VENV)/.test $(OP_DIR)/node_modules/.package-lock.json $(AIRFLOW_STAMP)
 	$(BIN)/python -m pytest -q tests/integration/airflow_dag_check.py
+
+# tests/browser is left out of `make test` (--ignore in pyproject's addopts); named here, it runs.
+test-browser: $(VENV)/.browser $(OP_DIR)/node_modules/.package-lock.json $(CHROMEDRIVER)
+	$(BIN)/python -m pytest -q tests/browser
 
 # BENCH_ARGS=--quick for a smoke run of a couple of minutes.
 bench: $(VENV)/.bench $(ENVOY_STAMP) $(WRK)
