@@ -2,7 +2,8 @@
 #   make demo   build .venv and run idgate with a dev issuer, an echo upstream and the example policies
 #   make bench  measure the hot path against its targets (installs wrk, py-spy and Envoy too)
 #   make test   install everything the tests need (Python packages, the npm OpenID Provider, Envoy) and run them
-#   make test-airflow   also run the example Airflow DAG's hook against moto (installs Airflow, ~375 MB)
+#   make test-airflow   also run the example Airflow DAG's hook against moto and Airflow 3's API server behind
+#                       idgate's login with deploy/airflow/webui's auth manager (installs Airflow, ~375 MB)
 #   make test-browser   the real-browser tests (tests/browser: installs Debian's Chromium, ~120 MB, and selenium)
 PYTHON ?= python3
 VENV   := .venv
@@ -100,7 +101,7 @@ test: $(VENV)/.test $(OP_DIR)/node_modules/.package-lock.json $(ENVOY_STAMP) $(N
 	$(BIN)/python -m pytest -q
 
 test-airflow: $(VENV)/.test $(OP_DIR)/node_modules/.package-lock.json $(AIRFLOW_STAMP)
-	$(BIN)/python -m pytest -q tests/integration/airflow_dag_check.py
+	$(BIN)/python -m pytest -q tests/integration/airflow_dag_check.py tests/integration/airflow_webui_check.py
 
 # tests/browser is left out of `make test` (--ignore in pyproject's addopts); named here, it runs.
 test-browser: $(VENV)/.browser $(OP_DIR)/node_modules/.package-lock.json $(CHROMEDRIVER)
