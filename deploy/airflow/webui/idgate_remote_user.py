@@ -3,7 +3,7 @@ AUTH_REMOTE_USER logs in) the person idgate authenticated, and nothing else.
 
 idgate strips every client-sent X-Idgate-* header (any case, `_` for `-`) and sets X-Idgate-Subject itself,
 so through idgate the header is idgate's word.  Straight to the webserver, anyone can send it: the UI must be
-reachable only through idgate (deploy/airflow/webui/README section)."""
+reachable only through idgate (bound to loopback beside it, or behind a network policy)."""
 
 from __future__ import annotations
 

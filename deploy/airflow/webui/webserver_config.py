@@ -10,6 +10,7 @@ http://127.0.0.1:9090/.well-known/jwks.json) it believes only a verified X-Idgat
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from airflow.providers.fab.auth_manager.security_manager.override import FabAirflowSecurityManagerOverride
 from flask import request
@@ -37,8 +38,8 @@ def _follow_idgate() -> None:
         logout_user()
 
 
-class IdgateSecurityManager(FabAirflowSecurityManagerOverride):  # type: ignore[misc]
-    def __init__(self, appbuilder):  # type: ignore[no-untyped-def]
+class IdgateSecurityManager(FabAirflowSecurityManagerOverride):
+    def __init__(self, appbuilder: Any) -> None:
         super().__init__(appbuilder)
         app = appbuilder.get_app
         app.wsgi_app = IdgateRemoteUser(app.wsgi_app, _verifier())
