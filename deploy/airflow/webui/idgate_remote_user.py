@@ -27,7 +27,7 @@ class IdgateRemoteUser:
         self.verifier = verifier
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        # Whatever set REMOTE_USER before (gunicorn sets it from any `Authorization: Basic` header) is not idgate.
+        # Whatever filled REMOTE_USER before is not idgate (gunicorn's forwarder_headers copies it from a header).
         environ.pop("REMOTE_USER", None)
         subject = self._subject(environ)
         if subject is not None:

@@ -181,7 +181,8 @@ def remote_user(webui: dict[str, ModuleType], environ: dict[str, Any], verifier:
 
 def test_remote_user_is_idgates_subject_header_and_nothing_else(webui):
     assert remote_user(webui, {"HTTP_X_IDGATE_SUBJECT": "alice"}) == "alice"
-    # gunicorn sets REMOTE_USER from any `Authorization: Basic` header; other proxies' user headers are not idgate's.
+    # A REMOTE_USER the WSGI server filled in (gunicorn's forwarder_headers copies one from a request header) and
+    # other proxies' user headers are not idgate's.
     assert remote_user(webui, {"REMOTE_USER": "admin", "HTTP_AUTHORIZATION": "Basic YWRtaW46eA=="}) is None
     assert remote_user(webui, {"REMOTE_USER": "admin", "HTTP_X_IDGATE_SUBJECT": "alice"}) == "alice"
     for header in ("HTTP_REMOTE_USER", "HTTP_X_FORWARDED_USER", "HTTP_X_REMOTE_USER", "HTTP_X_AUTH_REQUEST_USER",
