@@ -2,7 +2,9 @@
 #   make demo   build .venv and run idgate with a dev issuer, an echo upstream and the example policies
 #   make bench  measure the hot path against its goals (installs wrk, py-spy and Envoy too)
 #   make test   install everything the tests need (Python packages, the npm OpenID Provider, Envoy) and run them
-#   make test-airflow   also run the example Airflow DAG's hook against moto (installs Airflow, ~375 MB)
+#   make test-airflow   also run the example Airflow DAG's hook against moto and Airflow 3's API server behind
+#                       idgate's login with deploy/airflow/webui's auth manager (installs Airflow, ~375 MB)
+#   make test-browser   the real-browser tests (tests/browser: installs Debian's Chromium, ~120 MB, and selenium)
 #   make clean  remove everything the targets above and the tests create in the checkout
 # Each install step says what it installs and about how big it is before it starts (pip and npm run quiet).
 # The sizes are what each step leaves on disk, measured on an installed build (2026-12-03).
@@ -25,11 +27,14 @@ AIRFLOW_STAMP := $(AIRFLOW_VENV)/.providers-amazon-$(AIRFLOW_PROVIDER_VERSION)
 
 # Debian's nginx-light for the forward-auth tests (the shipped deploy/nginx config in front of idgate).
 NGINX := /usr/sbin/nginx
+# Debian's chromium and its chromedriver for `make test-browser`: selenium is handed this driver (and the
+# browser) by path, so Selenium Manager never downloads one.
+CHROMEDRIVER := /usr/bin/chromedriver
 # Debian's wrk, the load generator of `make bench`.
 WRK   := /usr/bin/wrk
 SUDO  := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test test-airflow bench check-config clean
+.PHONY: demo test test-airflow test-browser bench check-config clean
 
 $(BIN)/python:
 	@echo "make: creating $(VENV) with $(PYTHON) and upgrading pip in it (~20 MB)"
@@ -60,6 +65,12 @@ $(VENV)/.test: pyproject.toml | $(BIN)/python
 	$(OTEL_PROTO_WINS)
 	touch $@ $(VENV)/.runtime
 
+# `make test-browser`: selenium (the browser extra) beside the test extra, whose harness the browser tests reuse.
+$(VENV)/.browser: pyproject.toml $(VENV)/.test
+	@echo "make: installing selenium (the browser extra) into $(VENV) (~10 packages, ~25 MB)"
+	$(BIN)/pip install -q -e '.[browser]'
+	touch $@
+
 # `make bench`: the test extra (the benchmarks reuse the tests' harness), uvloop and py-spy.
 $(VENV)/.bench: pyproject.toml | $(BIN)/python
 	@echo "make: installing idgate with the test, fast and bench (py-spy) extras into $(VENV) (~105 packages, ~665 MB; a few minutes)"
@@ -78,6 +89,11 @@ $(NGINX):
 	@echo "make: installing Debian's nginx-light for the forward-auth tests with apt-get (~1 MB)"
 	$(SUDO) apt-get update -qq
 	$(SUDO) apt-get install -y -qq --no-install-recommends nginx-light
+
+$(CHROMEDRIVER):
+	@echo "make: installing Debian's chromium and chromium-driver for make test-browser with apt-get (~120 MB to download, ~380 MB installed)"
+	$(SUDO) apt-get update -qq
+	$(SUDO) apt-get install -y -qq --no-install-recommends chromium chromium-driver
 
 $(WRK):
 	@echo "make: installing Debian's wrk (the HTTP load generator) for make bench with apt-get (~0.2 MB)"
@@ -103,7 +119,11 @@ test: $(VENV)/.test $(OP_DIR)/node_modules/.package-lock.json $(ENVOY_STAMP) $(N
 	$(BIN)/python -m pytest -q
 
 test-airflow: $(VENV)/.test $(OP_DIR)/node_modules/.package-lock.json $(AIRFLOW_STAMP)
-	$(BIN)/python -m pytest -q tests/integration/airflow_dag_check.py
+	$(BIN)/python -m pytest -q tests/integration/airflow_dag_check.py tests/integration/airflow_webui_check.py
+
+# tests/browser is left out of `make test` (--ignore in pyproject's addopts); named here, it runs.
+test-browser: $(VENV)/.browser $(OP_DIR)/node_modules/.package-lock.json $(CHROMEDRIVER)
+	$(BIN)/python -m pytest -q tests/browser
 
 # BENCH_ARGS=--quick for a smoke run of a couple of minutes.
 bench: $(VENV)/.bench $(ENVOY_STAMP) $(WRK)
