@@ -67,7 +67,7 @@ $(VENV)/.test: pyproject.toml | $(BIN)/python
 
 # `make test-browser`: selenium (the browser extra) beside the test extra, whose harness the browser tests reuse.
 $(VENV)/.browser: pyproject.toml $(VENV)/.test
-	@echo "make: installing selenium (the browser extra) into $(VENV) (~10 packages, ~25 MB)"
+	@echo "make: installing selenium (the browser extra) into $(VENV) (~10 packages, ~40 MB)"
 	$(BIN)/pip install -q -e '.[browser]'
 	touch $@
 
