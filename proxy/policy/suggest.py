@@ -25,6 +25,7 @@ from proxy.policy.rules import Effect, HttpGrant, Rule, Who
 MAX_CHILDREN = 256
 MAX_SAMPLES_PER_RULE = 10_000          # distinct requests kept per rule to tell which of its grants were used
 HTTP_SURFACES = frozenset({"proxy", "forward_auth", "ext_authz_http", "ext_authz_grpc"})
+AWS_SURFACES = frozenset({"credentials", "dynamodb"})
 WILD = "*"
 _ID_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -38,14 +39,13 @@ class _Node:
         if at == len(segments):
             self.count += 1
             return
-        children = self.children
         key = segments[at]
-        if WILD in children:
+        if WILD in self.children:
             key = WILD
-        elif key not in children and len(children) >= MAX_CHILDREN:
-            self._fold()
+        elif key not in self.children and len(self.children) >= MAX_CHILDREN:
+            self._fold()          # a new dict: the request goes into the folded one
             key = WILD
-        children.setdefault(key, _Node()).add(segments, at + 1)
+        self.children.setdefault(key, _Node()).add(segments, at + 1)
 
     def _fold(self) -> None:
         merged = _Node()
@@ -75,8 +75,12 @@ class _Node:
         return found
 
     def patterns(self, prefix: str, min_distinct: int) -> Iterable[tuple[str, int]]:
+        """The paths below this node: `prefix/**` at the deepest node where requests end at enough depths
+        (a node with one child and no requests of its own passes the question on, so `/files/**` is
+        proposed rather than `/**`)."""
         below = self.depths()
-        if self.children and len(below - {0}) >= min_distinct:
+        narrower = not self.count and len(self.children) == 1 and WILD not in self.children
+        if self.children and not narrower and len(below - {0}) >= min_distinct:
             if self.count:
                 yield prefix or "/", self.count
             yield prefix + "/**", self.total() - self.count
@@ -106,7 +110,7 @@ class Suggestion:
 class Unused:
     rule_id: str
     where: str
-    grants: tuple[str, ...]                     # the rule's http grants no request used; all of them if the rule was unused
+    grants: tuple[str, ...]                     # the rule's grants no request used; all of them if the rule was unused
     whole_rule: bool
     sampled: bool = False                       # more distinct requests than were kept: a grant may be used after all
 
@@ -122,11 +126,18 @@ class Observations:
     _tries: dict[tuple[str, str, str, str], _Node] = field(default_factory=dict)   # (iss, sub, host, method)
     _rules: dict[str, set[tuple[str, str, str]]] = field(default_factory=dict)     # rule -> (method, host, path)
     _overflow: set[str] = field(default_factory=set)
+    _aws_used: set[str] = field(default_factory=set)            # rules named by an allowed vend or gateway call
 
     def add(self, record: Mapping[str, Any]) -> None:
         self.records += 1
-        if record.get("event") != "decision" or record.get("decision") != "allow" \
-                or record.get("surface") not in HTTP_SURFACES:
+        if record.get("event") != "decision" or record.get("decision") != "allow":
+            return
+        if record.get("surface") in AWS_SURFACES:
+            for part in (record.get("aws"), record.get("dynamodb")):
+                rules = part.get("rules") if isinstance(part, dict) else None
+                self._aws_used.update(r for r in rules or () if isinstance(r, str))
+            return
+        if record.get("surface") not in HTTP_SURFACES:
             return
         identity, target, rule = record.get("identity"), record.get("target"), record.get("rule")
         values = (identity.get("iss"), identity.get("sub")) if isinstance(identity, dict) else (None, None)
@@ -164,7 +175,14 @@ class Observations:
     def unused(self, policy: CompiledPolicy) -> list[Unused]:
         found = []
         for rule in policy.rules:
-            if rule.effect is not Effect.ALLOW or not rule.http:
+            if rule.effect is not Effect.ALLOW:
+                continue
+            if rule.aws is not None and rule.id not in self._aws_used and not rule.http:
+                role = rule.aws.role_arn.rpartition(":")[2]
+                found.append(Unused(rule.id, f"{rule.file}:{rule.line}",
+                                    tuple(f"aws {role} {t.table} {','.join(t.actions)}" for t in rule.aws.dynamodb), True))
+                continue
+            if not rule.http:
                 continue
             atoms = [(grant, host, method, path) for grant in rule.http for host in grant.hosts or ("",)
                      for method in grant.methods or ("",) for path in grant.paths]

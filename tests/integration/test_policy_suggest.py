@@ -59,6 +59,10 @@ async def test_the_proposal_allows_exactly_the_observed_traffic(stack: Stack, tm
     assert not allowed(etl, "HEAD", "/v1/orders/1") and not allowed(web, "GET", "/v1/orders/1")
     # The window's report: the reports rule was never used, nor the orders rule's HEAD grants.
     assert "rule 'data-eng-read-reports': not used in the window" in done.stderr
+    # No worker took AWS credentials in the window: both AWS rules are candidates too.
+    assert "rule 'etl-orders-table': not used in the window: aws role/etl orders GetItem,Query,PutItem,UpdateItem" \
+        in done.stderr
+    assert "rule 'etl-orders-gateway': not used in the window" in done.stderr
     assert "rule 'etl-read-orders': grants not used in the window: HEAD orders.internal /v1/orders; " \
            "HEAD orders.internal /v1/orders/**" in done.stderr
 
