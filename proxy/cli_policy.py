@@ -188,7 +188,9 @@ def cmd_suggest(args: argparse.Namespace) -> int:
     window = f"{since or 'the start'} to {until or 'the end'}"
     sys.stdout.write(policy_text(seen.suggestions(), f"{seen.used} allowed request(s), {window}"))
     complain(f"idgate suggest: {seen.used} allowed HTTP request(s) used of {search.tally.records} record(s) read"
-             + (f"; {seen.skipped} skipped (a capped path or identity)" if seen.skipped else ""))
+             + (f"; {seen.skipped} skipped (a capped path or identity)" if seen.skipped else "")
+             + (f"; {seen.unspellable} left out (a path or host no policy pattern spells exactly)"
+                if seen.unspellable else ""))
     for idle in seen.unused(policy) if policy is not None else ():
         what = "not used in the window" if idle.whole_rule else "grants not used in the window"
         complain(f"{idle.where}: rule '{idle.rule_id}': {what}: {'; '.join(idle.grants)}"

@@ -19,7 +19,7 @@ from typing import Any
 
 from proxy.core.model import Identity
 from proxy.policy.engine import CompiledPolicy
-from proxy.policy.loader import path_pattern_problem
+from proxy.policy.loader import host_pattern_problem, path_pattern_problem
 from proxy.policy.rules import Effect, HttpGrant, Rule, Who
 
 MAX_CHILDREN = 256
@@ -28,6 +28,7 @@ HTTP_SURFACES = frozenset({"proxy", "forward_auth", "ext_authz_http", "ext_authz
 AWS_SURFACES = frozenset({"credentials", "dynamodb"})
 WILD = "*"
 _ID_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_METHOD = re.compile(r"[A-Z]{1,16}")
 
 
 @dataclass(slots=True)
@@ -123,6 +124,7 @@ class Observations:
     records: int = 0
     used: int = 0
     skipped: int = 0                            # allowed HTTP decisions idgate could not use (a capped path)
+    unspellable: int = 0                        # ... or whose path or host no policy pattern spells exactly
     _tries: dict[tuple[str, str, str, str], _Node] = field(default_factory=dict)   # (iss, sub, host, method)
     _rules: dict[str, set[tuple[str, str, str]]] = field(default_factory=dict)     # rule -> (method, host, path)
     _overflow: set[str] = field(default_factory=set)
@@ -149,10 +151,16 @@ class Observations:
             self.skipped += 1          # a capped value stands for a longer one: no pattern can be built from it
             return
         issuer, subject = str(values[0]), str(values[1])
-        self.used += 1
-        segments = [s if not path_pattern_problem("/" + s) else WILD for s in str(path).split("/")[1:]]
+        segments = str(path).split("/")[1:]
         if segments == [""]:
             segments = []
+        # A path or host a policy cannot spell (a `%`, a `;`, a `*` in a segment) is left out rather than
+        # widened to a pattern the traffic did not justify.
+        if any(s in (WILD, "**") or path_pattern_problem("/" + s) for s in segments) or \
+                host_pattern_problem(str(host)) or not _METHOD.fullmatch(str(method)):
+            self.unspellable += 1
+            return
+        self.used += 1
         self._tries.setdefault((issuer, subject, str(host), str(method)), _Node()).add(segments)
         seen = self._rules.setdefault(rule, set())
         if len(seen) < MAX_SAMPLES_PER_RULE:

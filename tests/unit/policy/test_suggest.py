@@ -58,3 +58,13 @@ def test_an_aws_vend_marks_its_rules_used():
     unused = {u.rule_id for u in seen.unused(compile_directory(POLICIES))}
     assert "etl-orders-table" not in unused and "etl-orders-gateway" not in unused
     assert "data-eng-read-reports" in unused
+
+
+def test_a_path_no_pattern_spells_is_left_out_not_widened():
+    seen = Observations()
+    for path in ("/files/a%20b", "/files/x;y", "/files/*", "/files/**"):
+        seen.add(allowed(path))
+    seen.add(allowed("/files/ok"))
+    seen.add({**allowed("/files/ok"), "target": {"method": "GET", "host": "10.0.0.1:8443", "path": "/files/ok"}})
+    assert patterns(seen) == [("/files/ok", 1)]
+    assert seen.unspellable == 5
