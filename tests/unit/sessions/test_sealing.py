@@ -177,3 +177,19 @@ def test_a_value_too_large_for_a_cookie_is_refused(sealer):
         sealer.seal_cookie(NAME, {"pad": "x" * MAX_COOKIE_VALUE_CHARS}, NOW + 60)
     fits = sealer.seal_cookie(NAME, {"pad": "x" * 2700}, NOW + 60)
     assert len(fits) <= MAX_COOKIE_VALUE_CHARS and sealer.open_cookie(NAME, fits) is not None
+
+
+@pytest.mark.parametrize("mangle", [
+    pytest.param(lambda v: v[:12] + "!" + v[12:], id="junk_character"),
+    pytest.param(lambda v: v[:12] + "." + v[12:], id="extra_dot"),
+    pytest.param(lambda v: v[:12] + "+" + v[12:], id="standard_alphabet_character"),
+    pytest.param(lambda v: v + "=", id="padding"),
+    pytest.param(lambda v: v + "\n", id="newline"),
+    pytest.param(lambda v: v[:12] + " " + v[12:], id="space"),
+])
+def test_a_value_opens_only_in_the_spelling_it_was_sealed_in(sealer, mangle):
+    """One sealed value, one spelling: base64 decoding that skips what it does not know would let a cookie
+    be respelled at will, and anything keyed on the cookie string (a cache, a revocation list, a log
+    search) would then see many values where there is one."""
+    value = sealer.seal_cookie(NAME, {"sid": "abc"}, NOW + 60)
+    assert sealer.open_cookie(NAME, mangle(value)) is None
