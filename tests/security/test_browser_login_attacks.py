@@ -400,7 +400,9 @@ async def test_idgates_cookies_never_reach_the_upstream_in_any_spelling(stack):
         assert stack.upstream.received[-1].header("X-Idgate-Subject") == ["alice"]
 
 
-@pytest.mark.parametrize("name", [SESSION_COOKIE, LOGIN_PREFIX + "0123456789abcdef", "__host-idgate-session"])
+@pytest.mark.parametrize("name", [SESSION_COOKIE, LOGIN_PREFIX + "0123456789abcdef", "__host-idgate-session",
+                                  f" {SESSION_COOKIE}\t", f"={SESSION_COOKIE}"],
+                         ids=["session", "login", "lower_case", "spaced", "nameless"])
 async def test_the_upstream_cannot_set_or_clear_idgates_cookies(stack, name):
     """An upstream (another route's on this host, or one with a cookie-injection bug) answering with
     idgate's cookie would fix the browser's session to one it chose (login CSRF) or log the user out."""
