@@ -99,7 +99,10 @@ async def _backchannel_logout(request: web.Request, services: Services, access: 
     body = await request.content.read(MAX_FORM_BYTES + 1)
     if len(body) > MAX_FORM_BYTES:
         raise BadRequest("the logout request is too large", reason=Reason.LOGOUT_TOKEN_INVALID)
-    tokens = parse_qs(body.decode("ascii", "replace"), max_num_fields=4).get("logout_token", [])
+    try:
+        tokens = parse_qs(body.decode("ascii", "replace"), max_num_fields=4).get("logout_token", [])
+    except ValueError as exc:     # more fields than a logout request has (parse_qs's own bound)
+        raise BadRequest("the logout request has too many fields", reason=Reason.LOGOUT_TOKEN_INVALID) from exc
     if len(tokens) != 1:
         raise BadRequest("exactly one logout_token is required", reason=Reason.LOGOUT_TOKEN_INVALID)
     logout = await sessions.verify_logout_token(tokens[0])
