@@ -47,14 +47,16 @@ def redirect_uri_for(sessions: Sessions, issuer: str, host_header: str) -> str:
 
 
 async def login_redirect(sessions: Sessions, request: web.BaseRequest, route: RouteConfig | None,
-                         return_to: str) -> web.Response:
-    """302 to the issuer's login, with this login's sealed state cookie; a stale session cookie is cleared."""
+                         return_to: str, *, stale_session: bool) -> web.Response:
+    """302 to the issuer's login, with this login's sealed state cookie; the session cookie is cleared
+    only when the caller found it `stale_session` (it did not authenticate).  The login path itself
+    must not clear it: a link from any site starts a login there, and would log the user out."""
     issuer = login_issuer(sessions, route)
     redirect_uri = redirect_uri_for(sessions, issuer, request.headers.get("Host", ""))
     started = await sessions.start_login(issuer, redirect_uri, safe_return_path(return_to))
     response = web.Response(status=302, headers={"Location": started.location, "Cache-Control": "no-store"})
     set_cookie(response, started.cookie_name, started.cookie_value, started.max_age)
-    if cookie_values(request.headers.items(), sessions.config.session_cookie):
+    if stale_session and cookie_values(request.headers.items(), sessions.config.session_cookie):
         clear_cookie(response, sessions.config.session_cookie)
     return response
 

@@ -60,7 +60,7 @@ async def _start(request: web.Request, services: Services, access: AccessRequest
         route = request.app[ROUTES].match(access.host, normalize_path(split_target(return_to)[0]))
     except IdgateError:
         pass       # a return path that matches no route (or no path at all) still logs in, then lands on `/`
-    return await login_redirect(_sessions(services), request, route, return_to)
+    return await login_redirect(_sessions(services), request, route, return_to, stale_session=False)
 
 
 async def _callback(request: web.Request, services: Services, access: AccessRequest) -> web.StreamResponse:

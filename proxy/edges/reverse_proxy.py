@@ -137,7 +137,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
         # A person's page load on a login route goes to the issuer's login (its denial is already on the
         # audit log); an API call, or a bad bearer token, gets its 401.
         if route.login and admitted.token is None and services.sessions is not None and is_navigation(request):
-            return await login_redirect(services.sessions, request, route, request.raw_path)
+            return await login_redirect(services.sessions, request, route, request.raw_path, stale_session=True)
         raise
     # The path idgate decided on is the path it sends: normalized, never the client's spelling; the
     # query as the client sent it.  Neither is re-encoded or resolved on the way.
