@@ -238,6 +238,11 @@ class Sessions:
             problem = "has a sid or sub that is not a string"
         if problem is not None:
             raise BadRequest(f"the logout token {problem}", reason=Reason.LOGOUT_TOKEN_INVALID)
+        # §2.6 makes this check optional; here it is not: a logout token seen once (a log, a proxy on the
+        # way) would otherwise end the sessions of the subject's next login for as long as it is valid.
+        seen = hashlib.sha256(f"{issuer}\0{claims['jti']}".encode()).hexdigest()
+        if not await self._store.claim("logout:" + seen, float(claims["exp"])):
+            raise BadRequest("the logout token was already used", reason=Reason.LOGOUT_TOKEN_INVALID)
         return Logout(str(issuer), sid if isinstance(sid, str) and sid else None,
                       sub if isinstance(sub, str) and sub else None)
 
