@@ -217,6 +217,50 @@ async def test_an_expired_login_state_cookie_is_refused(oidc_provider, tmp_path)
             await assert_refused(stack, answer, 400, "login_state_invalid")
 
 
+class CookieStore:
+    """A browser's cookies for one host, kept by hand (Set-Cookie applied as a browser does, Max-Age=0
+    deleting), so a test sees exactly what a real browser would send back: no jar quirks or caps."""
+
+    def __init__(self) -> None:
+        self.cookies: dict[str, str] = {}
+
+    def keep(self, set_cookies: list[str]) -> None:
+        for value in set_cookies:
+            pair, _, attributes = value.partition(";")
+            name, _, cookie = pair.partition("=")
+            if "max-age=0" in attributes.lower().replace(" ", ""):
+                self.cookies.pop(name.strip(), None)
+            else:
+                self.cookies[name.strip()] = cookie.strip()
+
+    def header(self) -> str:
+        return "; ".join(f"{name}={value}" for name, value in self.cookies.items())
+
+
+async def test_logins_started_in_many_tabs_cannot_lock_the_browser_out(stack):
+    """A dozen tabs sent to login at once (a restored browser, or a site that opens logins in pop-ups, each
+    with a long return path): each login cookie is up to 3.5 KB and every request carries them all, so
+    the Cookie header would outgrow what idgate (or a proxy in front) accepts, and every request to this
+    host, the callback included, would be refused until they expired.  Older logins make room instead."""
+    store = CookieStore()
+    async with plain_client() as tab:
+        for i in range(12):
+            rd = f"/app/tab{i}/" + "p" * 2000
+            status, _, set_cookies = await call(tab, "GET", stack.url + "/.idgate/login?" + urlencode({"rd": rd}),
+                                                cookie=store.header() or None, headers=NAVIGATE)
+            assert status == 302, (i, len(store.header()))
+            store.keep(set_cookies)
+        assert len(store.header()) < 16 * 1024
+        async with stack.browser() as browser:
+            # One more tab's login, finished at the OP, with the cookies the browser holds by now.
+            async with tab.get(stack.url + "/.idgate/login?rd=/app/last", headers={"Cookie": store.header()},
+                               allow_redirects=False) as response:
+                store.keep(response.headers.getall("Set-Cookie", []))
+                callback = await login_at_op(browser, response.headers["Location"], "alice")
+        status, _, set_cookies = await call(tab, "GET", callback, cookie=store.header())
+        assert status == 303 and sets_session(set_cookies)
+
+
 @pytest.mark.parametrize("variant", ["no_cookie", "only_another_logins_cookie", "no_state", "huge_state"])
 async def test_a_callback_without_its_login_cookie_is_refused(stack, variant):
     async with stack.browser() as browser, plain_client() as client:
