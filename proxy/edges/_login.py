@@ -11,7 +11,7 @@ from aiohttp import web
 
 from proxy.config import RouteConfig
 from proxy.core.errors import AuthenticationError
-from proxy.core.headers import cookie_values
+from proxy.core.headers import cookie_pairs, cookie_values
 from proxy.core.reasons import Reason
 from proxy.sessions import Sessions
 from proxy.sessions.return_path import safe_return_path
@@ -56,6 +56,9 @@ async def login_redirect(sessions: Sessions, request: web.BaseRequest, route: Ro
     started = await sessions.start_login(issuer, redirect_uri, safe_return_path(return_to))
     response = web.Response(status=302, headers={"Location": started.location, "Cache-Control": "no-store"})
     set_cookie(response, started.cookie_name, started.cookie_value, started.max_age)
+    held = [pair for name, value in request.headers.items() if name.lower() == "cookie" for pair in cookie_pairs(value)]
+    for name in sessions.logins_to_forget(held):
+        clear_cookie(response, name)
     if stale_session and cookie_values(request.headers.items(), sessions.config.session_cookie):
         clear_cookie(response, sessions.config.session_cookie)
     return response

@@ -13,7 +13,7 @@ import hashlib
 import hmac
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -29,6 +29,9 @@ from proxy.sessions.sealing import Sealer
 from proxy.sessions.store import SessionStore, StoredSession
 
 LOGIN_COOKIE_PREFIX = "__Host-idgate-login-"
+# Login cookies a browser holds at once (the new one included): each is up to ~3.5 KB and rides on every
+# request to the host, so without a bound a dozen tabs sent to login would outgrow the Cookie header limit.
+MAX_LOGINS_IN_FLIGHT = 4
 MAX_CALLBACK_VALUE_CHARS = 4096
 # A replica that lost the refresh lease to another waits for that one's result this long at most.
 REFRESH_WAIT_SECONDS = 3.0
@@ -118,6 +121,21 @@ class Sessions:
             "state": start.state, "nonce": start.nonce, "verifier": start.verifier, "issuer": issuer,
             "redirect_uri": redirect_uri, "return_path": return_path}, self._clock() + timeout)
         return StartedLogin(location, name, value, int(timeout))
+
+    def logins_to_forget(self, cookies: Iterable[tuple[str, str]]) -> list[str]:
+        """The login cookies (of `cookies`, the request's) to clear as a new login starts, so the browser
+        holds at most MAX_LOGINS_IN_FLIGHT: those that do not open first, then the oldest.  A login
+        forgotten so is refused at its callback as unknown, and the user starts again."""
+        logins = {name: value for name, value in cookies if name.startswith(LOGIN_COOKIE_PREFIX)}
+        excess = len(logins) - (MAX_LOGINS_IN_FLIGHT - 1)
+        if excess <= 0:
+            return []
+
+        def expiry(name: str) -> float:
+            held = self._sealer.open_cookie(name, logins[name])
+            return float(held["exp"]) if held else 0.0
+
+        return sorted(logins, key=expiry)[:excess]
 
     async def finish_login(self, params: Mapping[str, str], cookies: Mapping[str, str]) -> FinishedLogin:
         """The callback: every check of RFC 6749, 7636, 9207 and OIDC Core 3.1.3, then a new session (never
