@@ -217,6 +217,20 @@ async def test_an_expired_login_state_cookie_is_refused(oidc_provider, tmp_path)
             await assert_refused(stack, answer, 400, "login_state_invalid")
 
 
+async def test_a_login_state_cookie_from_another_host_is_refused(stack):
+    """A login started on one host of this idgate, its cookie and answer brought to another host it serves
+    (one whose pages an attacker can script, so can plant a __Host- cookie there): the login belongs to
+    the host whose redirect URI it was sent to, and nowhere else."""
+    async with stack.browser() as browser, plain_client() as client:
+        callback = await pending_callback(stack, browser)
+        name, value = login_cookie(stack, browser)
+        other_host = f"localhost:{stack.idgate.port}"
+        answer = await call(client, "GET", callback, cookie=f"{name}={value}", headers={"Host": other_host})
+        await assert_refused(stack, answer, 400, "login_state_invalid")
+        genuine = await call(client, "GET", callback, cookie=f"{name}={value}")
+        assert genuine[0] == 303 and sets_session(genuine[2])
+
+
 class CookieStore:
     """A browser's cookies for one host, kept by hand (Set-Cookie applied as a browser does, Max-Age=0
     deleting), so a test sees exactly what a real browser would send back: no jar quirks or caps."""
