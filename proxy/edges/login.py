@@ -67,7 +67,7 @@ async def _callback(request: web.Request, services: Services, access: AccessRequ
     sessions = _sessions(services)
     state = request.query.get("state", "")
     cookies = request_cookies(request, [login_cookie_name(state)]) if state else {}
-    finished = await sessions.finish_login(dict(request.query), cookies)
+    finished = await sessions.finish_login(dict(request.query), cookies, request.headers.get("Host", ""))
     # Durable before the browser holds the cookie: no session exists that the audit does not know of.
     await services.pipeline.record_session(access, "login", finished.session.identity, finished.session.key)
     response = web.Response(status=303, headers={"Location": finished.return_path, **_NO_STORE})

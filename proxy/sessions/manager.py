@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 from proxy.config import IssuerConfig
 from proxy.config.schema import LoginConfig
@@ -137,9 +138,10 @@ class Sessions:
 
         return sorted(logins, key=expiry)[:excess]
 
-    async def finish_login(self, params: Mapping[str, str], cookies: Mapping[str, str]) -> FinishedLogin:
-        """The callback: every check of RFC 6749, 7636, 9207 and OIDC Core 3.1.3, then a new session (never
-        one the browser brought: a session cookie set before login does not survive it)."""
+    async def finish_login(self, params: Mapping[str, str], cookies: Mapping[str, str], host: str) -> FinishedLogin:
+        """The callback at `host` (its Host header): every check of RFC 6749, 7636, 9207 and OIDC Core 3.1.3,
+        then a new session (never one the browser brought: a session cookie set before login does not
+        survive it)."""
         state = params.get("state", "")
         if not state or len(state) > MAX_CALLBACK_VALUE_CHARS:
             raise BadRequest("the login answer has no state", reason=Reason.LOGIN_STATE_INVALID)
@@ -147,6 +149,10 @@ class Sessions:
         held = self._sealer.open_cookie(name, cookies.get(name, ""))
         if held is None or not hmac.compare_digest(str(held.get("state", "")).encode(), state.encode()):
             raise BadRequest("this login is unknown or has expired: start again", reason=Reason.LOGIN_STATE_INVALID)
+        if urlsplit(str(held.get("redirect_uri", ""))).netloc.lower() != host.strip().lower():
+            # The login belongs to the host its code was sent to: brought to another host of this idgate
+            # (one whose pages can plant a __Host- cookie there), it must not log that host in.
+            raise BadRequest("this login was started on another host", reason=Reason.LOGIN_STATE_INVALID)
         issuer, start = str(held["issuer"]), LoginStart(str(held["state"]), str(held["nonce"]), str(held["verifier"]))
         client = self.clients.get(issuer)
         if client is None:
