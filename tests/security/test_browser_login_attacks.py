@@ -828,3 +828,29 @@ async def test_the_back_channel_takes_only_posts(stack):
     async with plain_client() as client:
         answer = await call(client, "GET", stack.url + "/.idgate/backchannel-logout?logout_token=x")
         await assert_refused(stack, answer, 400, "method_not_allowed")
+
+
+async def test_the_audit_never_holds_a_code_a_state_a_cookie_or_a_token(stack):
+    """Whatever the attacks above put in front of idgate, the audit says which session (a hash) and why,
+    never the secrets themselves: not the code or state of a callback, not a cookie, not a logout token."""
+    secrets_seen: list[str] = []
+    async with stack.browser() as browser, plain_client() as client:
+        callback = await pending_callback(stack, browser)
+        name, value = login_cookie(stack, browser)
+        secrets_seen += [query_of(callback)["code"], query_of(callback)["state"], value]
+        await call(client, "GET", with_query(callback, iss="https://evil.example"), cookie=f"{name}={value}")
+        await call(client, "GET", callback, cookie=f"{name}={value[:-2]}xx")
+        async with browser.get(callback, allow_redirects=False) as response:
+            assert response.status == 303
+        await call(client, "GET", callback, cookie=f"{name}={value}")             # replayed
+        mine = jar_cookies(stack, browser)[SESSION_COOKIE]
+        secrets_seen.append(mine)
+        await call(client, "POST", stack.url + "/app/x", cookie=f"{SESSION_COOKIE}={mine}", headers={"Origin": EVIL})
+        token = logout_token(stack, sub="alice", nonce="n")
+        secrets_seen.append(token)
+        await call(client, "POST", stack.url + "/.idgate/backchannel-logout", data={"logout_token": token})
+    await stack.idgate.settled()
+    audit = stack.idgate.services.config.audit.path.read_text()
+    assert len(audit.splitlines()) >= 6
+    for secret in secrets_seen:
+        assert secret not in audit and secret[:24] not in audit
