@@ -518,6 +518,16 @@ async def test_a_logout_page_load_only_shows_the_button(stack):
         assert await sessions_alive(stack, mine)
 
 
+async def test_the_logout_page_cannot_be_framed(stack):
+    """Clickjacking: a page of a sibling host (same-site, so the Lax session cookie rides along) frames the
+    logout button under something the user means to click; the button's POST is then same-origin."""
+    async with plain_client() as client:
+        async with client.get(stack.url + "/.idgate/logout") as response:
+            assert response.status == 200
+            assert response.headers.get("X-Frame-Options") == "DENY"
+            assert "frame-ancestors 'none'" in response.headers.get("Content-Security-Policy", "")
+
+
 async def test_a_cross_site_link_to_the_login_path_does_not_log_the_user_out(stack):
     """A login started by another site (a top-level link, which carries and may clear Lax cookies) must not
     end the session the browser has: that would be a logout CSRF through the login path."""
