@@ -23,6 +23,9 @@ SURFACE = Surface.LOGIN
 GATE = Gate(SURFACE, methods=frozenset({"GET", "HEAD", "POST"}))
 MAX_FORM_BYTES = 16 * 1024          # a logout token is a few KiB
 _NO_STORE = {"Cache-Control": "no-store"}
+# The logout button's POST is same-origin even inside a frame: no page may frame it (clickjacking by a
+# sibling host, whose frames carry the Lax session cookie).
+_NOT_FRAMED = {"X-Frame-Options": "DENY", "Content-Security-Policy": "frame-ancestors 'none'"}
 _LOGOUT_PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>Log out</title></head>
 <body><form method="post"><button type="submit">Log out</button></form></body></html>
 """
@@ -44,7 +47,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
         return await _callback(request, services, access)
     if access.path == login.logout_path and method in ("GET", "HEAD"):
         # Logging out changes state, so it is a POST; a page load gets the button that posts it.
-        return web.Response(text=_LOGOUT_PAGE, content_type="text/html", headers=_NO_STORE)
+        return web.Response(text=_LOGOUT_PAGE, content_type="text/html", headers={**_NO_STORE, **_NOT_FRAMED})
     if access.path == login.logout_path:
         return await _logout(request, services, access)
     if access.path == login.backchannel_logout_path and method == "POST":
