@@ -8,11 +8,10 @@ session cookie set) and the audit entry of the denial."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
@@ -20,14 +19,13 @@ import aiohttp
 import pytest
 from yarl import URL
 
+from proxy.sessions.manager import BACKCHANNEL_EVENT, LOGIN_COOKIE_PREFIX as LOGIN_PREFIX, login_cookie_name
 from tests.harness.browserless import end_session_at_op, login_at_op
 from tests.harness.login import NAVIGATE, SESSION_COOKIE, LoginStack, login_stack
 from tests.harness.oidc_provider import OidcProvider
 from tests.harness.processes import eventually
 from tests.harness.servers import raw_http
 
-LOGIN_PREFIX = "__Host-idgate-login-"
-BACKCHANNEL_EVENT = "http://schemas.openid.net/event/backchannel-logout"
 EVIL = "https://evil.example"
 
 
@@ -38,7 +36,7 @@ async def stack(oidc_provider, tmp_path) -> AsyncIterator[LoginStack]:
 
 
 @pytest.fixture
-def other_op() -> OidcProvider:
+def other_op() -> Iterator[OidcProvider]:
     """A second real OP process: another issuer, with its own keys, that idgate does not trust."""
     with OidcProvider() as provider:
         yield provider
@@ -60,8 +58,7 @@ def login_cookie(stack: LoginStack, browser: aiohttp.ClientSession, state: str |
     """The (name, value) of the login cookie the jar holds (the one of `state` when there are several)."""
     held = {n: v for n, v in jar_cookies(stack, browser).items() if n.startswith(LOGIN_PREFIX)}
     if state is not None:
-        name = LOGIN_PREFIX + hashlib.sha256(state.encode()).hexdigest()[:16]
-        return name, held[name]
+        return login_cookie_name(state), held[login_cookie_name(state)]
     assert len(held) == 1, held
     return next(iter(held.items()))
 
@@ -180,7 +177,8 @@ async def test_a_tampered_login_state_cookie_is_refused(stack, variant):
         answer = await call(client, "GET", callback, cookie=tampered)
         await assert_refused(stack, answer, 400, "login_state_invalid")
         # The refusal did not use up the real login: with its own cookie, the browser still gets in.
-        genuine = await call(client, "GET", callback, cookie=f"{name}={login_cookie(stack, browser, query_of(callback)['state'])[1]}")
+        _, own = login_cookie(stack, browser, query_of(callback)["state"])
+        genuine = await call(client, "GET", callback, cookie=f"{name}={own}")
         assert genuine[0] == 303 and sets_session(genuine[2])
 
 
