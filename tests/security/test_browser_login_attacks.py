@@ -255,14 +255,17 @@ async def test_logins_started_in_many_tabs_cannot_lock_the_browser_out(stack):
     the Cookie header would outgrow what idgate (or a proxy in front) accepts, and every request to this
     host, the callback included, would be refused until they expired.  Older logins make room instead."""
     store = CookieStore()
+    names = []
     async with plain_client() as tab:
         for i in range(12):
             rd = f"/app/tab{i}/" + "p" * 2000
-            status, _, set_cookies = await call(tab, "GET", stack.url + "/.idgate/login?" + urlencode({"rd": rd}),
-                                                cookie=store.header() or None, headers=NAVIGATE)
-            assert status == 302, (i, len(store.header()))
-            store.keep(set_cookies)
+            async with tab.get(stack.url + "/.idgate/login?" + urlencode({"rd": rd}), allow_redirects=False,
+                               headers={**NAVIGATE, **({"Cookie": store.header()} if store.cookies else {})}) as response:
+                assert response.status == 302, (i, len(store.header()))
+                store.keep(response.headers.getall("Set-Cookie", []))
+                names.append(login_cookie_name(query_of(response.headers["Location"])["state"]))
         assert len(store.header()) < 16 * 1024
+        assert sorted(store.cookies) == sorted(names[-4:])        # the newest logins are the ones kept
         async with stack.browser() as browser:
             # One more tab's login, finished at the OP, with the cookies the browser holds by now.
             async with tab.get(stack.url + "/.idgate/login?rd=/app/last", headers={"Cookie": store.header()},
