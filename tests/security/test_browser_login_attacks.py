@@ -679,11 +679,11 @@ async def test_a_session_cookie_replayed_after_logout_is_refused(stack):
 async def test_a_session_cookie_replayed_after_back_channel_logout_is_refused(stack):
     async with stack.browser() as browser, plain_client() as thief:
         mine = await session_of(stack, browser)
-        # The user logs out at the OP (another RP's logout, say): the OP tells idgate on the back channel.
-        async with browser.post(stack.url + "/.idgate/logout", headers={"Origin": stack.url},
-                                allow_redirects=False) as response:
-            end_session = response.headers["Location"]
+        # The user logs out at the OP itself (not through idgate): the OP tells idgate on the back channel.
+        end_session = stack.op.discovery()["end_session_endpoint"] + "?" + urlencode({
+            "client_id": stack.client.client_id, "post_logout_redirect_uri": stack.url + "/"})
         await end_session_at_op(browser, end_session)
+        assert not any(r["action"] == "logout" for r in await stack.records("session"))
         backchannel = [r for r in await stack.records("session") if r["action"] == "backchannel_logout"]
         assert backchannel and backchannel[-1]["logout"]["sid"]
         answer = await call(thief, "GET", stack.url + "/app/api", cookie=f"{SESSION_COOKIE}={mine}")
