@@ -51,6 +51,16 @@ OPEN_REDIRECTS = {
     "javascript_after_slash_encoded": "%2Fjavascript:alert(1)",
     "data_url": "data:text/html,<script>alert(1)</script>",
     "userinfo_url": "//user@evil.example",
+    # dot segments that a browser resolves to a path starting with `//`: harmless as a Location, but the
+    # page it lands on may build a redirect from its own path (a trailing-slash redirect: serve-static's
+    # CVE-2015-1164) and that one is scheme-relative; oauth2-proxy refuses `/./` and `/../` likewise
+    "dot_then_double_slash": "/.//evil.example",
+    "dotdot_then_double_slash": "/..//evil.example",
+    "segment_dotdot_then_double_slash": "/app/..//evil.example",
+    "two_segments_back": "/a/b/../..//evil.example",
+    "encoded_dot": "/%2e//evil.example",
+    "encoded_dotdot": "/%2E%2E//evil.example",
+    "dot_encoded_slash": "/.%2F/evil.example",
     "relative_no_slash": "evil.example/path",
     "dot_relative": "./evil",
     "empty": "",
@@ -86,9 +96,10 @@ KEPT = [
     "/app/user@example.com",            # an @ after the first segment is part of the path
     "/@evil.example",                   # even first: /@host is a path on this host, not userinfo
     "/app/x:y",
-    "/.//evil.example",                 # browsers resolve it to the path //evil.example on this host
     "/./evil.example",
-    "/app/..//evil.example",
+    "/app/../other",
+    "/app//x",                          # an empty segment later on is only a path
+    "/app/.//x",
     "/app?next=//evil.example",         # a query is not where the browser goes
     "/app#//evil.example",
     "/%E2%88%95evil.example",           # encoded U+2215: still a path segment once decoded
