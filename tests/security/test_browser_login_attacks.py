@@ -365,7 +365,8 @@ async def test_a_missing_or_wrong_iss_is_refused(stack, other_op, variant):
 
 OPEN_REDIRECTS = ["//evil.example", "/\\evil.example", "/%2F%2Fevil.example", "/%5Cevil.example",
                   "/%252F%252Fevil.example", "/\t/evil.example", "/%09/evil.example", "https://evil.example",
-                  "javascript:alert(1)", "/\uff0fevil.example", "/" + "a" * 5000]
+                  "javascript:alert(1)", "/\uff0fevil.example", "/.//evil.example", "/app/..//evil.example",
+                  "/" + "a" * 5000]
 
 
 async def test_rd_cannot_send_the_browser_off_this_host(stack):
@@ -387,7 +388,7 @@ async def test_rd_cannot_send_the_browser_off_this_host(stack):
     assert stack.upstream.received == []
 
 
-@pytest.mark.parametrize("target", ["//evil.example/app", "///evil.example/app", "/%2F%2Fevil.example",
+@pytest.mark.parametrize("target", ["//evil.example/app", "///evil.example/app", "/%2F%2Fevil.example", "/.//evil.example",
                                     "/app/" + "a" * 6000])
 async def test_the_page_that_sent_the_browser_to_login_cannot_be_an_open_redirect(stack, target):
     async with stack.browser() as browser:
