@@ -81,6 +81,19 @@ def cookie_values(headers: Iterable[tuple[str, str]], name: str) -> list[str]:
     return [v for n, value in headers if n.lower() == "cookie" for k, v in cookie_pairs(value) if k == name]
 
 
+def set_cookie_name(value: str) -> str:
+    """The name a server reads back once a browser keeps this Set-Cookie (RFC 6265bis §5.6: the part
+    before the first `;`, split at its first `=`, trimmed of spaces and tabs).  A nameless cookie
+    (`=a=b`) is sent back as its value alone, which a server then reads as the cookie `a`."""
+    pair = value.split(";", 1)[0]
+    name, sep, rest = pair.partition("=")
+    if not sep:
+        return ""                     # sent back without any `=`: no server reads a name from it
+    if not name.strip(" \t"):
+        name = rest.partition("=")[0]
+    return name.strip(" \t")
+
+
 def without_cookies(value: str, private: Callable[[str], bool]) -> str:
     """A Cookie header without the cookies idgate keeps to itself (compared case-insensitively: an upstream
     framework may be lenient about names)."""

@@ -14,10 +14,8 @@ from proxy.core.errors import AuthenticationError
 from proxy.core.headers import cookie_pairs, cookie_values
 from proxy.core.reasons import Reason
 from proxy.sessions import Sessions
-from proxy.sessions.manager import LOGIN_COOKIE_PREFIX
 from proxy.sessions.return_path import safe_return_path
 
-MAX_PENDING_LOGINS = 4
 
 
 def is_navigation(request: web.BaseRequest) -> bool:
@@ -52,20 +50,20 @@ def redirect_uri_for(sessions: Sessions, issuer: str, host_header: str) -> str:
 
 
 async def login_redirect(sessions: Sessions, request: web.BaseRequest, route: RouteConfig | None,
-                         return_to: str) -> web.Response:
-    """302 to the issuer's login, with this login's sealed state cookie."""
+                         return_to: str, *, stale_session: bool) -> web.Response:
+    """302 to the issuer's login, with this login's sealed state cookie; the session cookie is cleared
+    only when the caller found it `stale_session` (it did not authenticate).  The login path itself
+    must not clear it: a link from any site starts a login there, and would log the user out."""
     issuer = login_issuer(sessions, route)
     redirect_uri = redirect_uri_for(sessions, issuer, request.headers.get("Host", ""))
     started = await sessions.start_login(issuer, redirect_uri, safe_return_path(return_to))
     response = web.Response(status=302, headers={"Location": started.location, "Cache-Control": "no-store"})
-    # One login cookie per login in flight (two tabs may log in at once), but not without end: past a few,
-    # the older ones go (their logins must start again), so a browser's Cookie header stays small.
-    pending = [name for name, _ in _cookie_names(request) if name.startswith(LOGIN_COOKIE_PREFIX)]
-    if len(pending) >= MAX_PENDING_LOGINS:
-        for name in pending:
-            clear_cookie(response, name)
-    # A session cookie the browser holds stays until the callback, which ends that session and sets the new one.
     set_cookie(response, started.cookie_name, started.cookie_value, started.max_age)
+    held = [pair for name, value in request.headers.items() if name.lower() == "cookie" for pair in cookie_pairs(value)]
+    for name in sessions.logins_to_forget(held):
+        clear_cookie(response, name)
+    if stale_session and cookie_values(request.headers.items(), sessions.config.session_cookie):
+        clear_cookie(response, sessions.config.session_cookie)
     return response
 
 
@@ -77,10 +75,6 @@ def set_cookie(response: web.StreamResponse, name: str, value: str, max_age: int
 def clear_cookie(response: web.StreamResponse, name: str) -> None:
     response.set_cookie(name, "", max_age=0, expires="Thu, 01 Jan 1970 00:00:00 GMT", path="/", secure=True,
                         httponly=True, samesite="Lax")
-
-
-def _cookie_names(request: web.BaseRequest) -> list[tuple[str, str]]:
-    return [pair for name, value in request.headers.items() if name.lower() == "cookie" for pair in cookie_pairs(value)]
 
 
 def request_cookies(request: web.BaseRequest, names: Sequence[str]) -> dict[str, str]:

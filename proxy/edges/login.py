@@ -23,7 +23,9 @@ SURFACE = Surface.LOGIN
 GATE = Gate(SURFACE, methods=frozenset({"GET", "HEAD", "POST"}))
 MAX_FORM_BYTES = 16 * 1024          # a logout token is a few KiB
 _NO_STORE = {"Cache-Control": "no-store"}
-# The logout page is idgate's own: nothing loads into it, nothing frames it, its form posts only here.
+# The logout page is idgate's own: nothing loads into it, its form posts only here, and no page may frame it
+# (the button's POST is same-origin even inside a frame: clickjacking by a sibling host, whose frames carry
+# the Lax session cookie).
 _PAGE_HEADERS = {**_NO_STORE, "Content-Security-Policy": "default-src 'none'; form-action 'self'; frame-ancestors 'none'",
                  "X-Frame-Options": "DENY", "X-Content-Type-Options": "nosniff"}
 _LOGOUT_PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>Log out</title></head>
@@ -63,14 +65,14 @@ async def _start(request: web.Request, services: Services, access: AccessRequest
         route = request.app[ROUTES].match(access.host, normalize_path(split_target(return_to)[0]))
     except IdgateError:
         pass       # a return path that matches no route (or no path at all) still logs in, then lands on `/`
-    return await login_redirect(_sessions(services), request, route, return_to)
+    return await login_redirect(_sessions(services), request, route, return_to, stale_session=False)
 
 
 async def _callback(request: web.Request, services: Services, access: AccessRequest) -> web.StreamResponse:
     sessions = _sessions(services)
     state = request.query.get("state", "")
     cookies = request_cookies(request, [login_cookie_name(state)]) if state else {}
-    finished = await sessions.finish_login(dict(request.query), cookies)
+    finished = await sessions.finish_login(dict(request.query), cookies, request.headers.get("Host", ""))
     # A session this browser held before (another user's, or its own older one) ends with the new login.
     previous = request_cookies(request, [sessions.config.session_cookie]).get(sessions.config.session_cookie)
     replaced = await sessions.discard(previous) if previous is not None else None
@@ -107,7 +109,10 @@ async def _backchannel_logout(request: web.Request, services: Services, access: 
     body = await request.content.read(MAX_FORM_BYTES + 1)
     if len(body) > MAX_FORM_BYTES:
         raise BadRequest("the logout request is too large", reason=Reason.LOGOUT_TOKEN_INVALID)
-    tokens = parse_qs(body.decode("ascii", "replace"), max_num_fields=4).get("logout_token", [])
+    try:
+        tokens = parse_qs(body.decode("ascii", "replace"), max_num_fields=4).get("logout_token", [])
+    except ValueError as exc:     # more fields than a logout request has (parse_qs's own bound)
+        raise BadRequest("the logout request has too many fields", reason=Reason.LOGOUT_TOKEN_INVALID) from exc
     if len(tokens) != 1:
         raise BadRequest("exactly one logout_token is required", reason=Reason.LOGOUT_TOKEN_INVALID)
     logout = await sessions.verify_logout_token(tokens[0])

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 from aiohttp import web
@@ -14,7 +14,7 @@ from yarl import URL
 from proxy.assertion import audience
 from proxy.config import RouteConfig
 from proxy.core.errors import AuthenticationError, BadRequest, DependencyError, IdgateError, RequestTimeout, RequestTooLarge, UpstreamError, UpstreamTimeout
-from proxy.core.headers import clean_request_headers, clean_response_headers, forwarded_for
+from proxy.core.headers import clean_request_headers, clean_response_headers, forwarded_for, set_cookie_name
 from proxy.core.model import AccessRequest, Decision, Surface
 from proxy.core.reasons import Reason
 from proxy.edges._admission import Gate, admit
@@ -103,15 +103,19 @@ def _upstream_headers(services: Services, request: web.Request, route: RouteConf
     return headers
 
 
-def _response_headers(upstream: list[tuple[str, str]], route: RouteConfig, request_id: str) -> list[tuple[str, str]]:
+def _response_headers(upstream: list[tuple[str, str]], route: RouteConfig, request_id: str,
+                      private_cookie: Callable[[str], bool] | None) -> list[tuple[str, str]]:
     """The upstream's headers minus hop-by-hop ones, with redirects to the upstream's own address made
     relative and the upstream's Server header replaced: internal addresses and software versions are
-    nobody's business."""
+    nobody's business.  An upstream never sets (or clears) idgate's own cookies: it would fix the
+    browser's session to one of its choosing, or end it."""
     base = route.upstream.rstrip("/")
     headers = []
     for name, value in clean_response_headers(upstream):
         lowered = name.lower()
         if lowered in ("server", "x-request-id"):
+            continue
+        if lowered == "set-cookie" and private_cookie is not None and private_cookie(set_cookie_name(value).lower()):
             continue
         if lowered == "location" and (value == base or value.startswith(base + "/")):
             value = value[len(base):] or "/"
@@ -133,7 +137,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
         # A person's page load on a login route goes to the issuer's login (its denial is already on the
         # audit log); an API call, or a bad bearer token, gets its 401.
         if route.login and admitted.token is None and services.sessions is not None and is_navigation(request):
-            return await login_redirect(services.sessions, request, route, request.raw_path)
+            return await login_redirect(services.sessions, request, route, request.raw_path, stale_session=True)
         raise
     # The path idgate decided on is the path it sends: normalized, never the client's spelling; the
     # query as the client sent it.  Neither is re-encoded or resolved on the way.
@@ -196,7 +200,8 @@ async def _exchange(request: web.Request, services: Services, access: AccessRequ
             # at once (a client may act on it before the first byte of a slow body).
             kind = _WithFirstChunk if upstream.ready() else web.StreamResponse
             response = kind(status=upstream.status, reason=upstream.reason or None,
-                            headers=_response_headers(upstream.headers, route, access.request_id))
+                            headers=_response_headers(upstream.headers, route, access.request_id,
+                                                     services.private_cookie))
             status = upstream.status
             request[RESPONSE_STARTED] = True
             await response.prepare(request)

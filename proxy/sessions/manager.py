@@ -13,9 +13,10 @@ import hashlib
 import hmac
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 from proxy.config import IssuerConfig
 from proxy.config.schema import LoginConfig
@@ -29,6 +30,9 @@ from proxy.sessions.sealing import Sealer
 from proxy.sessions.store import SessionStore, StoredSession
 
 LOGIN_COOKIE_PREFIX = "__Host-idgate-login-"
+# Login cookies a browser holds at once (the new one included): each is up to ~3.5 KB and rides on every
+# request to the host, so without a bound a dozen tabs sent to login would outgrow the Cookie header limit.
+MAX_LOGINS_IN_FLIGHT = 4
 MAX_CALLBACK_VALUE_CHARS = 4096
 # A replica that lost the refresh lease to another waits for that one's result this long at most.
 REFRESH_WAIT_SECONDS = 3.0
@@ -119,9 +123,25 @@ class Sessions:
             "redirect_uri": redirect_uri, "return_path": return_path}, self._clock() + timeout)
         return StartedLogin(location, name, value, int(timeout))
 
-    async def finish_login(self, params: Mapping[str, str], cookies: Mapping[str, str]) -> FinishedLogin:
-        """The callback: every check of RFC 6749, 7636, 9207 and OIDC Core 3.1.3, then a new session (never
-        one the browser brought: a session cookie set before login does not survive it)."""
+    def logins_to_forget(self, cookies: Iterable[tuple[str, str]]) -> list[str]:
+        """The login cookies (of `cookies`, the request's) to clear as a new login starts, so the browser
+        holds at most MAX_LOGINS_IN_FLIGHT: those that do not open first, then the oldest.  A login
+        forgotten so is refused at its callback as unknown, and the user starts again."""
+        logins = {name: value for name, value in cookies if name.startswith(LOGIN_COOKIE_PREFIX)}
+        excess = len(logins) - (MAX_LOGINS_IN_FLIGHT - 1)
+        if excess <= 0:
+            return []
+
+        def expiry(name: str) -> float:
+            held = self._sealer.open_cookie(name, logins[name])
+            return float(held["exp"]) if held else 0.0
+
+        return sorted(logins, key=expiry)[:excess]
+
+    async def finish_login(self, params: Mapping[str, str], cookies: Mapping[str, str], host: str) -> FinishedLogin:
+        """The callback at `host` (its Host header): every check of RFC 6749, 7636, 9207 and OIDC Core 3.1.3,
+        then a new session (never one the browser brought: a session cookie set before login does not
+        survive it)."""
         state = params.get("state", "")
         if not state or len(state) > MAX_CALLBACK_VALUE_CHARS:
             raise BadRequest("the login answer has no state", reason=Reason.LOGIN_STATE_INVALID)
@@ -129,6 +149,10 @@ class Sessions:
         held = self._sealer.open_cookie(name, cookies.get(name, ""))
         if held is None or not hmac.compare_digest(str(held.get("state", "")).encode(), state.encode()):
             raise BadRequest("this login is unknown or has expired: start again", reason=Reason.LOGIN_STATE_INVALID)
+        if urlsplit(str(held.get("redirect_uri", ""))).netloc.lower() != host.strip().lower():
+            # The login belongs to the host its code was sent to: brought to another host of this idgate
+            # (one whose pages can plant a __Host- cookie there), it must not log that host in.
+            raise BadRequest("this login was started on another host", reason=Reason.LOGIN_STATE_INVALID)
         issuer, start = str(held["issuer"]), LoginStart(str(held["state"]), str(held["nonce"]), str(held["verifier"]))
         client = self.clients.get(issuer)
         if client is None:
@@ -246,6 +270,11 @@ class Sessions:
             problem = "has a sid or sub that is not a string"
         if problem is not None:
             raise BadRequest(f"the logout token {problem}", reason=Reason.LOGOUT_TOKEN_INVALID)
+        # §2.6 makes this check optional; here it is not: a logout token seen once (a log, a proxy on the
+        # way) would otherwise end the sessions of the subject's next login for as long as it is valid.
+        seen = hashlib.sha256(f"{issuer}\0{claims['jti']}".encode()).hexdigest()
+        if not await self._store.claim("logout:" + seen, float(claims["exp"])):
+            raise BadRequest("the logout token was already used", reason=Reason.LOGOUT_TOKEN_INVALID)
         return Logout(str(issuer), sid if isinstance(sid, str) and sid else None,
                       sub if isinstance(sub, str) and sub else None)
 

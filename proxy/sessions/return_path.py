@@ -2,8 +2,9 @@
 
 oauth2-proxy's advisories are the catalogue of what goes wrong when a return URL is checked loosely: a
 scheme-relative `//evil`, a backslash that browsers read as a slash (`/\\evil`), an encoded slash or
-backslash (`/%2F%2Fevil`, `/%5Cevil`), control characters that browsers strip (`/\\t/evil`), a `javascript:`
-or full URL.  Anything that is not plainly a path on this host becomes `/`.
+backslash (`/%2F%2Fevil`, `/%5Cevil`), control characters that browsers strip (`/\\t/evil`), dot segments
+that resolve to `//` (`/.//evil`), a `javascript:` or full URL.  Anything that is not plainly a path on
+this host becomes `/`.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ def safe_return_path(candidate: str | None) -> str:
     decoded = candidate
     for _ in range(3):
         if not decoded.startswith("/") or decoded.startswith("//") or "\\" in decoded \
-                or any(ord(c) < 0x20 or ord(c) == 0x7F for c in decoded):
+                or any(ord(c) < 0x20 or ord(c) == 0x7F for c in decoded) or _resolves_to_double_slash(decoded):
             return DEFAULT
         following = unquote(decoded)
         if following == decoded:
@@ -35,3 +36,25 @@ def safe_return_path(candidate: str | None) -> str:
     else:
         return DEFAULT   # still decoding after three rounds: nobody writes a return path like that
     return candidate
+
+
+def _resolves_to_double_slash(path_and_query: str) -> bool:
+    """Whether the browser, resolving `.` and `..` (WHATWG URL), lands on a path that starts with `//`: a
+    path on this host still, but one that a page redirecting from its own path (a trailing-slash
+    redirect, serve-static's CVE-2015-1164) turns into a scheme-relative URL."""
+    path = re.split(r"[?#]", path_and_query, maxsplit=1)[0]
+    resolved: list[str] = []
+    segments = path.split("/")[1:]
+    for i, segment in enumerate(segments):
+        last = i == len(segments) - 1
+        if segment == "..":
+            if resolved:
+                resolved.pop()
+            if last:
+                resolved.append("")
+        elif segment == ".":
+            if last:
+                resolved.append("")
+        else:
+            resolved.append(segment)
+    return len(resolved) > 1 and resolved[0] == ""

@@ -152,6 +152,11 @@ class OidcProvider(ManagedServer):
         and 60 s).  Returns the overrides in force."""
         return dict(self._control("POST", "/__test/ttl", seconds)["ttl"])
 
+    def sign(self, payload: dict[str, Any], **header: Any) -> str:
+        """A compact JWS of exactly `payload`, signed RS256 with the OP's current key (header fields added or
+        replaced by `header`): what a real OP would never issue, for tests of what idgate refuses."""
+        return str(self._control("POST", "/__test/sign", {"header": header, "payload": payload})["jws"])
+
     @contextmanager
     def short_ttls(self, **seconds: int) -> Iterator[None]:
         """set_ttls for a block, defaults again after it: the session-scoped provider is shared."""

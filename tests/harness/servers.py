@@ -109,11 +109,16 @@ class RecordingUpstream:
                 raise web.HTTPFound(f"http://{HOST}:{self.port}/v1/orders/elsewhere")
             if "__hang" in request.raw_path:
                 await self.release.wait()
+            # An upstream that sets the cookies its query names (each `set_cookie` a Set-Cookie value).
+            set_cookies = request.query.getall("set_cookie", []) if "__set_cookie" in request.raw_path else []
             size = 0
             async for chunk in request.content.iter_chunked(65536):
                 size += len(chunk)
             self.received.append(Received(request.method, request.raw_path, list(request.headers.items()), b""))
-            return web.json_response({"path": request.raw_path, "body_bytes": size})
+            response = web.json_response({"path": request.raw_path, "body_bytes": size})
+            for value in set_cookies:
+                response.headers.add("Set-Cookie", value)
+            return response
 
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", echo)

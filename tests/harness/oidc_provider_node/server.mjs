@@ -20,6 +20,9 @@
 //   POST /__test/ttl {"IdToken": 5}  lifetimes (seconds) of code-flow artifacts; replaces the previous
 //                                    overrides, {} restores the defaults
 //   GET  /__test/state               {kids, outage, ttl}
+//   POST /__test/sign {"header": {...}, "payload": {...}}   {"jws": ...}: a compact JWS of exactly these
+//                                    claims, signed RS256 with the OP's current key (its kid unless the
+//                                    header names one): tokens a real OP would never issue, for attacks
 
 import * as crypto from 'node:crypto';
 import * as http from 'node:http';
@@ -84,6 +87,15 @@ let outage = false;
 
 function groupsOf(clientId) {
   return config.clients.find((c) => c.client_id === clientId)?.groups;
+}
+
+function signRs256(header, payload) {
+  const jwk = keys.find((k) => k.alg === 'RS256');
+  const b64 = (value) => Buffer.from(JSON.stringify(value)).toString('base64url');
+  const input = `${b64({ alg: 'RS256', kid: jwk.kid, ...header })}.${b64(payload)}`;
+  const { kid: _kid, alg: _alg, use: _use, ...material } = jwk;
+  const signature = crypto.sign('sha256', Buffer.from(input), crypto.createPrivateKey({ key: material, format: 'jwk' }));
+  return `${input}.${signature.toString('base64url')}`;
 }
 
 function signingKid(alg) {
@@ -249,6 +261,10 @@ async function control(req, res, path) {
   if (req.method === 'POST' && path === '/__test/ttl') {
     setTtls(await readJson(req));
     return json(res, 200, { ttl: ttlOverrides });
+  }
+  if (req.method === 'POST' && path === '/__test/sign') {
+    const { header = {}, payload } = await readJson(req);
+    return json(res, 200, { jws: signRs256(header, payload) });
   }
   if (req.method === 'GET' && path === '/__test/state') {
     return json(res, 200, { kids: keys.map((k) => k.kid), outage, ttl: ttlOverrides });

@@ -1,4 +1,5 @@
 from proxy.core.headers import (
+    set_cookie_name,
     TrustedProxies, clean_request_headers, clean_response_headers, forwarded_for, groups_header, request_id,
 )
 
@@ -86,3 +87,14 @@ def test_trace_context_passes_only_from_a_peer_trusted_for_it():
     assert names(clean_request_headers(incoming, trusted_peer=True, trusted_context=False,
                                        keep_authorization=False)) == ["Accept"]
     assert len(clean_request_headers(incoming, trusted_peer=False, trusted_context=True, keep_authorization=False)) == 5
+
+
+def test_set_cookie_name_is_the_name_a_server_reads_back():
+    assert set_cookie_name("sid=abc; Path=/; Secure") == "sid"
+    assert set_cookie_name(" \tsid \t=abc") == "sid"
+    assert set_cookie_name("sid=a=b") == "sid"
+    assert set_cookie_name("sid=") == "sid"
+    assert set_cookie_name("=sid=abc; Path=/") == "sid"      # nameless: the browser sends back `sid=abc`
+    assert set_cookie_name(" =sid=abc") == "sid"
+    assert set_cookie_name("justavalue; Path=/") == ""        # sent back with no `=`: no name to read
+    assert set_cookie_name("") == ""
