@@ -134,6 +134,9 @@ class DynamoDbStore:
         return await self._run(self._put, item, "attribute_not_exists(pk) OR #exp <= :now",
                                {":now": _number(self._clock())})
 
+    async def release(self, key: str) -> None:
+        await self._run(self._call, "delete_item", Key=_pk("c#", key))
+
     async def close(self) -> None:
         if self._closed:
             return

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 from proxy.config import IssuerConfig
 from proxy.config.schema import LoginConfig
-from proxy.core.errors import AuthenticationError, BadRequest, DependencyError
+from proxy.core.errors import AuthenticationError, BadRequest, DependencyError, IdgateError
 from proxy.core.model import Identity
 from proxy.core.reasons import Reason
 from proxy.oidc.claims import mapped_identity
@@ -168,11 +168,20 @@ class Sessions:
         if not code or len(code) > MAX_CALLBACK_VALUE_CHARS:
             raise BadRequest("the login answer has no code", reason=Reason.LOGIN_STATE_INVALID)
         now = self._clock()
-        if not await self._store.claim("login:" + hashlib.sha256(state.encode()).hexdigest(),
-                                       now + self.config.login_timeout):
+        claim = "login:" + hashlib.sha256(state.encode()).hexdigest()
+        if not await self._store.claim(claim, now + self.config.login_timeout):
             raise BadRequest("this login was already used: start again", reason=Reason.LOGIN_STATE_REPLAYED)
-        tokens = await client.exchange_code(code, start, str(held["redirect_uri"]))
+        try:
+            tokens = await client.exchange_code(code, start, str(held["redirect_uri"]))
+        except IdgateError:
+            # The issuer refused the code (or could not be asked): nothing was used up, and a claim held for
+            # every junk callback would let anyone fill the store's claims and stop every login.
+            await self._store.release(claim)
+            raise
         identity = await self._verifier.verify_id_token(tokens.id_token, client.config.id)
+        if identity.issuer != issuer:
+            # OIDC Core 3.1.3.7: the ID token is the login's issuer's (the verifier picks a key by its `iss`).
+            raise AuthenticationError("the ID token is another issuer's", reason=Reason.ISS_MISMATCH)
         nonce = identity.claims.get("nonce")
         if not isinstance(nonce, str) or not hmac.compare_digest(nonce.encode(), start.nonce.encode()):
             raise AuthenticationError("the ID token is not this login's", reason=Reason.NONCE_MISMATCH)
@@ -320,7 +329,7 @@ class Sessions:
         try:
             answer = await client.refresh(refresh_token)
             identity = await self._verifier.verify_id_token(answer.id_token, client.config.id)
-            if identity.subject != stored.subject:
+            if identity.issuer != stored.issuer or identity.subject != stored.subject:
                 raise AuthenticationError("the refreshed ID token is another user's", reason=Reason.SESSION_REVOKED)
         except AuthenticationError:
             await self._store.delete(stored.key)

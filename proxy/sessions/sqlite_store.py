@@ -129,6 +129,9 @@ class SqliteStore:
                                   "WHERE claims.expires_at <= ?", (key, expires_at, self._clock()))
         return changed == 1
 
+    async def release(self, key: str) -> None:
+        await self._run(self._change, "DELETE FROM claims WHERE key = ?", (key,))
+
     async def close(self) -> None:
         if self._closed:
             return

@@ -65,6 +65,9 @@ class SessionStore(Protocol):
     async def claim(self, key: str, expires_at: float) -> bool:
         """True the first time `key` is claimed before `expires_at`, False ever after: single-use login states."""
 
+    async def release(self, key: str) -> None:
+        """Give a claim back (its use failed before it used anything up: the issuer refused the code)."""
+
     async def close(self) -> None: ...
 
 
@@ -123,6 +126,9 @@ class MemoryStore:
                 raise DependencyError("too many logins in progress", reason=Reason.SESSION_STORE_UNAVAILABLE)
         self._claims[key] = expires_at
         return True
+
+    async def release(self, key: str) -> None:
+        self._claims.pop(key, None)
 
     async def close(self) -> None:
         self._sessions.clear()

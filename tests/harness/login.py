@@ -13,11 +13,13 @@ import aiohttp
 import yaml
 
 from proxy.aws.gateway_keys import new_key_ring_text
+from proxy.core.errors import StartupError
 from tests.harness.browserless import browser_session, login_at_op
 from tests.harness.oidc_provider import OidcProvider, WebClient
 from tests.harness.processes import HOST, free_port
 from tests.harness.servers import RecordingUpstream, RunningIdgate, running_idgate, serve_app
 
+PORT_ATTEMPTS = 3
 NAVIGATE = {"Sec-Fetch-Mode": "navigate", "Sec-Fetch-Site": "none", "Accept": "text/html"}
 SESSION_COOKIE = "__Host-idgate-session"
 
@@ -101,16 +103,26 @@ def new_session_keys(path: Path) -> Path:
 @asynccontextmanager
 async def login_stack(op: OidcProvider, tmp: Path, route: dict[str, Any] | None = None,
                       **login: Any) -> AsyncIterator[LoginStack]:
-    """`route`: more settings of the login route (e.g. websocket); `login`: of the login: section."""
-    port = free_port()
-    base = f"http://{HOST}:{port}"
-    client = op.register_web_client([base + "/.idgate/callback"], post_logout_redirect_uris=[base + "/"],
-                                    backchannel_logout_uri=base + "/.idgate/backchannel-logout")
+    """`route`: more settings of the login route (e.g. websocket); `login`: of the login: section.  The port
+    is chosen before idgate binds it (the OP client must name it first), so another process may take it in
+    between: then a new port, a few times."""
     upstream = RecordingUpstream()
-    async with serve_app(upstream.app()) as upstream_port:
+    async with serve_app(upstream.app()) as upstream_port, AsyncExitStack() as exits:
         upstream.port = upstream_port
-        async with running_idgate(write_login_config(tmp, op, client, port, upstream_port, route, **login)) as idgate:
+        for attempt in range(PORT_ATTEMPTS):
+            port = free_port()
+            base = f"http://{HOST}:{port}"
+            client = op.register_web_client([base + "/.idgate/callback"], post_logout_redirect_uris=[base + "/"],
+                                            backchannel_logout_uri=base + "/.idgate/backchannel-logout")
+            config = write_login_config(tmp, op, client, port, upstream_port, route, **login)
+            try:
+                idgate = await exits.enter_async_context(running_idgate(config))
+            except StartupError:
+                if attempt == PORT_ATTEMPTS - 1:
+                    raise
+                continue
             yield LoginStack(idgate, upstream, client, op)
+            return
 
 
 def shared_browser(stacks: list[LoginStack]) -> aiohttp.ClientSession:

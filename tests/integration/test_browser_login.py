@@ -208,3 +208,20 @@ async def test_the_logout_page_posts_only_here_and_cannot_be_framed(stack):
             assert response.headers["X-Frame-Options"] == "DENY"
             assert "frame-ancestors 'none'" in response.headers["Content-Security-Policy"]
             assert "form-action 'self'" in response.headers["Content-Security-Policy"]
+
+
+async def test_a_refused_code_does_not_use_up_the_login(stack):
+    # Each callback claims its login state once; a claim kept for every code the issuer refuses would let
+    # anyone fill the store's claims with junk callbacks (their own login cookies) and stop every login.
+    async with stack.browser() as browser:
+        callback = await login_at_op(browser, await stack.start_login(browser), "alice")
+        query = parse_qs(urlsplit(callback).query)
+        junk = callback.replace("code=" + query["code"][0], "code=not-a-code")
+        async with browser.get(junk, allow_redirects=False) as response:
+            assert response.status == 401
+        async with browser.get(callback, allow_redirects=False) as response:
+            assert response.status == 303 and response.headers["Location"] == "/app/page"
+        async with browser.get(callback, allow_redirects=False) as response:
+            assert response.status == 400            # the login cookie went with the login: a replay is refused
+    reasons = [r["reasons"] for r in await stack.records("decision") if r["surface"] == "login"]
+    assert reasons == [["code_exchange_failed"], ["login_state_invalid"]]

@@ -195,12 +195,16 @@ async def test_a_replayed_login_state_is_refused(stack):
             await assert_refused(stack, answer, 400, "login_state_replayed")
 
 
-async def test_a_login_state_used_by_a_failed_callback_cannot_be_used_again(stack):
+async def test_a_login_state_is_used_up_by_the_login_it_made_not_by_a_refused_code(stack):
+    """A code the issuer refuses uses nothing up (else junk callbacks with self-made login cookies would
+    fill the store's claims); the login that succeeds uses the state for good."""
     async with stack.browser() as browser, plain_client() as client:
         callback = await pending_callback(stack, browser)
         name, value = login_cookie(stack, browser)
         failed = await call(client, "GET", with_query(callback, code="not-the-code"), cookie=f"{name}={value}")
         await assert_refused(stack, failed, 401, "code_exchange_failed")
+        logged_in = await call(client, "GET", callback, cookie=f"{name}={value}")
+        assert logged_in[0] == 303
         answer = await call(client, "GET", callback, cookie=f"{name}={value}")
         await assert_refused(stack, answer, 400, "login_state_replayed")
 

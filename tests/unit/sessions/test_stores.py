@@ -220,6 +220,15 @@ async def test_a_claim_is_single_use_until_it_expires(stores):
     assert await stores.one.claim("login:" + "d" * 64, START + 1800) is True
 
 
+async def test_a_released_claim_can_be_claimed_again_on_every_handle(stores):
+    key = "login:" + "e" * 64
+    assert await stores.one.claim(key, START + 600) is True
+    await stores.two.release(key)
+    assert await stores.one.claim(key, START + 600) is True
+    assert await stores.two.claim(key, START + 600) is False
+    await stores.one.release("login:" + "f" * 64)            # nothing to give back: no error
+
+
 async def test_two_claims_of_one_key_at_once_exactly_one_wins(stores):
     for i in range(5):
         key = f"refresh:{i}"
