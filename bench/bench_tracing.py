@@ -2,10 +2,11 @@
 sampling and on at 1 %, the spans exported over OTLP/HTTP to a real receiver (oteltest's sink, the tests'
 tests/harness/otlp_receiver.py) on the load core; with --baseline DIR also the same proxy from another
 checkout (the build before tracing), so "off costs nothing" is measured, not assumed.  Each idgate runs alone
-on the server core; targets take turns over rounds; ratios are medians of same-round ratios.  The spans
-idgate exported and dropped go into the JSON (a dropped span is cheaper than an exported one: a row that
-dropped many says less), and then, in process, what tracing's calls cost one request (bench/_tracing_cost.py:
-a shared machine's wrk figures cannot resolve a few µs).  Writes bench/results/tracing.json.
+on the server core; targets take turns over rounds; ratios are medians of same-round ratios, of req/s (the
+targets) and, reported beside them, of idgate's CPU µs per request.  The spans idgate exported and dropped
+go into the JSON (a dropped span is cheaper than an exported one: a row that dropped many says less), and
+then, in process, what tracing's calls cost one request (bench/_tracing_cost.py: a shared machine's wrk
+figures cannot resolve a few µs).  Writes bench/results/tracing.json.
 
 Run: .venv/bin/python -m bench.bench_tracing [--quick] [--rounds 3] [--duration 5] [--connections 32]
                                              [--no-profile] [--baseline DIR]
@@ -14,13 +15,16 @@ Run: .venv/bin/python -m bench.bench_tracing [--quick] [--rounds 3] [--duration 
 from __future__ import annotations
 
 import socket
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
 
 from bench._servers import SMALL_BODY
 from bench._tracing_cost import tracing_cost
-from bench._sitting import Cores, LoadOptions, LoadTarget, Runs, bench_cores, load_options, pin, ratio_verdict, sitting
+from bench._sitting import (
+    Cores, LoadOptions, LoadTarget, Runs, bench_cores, load_options, pin, ratio_verdict, sitting, verdict,
+)
 from bench._stack import (
     PROXY_HOST, PROXY_PATH, Idgate, exit_code, measured_and_written, metric_values, mint_token, server_group,
     start_echo, start_idgate, start_issuer, workdir,
@@ -78,15 +82,26 @@ def _targets(procs: ProcessGroup, tmp: Path, cores: Cores, options: LoadOptions,
     return targets, idgates
 
 
+def _cpu_ratio(runs: Runs, name: str, baseline: str) -> dict[str, Any]:
+    """idgate's CPU µs per request over the baseline's, same round (reported, no target): a neighbour's load
+    moves it less than req/s, since a core taken away costs time but not CPU."""
+    ratios = [round(run["cpu_us_per_request"]["idgate"] / base["cpu_us_per_request"]["idgate"], 3)
+              for run, base in zip(runs[name], runs[baseline])]
+    value = round(statistics.median(ratios), 3)
+    return verdict(None, f"{value:.2f} × {baseline} CPU µs per request (above 1: costs more)", value, None, ratios)
+
+
 def _judge(runs: Runs, baseline: bool) -> dict[str, dict[str, Any]]:
     judged = {
         "tracing on at 1 % vs off": ratio_verdict(runs, _row(ONE_PERCENT), _row(OFF),
                                                   f"≥ {ONE_PERCENT_FLOOR:.2f} × tracing off req/s", ONE_PERCENT_FLOOR),
         "tracing on at 100 % vs off": ratio_verdict(runs, _row(FULL), _row(OFF)),
+        "CPU per request, 1 % vs off": _cpu_ratio(runs, _row(ONE_PERCENT), _row(OFF)),
     }
     if baseline:
         judged["tracing off vs the build before tracing"] = ratio_verdict(
             runs, _row(OFF), _row(BASELINE), f"≥ {OFF_FLOOR:.2f} × the build before tracing", OFF_FLOOR)
+        judged["CPU per request, off vs the build before tracing"] = _cpu_ratio(runs, _row(OFF), _row(BASELINE))
     return judged
 
 
