@@ -173,11 +173,12 @@ def start_idgate(procs: ProcessGroup, workdir: Path, issuer_url: str, upstream_p
                  name: str = "idgate", rules: int = 100, audit: dict[str, Any] | None = None,
                  limits: dict[str, Any] | None = None, loop: str = "asyncio", workers: int = 1,
                  ext_authz: bool = False, tracing: dict[str, Any] | None = None,
-                 source: Path | None = None) -> Idgate:
+                 source: Path | None = None, wrapper: Sequence[str] = (), startup_timeout: float = 30.0) -> Idgate:
     """`idgate serve --loop LOOP --workers N` with audit on, fsync true unless `audit` overrides it, forward
     auth for loopback and, with `ext_authz`, Envoy's HTTP and gRPC ext_authz surfaces; with `tracing`, that
     `tracing:` section; with `source`, idgate's code from that checkout instead of this one (a build to compare
-    with).  Fails unless idgate reports serving on `loop`: a row's label must say what ran."""
+    with); run under `wrapper` (a command prefix: valgrind), ready within `startup_timeout`.  Fails unless
+    idgate reports serving on `loop`: a row's label must say what ran."""
     home = workdir / name
     policies = home / "policies"
     write_policies(policies, issuer_url, rules)
@@ -206,8 +207,9 @@ def start_idgate(procs: ProcessGroup, workdir: Path, issuer_url: str, upstream_p
     cli = [sys.executable, "-m", "proxy"] if source is None else [
         sys.executable, "-c", f"import sys; sys.path.insert(0, {str(source)!r}); from proxy.cli import main; "
                               "sys.exit(main(sys.argv[1:]))"]
-    proc = procs.start(name, [*cli, "serve", "--config", str(config_path),
-                              "--log-level", "warning", "--loop", loop, "--workers", str(workers)])
+    proc = procs.start(name, [*wrapper, *cli, "serve", "--config", str(config_path),
+                              "--log-level", "warning", "--loop", loop, "--workers", str(workers)],
+                       startup_timeout=startup_timeout)
     idgate = Idgate(proc, port, admin_port, audit_path, grpc_port)
     wait_ready(proc, idgate.admin_url + "/readyz")
     serving_on = metric_values(idgate.admin_url).get(f'idgate_event_loop_info{{loop="{loop}"}}')

@@ -89,6 +89,10 @@ class Pipeline:
         self._audit = audit
         self._metrics = metrics
         self._tracing = tracing
+        # Append a decision record and wait until it is durable: with tracing off, the audit's own append,
+        # so that off adds no coroutine to the request's path.
+        self._durable: Callable[[dict[str, Any]], Awaitable[object]] = \
+            self._traced_durable if tracing.enabled else audit.append
         # The errors whose record is on the audit log: kept here, not on the error, so that no edge can
         # forget to mark one or record one twice (WeakSet: an answered error is not kept alive).
         self._recorded: weakref.WeakSet[IdgateError] = weakref.WeakSet()
@@ -259,8 +263,8 @@ class Pipeline:
         self._tracing.decided(denied)
         return denied
 
-    async def _durable(self, record: dict[str, Any]) -> None:
-        """Append a decision record and wait until it is durable, its seq and the fsync wait on the trace."""
+    async def _traced_durable(self, record: dict[str, Any]) -> None:
+        """_durable with tracing on: the record stamped, its seq and the fsync wait on the trace."""
         tracing = self._tracing
         tracing.stamp(record)
         with tracing.span(SpanName.AUDIT_APPEND):

@@ -17,7 +17,7 @@ import threading
 import time
 from contextvars import ContextVar, Token
 from types import TracebackType
-from typing import Any, NamedTuple
+from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.context import Context
@@ -47,29 +47,26 @@ _EXPORT_BATCH = 512
 _CLOSE_GRACE = 5.0                 # at shutdown: flush for at most this long, then drop what is left
 _PROPAGATION = ("traceparent", "tracestate")
 _XRAY = "x-amzn-trace-id"
+_TRACE = "trace"                   # in each of the names above (and in none of them is "_" or "-" inside it)
+# An id in W3C's lower-case hex: %-formatting takes 0.08 µs for a trace id, an f-string's spec 0.22 µs.
+_TRACE_HEX, _SPAN_HEX = "%032x", "%016x"
 
 
 class _Request:
     """One request's server span as its audit records, children and upstream need it: the SDK's span when
-    the request is sampled (`span`), else only its ids and the trace state it passes on."""
+    the request is sampled (`span`), else only its ids (in hex: all that a request not sampled does with
+    them is write them) and the trace state it passes on."""
 
-    __slots__ = ("span", "trace_id", "span_id", "trace_state", "trace_hex", "span_hex")
+    __slots__ = ("span", "trace_hex", "span_hex", "trace_state")
 
-    def __init__(self, span: trace.Span | None, trace_id: int, span_id: int, trace_state: str = "") -> None:
+    def __init__(self, span: trace.Span | None, trace_hex: str, span_hex: str, trace_state: str = "") -> None:
         self.span = span
-        self.trace_id, self.span_id, self.trace_state = trace_id, span_id, trace_state
-        self.trace_hex = f"{trace_id:032x}"
-        self.span_hex = f"{span_id:016x}"
+        self.trace_hex, self.span_hex, self.trace_state = trace_hex, span_hex, trace_state
 
     @classmethod
     def of(cls, span: trace.Span) -> _Request:
         context = span.get_span_context()
-        return cls(span, context.trace_id, context.span_id)
-
-
-class _Frame(NamedTuple):
-    span: trace.Span | None    # the innermost span entered (the parent of the next child); None: not sampled
-    request: _Request
+        return cls(span, _TRACE_HEX % context.trace_id, _SPAN_HEX % context.span_id)
 
 
 def _random_id(bits: int) -> int:
@@ -96,7 +93,21 @@ class _XrayIds(RandomIdGenerator):
         return False        # W3C level 2's random flag: only the low 96 bits are
 
 
-_current: ContextVar[_Frame | None] = ContextVar("idgate_trace_frame", default=None)
+_current: ContextVar[_Unsampled | None] = ContextVar("idgate_trace_frame", default=None)
+
+
+def _sampled() -> _Unsampled | None:
+    """The current span when its request is sampled (it and its request's server span are the SDK's)."""
+    frame = _current.get()
+    return frame if frame is not None and frame.span is not None else None
+
+
+def _on_request_and_current(frame: _Unsampled, attributes: dict[str, Attribute]) -> None:
+    request_span = frame.request.span
+    assert frame.span is not None and request_span is not None     # a sampled request's (_sampled)
+    request_span.set_attributes(attributes)
+    if frame.span is not request_span:
+        frame.span.set_attributes(attributes)
 
 
 def _end(span: trace.Span, exc: BaseException | None) -> None:
@@ -113,16 +124,18 @@ def _end(span: trace.Span, exc: BaseException | None) -> None:
 
 
 class _Unsampled(Span):
-    """The server span of a request that is not sampled: only its ids are current while entered."""
+    """The server span of a request that is not sampled: only its ids are current while entered.  The entered
+    span itself is what the context variable holds (no frame object besides it)."""
 
-    __slots__ = ("_frame", "_token")
+    __slots__ = ("span", "request", "_token")
 
-    def __init__(self, frame: _Frame) -> None:
-        self._frame = frame
-        self._token: Token[_Frame | None] | None = None
+    def __init__(self, request: _Request, span: trace.Span | None = None) -> None:
+        self.span = span          # the SDK's span (the parent of the next child); None: not sampled
+        self.request = request
+        self._token: Token[_Unsampled | None] | None = None
 
     def __enter__(self) -> Span:
-        self._token = _current.set(self._frame)
+        self._token = _current.set(self)
         return self
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
@@ -137,8 +150,8 @@ class _Entered(_Unsampled):
     __slots__ = ("_span",)
 
     def __init__(self, span: trace.Span, request: _Request) -> None:
-        super().__init__(_Frame(span, request))
-        self._span = span
+        super().__init__(request, span)
+        self._span = span         # as `span`, typed as never None
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
                  traceback: TracebackType | None) -> None:
@@ -186,13 +199,14 @@ class OtelTracing(Tracing):
     # --- spans -------------------------------------------------------------------------------------
 
     def server(self, surface: Surface, method: str, peer: str, carrier: Carrier, name: str | None = None) -> Span:
-        found = parse_parent(carrier.getall("traceparent", []), carrier.getall("tracestate", [])) \
-            if peer in self.peers else None
+        found = None
+        if peer in self.peers and (traceparent := carrier.getall("traceparent", [])):
+            found = parse_parent(traceparent, carrier.getall("tracestate", []))
         if not (found.sampled if found is not None else self._ratio >= 1.0 or random.random() < self._ratio):
             if found is None:
-                return _Unsampled(_Frame(None, _Request(None, self._new_trace_id(), _random_id(64))))
-            return _Unsampled(_Frame(None, _Request(None, found.trace_id, _random_id(64),
-                                                    format_tracestate(found.tracestate))))
+                return _Unsampled(_Request(None, _TRACE_HEX % self._new_trace_id(), _SPAN_HEX % _random_id(64)))
+            return _Unsampled(_Request(None, _TRACE_HEX % found.trace_id, _SPAN_HEX % _random_id(64),
+                                       format_tracestate(found.tracestate)))
         parent: Context | None = None
         if found is not None:
             remote = SpanContext(found.trace_id, found.span_id, is_remote=True, trace_flags=TraceFlags(TraceFlags.SAMPLED),
@@ -230,27 +244,22 @@ class OtelTracing(Tracing):
             frame.request.span.set_attributes(self._identity.of(identity.issuer, identity.subject, identity.groups))
 
     def decided(self, decision: Decision) -> None:
+        if (frame := _sampled()) is None:
+            return                      # not sampled: the attributes are not even built
         attributes: dict[str, Attribute] = {"idgate.decision": "allow" if decision.allowed else "deny"}
         if decision.reasons:
             attributes["idgate.reason"] = decision.reasons[0].value
         if decision.rule_id is not None:
             attributes["idgate.rule"] = decision.rule_id
-        self._on_request_and_current(attributes)
+        _on_request_and_current(frame, attributes)
 
     def denied(self, reason: str) -> None:
-        self._on_request_and_current({"idgate.decision": "deny", "idgate.reason": reason})
+        if (frame := _sampled()) is not None:
+            _on_request_and_current(frame, {"idgate.decision": "deny", "idgate.reason": reason})
 
     def recorded(self, seq: int | None) -> None:
-        if seq is not None:
-            self._on_request_and_current({"idgate.audit.seq": seq})
-
-    def _on_request_and_current(self, attributes: dict[str, Attribute]) -> None:
-        frame = _current.get()
-        if frame is None or frame.span is None or frame.request.span is None:
-            return                      # not sampled: a frame without the SDK's span has neither
-        frame.request.span.set_attributes(attributes)
-        if frame.span is not frame.request.span:
-            frame.span.set_attributes(attributes)
+        if seq is not None and (frame := _sampled()) is not None:
+            _on_request_and_current(frame, {"idgate.audit.seq": seq})
 
     # --- what leaves with the request --------------------------------------------------------------
 
@@ -266,19 +275,23 @@ class OtelTracing(Tracing):
             return
         if frame.span is None:
             request = frame.request
-            trace_id, span_id, sampled, state = request.trace_id, request.span_id, False, request.trace_state
+            trace_hex, span_hex, sampled, state = request.trace_hex, request.span_hex, False, request.trace_state
         else:
             context = frame.span.get_span_context()
-            trace_id, span_id, sampled = context.trace_id, context.span_id, context.trace_flags.sampled
+            trace_hex, span_hex = _TRACE_HEX % context.trace_id, _SPAN_HEX % context.span_id
+            sampled = context.trace_flags.sampled
             state = context.trace_state.to_header() if context.trace_state else ""
-        replaced = self._replaced
-        # In every spelling: some servers (and CGI) read X_Amzn_Trace_Id as X-Amzn-Trace-Id.
-        headers[:] = [(name, value) for name, value in headers if normalized_name(name) not in replaced]
-        headers.append(("traceparent", format_traceparent(trace_id, span_id, sampled)))
+        # In every spelling: some servers (and CGI) read X_Amzn_Trace_Id as X-Amzn-Trace-Id.  Every name replaced
+        # holds "trace" in any spelling, so one look at all the names spares the usual request (none) the
+        # rebuild: measured 1.1 µs of the 1.95 µs inject() took with the proxy's ten headers.
+        if _TRACE in "\n".join([name for name, _ in headers]).lower():
+            replaced = self._replaced
+            headers[:] = [(name, value) for name, value in headers if normalized_name(name) not in replaced]
+        headers.append(("traceparent", format_traceparent(trace_hex, span_hex, sampled)))
         if state:
             headers.append(("tracestate", state))
         if self._xray:
-            headers.append(("X-Amzn-Trace-Id", format_xray(trace_id, span_id, sampled)))
+            headers.append(("X-Amzn-Trace-Id", format_xray(trace_hex, span_hex, sampled)))
 
     async def flush(self) -> None:
         await asyncio.to_thread(self._processor.force_flush)

@@ -70,15 +70,15 @@ def parse_parent(traceparent: Sequence[str], tracestate: Sequence[str]) -> Paren
     return Parent(*ids, parse_tracestate(tracestate))
 
 
-def format_traceparent(trace_id: int, span_id: int, sampled: bool) -> str:
-    return f"00-{trace_id:032x}-{span_id:016x}-{'01' if sampled else '00'}"
+def format_traceparent(trace_hex: str, span_hex: str, sampled: bool) -> str:
+    """From the ids in hex (32 and 16 lower-case digits), as the audit records write them."""
+    return f"00-{trace_hex}-{span_hex}-{'01' if sampled else '00'}"
 
 
 def format_tracestate(state: TraceState) -> str:
     return ",".join(f"{key}={value}" for key, value in state)
 
 
-def format_xray(trace_id: int, span_id: int, sampled: bool) -> str:
+def format_xray(trace_hex: str, span_hex: str, sampled: bool) -> str:
     """AWS X-Ray's X-Amzn-Trace-Id for the same trace: Root=1-<8 hex>-<24 hex>;Parent=<16 hex>;Sampled=0|1."""
-    hex_id = f"{trace_id:032x}"
-    return f"Root=1-{hex_id[:8]}-{hex_id[8:]};Parent={span_id:016x};Sampled={1 if sampled else 0}"
+    return f"Root=1-{trace_hex[:8]}-{trace_hex[8:]};Parent={span_hex};Sampled={1 if sampled else 0}"

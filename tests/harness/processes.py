@@ -136,8 +136,8 @@ class ProcessGroup:
         self._cwd = cwd
         self._processes: list[ServerProcess] = []
 
-    def start(self, name: str, argv: Sequence[str]) -> ServerProcess:
-        process = ServerProcess(name, workdir=self._workdir)
+    def start(self, name: str, argv: Sequence[str], *, startup_timeout: float = 30.0) -> ServerProcess:
+        process = ServerProcess(name, workdir=self._workdir, startup_timeout=startup_timeout)
         process.start(argv, cwd=self._cwd)
         self._processes.append(process)
         return process

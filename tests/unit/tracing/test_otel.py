@@ -78,6 +78,19 @@ async def test_inject_replaces_the_trace_context_and_can_speak_xray() -> None:
     await traced.close()
 
 
+async def test_inject_replaces_every_spelling_and_leaves_headers_without_trace_context_as_they_were() -> None:
+    traced, _ = tracing(InMemorySpanExporter(), xray_header=True, sampling_ratio=0.0)
+    with traced.server(Surface.PROXY, "GET", "192.0.2.1", carrier()):
+        for spelling in ("TRACEPARENT", "TraceState", "X_AMZN_TRACE_ID", "x-amzn_trace-id", "X_Amzn_Trace_Id"):
+            headers = [("Accept", "*/*"), (spelling, "the peer's")]      # each alone: none may hide another
+            traced.inject(headers)
+            assert [name for name, _ in headers] == ["Accept", "traceparent", "X-Amzn-Trace-Id"], spelling
+        plain = [("Accept", "*/*"), ("Trace_State", "not a spelling of tracestate"), ("X-Request-Id", "r-1")]
+        traced.inject(plain)
+    assert [name for name, _ in plain] == ["Accept", "Trace_State", "X-Request-Id", "traceparent", "X-Amzn-Trace-Id"]
+    await traced.close()
+
+
 async def test_an_untrusted_peer_starts_a_trace_and_a_sampled_out_request_has_no_children_but_its_ids() -> None:
     exporter = InMemorySpanExporter()
     traced, _ = tracing(exporter, sampling_ratio=0.0)

@@ -48,9 +48,9 @@ def test_a_bad_tracestate_is_dropped_whole_but_the_parent_stays(values: list[str
 
 
 def test_the_headers_written_upstream() -> None:
-    assert format_traceparent(int(TRACE, 16), int(SPAN, 16), True) == PARENT
-    assert format_traceparent(1, 2, False) == f"00-{1:032x}-{2:016x}-00"
-    assert format_xray(int(TRACE, 16), int(SPAN, 16), False) == \
+    assert format_traceparent(TRACE, SPAN, True) == PARENT
+    assert format_traceparent(f"{1:032x}", f"{2:016x}", False) == f"00-{1:032x}-{2:016x}-00"
+    assert format_xray(TRACE, SPAN, False) == \
         f"Root=1-{TRACE[:8]}-{TRACE[8:]};Parent={SPAN};Sampled=0"
 
 
