@@ -26,7 +26,7 @@ AIRFLOW_STAMP := $(AIRFLOW_VENV)/.providers-amazon-$(AIRFLOW_PROVIDER_VERSION)
 
 # Debian's nginx-light for the forward-auth tests (the shipped deploy/nginx config in front of idgate).
 NGINX := /usr/sbin/nginx
-# Debian's wrk, the load generator of `make bench`.
+# Debian's wrk, the load generator of `make bench`, `make soak` and the soak's test.
 WRK   := /usr/bin/wrk
 SUDO  := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
@@ -98,7 +98,7 @@ $(AIRFLOW_STAMP):
 demo: $(VENV)/.demo
 	$(BIN)/idgate demo
 
-test: $(VENV)/.test $(OP_DIR)/node_modules/.package-lock.json $(ENVOY_STAMP) $(NGINX)
+test: $(VENV)/.test $(OP_DIR)/node_modules/.package-lock.json $(ENVOY_STAMP) $(NGINX) $(WRK)
 	$(BIN)/python -m mypy
 	$(BIN)/python -m pytest -q
 
