@@ -77,15 +77,18 @@ class IssuerKeys:
 
     async def refresh_on_demand(self) -> None:
         """A request needs keys we do not hold: refetch, one fetch at a time.  While usable keys are held
-        (an unknown kid) at most once per unknown_kid_min_interval, so forged kids can never make us fetch
-        per request; while none are (stale, or none yet) at most once per RETRY_MIN, so the first request
-        after the issuer is back ends the outage instead of waiting out an interval."""
+        and the issuer answered the last fetch (an unknown kid), at most once per unknown_kid_min_interval,
+        so forged kids can never make us fetch per request; while none are (stale, or none yet) or the last
+        fetch failed (the kid may be a key we could not fetch: the caller answers 503, Retry-After 1), at
+        most once per RETRY_MIN, so the first request after the issuer is back ends the outage instead of
+        waiting out an interval.  An attacker's kids can thus cost an issuer that is failing one fetch a
+        second per process, and one that answers one per interval."""
         if self._inflight is not None and not self._inflight.done():
             await asyncio.shield(self._inflight)
             return
         now = self._clock()
         last = self._last_unknown_kid_fetch
-        interval = self.config.unknown_kid_min_interval if self.usable_keys() is not None \
+        interval = self.config.unknown_kid_min_interval if self.usable_keys() is not None and self.reachable \
             else min(RETRY_MIN, self.config.unknown_kid_min_interval)
         if last is not None and now - last < interval:
             return
