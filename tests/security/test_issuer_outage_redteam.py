@@ -97,6 +97,13 @@ class Idgate:
                 "Host": "orders.internal", "Authorization": f"Bearer {token}"}) as response:
             return response.status, dict(response.headers), await response.json(content_type=None)
 
+    async def readiness(self) -> int | None:
+        try:
+            async with self.http.get(self.admin + "/readyz") as response:
+                return response.status
+        except aiohttp.ClientError:
+            return None
+
     async def fetch_errors(self, issuer: Issuer) -> float:
         async with self.http.get(self.admin + "/metrics") as response:
             text = await response.text()
@@ -125,8 +132,10 @@ def policies(tmp: Path, issuers: list[Issuer]) -> Path:
 
 
 @asynccontextmanager
-async def idgate_with(tmp: Path, issuers: list[Issuer], upstream: RecordingUpstream) -> AsyncIterator[Idgate]:
-    """`idgate serve` for `issuers` (default refresh_interval 300 s, unknown_kid_min_interval 60 s), ready."""
+async def idgate_with(tmp: Path, issuers: list[Issuer], upstream: RecordingUpstream, *,
+                      ready: bool = True) -> AsyncIterator[Idgate]:
+    """`idgate serve` for `issuers` (default refresh_interval 300 s, unknown_kid_min_interval 60 s), its
+    admin listener answering and, with `ready`, its /readyz saying 200."""
     port, admin = free_port(), free_port()
     config = write_config(tmp, issuer=issuers[0].url, audience=AUDIENCE, upstream_port=upstream.port,
                           policies=policies(tmp, issuers), listen={"host": HOST, "port": port},
@@ -140,16 +149,13 @@ async def idgate_with(tmp: Path, issuers: list[Issuer], upstream: RecordingUpstr
     async with aiohttp.ClientSession() as http:
         idgate = Idgate(f"http://{HOST}:{port}", f"http://{HOST}:{admin}", tmp / "audit" / "audit.jsonl", http)
 
-        async def ready() -> bool:
+        async def started() -> bool:
             assert process.returncode is None, (tmp / "idgate.log").read_text()
-            try:
-                async with http.get(idgate.admin + "/readyz") as response:
-                    return response.status == 200
-            except aiohttp.ClientError:
-                return False
+            status = await idgate.readiness()
+            return status == 200 or (status is not None and not ready)
 
         try:
-            await eventually_true(ready, "idgate ready", timeout=DEADLINE)
+            await eventually_true(started, "idgate ready" if ready else "idgate's admin answering", timeout=DEADLINE)
             yield idgate
         finally:
             process.send_signal(signal.SIGTERM)
@@ -250,3 +256,25 @@ async def test_a_key_rotated_during_a_long_outage_works_one_round_trip_after_the
         status, _, _ = await idgate.get(rotated)
         assert status == 200
         assert len(upstream.received) == 1
+
+
+async def test_an_instance_that_started_during_an_outage_is_ready_soon_after_the_issuer_is_back(
+        tmp_path: Path, issuers: list[Issuer], upstream: RecordingUpstream) -> None:
+    """Without keys idgate is not ready, so a load balancer sends it no request that could refetch: only
+    the background retry ends its outage, and that retry's backoff must not have grown to minutes."""
+    issuer = issuers[0]
+    await issuer.stop()
+    async with idgate_with(tmp_path, issuers, upstream, ready=False) as idgate:
+        async def failed_five_times() -> bool:
+            return await idgate.fetch_errors(issuer) >= 5      # at start, then after ~1, 2, 4 and 8 s
+        await eventually_true(failed_five_times, "five failed fetches", timeout=DEADLINE + 10)
+        assert await idgate.readiness() == 503
+        await issuer.start()
+        back = time.monotonic()
+
+        async def ready() -> bool:
+            return await idgate.readiness() == 200
+        # The doubling backoff would wait another 13-16 s here (and up to refresh_interval, 300 s, later on).
+        await eventually_true(ready, "ready again", timeout=DEADLINE)
+        assert time.monotonic() - back < 8.0
+        assert (await idgate.get(issuer.token()))[0] == 200
