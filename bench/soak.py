@@ -61,7 +61,8 @@ def parse_options() -> Options:
     parser.add_argument("--minutes", type=float, default=5.0, help="length of the load (default 5; 1 for a quick run)")
     parser.add_argument("--kills", type=int, default=2, help="worker SIGKILLs, evenly spaced (default 2: at 1/3 "
                                                               "and 2/3), worker 0, 1, ... in turn")
-    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--connections", type=int, default=16, help="wrk connections, all one identity: over "
+                        "the route's max_connections_per_identity (64) the rest are answered 503 identity_busy")
     parser.add_argument("--delay-ms", type=int, default=5, help="pause per connection between requests (wrk's "
                         "delay(); default 5: a steady load that leaves the shared machine some room; 0: flat out)")
     parser.add_argument("--chunk-seconds", type=int, default=5, help="wrk runs back to back of this length")
@@ -250,6 +251,7 @@ def soak(options: Options) -> dict[str, Any]:
             print(f"soak: {total_s} s of wrk -c{options.connections} (delay {options.delay_ms} ms per connection) "
                   f"against idgate --workers {WORKERS}, {options.kills} kill(s); idgate on cores "
                   f"{sorted(cores.every)}, wrk, upstream and issuer on {sorted(cores.load)}", flush=True)
+            print("  warm-up run (not in the figures; its requests are reconciled too):", flush=True)
             warm, _ = run_chunk(figures.Chunk(0, WARMUP_RUN_S), script, idgate, issuer_url, options, time.monotonic())
             time.sleep(SETTLE_S)   # idle: connections wrk closed are gone from the counts
             idle_before = sample(idgate.proc.pid, 0.0, upstream_url)
