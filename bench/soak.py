@@ -112,7 +112,8 @@ def idgate_processes(supervisor: int) -> dict[str, int]:
 
 
 def sample(supervisor: int, t: float, upstream_url: str) -> dict[str, Any]:
-    """RSS (VmRSS) and open descriptors of every idgate process, and how many requests the upstream got."""
+    """RSS (VmRSS) and open descriptors of every idgate process, how many requests the upstream got, and
+    the load average."""
     processes: dict[str, Any] = {}
     for role, pid in sorted(idgate_processes(supervisor).items()):
         try:
@@ -121,7 +122,8 @@ def sample(supervisor: int, t: float, upstream_url: str) -> dict[str, Any]:
             processes[role] = {"pid": pid, "rss_kib": rss, "fds": len(os.listdir(f"/proc/{pid}/fd"))}
         except (OSError, StopIteration):
             continue   # killed between the listing and the read
-    return {"t": round(t, 2), "processes": processes, "upstream_received": upstream_written(upstream_url)}
+    return {"t": round(t, 2), "processes": processes, "upstream_received": upstream_written(upstream_url),
+            "loadavg_1m": round(os.getloadavg()[0], 2)}   # the shared machine's other work, to read the noise by
 
 
 def upstream_written(upstream_url: str) -> int:
@@ -345,6 +347,10 @@ def print_table(result: dict[str, Any]) -> None:
                            f"without an upstream hit, {rec['deny_records']} denials, "
                            f"{rec['upstream_duplicate_ids']} duplicate ids"),
     ]
+    loads = [sample["loadavg_1m"] for sample in result["samples"]]
+    rows.append(("load average (1 min)", f"{result['loadavg']['start'][0]} at the start, "
+                                         f"{min(loads, default=0)}–{max(loads, default=0)} during the load, "
+                                         f"{result['loadavg']['end'][0]} at the end"))
     width = max(len(name) for name, _ in rows)
     print()
     for name, value in rows:
