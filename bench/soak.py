@@ -122,7 +122,11 @@ def sample(supervisor: int, t: float, upstream_url: str) -> dict[str, Any]:
             processes[role] = {"pid": pid, "rss_kib": rss, "fds": len(os.listdir(f"/proc/{pid}/fd"))}
         except (OSError, StopIteration):
             continue   # killed between the listing and the read
-    return {"t": round(t, 2), "processes": processes, "upstream_received": upstream_written(upstream_url),
+    try:
+        received: int | None = upstream_written(upstream_url)
+    except (OSError, RuntimeError):
+        received = None   # a sample must not end the sampling; the final count is read after the load
+    return {"t": round(t, 2), "processes": processes, "upstream_received": received,
             "loadavg_1m": round(os.getloadavg()[0], 2)}   # the shared machine's other work, to read the noise by
 
 
