@@ -1,6 +1,7 @@
 # Two commands for a fresh clone (Python >= 3.11 with venv, node >= 20.12 with npm, git, make, curl):
 #   make demo   build .venv and run idgate with a dev issuer, an echo upstream and the example policies
 #   make bench  measure the hot path against its goals (installs wrk, py-spy and Envoy too)
+#   make soak   idgate --workers 2 under load for MINUTES (default 5) with worker SIGKILLs, audit reconciled
 #   make test   install everything the tests need (Python packages, the npm OpenID Provider, Envoy) and run them
 #   make test-airflow   also run the example Airflow DAG's hook against moto and Airflow 3's API server behind
 #                       idgate's login with deploy/airflow/webui's auth manager (installs Airflow, ~375 MB)
@@ -30,11 +31,11 @@ NGINX := /usr/sbin/nginx
 # Debian's chromium and its chromedriver for `make test-browser`: selenium is handed this driver (and the
 # browser) by path, so Selenium Manager never downloads one.
 CHROMEDRIVER := /usr/bin/chromedriver
-# Debian's wrk, the load generator of `make bench`.
+# Debian's wrk, the load generator of `make bench`, `make soak` and the soak's test.
 WRK   := /usr/bin/wrk
 SUDO  := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test test-airflow test-browser bench check-config clean
+.PHONY: demo test test-airflow test-browser bench soak check-config clean
 
 $(BIN)/python:
 	@echo "make: creating $(VENV) with $(PYTHON) and upgrading pip in it (~20 MB)"
@@ -113,7 +114,7 @@ $(AIRFLOW_STAMP):
 demo: $(VENV)/.demo
 	$(BIN)/idgate demo
 
-test: $(VENV)/.test $(OP_DIR)/node_modules/.package-lock.json $(ENVOY_STAMP) $(NGINX)
+test: $(VENV)/.test $(OP_DIR)/node_modules/.package-lock.json $(ENVOY_STAMP) $(NGINX) $(WRK)
 	$(BIN)/python -m mypy
 	$(BIN)/idgate test --policies policies
 	$(BIN)/python -m pytest -q
@@ -128,6 +129,12 @@ test-browser: $(VENV)/.browser $(OP_DIR)/node_modules/.package-lock.json $(CHROM
 # BENCH_ARGS=--quick for a smoke run of a couple of minutes.
 bench: $(VENV)/.bench $(ENVOY_STAMP) $(WRK)
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+# MINUTES=1 for a quick run; exits 3 unless clean (no error outside a kill window, every chain verified,
+# every request id the upstream received has its allow record).  Writes bench/results/soak.json.
+MINUTES ?= 5
+soak: $(VENV)/.bench $(WRK)
+	$(BIN)/python -m bench.soak --minutes $(MINUTES) --check
 
 # No default file: there is no idgate.yaml at the top of a clone, and checking a guess would say nothing.
 check-config: $(VENV)/.runtime

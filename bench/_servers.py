@@ -1,6 +1,7 @@
 """The benchmark's helper servers, each run as its own process on a loopback port: `echo PORT [LOOP]` (bare
 handler and fast upstream, on asyncio or uvloop), `passthrough PORT UPSTREAM_PORT` (the stack's proxying
-floor: aiohttp server + client, no checks) and `issuer PORT AUDIENCE` (development issuer)."""
+floor: aiohttp server + client, no checks), `recorder PORT FILE` (the echo upstream writing every X-Request-Id
+it receives to FILE, for the soak's reconciliation) and `issuer PORT AUDIENCE` (development issuer)."""
 
 from __future__ import annotations
 
@@ -86,6 +87,50 @@ def passthrough_app(upstream_port: int) -> web.Application:
     return app
 
 
+RECORDER_FLUSH = "/__recorder/flush"   # on the recorder's own port, never through idgate
+FLUSH_SECONDS = 0.5
+
+
+def recorder_app(path: str) -> web.Application:
+    """The echo upstream that appends each X-Request-Id it received (a line each, "-" when there was none)
+    to `path`: every FLUSH_SECONDS, on shutdown, and at once on `GET /__recorder/flush`, which answers with
+    how many it has written (so the soak reads a complete file without stopping the upstream)."""
+    pending: list[str] = []
+    written = 0
+
+    def flush() -> int:
+        nonlocal written
+        if pending:
+            with open(path, "a", encoding="ascii") as f:
+                f.write("".join(f"{rid}\n" for rid in pending))
+            written += len(pending)
+            pending.clear()
+        return written
+
+    async def received(request: web.Request) -> web.Response:
+        pending.append(request.headers.get("X-Request-Id", "-"))
+        return web.Response(body=SMALL_BODY, content_type="text/plain")
+
+    async def flushed(request: web.Request) -> web.Response:
+        return web.json_response({"written": flush()})
+
+    async def periodic(app: web.Application) -> AsyncIterator[None]:
+        async def loop() -> None:
+            while True:
+                await asyncio.sleep(FLUSH_SECONDS)   # a timer, not a synchronization
+                flush()
+        task = asyncio.create_task(loop())
+        yield
+        task.cancel()
+        flush()
+
+    app = web.Application()
+    app.cleanup_ctx.append(periodic)
+    app.router.add_get(RECORDER_FLUSH, flushed)
+    app.router.add_route("*", "/{tail:.*}", received)
+    return app
+
+
 def _event_loop(name: str) -> asyncio.AbstractEventLoop:
     if name == "uvloop":
         import uvloop
@@ -100,6 +145,8 @@ def main(argv: list[str]) -> int:
         app = echo_app()
     elif kind == "passthrough":
         app = passthrough_app(int(argv[2]))
+    elif kind == "recorder":
+        app = recorder_app(argv[2])
     elif kind == "issuer":
         app = DevIssuer(f"http://{HOST}:{port}", argv[2]).app()
     else:

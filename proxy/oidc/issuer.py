@@ -21,6 +21,7 @@ from proxy.oidc.keys import JwksError, KeySet, parse_jwks
 log = logging.getLogger(__name__)
 
 RETRY_MIN = 1.0                       # first retry after a failed fetch; doubles up to refresh_interval
+RETRY_MAX_WITHOUT_KEYS = 5.0          # ... but no further than this while no usable keys are held
 
 
 class IssuerKeys:
@@ -77,15 +78,18 @@ class IssuerKeys:
 
     async def refresh_on_demand(self) -> None:
         """A request needs keys we do not hold: refetch, one fetch at a time.  While usable keys are held
-        (an unknown kid) at most once per unknown_kid_min_interval, so forged kids can never make us fetch
-        per request; while none are (stale, or none yet) at most once per RETRY_MIN, so the first request
-        after the issuer is back ends the outage instead of waiting out an interval."""
+        and the issuer answered the last fetch (an unknown kid), at most once per unknown_kid_min_interval,
+        so forged kids can never make us fetch per request; while none are (stale, or none yet) or the last
+        fetch failed (the kid may be a key we could not fetch: the caller answers 503, Retry-After 1), at
+        most once per RETRY_MIN, so the first request after the issuer is back ends the outage instead of
+        waiting out an interval.  An attacker's kids can thus cost an issuer that is failing one fetch a
+        second per process, and one that answers one per interval."""
         if self._inflight is not None and not self._inflight.done():
             await asyncio.shield(self._inflight)
             return
         now = self._clock()
         last = self._last_unknown_kid_fetch
-        interval = self.config.unknown_kid_min_interval if self.usable_keys() is not None \
+        interval = self.config.unknown_kid_min_interval if self.usable_keys() is not None and self.reachable \
             else min(RETRY_MIN, self.config.unknown_kid_min_interval)
         if last is not None and now - last < interval:
             return
@@ -93,7 +97,8 @@ class IssuerKeys:
         await self.refresh()
 
     async def run_refresh_loop(self) -> None:
-        """Refresh every refresh_interval (jittered), sooner while the issuer keeps failing."""
+        """Refresh every refresh_interval (jittered), sooner while the issuer keeps failing: doubling from
+        RETRY_MIN, at most RETRY_MAX_WITHOUT_KEYS apart once no usable keys are held."""
         while True:
             await asyncio.sleep(self._next_delay())
             await self.refresh()
@@ -102,8 +107,17 @@ class IssuerKeys:
         interval = self.config.refresh_interval
         if self._failures:
             interval = min(interval, RETRY_MIN * 2 ** min(self._failures - 1, 16))
+            # Without usable keys idgate is not ready, so a load balancer sends no request that could
+            # refetch: this retry alone ends the outage, and it must come seconds, not minutes, after the
+            # issuer is back.  Held keys going stale during a long backoff count too.
+            interval = min(interval, max(RETRY_MAX_WITHOUT_KEYS, self._seconds_until_stale()))
         # Jitter keeps many replicas (and many issuers) from fetching in lock-step.
         return interval * random.uniform(0.8, 1.0)
+
+    def _seconds_until_stale(self) -> float:
+        if self._last_success is None:
+            return 0.0
+        return self._last_success + self.config.max_stale - self._clock()
 
     def cancel_inflight(self) -> None:
         if self._inflight is not None:

