@@ -23,10 +23,10 @@ SURFACE = Surface.LOGIN
 GATE = Gate(SURFACE, methods=frozenset({"GET", "HEAD", "POST"}))
 MAX_FORM_BYTES = 16 * 1024          # a logout token is a few KiB
 _NO_STORE = {"Cache-Control": "no-store"}
-# The logout page is idgate's own: nothing loads into it, its form posts only here, and no page may frame it
-# (the button's POST is same-origin even inside a frame: clickjacking by a sibling host, whose frames carry
-# the Lax session cookie).
-_PAGE_HEADERS = {**_NO_STORE, "Content-Security-Policy": "default-src 'none'; form-action 'self'; frame-ancestors 'none'",
+# The logout page is idgate's own: nothing loads into it and no page may frame it (the button's POST is
+# same-origin even inside a frame: clickjacking by a sibling host, whose frames carry the Lax session cookie).
+# No form-action: browsers apply it to the redirect after the POST too, which goes to the issuer's logout.
+_PAGE_HEADERS = {**_NO_STORE, "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
                  "X-Frame-Options": "DENY", "X-Content-Type-Options": "nosniff"}
 _LOGOUT_PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>Log out</title></head>
 <body><form method="post"><button type="submit">Log out</button></form></body></html>
