@@ -90,9 +90,9 @@ class Pipeline:
         self._metrics = metrics
         self._tracing = tracing
         # Append a decision record and wait until it is durable: with tracing off, the audit's own append,
-        # so that off adds no coroutine to the request's path.
+        # so that off adds not even a call to the request's path.
         self._durable: Callable[[dict[str, Any]], Awaitable[object]] = \
-            self._traced_durable if tracing.enabled else audit.append
+            self._stamped_durable if tracing.enabled else audit.append
         # The errors whose record is on the audit log: kept here, not on the error, so that no edge can
         # forget to mark one or record one twice (WeakSet: an answered error is not kept alive).
         self._recorded: weakref.WeakSet[IdgateError] = weakref.WeakSet()
@@ -263,10 +263,16 @@ class Pipeline:
         self._tracing.decided(denied)
         return denied
 
-    async def _traced_durable(self, record: dict[str, Any]) -> None:
-        """_durable with tracing on: the record stamped, its seq and the fsync wait on the trace."""
+    def _stamped_durable(self, record: dict[str, Any]) -> Awaitable[object]:
+        """_durable with tracing on: the record stamped; when the request is sampled, its seq and the fsync
+        wait on the trace too.  A request not sampled (nearly all of them) awaits the audit's own append,
+        without a coroutine around it."""
         tracing = self._tracing
         tracing.stamp(record)
+        return self._traced_append(record) if tracing.sampled() else self._audit.append(record)
+
+    async def _traced_append(self, record: dict[str, Any]) -> None:
+        tracing = self._tracing
         with tracing.span(SpanName.AUDIT_APPEND):
             tracing.recorded(await self._audit.append(record))
 

@@ -154,9 +154,14 @@ async def handle(request: web.Request) -> web.StreamResponse:
                     return await relay(request, services, access, decision, url, headers, route)
             if request.body_exists:
                 await continue_if_expected(request)
-            # With tracing off, straight to the exchange: no span to wrap it in, so no coroutine for one.
-            forward = _forward if services.tracing.enabled else _exchange
-            return await forward(request, services, access, decision, route, target, headers)
+            # Unless the request is sampled, straight to the exchange: no span to wrap it in, so no coroutine
+            # for one (a request not sampled still tells the upstream its trace).
+            tracing = services.tracing
+            if tracing.sampled():
+                return await _forward(request, services, access, decision, route, target, headers)
+            if tracing.enabled:
+                tracing.inject(headers)
+            return await _exchange(request, services, access, decision, route, target, headers)
     except DependencyError as busy:
         if busy.reason in (Reason.UPSTREAM_BUSY, Reason.IDENTITY_BUSY):
             services.metrics.child(services.metrics.upstream_busy, route.name).inc()

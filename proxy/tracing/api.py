@@ -69,6 +69,11 @@ class Tracing:
         """A child of the current span for a call idgate makes (upstream, STS, DynamoDB)."""
         return NO_SPAN
 
+    def sampled(self) -> bool:
+        """Whether the current request is sampled: only then is there a span to wrap a step in, so the
+        callers skip the coroutine that would (tracing off, or a request not sampled)."""
+        return False
+
     def admitted(self, access: AccessRequest) -> None:
         """The request as admission decided it: its HTTP attributes on the server span."""
 

@@ -231,6 +231,10 @@ class OtelTracing(Tracing):
         span = self._tracer.start_span(name, context=trace.set_span_in_context(frame.span), kind=kind)
         return _Entered(span, frame.request)
 
+    def sampled(self) -> bool:
+        frame = _current.get()
+        return frame is not None and frame.span is not None
+
     # --- what the request span says ----------------------------------------------------------------
 
     def admitted(self, access: AccessRequest) -> None:
