@@ -71,7 +71,7 @@ def write_demo_config(workdir: Path, policies: Path, aws: LocalAws | None = None
         audit:
           path: {(workdir / 'audit' / 'idgate-audit.jsonl').resolve()}
         """) + (local_aws.audit_shipping_yaml(aws, anchor_key_path(workdir)) if aws else "")
-        + (local_aws.config_yaml(aws, local_aws.write_key_ring(workdir / "gateway-keys.json")) if aws else ""))
+        + (local_aws.config_yaml(aws, local_aws.write_key_ring((workdir / "gateway-keys.json").resolve())) if aws else ""))
     return config
 
 

@@ -1,8 +1,8 @@
-"""A real OTLP/HTTP receiver for the tests, as a process of its own: oteltest's HttpSink (its HTTP handling
-and OTLP decoding, from PyPI), bound to loopback (the sink itself listens on every interface), writing each
-ExportTraceServiceRequest it receives to DIR as <n>.pb, written aside and then renamed so that a reader
-never sees half a file, and printing a line per span (service, trace id, span id, parent, name, attributes).
-The sink reads a body by its Content-Length only; a chunked one is de-chunked first.
+"""A real OTLP/HTTP receiver for the tests, as a process of its own: oteltest's HttpSink (its HTTP handling and
+OTLP decoding, from PyPI), bound to loopback (the sink itself listens on every interface), writing each
+ExportTraceServiceRequest it receives to DIR (made if missing) as <n>.pb, written aside and then renamed so
+that a reader never sees half a file, and printing a line per span (service, trace id, span id, parent,
+name, attributes). The sink reads a body by its Content-Length only; a chunked one is de-chunked first.
 
 Usage: python tests/harness/otlp_receiver.py --port PORT --out DIR"""
 
@@ -96,6 +96,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=logging.INFO)
     oteltest.sink.HTTPServer = _LoopbackServer    # type: ignore[misc]   # the sink names its server class here
     sink = oteltest.sink.HttpSink(_Writer(args.out), logging.getLogger("otlp-receiver"), port=args.port, daemon=False)

@@ -15,7 +15,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from proxy.config import load_config
-from proxy.dev.demo import ISSUER_PORT, PROXY_PORT, instructions, write_demo_config
+from proxy.dev.demo import AWS_PORT, ISSUER_PORT, PROXY_PORT, instructions, write_demo_config
+from proxy.dev.local_aws import LocalAws
 from proxy.dev.issuer import require_loopback
 from proxy.core.errors import ConfigError
 from proxy.policy.store import compile_directory
@@ -62,6 +63,15 @@ def test_idgate_token_mints_a_verifiable_token_from_a_key_file(tmp_path):
                              "--groups", "a,b"], capture_output=True, text=True, timeout=60, check=True)
     claims = jwt.decode(result.stdout.strip(), key.public_key(), algorithms=["ES256"], audience="orders-api")
     assert claims["sub"] == "svc-x" and claims["groups"] == ["a", "b"] and claims["exp"] - claims["iat"] == 900
+
+
+def test_demo_config_made_in_a_relative_workdir_loads(tmp_path, monkeypatch):
+    """As `make demo` makes it: `--workdir .demo`, relative to the checkout, with the local AWS.  Paths in a
+    config are relative to the config's own directory, so every file the demo writes must be named
+    absolutely (the gateway's key ring once was not: .demo/.demo/gateway-keys.json, and make demo stopped)."""
+    monkeypatch.chdir(tmp_path)
+    config = load_config(write_demo_config(Path(".demo"), REPO / "policies", LocalAws("127.0.0.1", AWS_PORT)))
+    assert config.aws.gateway.key_file == (tmp_path / ".demo" / "gateway-keys.json")
 
 
 def test_demo_config_loads_with_the_example_policies_and_prints_working_commands(tmp_path):
