@@ -187,3 +187,5 @@ class OidcProvider(ManagedServer):
                 return result
         except urllib.error.HTTPError as exc:
             raise OidcProviderError(f"{method} {path}: HTTP {exc.code} {exc.read()[:500]!r}") from exc
+        except OSError as exc:    # refused, reset or timed out: the OP's own log may say why
+            raise OidcProviderError(f"{method} {path}: {exc!r}; the OP's log ends:\n{self._server.log_tail(20)}") from exc

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 import secrets
+import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -262,6 +264,18 @@ async def test_ttls_go_back_to_the_defaults(oidc_provider: OidcProvider) -> None
     assert oidc_provider.set_ttls() == {}
     with pytest.raises(OidcProviderError, match="unknown ttl"):
         oidc_provider.set_ttls(Session=5)
+
+
+def test_a_control_call_the_op_cannot_answer_says_what_its_log_ends_with() -> None:
+    """A suite run once saw a key rotation's control call fail and every later test of the shared OP with
+    it, with nothing to say why: a call that gets no HTTP answer names the OP's log, not just a refusal."""
+    with OidcProvider() as provider:
+        provider.kids()
+        os.kill(provider.process.pid, signal.SIGKILL)
+        with pytest.raises(OidcProviderError, match="exited"):     # polls until the kill has taken
+            provider.process.wait_until(lambda: None, "killed")
+        with pytest.raises(OidcProviderError, match=r"(?s)POST /__test/rotate: .*the OP's log ends:.*READY "):
+            provider.rotate_keys()
 
 
 async def test_rp_initiated_logout_calls_the_back_channel(oidc_provider: OidcProvider, client: WebClient, rp: TinyRp,
